@@ -1,0 +1,47 @@
+# pharmafl: `make demo` runs the 10-site federated DAVIS job, `make test` the tests.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+# The DAVIS/KIBA tidy tables beside the checkout are used as the data dir when present;
+# otherwise $PHARMAFL_DATA (default ~/.cache/pharmafl, filled by `pharmafl data fetch`).
+SHARED_DATA := $(firstword $(wildcard $(CURDIR)/../shared/data /work/shared/data))
+ifneq ($(SHARED_DATA),)
+export PHARMAFL_DATA ?= $(abspath $(SHARED_DATA))
+endif
+
+.PHONY: help install test demo bench clean
+
+help:
+	@echo "make demo    run the 10-site federated DAVIS demo (installs first)"
+	@echo "make test    run the test suite (installs first)"
+	@echo "make bench   run the benchmarks in bench/"
+	@echo "make install create .venv and install pharmafl with pinned dependencies"
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# CPU torch first: an unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	# crypten's metadata requires the dead `sklearn` package: install it without deps;
+	# its real runtime needs (onnx, onnxscript, omegaconf, pyyaml) are project deps.
+	$(BIN)/python -m pip install -q --no-deps crypten==0.4.1
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	$(BIN)/pharmafl run configs/davis-10sites.yaml --out runs/davis-10sites
+
+bench: install
+	$(BIN)/python bench/centralized.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,79 @@
+"""Run artifacts written atomically: JSON documents and model checkpoints.
+
+A file is written to a temporary name in the same directory, flushed, fsynced and renamed
+over the target, so a crash leaves either the old file or the new one, never half of one.
+
+A model checkpoint is safetensors bytes of the weights (sorted names, float32) with the
+model's config as JSON metadata: deterministic, so the SHA-256 the ledger records for a
+round's global model (``checkpoint_hash``) equals the hash of the file saved from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load, save
+
+from pharmafl.models.dti import DTIModel
+
+State = dict[str, np.ndarray]
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> str:
+    """Write ``data`` to ``path`` atomically; return its SHA-256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_json(path: Path, obj) -> str:
+    return write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def checkpoint_bytes(state: State, config: dict) -> bytes:
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}
+    meta = {"format": "pharmafl-model/1", "config": config}
+    # one metadata key: safetensors keeps metadata in a hash map whose order varies by process
+    return save(tensors, metadata={"pharmafl": json.dumps(meta, sort_keys=True)})
+
+
+def checkpoint_hash(state: State, config: dict) -> str:
+    return hashlib.sha256(checkpoint_bytes(state, config)).hexdigest()
+
+
+def model_state(model: torch.nn.Module) -> State:
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def save_model(model: DTIModel, path: Path) -> str:
+    """Save weights + config as safetensors; return the file's SHA-256."""
+    return write_bytes_atomic(path, checkpoint_bytes(model_state(model), model.config_dict()))
+
+
+def save_state(state: State, config: dict, path: Path) -> str:
+    return write_bytes_atomic(path, checkpoint_bytes(state, config))
+
+
+def load_model(path: Path) -> DTIModel:
+    data = Path(path).read_bytes()
+    (n,) = np.frombuffer(data[:8], dtype="<u8")
+    meta = json.loads(json.loads(data[8 : 8 + int(n)])["__metadata__"]["pharmafl"])
+    model = DTIModel(**meta["config"])
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in load(data).items()})
+    return model

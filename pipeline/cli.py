@@ -1,0 +1,62 @@
+"""The ``pharmafl`` command line (Typer; ``--help`` on every command).
+
+User errors (:class:`~pharmafl.errors.PharmaflError`) print one line saying what is wrong
+and how to fix it, and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import typer
+from rich.console import Console
+
+from pharmafl.errors import PharmaflError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="pharmafl",
+    help="Auditable federated learning for drug-target interaction.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _mount_subcommands() -> None:
+    from pharmafl.pipeline import cli_central, cli_run
+
+    cli_run.register(app)
+    cli_central.register(app)
+    for module, name, help_text in (
+        ("pharmafl.sites.data_cli", "data", "Fetch, validate and import datasets."),
+        # LEDGER_MOUNT
+    ):
+        sub = __import__(module, fromlist=["app"]).app
+        app.add_typer(sub, name=name, help=help_text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _mount_subcommands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except PharmaflError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

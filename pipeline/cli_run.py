@@ -1,0 +1,104 @@
+"""``pharmafl run CONFIG.yaml``: a federated run with Rich progress and a summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pharmafl.models.cache import default_cache_dir
+from pharmafl.pipeline import events as ev
+from pharmafl.pipeline.config import load_run_config
+from pharmafl.pipeline.events import Event
+
+console = Console()
+
+
+class ProgressListener:
+    """Shows round and sites-done progress from the run's events."""
+
+    def __init__(self, progress: Progress, rounds: int, sites: int):
+        self.progress = progress
+        self.rounds = progress.add_task("rounds", total=rounds, status="")
+        self.sites = progress.add_task("sites", total=sites, status="")
+        self.done: set[str] = set()
+
+    def _site_done(self, site: str) -> None:
+        if site not in self.done:
+            self.done.add(site)
+            self.progress.advance(self.sites)
+
+    def on_event(self, event: Event) -> None:
+        p, t = event.payload, event.type
+        if t == ev.ROUND_STARTED:
+            self.done.clear()
+            self.progress.reset(self.sites, total=len(p["sites"]), status=f"round {p['round']}")
+        elif t == ev.SITE_UPDATE:
+            self._site_done(event.actor)
+        elif t == ev.ROUND_ENDED:
+            g = p["metrics"].get("global", {})
+            status = f"test MSE {g['mse']:.3f} CI {g['ci']:.3f}" if g else ""
+            self.progress.update(self.rounds, advance=1, status=status)
+        elif t == ev.ALARM:
+            self.progress.console.print(f"[yellow]alarm[/] round {p['round']}: {p['message']}")
+        elif t == ev.SITE_FAILED:
+            self._site_done(p["site"])
+            self.progress.console.print(f"[red]{p['site']} failed[/] in round {p['round']}: {p['error']}")
+
+    def close(self) -> None:
+        pass
+
+
+def run_command(
+    config: Annotated[Path, typer.Argument(help="Run config (YAML), e.g. configs/davis-10sites.yaml.")],
+    engine: Annotated[str | None, typer.Option(help="nvflare or local (default: the config's).")] = None,
+    sites: Annotated[int | None, typer.Option(help="Number of sites (default: the config's).")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Number of rounds (default: the config's).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (new or empty; default runs/<name>).")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(envvar="PHARMAFL_DATA", help="Dataset directory (default ~/.cache/pharmafl).")
+    ] = None,
+) -> None:
+    """Partition the dataset into site stores, train federated, write metrics, plots and the ledger."""
+    from pharmafl.pipeline.engines import run_federated
+
+    if engine is not None and engine not in ("nvflare", "local"):
+        raise typer.BadParameter(f"Could not resolve {engine!r} among choices ['local', 'nvflare']", param_hint="--engine")
+    cfg = load_run_config(config).with_overrides(engine=engine, sites=sites, rounds=rounds)
+    out = out or Path("runs") / cfg.name
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn())  # fmt: skip
+    console.print(f"[bold]{cfg.name}[/]: {cfg.data.sites} sites ({cfg.data.partition} partition of "
+                  f"{cfg.data.dataset}), {cfg.federation.rounds} rounds of {cfg.federation.strategy} "
+                  f"on the {cfg.federation.engine} engine -> {out}")  # fmt: skip
+    with Progress(*columns, console=console) as progress:
+        listener = ProgressListener(progress, cfg.federation.rounds, cfg.data.sites)
+        metrics = run_federated(cfg, out, data_dir=data_dir, cache_dir=default_cache_dir(), listeners=[listener])
+    _summary(metrics, out)
+
+
+def _summary(metrics: dict, out: Path) -> None:
+    table = Table(title=f"{metrics['strategy']} on {metrics['engine']}: {metrics['status']} after {metrics['rounds']} rounds")
+    for col in ("", "test MSE", "test CI", "val MSE", "val CI", "pairs"):
+        table.add_column(col, justify="right")
+    if "test_mse" in metrics:
+        table.add_row("global (benchmark)", f"{metrics['test_mse']:.4f}", f"{metrics['test_ci']:.4f}", "", "",
+                      str(metrics.get("test_pairs", "")), style="bold")  # fmt: skip
+    for site, m in sorted(metrics.get("sites", {}).items()):
+        if "error" in m:
+            table.add_row(site, "failed", "", "", "", "")
+            continue
+        table.add_row(site, f"{m.get('test_mse', float('nan')):.4f}", f"{m.get('test_ci', float('nan')):.4f}",
+                      f"{m.get('val_mse', float('nan')):.4f}", f"{m.get('val_ci', float('nan')):.4f}",
+                      str(m.get("test_pairs", "")))  # fmt: skip
+    console.print(table)
+    console.print(f"outputs in {out}: metrics.json, rounds.parquet, plots/, tensorboard/, model.safetensors"
+                  + (", ledger.db" if (out / "ledger.db").exists() else ""))  # fmt: skip
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)

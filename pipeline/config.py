@@ -1,0 +1,159 @@
+"""The run configuration: one typed, frozen tree read from YAML (see ``configs/``).
+
+Unknown keys and bad values are one :class:`~pharmafl.errors.ConfigError` naming the file,
+the dotted key and the valid choices, raised before anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pharmafl.errors import ConfigError
+from pharmafl.models.dti import ModelConfig
+from pharmafl.pipeline.configio import load_yaml
+from pharmafl.sites.training import TrainConfig
+
+Partition = Literal["compound", "target-family", "dirichlet", "quantity", "iid"]
+Weighting = Literal["examples", "uniform", "quality"]
+Engine = Literal["nvflare", "local"]
+NVFlareEnv = Literal["sim", "poc"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data, split among how many sites, how.
+
+    Args:
+        dataset: ``davis``, ``kiba``, or a directory of drugs/targets/measurements tables.
+        sites: number of sites (default 10).
+        partition: ``compound`` (default), ``target-family``, ``dirichlet``, ``quantity``, ``iid``.
+        alpha: Dirichlet concentration for ``dirichlet`` and ``quantity`` (default 0.5).
+        val_fraction: share of each site's training rows kept for local validation.
+    """
+
+    dataset: str = "davis"
+    sites: int = 10
+    partition: Partition = "compound"
+    alpha: float = 0.5
+    val_fraction: float = 0.1
+
+    def __post_init__(self):
+        if self.sites < 1:
+            raise ConfigError(f"data.sites must be >= 1, got {self.sites}")
+        if not self.alpha > 0:
+            raise ConfigError(f"data.alpha must be > 0, got {self.alpha}")
+        if not 0 < self.val_fraction < 0.5:
+            raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """Rounds, the strategy and how a round tolerates failures.
+
+    Args:
+        rounds: federated rounds (default 20).
+        local_epochs: local epochs per round (default 1).
+        strategy: ``fedavg`` (default), ``fedprox``, ``scaffold``, ``fedadam``, ``fedyogi``.
+        strategy_options: the strategy's own settings (e.g. ``mu`` for FedProx).
+        weighting: ``examples`` (default), ``uniform`` or ``quality``.
+        min_sites: a round completes if at least this many sites return an update; else the
+            run stops cleanly, keeping everything so far (default: all sites).
+        engine: ``nvflare`` (default) or ``local`` (in-process).
+        nvflare_env: ``sim`` (simulator, default) or ``poc`` (separate processes, mutual TLS).
+        site_threads: torch threads per site while it trains (default 1). Float sums depend
+            on the thread count, so both engines use this one value and agree exactly.
+    """
+
+    rounds: int = 20
+    local_epochs: int = 1
+    strategy: str = "fedavg"
+    strategy_options: dict = field(default_factory=dict)
+    weighting: Weighting = "examples"
+    min_sites: int | None = None
+    engine: Engine = "nvflare"
+    nvflare_env: NVFlareEnv = "sim"
+    site_threads: int = 1
+
+    def __post_init__(self):
+        if self.site_threads < 1:
+            raise ConfigError(f"federation.site_threads must be >= 1, got {self.site_threads}")
+        if self.rounds < 1:
+            raise ConfigError(f"federation.rounds must be >= 1, got {self.rounds}")
+        if self.local_epochs < 1:
+            raise ConfigError(f"federation.local_epochs must be >= 1, got {self.local_epochs}")
+        if self.min_sites is not None and self.min_sites < 1:
+            raise ConfigError(f"federation.min_sites must be >= 1, got {self.min_sites}")
+
+
+@dataclass(frozen=True)
+class DiagnosticsConfig:
+    """Drift alarm: a site whose update's cosine to the mean update stays below
+    ``drift_threshold`` for ``drift_rounds`` consecutive rounds raises an alarm."""
+
+    drift_threshold: float = 0.0
+    drift_rounds: int = 3
+
+    def __post_init__(self):
+        if not -1.0 <= self.drift_threshold <= 1.0:
+            raise ConfigError(f"diagnostics.drift_threshold must be in [-1, 1], got {self.drift_threshold}")
+        if self.drift_rounds < 1:
+            raise ConfigError(f"diagnostics.drift_rounds must be >= 1, got {self.drift_rounds}")
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    """The audit ledger: ``enabled`` (default true); ``url``: a database URL (default:
+    SQLite at ``RUN/ledger.db``; ``postgresql+psycopg://...`` for production)."""
+
+    enabled: bool = True
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A federated run. ``seed`` drives the partition, local batches and dropout;
+    ``model.seed`` the initial weights."""
+
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+
+    def __post_init__(self):
+        if self.federation.min_sites is not None and self.federation.min_sites > self.data.sites:
+            raise ConfigError(
+                f"federation.min_sites ({self.federation.min_sites}) exceeds data.sites ({self.data.sites})"
+            )
+
+    @property
+    def min_sites(self) -> int:
+        return self.federation.min_sites or self.data.sites
+
+    def with_overrides(self, **overrides: Any) -> RunConfig:
+        """Apply CLI overrides: ``sites``, ``rounds``, ``engine`` (None = keep)."""
+        cfg = self
+        if overrides.get("sites") is not None:
+            min_sites = cfg.federation.min_sites
+            if min_sites is not None and min_sites > overrides["sites"]:
+                min_sites = None
+            cfg = replace(cfg, data=replace(cfg.data, sites=overrides["sites"]),
+                          federation=replace(cfg.federation, min_sites=min_sites))  # fmt: skip
+        if overrides.get("rounds") is not None:
+            cfg = replace(cfg, federation=replace(cfg.federation, rounds=overrides["rounds"]))
+        if overrides.get("engine") is not None:
+            cfg = replace(cfg, federation=replace(cfg.federation, engine=overrides["engine"]))
+        return cfg
+
+
+def load_run_config(path: Path) -> RunConfig:
+    cfg = load_yaml(RunConfig, path)
+    from pharmafl.pipeline.strategies import build_strategy
+
+    build_strategy(cfg.federation.strategy, cfg.federation.strategy_options, n_sites=cfg.data.sites)
+    return cfg

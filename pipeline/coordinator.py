@@ -1,0 +1,139 @@
+"""The server side of a round, shared by every engine.
+
+An engine delivers the sites' :class:`~pharmafl.sites.site.FitResult` objects (in whatever
+order they arrived) and the sites that failed; :meth:`Coordinator.finish_round` does the rest
+in sorted site order:
+
+    collect -> hash -> validate -> weigh -> aggregate -> diagnose -> record
+
+Every step emits its events on the bus; nothing here writes the ledger directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pharmafl.pipeline import events as ev
+from pharmafl.pipeline.aggregate import State, add, site_weights
+from pharmafl.pipeline.artifacts import checkpoint_hash
+from pharmafl.pipeline.diagnostics import DriftMonitor, update_diagnostics
+from pharmafl.pipeline.events import EventBus
+from pharmafl.pipeline.strategies.base import Strategy
+from pharmafl.sites import update as wire
+from pharmafl.sites.site import FitResult, Instructions
+
+
+class RoundAborted(Exception):
+    """Fewer than ``min_sites`` sites returned a usable update."""
+
+
+@dataclass
+class RoundOutcome:
+    round: int
+    state: State
+    participants: list[str]
+    failed: dict[str, str]
+    metrics: dict
+    diagnostics: dict | None = None
+
+
+@dataclass
+class Coordinator:
+    """Aggregates rounds with ``strategy`` and reports everything on ``bus``."""
+
+    strategy: Strategy
+    bus: EventBus
+    weighting: str = "examples"
+    min_sites: int = 1
+    drift: DriftMonitor = field(default_factory=DriftMonitor)
+    evaluate: Callable[[State], dict] | None = None  # benchmark metrics of a global state
+    model_config: dict = field(default_factory=dict)  # stored with checkpoints (their hashes)
+
+    def start_round(self, round: int, state: State, sites: list[str]) -> Instructions:
+        self.bus.emit(ev.ROUND_STARTED, "server", round=round, sites=sorted(sites))
+        return self.strategy.instructions(round, state)
+
+    def finish_round(
+        self,
+        round: int,
+        state: State,
+        results: Mapping[str, FitResult],
+        failures: Mapping[str, str] | None = None,
+    ) -> RoundOutcome:
+        failed = dict(failures or {})
+        updates, metrics = self._collect(round, state, results, failed)
+        for site in sorted(failed):
+            self.bus.emit(ev.SITE_FAILED, "server", round=round, site=site, error=failed[site])
+        if len(updates) < self.min_sites:
+            raise RoundAborted(
+                f"round {round}: {len(updates)} usable update(s) from {sorted(u.site for u in updates)}, "
+                f"fewer than min_sites={self.min_sites}; failed: {failed}"
+            )
+        losses = [metrics[u.site].get("global_val_mse", 1.0) for u in updates]
+        weights = site_weights(self.weighting, [u.num_examples for u in updates], losses)
+        new_state = self.strategy.aggregate(state, updates, weights)
+        diag = update_diagnostics([u.site for u in updates], [u.delta for u in updates], weights)
+        participants = [u.site for u in updates]
+        applied = add(new_state, state, scale=-1.0)  # the global update actually applied
+        self.bus.emit(
+            ev.AGGREGATED, "server", round=round, participants=participants,
+            weights={s: float(w) for s, w in zip(participants, weights)},
+            aggregate_hash=checkpoint_hash(applied, {}),
+            checkpoint_hash=checkpoint_hash(new_state, self.model_config),
+            strategy=self.strategy.name,
+        )  # fmt: skip
+        for alarm in self.drift.observe(diag["cosine_to_mean"]):
+            self.bus.emit(ev.ALARM, "server", round=round, **alarm)
+        round_metrics = {"sites": metrics}
+        if self.evaluate is not None:
+            round_metrics["global"] = self.evaluate(new_state)
+        self.bus.emit(ev.ROUND_ENDED, "server", round=round, metrics=round_metrics, diagnostics=diag)
+        return RoundOutcome(round, new_state, participants, failed, round_metrics, diag)
+
+    def _collect(self, round, state, results, failed):
+        """Decode, re-hash and validate each result in sorted site order."""
+        updates, metrics = [], {}
+        for site in sorted(results):
+            res = results[site]
+            self.bus.emit(
+                ev.SITE_UPDATE, site, round=round, update_hash=res.update_hash,
+                num_examples=res.num_examples, update_bytes=len(res.payload), metrics=res.metrics,
+            )  # fmt: skip
+            problem = _validate(site, round, res, state)
+            if problem is not None:
+                failed[site] = problem
+                continue
+            updates.append(wire.decode(res.payload))
+            metrics[site] = dict(res.metrics)
+        return updates, metrics
+
+    def finish_run(self, state: State, status: str, rounds: int, model_hash: str, metrics: dict) -> None:
+        self.bus.emit(ev.RUN_ENDED, "server", status=status, rounds=rounds, model_hash=model_hash,
+                      metrics=metrics, finished_at=time.time())  # fmt: skip
+
+
+def _validate(site: str, round: int, res: FitResult, state: State) -> str | None:
+    """Why an update is unusable, or None."""
+    actual = wire.sha256(res.payload)
+    if actual != res.update_hash:
+        return f"update hash mismatch: site claimed {res.update_hash}, bytes hash to {actual}"
+    try:
+        upd = wire.decode(res.payload)
+    except wire.UpdateError as exc:
+        return str(exc)
+    if upd.site != site or upd.round != round:
+        return f"update is labelled {upd.site} round {upd.round}, expected {site} round {round}"
+    if set(upd.delta) != set(state):
+        return f"update parameters differ from the model's: {sorted(set(upd.delta) ^ set(state))[:5]}"
+    for k, v in upd.delta.items():
+        if v.shape != np.shape(state[k]):
+            return f"parameter {k} has shape {v.shape}, expected {np.shape(state[k])}"
+        if not np.all(np.isfinite(v)):
+            return f"parameter {k} holds NaN or infinite values"
+    if upd.num_examples != res.num_examples or res.num_examples < 1:
+        return f"example count {res.num_examples} is invalid or disagrees with the payload's {upd.num_examples}"
+    return None

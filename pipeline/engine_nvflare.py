@@ -1,0 +1,182 @@
+"""The NVFlare engine: one job definition, run in the simulator, in POC, or exported.
+
+The job is NVFlare 2.9's ``FedAvgRecipe`` with two pharmafl components on the server
+(:class:`~pharmafl.pipeline.nvflare_server.PharmaflAggregator`, which runs the coordinator,
+and :class:`~pharmafl.pipeline.nvflare_server.PlanPersistor`) and
+:mod:`pharmafl.pipeline.nvflare_client` as every site's Client API script. ``sim`` runs it in
+``SimEnv`` (each site a process), ``poc`` in ``PocEnv`` (separate server and client processes
+talking over mutual TLS on this machine), and :func:`export_job` writes the same job for
+``ProdEnv`` / ``nvflare job submit``.
+
+The server process owns the run's listeners (ledger, outputs) and also writes
+``RUN/events.jsonl``, which this driver follows to show progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pharmafl.errors import ConfigError, PharmaflError
+from pharmafl.pipeline.eventlog import EventFollower
+from pharmafl.pipeline.events import Listener
+from pharmafl.pipeline.nvflare_wire import STOP_METRIC
+from pharmafl.pipeline.run import RunPlan
+
+JOB_NAME = "pharmafl"
+SHIM_MODULE = "pharmafl_nvflare"
+SHIM = '''"""pharmafl's NVFlare server components, as NVFlare's job config names them.
+
+The code lives in the installed pharmafl package (pharmafl.pipeline.nvflare_server); NVFlare
+copies this shim into the job's custom/ folder.
+"""
+
+from pharmafl.pipeline.nvflare_server import PharmaflAggregator as _Aggregator
+from pharmafl.pipeline.nvflare_server import PlanPersistor as _Persistor
+
+
+class PharmaflAggregator(_Aggregator):
+    pass
+
+
+class PlanPersistor(_Persistor):
+    pass
+'''
+
+
+class NVFlareRunError(PharmaflError):
+    """The NVFlare job failed; the message names its logs."""
+
+
+@contextlib.contextmanager
+def _cwd(path: Path):
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def _quiet_log_config(path: Path) -> str:
+    """NVFlare's logging config with the console at ERROR (its files keep INFO): NVFlare warns
+    on every normal job end; pharmafl reports problems itself."""
+    import nvflare.fuel.utils as fu
+
+    config = json.loads((Path(fu.__file__).parent / "log_config.json").read_text())
+    config["handlers"]["consoleHandler"]["level"] = "ERROR"
+    path.write_text(json.dumps(config, indent=1))
+    return str(path)
+
+
+def _load_shim(job_dir: Path):
+    """Import the shim module from ``job_dir``: NVFlare copies a component's source file into
+    the job only when the file's path matches its module name, which the editable install's
+    ``pharmafl -> repository root`` mapping does not give."""
+    path = job_dir / f"{SHIM_MODULE}.py"
+    path.write_text(SHIM)
+    spec = importlib.util.spec_from_file_location(SHIM_MODULE, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[SHIM_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def build_recipe(plan: RunPlan):
+    """The job, with the plan written to ``RUN/plan.json`` and the client script beside it."""
+    from nvflare.client.config import ExchangeFormat, TransferType
+    from nvflare.fuel.utils.constants import FrameworkType
+    from nvflare.recipe import FedAvgRecipe
+
+    from pharmafl.pipeline import nvflare_client
+
+    if any(c.isspace() for c in str(plan.run_dir.resolve())):
+        raise ConfigError(f"the run directory {plan.run_dir} contains whitespace, which NVFlare's script "
+                          "arguments cannot carry; choose another --out")  # fmt: skip
+    job_dir = plan.run_dir / "nvflare"
+    job_dir.mkdir(parents=True, exist_ok=True)
+    plan_path = (plan.run_dir / "plan.json").resolve()
+    plan_path.write_text(plan.to_json())
+    shutil.copyfile(nvflare_client.__file__, job_dir / "client.py")
+    components = _load_shim(job_dir)
+
+    class Recipe(FedAvgRecipe):
+        def _get_controller_kwargs(self):
+            # a site whose result errors is left out of the round (the coordinator decides
+            # whether enough remain); stop when the aggregator says so
+            return {"ignore_result_error": True, "task_check_period": 0.1}
+
+    with _cwd(job_dir):  # FedAvgRecipe resolves a relative train_script against the cwd (also later)
+        recipe = Recipe(
+            name=JOB_NAME,
+            min_clients=len(plan.sites),
+            num_rounds=plan.cfg.federation.rounds + 1,  # + the final evaluation round
+            train_script="client.py",
+            train_args=f"--plan {plan_path}",
+            aggregator=components.PharmaflAggregator(plan_path=str(plan_path)),
+            model_persistor=components.PlanPersistor(plan_path=str(plan_path)),
+            framework=FrameworkType.NUMPY,
+            server_expected_format=ExchangeFormat.NUMPY,
+            params_transfer_type=TransferType.FULL,
+            key_metric=STOP_METRIC,
+            key_metric_mode="max",
+            stop_cond=f"{STOP_METRIC} >= 1",
+        )
+    recipe.add_server_config({"server": {"task_request_interval": 0.1}})
+    return recipe
+
+
+def export_job(plan: RunPlan, job_dir: Path) -> Path:
+    """Write the job for ``nvflare job submit`` / ``ProdEnv`` (absolute paths: the run
+    directory and its site stores must exist at the same path at each site)."""
+    job_dir = Path(job_dir).resolve()
+    recipe = build_recipe(plan)
+    with _cwd(plan.run_dir / "nvflare"):
+        recipe.export(str(job_dir))
+    return Path(job_dir) / JOB_NAME
+
+
+class NVFlareEngine:
+    def run(self, plan: RunPlan, listeners: Sequence[Listener] = ()) -> dict:
+        recipe = build_recipe(plan)
+        env = self._env(plan)
+
+        def deliver(event):
+            for listener in listeners:
+                listener.on_event(event)
+
+        follower = EventFollower(plan.run_dir / "events.jsonl", deliver)
+        follower.start()
+        error = None
+        try:
+            with _cwd(plan.run_dir / "nvflare"):  # the client script is resolved at execute time
+                run = recipe.execute(env)
+                run.get_result()
+        except (RuntimeError, SystemExit) as exc:
+            error = exc
+        finally:
+            follower.stop()
+        metrics_path = plan.run_dir / "metrics.json"
+        if not metrics_path.is_file():
+            logs = sorted(str(p) for p in (plan.run_dir / "nvflare").rglob("log.txt"))
+            raise NVFlareRunError(f"the NVFlare job ended without results ({error!r}); see the logs: {logs[:3]}")
+        return json.loads(metrics_path.read_text())
+
+    @staticmethod
+    def _env(plan: RunPlan):
+        from nvflare.recipe import PocEnv, SimEnv
+
+        job_dir = plan.run_dir / "nvflare"
+        if plan.cfg.federation.nvflare_env == "poc":
+            os.environ.setdefault("NVFLARE_POC_WORKSPACE", str(job_dir / "poc"))
+            return PocEnv(clients=list(plan.sites))
+        return SimEnv(clients=list(plan.sites), num_threads=len(plan.sites),
+                      workspace_root=str(job_dir / "workspace"),
+                      log_config=_quiet_log_config(job_dir / "log_config.json"))  # fmt: skip
+

@@ -1,0 +1,110 @@
+"""Events the pipeline emits, and the listener interface that records them.
+
+Accounting by hook, not by reach: training, DP and aggregation code emit plain events
+through an :class:`EventBus`; whoever needs a record (the audit ledger, TensorBoard, the
+console) attaches a :class:`Listener`. Nothing here imports ``pharmafl.audit``.
+
+An event is ``(type, actor, payload)``. ``actor`` names who acts: ``"server"``,
+``"site-03"``, ``"user:alice"``. ``payload`` is a JSON-serializable mapping (str keys;
+values str, int, float, bool, None, lists and dicts of those). Hashes are lowercase hex
+SHA-256 strings.
+
+Event types and their payload keys (a listener must accept extra keys):
+
+===================  =========  ==============================================================
+type                 actor      payload
+===================  =========  ==============================================================
+run_started          server     run_id, config (dict), config_hash, git_commit, versions (dict
+                                name->version), seed, sites (list of site ids),
+                                manifests (site id -> manifest sha256), privacy (dict or None)
+round_started        server     round, sites (list of site ids selected)
+site_update          site-XX    round, update_hash (sha256 of the serialized update exactly as
+                                sent), num_examples, update_norm, metrics (dict)
+clip                 site-XX    round, clip_norm, clipped, total, max_norm, mean_norm
+privacy_spent        site-XX    round, epsilon_round, epsilon_total, delta, accountant,
+                                noise_multiplier, sample_rate, steps, privacy_unit
+site_declined        site-XX    round, reason, plus numbers (e.g. epsilon_total, budget)
+site_failed          server     round, site, error
+aggregated           server     round, participants (list), weights (site id -> float),
+                                aggregate_hash, checkpoint_hash, strategy
+alarm                server     round, kind, site (or None), message
+round_ended          server     round, metrics (dict)
+run_ended            server     status ("completed" | "stopped"), rounds, model_hash,
+                                metrics (dict)
+===================  =========  ==============================================================
+
+The ledger writes a signed Merkle checkpoint after every ``round_ended`` and
+``run_ended``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+RUN_STARTED = "run_started"
+ROUND_STARTED = "round_started"
+SITE_UPDATE = "site_update"
+CLIP = "clip"
+PRIVACY_SPENT = "privacy_spent"
+SITE_DECLINED = "site_declined"
+SITE_FAILED = "site_failed"
+AGGREGATED = "aggregated"
+ALARM = "alarm"
+ROUND_ENDED = "round_ended"
+RUN_ENDED = "run_ended"
+
+EVENT_TYPES = (
+    RUN_STARTED,
+    ROUND_STARTED,
+    SITE_UPDATE,
+    CLIP,
+    PRIVACY_SPENT,
+    SITE_DECLINED,
+    SITE_FAILED,
+    AGGREGATED,
+    ALARM,
+    ROUND_ENDED,
+    RUN_ENDED,
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened in a run."""
+
+    type: str
+    actor: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Listener(Protocol):
+    """Receives every event of a run, in emission order."""
+
+    def on_event(self, event: Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class EventBus:
+    """Fans events out to listeners, in the order they were attached."""
+
+    def __init__(self, listeners: Iterable[Listener] = ()):
+        self._listeners: list[Listener] = list(listeners)
+
+    def attach(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def emit(self, type: str, actor: str, **payload: Any) -> Event:
+        if type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {type!r}; valid: {', '.join(EVENT_TYPES)}")
+        event = Event(type=type, actor=actor, payload=payload)
+        for listener in self._listeners:
+            listener.on_event(event)
+        return event
+
+    def close(self) -> None:
+        for listener in self._listeners:
+            listener.close()

@@ -1,0 +1,59 @@
+"""NVFlare Client API script: a thin receive / train / send loop around the site code.
+
+Copied into the job as ``client.py`` and run by NVFlare at every site with
+``--plan RUN/plan.json``. The site id is NVFlare's site name; everything the site does is
+:class:`pharmafl.sites.site.Site`, exactly as in the in-process engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> None:
+    import nvflare.client as flare
+
+    from pharmafl.pipeline.nvflare_wire import (
+        decode_instructions,
+        model_from_error,
+        model_from_final_metrics,
+        model_from_result,
+    )
+    from pharmafl.pipeline.run import RunPlan, make_site
+    from pharmafl.pipeline.strategies import build_strategy
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--plan", required=True, help="absolute path of RUN/plan.json")
+    args = parser.parse_args(argv)
+    plan = RunPlan.from_json(Path(args.plan).read_text())
+
+    flare.init()
+    site = make_site(plan, flare.get_site_name())
+    while flare.is_running():
+        received = flare.receive()
+        if received is None:
+            break
+        r = received.current_round + 1
+        state = {k: np.asarray(v, dtype=np.float32) for k, v in received.params.items()}
+        try:
+            instructions = decode_instructions(received.meta or {})
+        except KeyError:  # round 1: the initial model carries no instructions; derive them
+            fed = plan.cfg.federation
+            strategy = build_strategy(fed.strategy, fed.strategy_options, n_sites=len(plan.sites))
+            instructions = strategy.instructions(r, state)
+        if instructions is None:
+            flare.send(model_from_final_metrics(site.evaluate(state)))
+            continue
+        try:
+            flare.send(model_from_result(site.fit(r, state, instructions)))
+        except Exception as exc:  # reported to the coordinator; the site stays for later rounds
+            traceback.print_exc()
+            flare.send(model_from_error(r, f"{type(exc).__name__}: {exc}"))
+
+
+if __name__ == "__main__":
+    main()

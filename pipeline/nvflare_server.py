@@ -1,0 +1,128 @@
+"""NVFlare server components: the run's coordinator inside NVFlare's FedAvg workflow.
+
+NVFlare's built-in aggregation sums updates in arrival order (irreproducible) and would see
+plain weights only. :class:`PharmaflAggregator` buffers every site's result in
+``accept_model`` and, in ``aggregate_model``, hands them all to the same
+:class:`~pharmafl.pipeline.coordinator.Coordinator` the in-process engine uses, which sums in
+sorted site order. It returns the full new global weights (NVFlare replaces its global model
+with them) and the next round's instructions in the model's ``meta``.
+
+The job runs ``rounds + 1`` NVFlare rounds: the last one only asks every site to evaluate
+the final model on its own validation and test data.
+
+:class:`PlanPersistor` gives NVFlare the initial weights, rebuilt from the plan's model
+config and seed (no torch model class travels in the job config).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from nvflare.apis.event_type import EventType
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.abstract.model import ModelLearnable, make_model_learnable
+from nvflare.app_common.abstract.model_persistor import ModelPersistor
+from nvflare.app_common.aggregators.model_aggregator import ModelAggregator
+from nvflare.app_common.app_constant import AppConstants
+
+from pharmafl.pipeline.coordinator import RoundAborted
+from pharmafl.pipeline.events import EventBus
+from pharmafl.pipeline.nvflare_wire import STOP_METRIC, encode_instructions, result_from_model
+from pharmafl.pipeline.run import RunPlan, end_run, initial_state, server_side, start_run
+
+
+def load_plan(plan_path: str) -> RunPlan:
+    return RunPlan.from_json(Path(plan_path).read_text())
+
+
+class PlanPersistor(ModelPersistor):
+    """Initial weights from the plan; the final model is saved by the aggregator."""
+
+    def __init__(self, plan_path: str):
+        super().__init__()
+        self.plan_path = plan_path
+
+    def load_model(self, fl_ctx) -> ModelLearnable:
+        return make_model_learnable(initial_state(load_plan(self.plan_path).cfg), {})
+
+    def save_model(self, model_learnable: ModelLearnable, fl_ctx) -> None:
+        """Nothing to do: ``RUN/model.safetensors`` is written once, at the end of the run."""
+
+
+class PharmaflAggregator(ModelAggregator):
+    """Buffers all site results of a round, then runs the pharmafl coordinator on them."""
+
+    def __init__(self, plan_path: str):
+        super().__init__()
+        self.plan_path = plan_path
+        self._buffer: dict[str, FLModel] = {}
+        self.plan: RunPlan | None = None
+
+    def handle_event(self, event_type: str, fl_ctx) -> None:
+        super().handle_event(event_type, fl_ctx)
+        if event_type == EventType.START_RUN:
+            self._start()
+        elif event_type == EventType.END_RUN and self.plan is not None:
+            self.bus.close()
+
+    def _start(self) -> None:
+        from pharmafl.pipeline.engines import run_listeners
+
+        self.plan = load_plan(self.plan_path)
+        self.started = time.perf_counter()
+        self.bus = EventBus(run_listeners(self.plan))
+        self.coord = server_side(self.plan, self.bus)
+        self.state = initial_state(self.plan.cfg)
+        self.rounds_done, self.stopped = 0, None
+        start_run(self.plan, self.bus, engine="nvflare")
+        self.instructions = self.coord.start_round(1, self.state, list(self.plan.sites))
+
+    def accept_model(self, model: FLModel) -> None:
+        self._buffer[model.meta["client_name"]] = model
+
+    def reset_stats(self) -> None:
+        self._buffer = {}
+
+    def aggregate_model(self) -> FLModel:
+        r = int(self.fl_ctx.get_prop(AppConstants.CURRENT_ROUND)) + 1
+        received, self._buffer = self._buffer, {}
+        rounds = self.plan.cfg.federation.rounds
+        if r > rounds or self.stopped:
+            return self._finish(received)
+        results, failures = {}, {}
+        for site in self.plan.sites:
+            if site not in received:
+                failures[site] = "no result: the site dropped out (see its NVFlare log)"
+                continue
+            outcome = result_from_model(site, r, received[site])
+            if isinstance(outcome, str):
+                failures[site] = outcome
+            else:
+                results[site] = outcome
+        try:
+            self.state = self.coord.finish_round(r, self.state, results, failures).state
+            self.rounds_done = r
+        except RoundAborted as exc:
+            self.stopped = f"stopped: {exc}"
+            return self._finish({}, status=self.stopped)
+        if r < rounds:
+            self.instructions = self.coord.start_round(r + 1, self.state, list(self.plan.sites))
+            meta = encode_instructions(self.instructions)
+        else:
+            meta = encode_instructions(None)  # the extra round: evaluate the final model only
+        return FLModel(params_type=ParamsType.FULL, params=self.state, metrics={STOP_METRIC: 0.0}, meta=meta)
+
+    def _finish(self, received: dict[str, FLModel], status: str | None = None) -> FLModel:
+        site_metrics = {}
+        for site in self.plan.sites:
+            m = received.get(site)
+            if m is not None:
+                site_metrics[site] = dict(m.meta.get("final_metrics", {}))
+            else:
+                site_metrics[site] = {"error": "no final evaluation (run stopped or site dropped out)"}
+        end_run(self.plan, self.coord, self.state, status=status or "completed", rounds=self.rounds_done,
+                site_metrics=site_metrics, seconds=time.perf_counter() - self.started)  # fmt: skip
+        return FLModel(params_type=ParamsType.FULL, params=self.state, metrics={STOP_METRIC: 1.0},
+                       meta=encode_instructions(None))  # fmt: skip
+

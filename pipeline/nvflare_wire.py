@@ -1,0 +1,75 @@
+"""What travels through NVFlare between the coordinator and a site, and how it is packed.
+
+Server -> site: the global weights as ``FLModel.params`` (float32 arrays) and the round's
+:class:`~pharmafl.sites.site.Instructions` in ``FLModel.meta`` (``None`` = evaluate the final
+model only).
+
+Site -> server: the update's bytes, exactly as hashed, as one ``uint8`` array in ``params``
+(key ``UPDATE_KEY``), and in ``meta`` the claimed hash, the example count and scalar metrics;
+or, when local training raised, ``meta["error"]`` (the site stays in the federation).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+
+from pharmafl.sites.site import FitResult, Instructions
+
+UPDATE_KEY = "__pharmafl_update__"
+STOP_METRIC = "pharmafl_stop"  # FedAvg stop condition: "pharmafl_stop >= 1"
+
+
+def encode_instructions(instructions: Instructions | None) -> dict:
+    if instructions is None:
+        return {"pharmafl_instructions": None}
+    return {"pharmafl_instructions": {
+        "proximal_mu": float(instructions.proximal_mu),
+        "scaffold_control": instructions.scaffold_control,
+    }}  # fmt: skip
+
+
+def decode_instructions(meta: dict) -> Instructions | None:
+    """Instructions from a global model's meta; ``None`` = evaluate only; KeyError if absent."""
+    d = meta["pharmafl_instructions"]
+    if d is None:
+        return None
+    control = d.get("scaffold_control")
+    return Instructions(
+        proximal_mu=float(d.get("proximal_mu", 0.0)),
+        scaffold_control={k: np.asarray(v) for k, v in control.items()} if control is not None else None,
+    )
+
+
+def model_from_result(result: FitResult) -> FLModel:
+    return FLModel(
+        params_type=ParamsType.FULL,
+        metrics={STOP_METRIC: 0.0},  # the key NVFlare's model selector looks for
+        params={UPDATE_KEY: np.frombuffer(result.payload, dtype=np.uint8).copy()},
+        meta={"update_hash": result.update_hash, "num_examples": result.num_examples,
+              "round": result.round, "site_metrics": dict(result.metrics)},
+    )  # fmt: skip
+
+
+def model_from_error(round: int, error: str) -> FLModel:
+    return FLModel(params_type=ParamsType.FULL, params={"__pharmafl_error__": np.zeros(1, np.uint8)},
+                   meta={"round": round, "error": error})  # fmt: skip
+
+
+def model_from_final_metrics(metrics: dict) -> FLModel:
+    return FLModel(params_type=ParamsType.FULL, params={"__pharmafl_final__": np.zeros(1, np.uint8)},
+                   meta={"final_metrics": metrics})  # fmt: skip
+
+
+def result_from_model(site: str, round: int, model: FLModel) -> FitResult | str:
+    """The site's :class:`FitResult`, or why there is none."""
+    meta = model.meta or {}
+    if "error" in meta:
+        return f"local training failed: {meta['error']}"
+    payload = (model.params or {}).get(UPDATE_KEY)
+    if payload is None or "update_hash" not in meta:
+        return f"result without an update (keys {sorted(model.params or {})})"
+    if int(meta.get("round", -1)) != round:
+        return f"result for round {meta.get('round')} arrived in round {round}"
+    return FitResult(site, round, np.asarray(payload, dtype=np.uint8).tobytes(), str(meta["update_hash"]),
+                     int(meta["num_examples"]), dict(meta.get("site_metrics", {})))  # fmt: skip

@@ -1,0 +1,194 @@
+"""A federated run from config to outputs, engine-independent parts.
+
+:func:`prepare` validates the config, partitions the dataset into site stores under
+``RUN/sites/`` and verifies every store before round 1. :func:`server_side` builds what the
+server needs (strategy, coordinator, benchmark evaluator, initial weights) identically for
+the in-process engine and inside NVFlare's server process. :func:`start_run` and
+:func:`end_run` emit the first and last events and save the final model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from pharmafl.errors import ConfigError
+from pharmafl.models.dti import DTIModel
+from pharmafl.pipeline import events as ev
+from pharmafl.pipeline.aggregate import State
+from pharmafl.pipeline.artifacts import model_state, save_state, write_bytes_atomic
+from pharmafl.pipeline.config import RunConfig
+from pharmafl.pipeline.configio import from_dict, to_dict
+from pharmafl.pipeline.coordinator import Coordinator
+from pharmafl.pipeline.diagnostics import DriftMonitor
+from pharmafl.pipeline.events import EventBus
+from pharmafl.pipeline.strategies import build_strategy
+from pharmafl.sites.partition import partition
+from pharmafl.sites.site import Site, featurize_dataset
+from pharmafl.sites.store import SiteStore, site_ids, write_site_stores
+from pharmafl.sites.tables import load_dataset, read_store
+from pharmafl.sites.training import evaluate
+
+PACKAGES = ("pharmafl", "torch", "torch-geometric", "rdkit", "opacus", "nvflare", "crypten", "numpy", "cryptography")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a run needs to start, as plain data (it travels to NVFlare's processes)."""
+
+    cfg: RunConfig
+    run_dir: Path
+    sites: tuple[str, ...]
+    manifests: dict[str, str]
+    config_hash: str
+    cache_dir: Path | None = None
+
+    def site_dir(self, site: str) -> Path:
+        return self.run_dir / "sites" / site
+
+    @property
+    def benchmark_dir(self) -> Path:
+        return self.run_dir / "server" / "benchmark"
+
+    def to_json(self) -> str:
+        return json.dumps({"cfg": to_dict(self.cfg), "run_dir": str(self.run_dir), "sites": list(self.sites),
+                           "manifests": self.manifests, "config_hash": self.config_hash,
+                           "cache_dir": str(self.cache_dir) if self.cache_dir else None})  # fmt: skip
+
+    @classmethod
+    def from_json(cls, text: str) -> RunPlan:
+        d = json.loads(text)
+        return cls(from_dict(RunConfig, d["cfg"]), Path(d["run_dir"]), tuple(d["sites"]), d["manifests"],
+                   d["config_hash"], Path(d["cache_dir"]) if d["cache_dir"] else None)  # fmt: skip
+
+
+def config_bytes(cfg: RunConfig) -> bytes:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=True).encode()
+
+
+def prepare(cfg: RunConfig, run_dir: Path, *, data_dir: Path | None = None, cache_dir: Path | None = None) -> RunPlan:
+    """Partition the dataset into verified site stores under ``run_dir``."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"run directory {run_dir} is not empty; choose a new --out (runs are never overwritten)")
+    ds = load_dataset(cfg.data.dataset, data_dir=data_dir)
+    m = ds.measurements
+    d_pos = {d: i for i, d in enumerate(ds.drugs["drug_id"])}
+    t_pos = {t: i for i, t in enumerate(ds.targets["target_id"])}
+    families = ds.targets["family"].tolist() if "family" in ds.targets else None
+    site_of_row = partition(
+        cfg.data.partition, cfg.data.sites,
+        drug_of_row=m["drug_id"].map(d_pos).to_numpy(), target_of_row=m["target_id"].map(t_pos).to_numpy(),
+        labels=m["label"].to_numpy(dtype=float), smiles=ds.drugs["smiles"].tolist(),
+        sequences=ds.targets["sequence"].tolist(), families=families, alpha=cfg.data.alpha, seed=cfg.seed,
+    )  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    blob = config_bytes(cfg)
+    write_bytes_atomic(run_dir / "config.yaml", blob)
+    manifests = write_site_stores(
+        ds, site_of_row, run_dir, val_fraction=cfg.data.val_fraction, seed=cfg.seed,
+        partition={"strategy": cfg.data.partition, "sites": cfg.data.sites, "alpha": cfg.data.alpha, "seed": cfg.seed},
+    )  # fmt: skip
+    plan = RunPlan(cfg, run_dir, tuple(site_ids(cfg.data.sites)), manifests, hashlib.sha256(blob).hexdigest(), cache_dir)
+    verify_stores(plan)
+    return plan
+
+
+def verify_stores(plan: RunPlan) -> None:
+    """Open every site store (hashes and rows checked) and match its manifest to the plan."""
+    for site in plan.sites:
+        store = SiteStore.open(plan.site_dir(site))
+        if store.manifest_sha256 != plan.manifests[site]:
+            raise ConfigError(
+                f"{plan.site_dir(site)}: manifest sha256 {store.manifest_sha256} differs from the run's "
+                f"{plan.manifests[site]}; the store changed after partitioning"
+            )
+
+
+def initial_state(cfg: RunConfig) -> State:
+    return {k: v.copy() for k, v in model_state(DTIModel(**asdict(cfg.model))).items()}
+
+
+def benchmark_evaluator(plan: RunPlan):
+    """Metrics of a global state on the benchmark store (``RUN/server/benchmark``)."""
+    if not (plan.benchmark_dir / "manifest.json").is_file():
+        return None
+    pairs = featurize_dataset(read_store(plan.benchmark_dir), plan.cfg.model, plan.cache_dir)
+    model = DTIModel(**asdict(plan.cfg.model))
+
+    def score(state: State) -> dict:
+        import torch
+
+        model.load_state_dict({k: torch.from_numpy(np.asarray(v).copy()) for k, v in state.items()})
+        return {**evaluate(model, pairs), "pairs": len(pairs)}
+
+    return score
+
+
+def server_side(plan: RunPlan, bus: EventBus) -> Coordinator:
+    cfg = plan.cfg
+    strategy = build_strategy(cfg.federation.strategy, cfg.federation.strategy_options, n_sites=len(plan.sites))
+    return Coordinator(
+        strategy=strategy, bus=bus, weighting=cfg.federation.weighting, min_sites=cfg.min_sites,
+        drift=DriftMonitor(cfg.diagnostics.drift_threshold, cfg.diagnostics.drift_rounds),
+        evaluate=benchmark_evaluator(plan), model_config=asdict(cfg.model),
+    )  # fmt: skip
+
+
+def make_site(plan: RunPlan, site: str) -> Site:
+    """The :class:`Site` of ``site`` as configured by the plan (every engine builds it so)."""
+    cfg = plan.cfg
+    return Site(SiteStore.open(plan.site_dir(site)), cfg.model, cfg.train,
+                local_epochs=cfg.federation.local_epochs, seed=cfg.seed, cache_dir=plan.cache_dir,
+                threads=cfg.federation.site_threads)  # fmt: skip
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5, check=False)  # fmt: skip
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def start_run(plan: RunPlan, bus: EventBus, engine: str) -> None:
+    bus.emit(
+        ev.RUN_STARTED, "server", run_id=plan.run_dir.name, config=to_dict(plan.cfg), config_hash=plan.config_hash,
+        git_commit=_git_commit(), versions=versions(), seed=plan.cfg.seed, sites=list(plan.sites),
+        manifests=dict(plan.manifests), privacy=None, engine=engine,
+    )  # fmt: skip
+
+
+def end_run(plan: RunPlan, coord: Coordinator, state: State, *, status: str, rounds: int,
+            site_metrics: dict[str, dict], seconds: float) -> dict:  # fmt: skip
+    """Save the final model, emit ``run_ended``; return the final metrics."""
+    model_hash = save_state(state, asdict(plan.cfg.model), plan.run_dir / "model.safetensors")
+    final = coord.evaluate(state) if coord.evaluate is not None else {}
+    metrics = {
+        **{f"test_{k}": v for k, v in final.items() if k != "pairs"},
+        "test_pairs": final.get("pairs"),
+        "sites": site_metrics,
+        "seconds": round(seconds, 3),
+        "engine": plan.cfg.federation.engine,
+        "strategy": plan.cfg.federation.strategy,
+    }
+    coord.finish_run(state, status, rounds, model_hash, metrics)
+    return {**metrics, "status": status, "rounds": rounds, "model_sha256": model_hash}

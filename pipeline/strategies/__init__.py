@@ -1,0 +1,27 @@
+"""Registry of federated strategies: a config string resolves to a class here, and only here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pharmafl.errors import ConfigError
+from pharmafl.pipeline.configio import from_dict
+from pharmafl.pipeline.strategies.base import Strategy
+from pharmafl.pipeline.strategies.fedopt import FedAdam, FedYogi
+from pharmafl.pipeline.strategies.fedprox import FedProx
+from pharmafl.pipeline.strategies.scaffold import Scaffold
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (Strategy, FedProx, Scaffold, FedAdam, FedYogi)
+}
+
+
+def build_strategy(name: str, options: Mapping | None, *, n_sites: int) -> Strategy:
+    try:
+        cls = STRATEGIES[name]
+    except KeyError:
+        raise ConfigError(
+            f"federation.strategy: Could not resolve {name!r} among choices {sorted(STRATEGIES)}"
+        ) from None
+    opts = from_dict(cls.Options, dict(options or {}), prefix="federation.strategy_options")
+    return cls(opts, n_sites=n_sites)

@@ -1,0 +1,56 @@
+"""SCAFFOLD (Karimireddy et al. 2020, https://arxiv.org/abs/1910.06378).
+
+Sites correct every local gradient by :math:`c - c_i` and return their control delta
+:math:`\\Delta c_i`; the server updates
+
+.. math::
+    w^{t+1} = w^t + \\eta_g \\sum_{i \\in S} p_i \\Delta y_i, \\qquad
+    c^{t+1} = c^t + \\frac{|S|}{N} \\cdot \\frac{1}{|S|} \\sum_{i \\in S} \\Delta c_i
+
+with :math:`N` the number of sites in the federation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pharmafl.errors import ConfigError
+from pharmafl.pipeline.aggregate import add, weighted_sum
+from pharmafl.pipeline.strategies.base import Strategy
+from pharmafl.sites.site import Instructions
+
+
+@dataclass(frozen=True)
+class ScaffoldOptions:
+    """``server_lr``: global step size :math:`\\eta_g` (default 1.0)."""
+
+    server_lr: float = 1.0
+
+    def __post_init__(self):
+        if not self.server_lr > 0:
+            raise ConfigError(f"federation.strategy_options.server_lr must be > 0, got {self.server_lr}")
+
+
+class Scaffold(Strategy):
+    name = "scaffold"
+    Options = ScaffoldOptions
+
+    def __init__(self, options=None, *, n_sites):
+        super().__init__(options, n_sites=n_sites)
+        self.control = None
+
+    def instructions(self, round, state):
+        if self.control is None:
+            self.control = {k: np.zeros_like(v, dtype=np.float32) for k, v in state.items()}
+        return Instructions(scaffold_control=self.control)
+
+    def aggregate(self, state, updates, weights):
+        missing = [u.site for u in updates if "control" not in u.parts]
+        if missing:
+            raise ValueError(f"SCAFFOLD updates without control deltas from {missing}")
+        uniform = np.full(len(updates), 1.0 / len(updates))
+        mean_dc = weighted_sum([u.parts["control"] for u in updates], uniform)
+        self.control = add(self.control, mean_dc, scale=len(updates) / self.n_sites)
+        return add(state, self.mean_delta(updates, weights), scale=self.options.server_lr)

@@ -1,0 +1,106 @@
+"""Run outputs from events: per-round Parquet, TensorBoard, PNG plots, ``metrics.json``.
+
+:class:`RunTracker` is a listener: it sees the same events as the ledger and writes
+
+* ``rounds.parquet``: one row per (round, site) with the site's reported metrics, update
+  norm and cosine to the mean, plus one row per round with ``site = "global"``;
+* ``tensorboard/global`` and ``tensorboard/<site-id>``: the same scalars;
+* ``plots/``: per-site validation curves, the last round's cosine heatmap, global test
+  CI and MSE over rounds;
+* ``metrics.json``: the final figures, at ``run_ended``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from pharmafl.pipeline import events as ev
+from pharmafl.pipeline.artifacts import write_json
+from pharmafl.pipeline.events import Event
+from pharmafl.pipeline.plots import plot_cosine_heatmap, plot_global_curve, plot_site_curves
+
+
+class RunTracker:
+    def __init__(self, run_dir: Path, tensorboard: bool = True):
+        self.run_dir = Path(run_dir)
+        self.rows: list[dict] = []
+        self.alarms: list[dict] = []
+        self.last_diagnostics: dict | None = None
+        self.failures: list[dict] = []
+        self._writers = {}
+        self._tensorboard = tensorboard
+
+    def _writer(self, name: str):
+        if not self._tensorboard:
+            return None
+        if name not in self._writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writers[name] = SummaryWriter(str(self.run_dir / "tensorboard" / name))
+        return self._writers[name]
+
+    def _scalars(self, name: str, step: int, values: dict) -> None:
+        writer = self._writer(name)
+        if writer is None:
+            return
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                writer.add_scalar(key, value, step)
+
+    def on_event(self, event: Event) -> None:
+        p = event.payload
+        if event.type == ev.ROUND_ENDED:
+            r = p["round"]
+            diag = p.get("diagnostics") or {}
+            self.last_diagnostics = diag or self.last_diagnostics
+            for site, metrics in sorted(p["metrics"].get("sites", {}).items()):
+                row = {"round": r, "site": site, **metrics,
+                       "update_norm": diag.get("update_norms", {}).get(site),
+                       "cosine_to_mean": diag.get("cosine_to_mean", {}).get(site)}  # fmt: skip
+                self.rows.append(row)
+                self._scalars(site, r, row)
+            glob = {"round": r, "site": "global", **{f"test_{k}": v for k, v in p["metrics"].get("global", {}).items()}}
+            self.rows.append(glob)
+            self._scalars("global", r, glob)
+            self._flush_rows()
+        elif event.type == ev.ALARM:
+            self.alarms.append(dict(p))
+        elif event.type == ev.SITE_FAILED:
+            self.failures.append(dict(p))
+        elif event.type == ev.RUN_ENDED:
+            self._finish(p)
+
+    def _flush_rows(self) -> None:
+        frame = pd.DataFrame(self.rows)
+        tmp = self.run_dir / ".rounds.parquet.tmp"
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(self.run_dir / "rounds.parquet")
+
+    def _finish(self, p: dict) -> None:
+        metrics = {**p.get("metrics", {}), "status": p["status"], "rounds": p["rounds"],
+                   "model_sha256": p["model_hash"], "alarms": self.alarms, "failures": self.failures}  # fmt: skip
+        write_json(self.run_dir / "metrics.json", metrics)
+        plots = self.run_dir / "plots"
+        plots.mkdir(exist_ok=True)
+        site_rows = [r for r in self.rows if r["site"] != "global"]
+        glob = [r for r in self.rows if r["site"] == "global" and "test_ci" in r]
+        if site_rows:
+            plot_site_curves(site_rows, "global_val_ci", plots / "site_validation_ci.png",
+                             "Global model on each site's validation split (CI)")  # fmt: skip
+            plot_site_curves(site_rows, "global_val_mse", plots / "site_validation_mse.png",
+                             "Global model on each site's validation split (MSE)")  # fmt: skip
+        if self.last_diagnostics and self.last_diagnostics.get("sites"):
+            d = self.last_diagnostics
+            plot_cosine_heatmap(d["sites"], d["cosine_matrix"], plots / "cosine_heatmap.png",
+                                "Cosine similarity of site updates, last round")  # fmt: skip
+        if glob:
+            plot_global_curve([r["round"] for r in glob],
+                              {"test CI": [r["test_ci"] for r in glob], "test MSE": [r["test_mse"] for r in glob]},
+                              plots / "global_test.png", "Global model on the benchmark test set")  # fmt: skip
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()

@@ -1,0 +1,199 @@
+"""What runs at a site each round: receive global weights, train locally, return the update.
+
+A :class:`Site` reads only its own store. What leaves it is a :class:`FitResult`: the
+update's bytes (weight delta, and SCAFFOLD's control delta), their SHA-256, the number of
+training examples and scalar metrics. Never rows, labels or predictions.
+
+The strategy's local part arrives as :class:`Instructions`: FedProx's proximal term
+(Li et al. 2020, https://arxiv.org/abs/1812.06127) adds
+:math:`\\tfrac{\\mu}{2}\\lVert w - w^t \\rVert^2` to the loss; SCAFFOLD (Karimireddy et al.
+2020, https://arxiv.org/abs/1910.06378) corrects each gradient by :math:`c - c_i` and
+refreshes :math:`c_i` with option I (the local gradient at the global model), which holds
+for any local optimizer.
+"""
+
+from __future__ import annotations
+
+import zlib
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pharmafl.models.dti import DTIModel, ModelConfig
+from pharmafl.models.pairs import PairTensors
+from pharmafl.sites import update as wire
+from pharmafl.sites.store import SiteStore
+from pharmafl.sites.tables import DTIDataset
+from pharmafl.sites.training import TrainConfig, evaluate, make_optimizer, train_epoch
+
+State = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Instructions:
+    """The strategy's requests for one round's local training."""
+
+    proximal_mu: float = 0.0
+    scaffold_control: State | None = None  # server control variate c
+    evaluate_only: bool = False
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What a site sends back: update bytes exactly as sent, their hash, counts, metrics."""
+
+    site: str
+    round: int
+    payload: bytes
+    update_hash: str
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def state_of(model: torch.nn.Module) -> State:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def round_seed(seed: int, site: str, round: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([seed, zlib.crc32(site.encode()), round])
+
+
+def featurize_dataset(ds: DTIDataset, model_cfg: ModelConfig, cache_dir: Path | None) -> PairTensors:
+    """Every entity and pair of ``ds`` as tensors; pair ``i`` is measurement row ``i``."""
+    m = ds.measurements
+    return PairTensors.build(
+        list(zip(ds.drugs["drug_id"], ds.drugs["smiles"])),
+        list(zip(ds.targets["target_id"], ds.targets["sequence"])),
+        list(zip(m["drug_id"], m["target_id"], m["label"])),
+        max_len=model_cfg.max_len,
+        cache_dir=cache_dir,
+    )
+
+
+class Site:
+    """One site's local training over its store."""
+
+    def __init__(
+        self,
+        store: SiteStore,
+        model: ModelConfig,
+        train: TrainConfig,
+        *,
+        local_epochs: int = 1,
+        seed: int = 0,
+        cache_dir: Path | None = None,
+        threads: int = 1,
+    ):
+        self.id = store.site
+        self.threads = threads
+        self.store = store
+        self.model_cfg, self.train_cfg = model, train
+        self.local_epochs, self.seed = local_epochs, seed
+        pairs = featurize_dataset(store.dataset, model, cache_dir)
+        self.train, self.val, self.test = (pairs.subset(store.rows(s)) for s in ("train", "val", "test"))
+        self._control: State | None = None  # SCAFFOLD's c_i, kept across rounds
+
+    def _model(self, state: State) -> DTIModel:
+        model = DTIModel(**asdict(self.model_cfg))
+        model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+        return model
+
+    def evaluate(self, state: State) -> dict[str, float]:
+        """Metrics of ``state`` on the local validation split and test share."""
+        with torch_threads(self.threads):
+            return self._evaluate(state)
+
+    def _evaluate(self, state: State) -> dict[str, float]:
+        model = self._model(state)
+        out = {}
+        for split, pairs in (("val", self.val), ("test", self.test)):
+            if len(pairs):
+                out.update({f"{split}_{k}": v for k, v in evaluate(model, pairs).items()})
+                out[f"{split}_pairs"] = len(pairs)
+        return out
+
+    def fit(self, round: int, state: State, instructions: Instructions) -> FitResult:
+        """Train ``local_epochs`` from ``state``; return the encoded update and metrics.
+
+        Runs on ``threads`` intra-op threads: float sums depend on the thread count, so every
+        engine trains a site with the same count for the same result.
+        """
+        with torch_threads(self.threads):
+            return self._fit(round, state, instructions)
+
+    def _fit(self, round: int, state: State, instructions: Instructions) -> FitResult:
+        model = self._model(state)
+        metrics = {f"global_{k}": v for k, v in self._evaluate(state).items()}
+        seq = round_seed(self.seed, self.id, round)
+        torch.manual_seed(int(seq.generate_state(1)[0]))
+        rng = np.random.default_rng(seq)
+        optimizer = make_optimizer(model, self.train_cfg)
+        extra_loss = after_backward = None
+        start = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
+        if instructions.proximal_mu > 0:
+            extra_loss = _proximal(instructions.proximal_mu, start)
+        new_control = None
+        if instructions.scaffold_control is not None:
+            c = {k: torch.from_numpy(np.asarray(v)) for k, v in instructions.scaffold_control.items()}
+            c_i = self._control or {k: np.zeros_like(v) for k, v in state.items()}
+            new_control = self._local_gradient(model)  # option I: grad of local loss at x
+            correction = {k: c[k] - torch.from_numpy(c_i[k]) for k in c}
+            after_backward = _corrected(correction)
+        losses = []
+        for _ in range(self.local_epochs):
+            losses.append(
+                train_epoch(model, optimizer, self.train, self.train_cfg, rng,
+                            extra_loss=extra_loss, after_backward=after_backward)["loss"]
+            )  # fmt: skip
+        local = state_of(model)
+        parts = {"delta": {k: local[k] - np.asarray(state[k]) for k in state}}
+        if new_control is not None:
+            c_i = self._control or {k: np.zeros_like(v) for k, v in state.items()}
+            parts["control"] = {k: new_control[k] - c_i[k] for k in state}
+            self._control = new_control
+        payload = wire.encode(wire.Update(self.id, round, len(self.train), parts))
+        metrics.update({"train_loss": losses[-1], "train_pairs": len(self.train)})
+        return FitResult(self.id, round, payload, wire.sha256(payload), len(self.train), metrics)
+
+    def _local_gradient(self, model: DTIModel) -> State:
+        """Mean gradient of the local training loss at the current weights (eval mode)."""
+        model.eval()
+        model.zero_grad(set_to_none=True)
+        n = len(self.train)
+        for i in range(0, n, 4096):
+            batch = self.train.collate(np.arange(i, min(i + 4096, n)))
+            (F.mse_loss(model(*batch.args()), batch.labels, reduction="sum") / n).backward()
+        grads = {k: p.grad.detach().numpy().copy() for k, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        model.train()
+        return grads
+
+
+@contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _proximal(mu: float, start: dict[str, torch.Tensor]):
+    def term(model: DTIModel) -> torch.Tensor:
+        return 0.5 * mu * sum(((p - start[k]) ** 2).sum() for k, p in model.named_parameters())
+
+    return term
+
+
+def _corrected(correction: dict[str, torch.Tensor]):
+    def hook(model: DTIModel) -> None:
+        for k, p in model.named_parameters():
+            if p.grad is not None:
+                p.grad.add_(correction[k])
+
+    return hook

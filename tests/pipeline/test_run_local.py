@@ -1,0 +1,190 @@
+"""The in-process engine end to end: outputs, determinism, failures, what leaves a site."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.numpy import load_file
+
+from pharmafl.errors import ConfigError
+from pharmafl.pipeline import events as ev
+from pharmafl.pipeline.engine_local import LocalEngine, make_site
+from pharmafl.pipeline.engines import run_federated
+from pharmafl.pipeline.events import EventBus
+from pharmafl.pipeline.run import prepare
+from pharmafl.pipeline.strategies import STRATEGIES
+from pharmafl.sites import update as wire
+from pharmafl.sites.site import FitResult
+
+from .conftest import with_federation
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def on_event(self, event):
+        self.events.append(event)
+
+    def close(self):
+        pass
+
+
+def test_run_writes_outputs(small_cfg, tmp_path):
+    out = tmp_path / "run"
+    metrics = run_federated(small_cfg, out)
+    assert metrics["status"] == "completed" and metrics["rounds"] == 2
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["test_mse"] == pytest.approx(metrics["test_mse"]) and 0 <= saved["test_ci"] <= 1
+    assert set(saved["sites"]) == {"site-01", "site-02", "site-03"}
+    rounds = pd.read_parquet(out / "rounds.parquet")
+    assert set(rounds["round"]) == {1, 2}
+    assert {"global_val_mse", "update_norm", "cosine_to_mean"} <= set(rounds.columns)
+    for png in ("site_validation_ci.png", "cosine_heatmap.png", "global_test.png"):
+        assert (out / "plots" / png).stat().st_size > 1000
+    assert list((out / "tensorboard" / "global").glob("events.out.tfevents.*"))
+    assert list((out / "tensorboard" / "site-02").glob("events.out.tfevents.*"))
+    weights = load_file(out / "model.safetensors")
+    assert weights and all(np.isfinite(v).all() for v in weights.values())
+    for site in ("site-01", "site-02", "site-03"):
+        manifest = json.loads((out / "sites" / site / "manifest.json").read_text())
+        assert set(manifest["extra"]["splits"]) == {"train", "val", "test"}
+        assert manifest["extra"]["label"]["count"] == sum(manifest["extra"]["splits"].values())
+
+
+def test_same_seed_same_model_different_seed_different_model(small_cfg, tmp_path):
+    a = run_federated(small_cfg, tmp_path / "a")["model_sha256"]
+    b = run_federated(small_cfg, tmp_path / "b")["model_sha256"]
+    from dataclasses import replace
+
+    c = run_federated(replace(small_cfg, seed=8), tmp_path / "c")["model_sha256"]
+    assert a == b != c
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_every_strategy_runs_and_learns(small_cfg, tmp_path, strategy):
+    cfg = with_federation(small_cfg, strategy=strategy, rounds=2)
+    rec = Recorder()
+    plan = prepare(cfg, tmp_path / strategy)
+    metrics = LocalEngine().run(plan, EventBus([rec]))
+    assert metrics["status"] == "completed"
+    ends = [e for e in rec.events if e.type == ev.ROUND_ENDED]
+    assert len(ends) == 2 and np.isfinite(metrics["test_mse"])
+    agg = [e for e in rec.events if e.type == ev.AGGREGATED]
+    assert all(e.payload["strategy"] == strategy for e in agg)
+
+
+def test_only_updates_and_metrics_leave_a_site(small_cfg, tmp_path):
+    """Inspect every payload that reaches the aggregation side: no rows, labels or ids."""
+    plan = prepare(small_cfg, tmp_path / "run")
+    seen: list[FitResult] = []
+
+    class Spy(LocalEngine):
+        @staticmethod
+        def _fit_all(sites, r, state, instructions):
+            results, failures = LocalEngine._fit_all(sites, r, state, instructions)
+            seen.extend(results.values())
+            return results, failures
+
+    Spy().run(plan, EventBus([]))
+    ds_ids = set()
+    for site in plan.sites:
+        m = pd.read_parquet(plan.site_dir(site) / "measurements.parquet")
+        ds_ids |= set(m.drug_id) | set(m.target_id)
+    for res in seen:
+        assert set(vars(res)) == {"site", "round", "payload", "update_hash", "num_examples", "metrics"}
+        upd = wire.decode(res.payload)
+        assert set(upd.parts) == {"delta"}
+        assert set(upd.delta) == set(json.loads(json.dumps(list(upd.delta))))  # parameter names only
+        for value in res.metrics.values():
+            assert isinstance(value, (int, float)), value  # scalars only: no rows, labels, predictions
+        blob = res.payload + json.dumps(res.metrics).encode()
+        for ident in ds_ids:
+            assert str(ident).encode() not in blob, ident
+
+
+def test_failing_site_is_reported_and_round_completes(small_cfg, tmp_path):
+    cfg = with_federation(small_cfg, min_sites=2)
+    plan = prepare(cfg, tmp_path / "run")
+
+    def factory(plan, sid):
+        site = make_site(plan, sid)
+        if sid == "site-02":
+            real = site.fit
+
+            def fit(r, state, instructions):
+                if r == 2:
+                    raise OSError("disk unplugged")
+                return real(r, state, instructions)
+
+            site.fit = fit
+        return site
+
+    rec = Recorder()
+    metrics = LocalEngine(site_factory=factory).run(plan, EventBus([rec]))
+    assert metrics["status"] == "completed" and metrics["rounds"] == 2
+    failed = [e.payload for e in rec.events if e.type == ev.SITE_FAILED]
+    assert failed == [{"round": 2, "site": "site-02", "error": "OSError: disk unplugged"}]
+    agg2 = [e.payload for e in rec.events if e.type == ev.AGGREGATED][1]
+    assert agg2["participants"] == ["site-01", "site-03"]
+
+
+def test_too_few_sites_stops_cleanly_keeping_outputs(small_cfg, tmp_path):
+    plan = prepare(small_cfg, tmp_path / "run")  # min_sites = all 3
+
+    def factory(plan, sid):
+        site = make_site(plan, sid)
+        if sid == "site-03":
+            site.fit = lambda r, s, i: (_ for _ in ()).throw(RuntimeError("site offline"))
+        return site
+
+    from pharmafl.pipeline.tracking import RunTracker
+
+    metrics = LocalEngine(site_factory=factory).run(plan, EventBus([RunTracker(plan.run_dir)]))
+    assert metrics["status"].startswith("stopped") and metrics["rounds"] == 0
+    assert json.loads((plan.run_dir / "metrics.json").read_text())["status"].startswith("stopped")
+    assert (plan.run_dir / "model.safetensors").is_file()
+
+
+def test_tampered_update_is_rejected(small_cfg, tmp_path):
+    plan = prepare(with_federation(small_cfg, min_sites=2), tmp_path / "run")
+
+    def factory(plan, sid):
+        site = make_site(plan, sid)
+        if sid == "site-01":
+            real = site.fit
+
+            def fit(r, state, instructions):
+                res = real(r, state, instructions)
+                forged = bytearray(res.payload)
+                forged[-1] ^= 0xFF
+                return FitResult(res.site, res.round, bytes(forged), res.update_hash, res.num_examples, res.metrics)
+
+            site.fit = fit
+        return site
+
+    rec = Recorder()
+    LocalEngine(site_factory=factory).run(plan, EventBus([rec]))
+    failed = [e.payload for e in rec.events if e.type == ev.SITE_FAILED]
+    assert {f["site"] for f in failed} == {"site-01"} and "hash mismatch" in failed[0]["error"]
+
+
+def test_run_dir_must_be_new(small_cfg, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("x")
+    with pytest.raises(ConfigError, match="not empty"):
+        prepare(small_cfg, tmp_path / "run")
+
+
+def test_store_tampering_is_caught_before_round_1(small_cfg, tmp_path):
+    plan = prepare(small_cfg, tmp_path / "run")
+    path = plan.site_dir("site-02") / "measurements.parquet"
+    path.write_bytes(path.read_bytes() + b"\0")
+    from pharmafl.errors import DataError
+    from pharmafl.pipeline.run import verify_stores
+
+    with pytest.raises(DataError, match="site-02.*sha256"):
+        verify_stores(plan)
