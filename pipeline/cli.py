@@ -1,7 +1,7 @@
 """The ``pharmafl`` command line (Typer; ``--help`` on every command).
 
 User errors (:class:`~pharmafl.errors.PharmaflError`) print one line saying what is wrong
-and how to fix it, and exit with status 2; no traceback.
+and how to fix it, and exit with status 1; no traceback. Usage errors exit with 2.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _mount_subcommands() -> None:
     cli_central.register(app)
     for module, name, help_text in (
         ("pharmafl.sites.data_cli", "data", "Fetch, validate and import datasets."),
-        # LEDGER_MOUNT
+        ("pharmafl.audit.cli", "ledger", "Verify, export and prove the audit ledger."),
     ):
         sub = __import__(module, fromlist=["app"]).app
         app.add_typer(sub, name=name, help=help_text)
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, standalone_mode=False)
     except PharmaflError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        return 2
+        return 1
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:

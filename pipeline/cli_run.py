@@ -62,14 +62,26 @@ def run_command(
     data_dir: Annotated[
         Path | None, typer.Option(envvar="PHARMAFL_DATA", help="Dataset directory (default ~/.cache/pharmafl).")
     ] = None,
+    export_job: Annotated[
+        Path | None,
+        typer.Option(help="Prepare the run (site stores, plan) and export the NVFlare job to this folder "
+                          "for `nvflare job submit` / ProdEnv, instead of running it."),
+    ] = None,
 ) -> None:
     """Partition the dataset into site stores, train federated, write metrics, plots and the ledger."""
-    from pharmafl.pipeline.engines import run_federated
+    from pharmafl.pipeline.engines import export_federated, run_federated
 
     if engine is not None and engine not in ("nvflare", "local"):
         raise typer.BadParameter(f"Could not resolve {engine!r} among choices ['local', 'nvflare']", param_hint="--engine")
     cfg = load_run_config(config).with_overrides(engine=engine, sites=sites, rounds=rounds)
     out = out or Path("runs") / cfg.name
+    if cfg.ledger.enabled:
+        _ensure_passphrase()
+    if export_job is not None:
+        job = export_federated(cfg, out, export_job, data_dir=data_dir, cache_dir=default_cache_dir())
+        console.print(f"exported the NVFlare job to {job}; site stores and plan in {out}")
+        console.print(f"submit it with: nvflare job submit -j {job} --startup-kit <admin startup kit>")
+        return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn())  # fmt: skip
     console.print(f"[bold]{cfg.name}[/]: {cfg.data.sites} sites ({cfg.data.partition} partition of "
@@ -79,6 +91,27 @@ def run_command(
         listener = ProgressListener(progress, cfg.federation.rounds, cfg.data.sites)
         metrics = run_federated(cfg, out, data_dir=data_dir, cache_dir=default_cache_dir(), listeners=[listener])
     _summary(metrics, out)
+
+
+def _ensure_passphrase() -> None:
+    """The ledger's key store needs a passphrase: ``$PHARMAFL_KEY_PASSPHRASE``, else asked for
+    on a terminal and handed to the engine's processes through the environment."""
+    import os
+    import sys
+
+    from pharmafl.audit.keys import PASSPHRASE_ENV
+
+    if os.environ.get(PASSPHRASE_ENV):
+        return
+    if not sys.stdin.isatty():
+        from pharmafl.errors import ConfigError
+
+        raise ConfigError(
+            f"the run's ledger signs with keys encrypted under a passphrase: set {PASSPHRASE_ENV}, "
+            "run on a terminal to be asked for it, or set ledger.enabled: false"
+        )
+    os.environ[PASSPHRASE_ENV] = typer.prompt("Key-store passphrase for this run's signing keys",
+                                              hide_input=True, confirmation_prompt=True)  # fmt: skip
 
 
 def _summary(metrics: dict, out: Path) -> None:

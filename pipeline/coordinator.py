@@ -99,11 +99,12 @@ class Coordinator:
         updates, metrics = [], {}
         for site in sorted(results):
             res = results[site]
+            problem = _validate(site, round, res, state)
             self.bus.emit(
                 ev.SITE_UPDATE, site, round=round, update_hash=res.update_hash,
-                num_examples=res.num_examples, update_bytes=len(res.payload), metrics=res.metrics,
+                num_examples=res.num_examples, update_bytes=len(res.payload),
+                metrics=res.metrics if problem is None else {}, accepted=problem is None,
             )  # fmt: skip
-            problem = _validate(site, round, res, state)
             if problem is not None:
                 failed[site] = problem
                 continue
@@ -134,6 +135,10 @@ def _validate(site: str, round: int, res: FitResult, state: State) -> str | None
             return f"parameter {k} has shape {v.shape}, expected {np.shape(state[k])}"
         if not np.all(np.isfinite(v)):
             return f"parameter {k} holds NaN or infinite values"
+    bad = [k for k, v in res.metrics.items()
+           if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)]  # fmt: skip
+    if bad:
+        return f"metrics {bad} are not finite numbers: {[res.metrics[k] for k in bad]}"
     if upd.num_examples != res.num_examples or res.num_examples < 1:
         return f"example count {res.num_examples} is invalid or disagrees with the payload's {upd.num_examples}"
     return None

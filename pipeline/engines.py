@@ -15,9 +15,24 @@ from pharmafl.pipeline.tracking import RunTracker
 def run_listeners(plan: RunPlan) -> list[Listener]:
     """The listeners every run has, whatever the engine: event trace, outputs, the ledger.
 
-    Built in the process that runs the coordinator (NVFlare: the server process).
+    Built in the process that runs the coordinator (NVFlare: the server process). The ledger
+    comes first: if an entry cannot be recorded the run stops before anything else sees the
+    event. Its key-store passphrase comes from ``$PHARMAFL_KEY_PASSPHRASE``.
     """
-    return [JsonlEventLog(plan.run_dir / "events.jsonl"), RunTracker(plan.run_dir)]
+    listeners: list[Listener] = []
+    if plan.cfg.ledger.enabled:
+        listeners.append(ledger_listener(plan))
+    return [*listeners, JsonlEventLog(plan.run_dir / "events.jsonl"), RunTracker(plan.run_dir)]
+
+
+def ledger_listener(plan: RunPlan) -> Listener:
+    from pharmafl.audit import KeyStore, Ledger, LedgerListener, passphrase_from_env
+
+    passphrase = passphrase_from_env()
+    if plan.cfg.ledger.url is None:
+        return LedgerListener.for_run(plan.run_dir, passphrase)
+    keys = KeyStore(plan.run_dir / "keys", passphrase)
+    return LedgerListener(Ledger.open(plan.cfg.ledger.url, keys, registrar="server"), owns_ledger=True)
 
 
 def run_federated(
@@ -40,3 +55,12 @@ def run_federated(
     from pharmafl.pipeline.engine_nvflare import NVFlareEngine
 
     return NVFlareEngine().run(plan, listeners)
+
+
+def export_federated(
+    cfg: RunConfig, out: Path, job_dir: Path, *, data_dir: Path | None = None, cache_dir: Path | None = None
+) -> Path:
+    """Prepare the run and export its NVFlare job (see :func:`engine_nvflare.export_job`)."""
+    from pharmafl.pipeline.engine_nvflare import export_job
+
+    return export_job(prepare(cfg, out, data_dir=data_dir, cache_dir=cache_dir), job_dir)

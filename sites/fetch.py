@@ -231,7 +231,9 @@ def fetch(name: str, *, cache_dir: Path | None = None, force: bool = False,
           pins: Mapping[str, tuple[Pin, ...]] = PINS, base_url: str = BASE_URL) -> Path:
     """Fetch, verify and convert public dataset ``name``; return its store ``<cache>/<name>``.
 
-    An existing store is returned as is unless ``force``. ``base_url`` may name a mirror (any
+    An existing store is returned as is unless ``force``; so is the cache directory itself when
+    it already holds the tidy DeepDTA tables of ``name`` (their pins are checked on loading),
+    so that fetching never writes beside read-only reference tables. ``base_url`` may name a mirror (any
     URL urllib opens, e.g. ``file:///srv/mirror/``) holding the same paths; ``pins`` defaults
     to the real upstream pins.
     """
@@ -241,6 +243,8 @@ def fetch(name: str, *, cache_dir: Path | None = None, force: bool = False,
     store = cache / name
     if (store / MANIFEST).is_file() and not force:
         return store
+    if not force and all((cache / f"{name}_deepdta_{t}.csv.gz").is_file() for t in ("drugs", "targets", "pairs")):
+        return cache
     try:
         raw = ensure_raw(name, cache, pins=pins, base_url=base_url, force=force)
         return save_dataset(convert_deepdta(raw, name), store)

@@ -60,3 +60,17 @@ def test_site_result_roundtrip_and_failures():
     assert back == res
     assert "arrived in round 4" in result_from_model("site-01", 4, model_from_result(res))
     assert result_from_model("site-01", 3, model_from_error(3, "OSError: disk")) == "local training failed: OSError: disk"
+
+
+def test_export_job_for_submission(small_cfg, tmp_path):
+    from pharmafl.pipeline.engines import export_federated
+
+    job = export_federated(small_cfg, tmp_path / "run", tmp_path / "job")
+    server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
+    text = json.dumps(server)
+    assert "pharmafl_nvflare.PharmaflAggregator" in text and str(tmp_path / "run" / "plan.json") in text
+    assert (job / "app" / "custom" / "client.py").is_file()
+    assert (job / "app" / "custom" / "pharmafl_nvflare.py").is_file()
+    client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
+    assert "--plan" in json.dumps(client)
+    assert json.loads((tmp_path / "run" / "plan.json").read_text())["sites"] == ["site-01", "site-02", "site-03"]

@@ -188,3 +188,31 @@ def test_store_tampering_is_caught_before_round_1(small_cfg, tmp_path):
 
     with pytest.raises(DataError, match="site-02.*sha256"):
         verify_stores(plan)
+
+
+def test_run_leaves_a_verifiable_ledger(small_cfg, tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from pharmafl.audit import Ledger, verify_path
+    from pharmafl.pipeline.config import LedgerConfig
+
+    monkeypatch.setenv("PHARMAFL_KEY_PASSPHRASE", "a test passphrase")
+    out = tmp_path / "run"
+    metrics = run_federated(replace(small_cfg, ledger=LedgerConfig(enabled=True)), out)
+    result = verify_path(str(out / "ledger.db"))
+    ledger = Ledger.open(out / "ledger.db")
+    entries = list(ledger.entries())
+    types = [e.type for e in entries]
+    assert types.count("round_ended") == 2 and types[-1] == "run_ended"
+    assert len(list(ledger.checkpoints())) == 3  # after each round_ended and run_ended
+    updates = [e for e in entries if e.type == "site_update"]
+    assert {e.actor for e in updates} == {"site-01", "site-02", "site-03"}  # signed by each site
+    for site in ("site-01", "site-02", "site-03"):
+        first = next(i for i, e in enumerate(entries) if e.actor == site)
+        assert any(e.type == "actor_key" and e.data.get("actor") == site for e in entries[:first])
+    run_started = entries[types.index("run_started")].data
+    assert run_started["manifests"].keys() == {"site-01", "site-02", "site-03"}
+    assert entries[-1].data["model_hash"] == metrics["model_sha256"]
+    last_agg = [e for e in entries if e.type == "aggregated"][-1].data
+    assert last_agg["checkpoint_hash"] == metrics["model_sha256"]  # lineage: ledger -> model file
+    assert result.startswith("OK: ")
