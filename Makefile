@@ -37,11 +37,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 test: install
 	$(BIN)/python -m pytest -q
 
+DEMO_OUT ?= runs/davis-10sites-$(shell date +%Y%m%d-%H%M%S)
+
+# The demo's signing keys are encrypted under a throwaway passphrase unless you set your own.
+demo: export PHARMAFL_KEY_PASSPHRASE ?= pharmafl-demo-passphrase-not-for-real-runs
 demo: install
-	$(BIN)/pharmafl run configs/davis-10sites.yaml --out runs/davis-10sites
+	$(BIN)/pharmafl run configs/davis-10sites.yaml --out $(DEMO_OUT)
+	$(BIN)/pharmafl ledger verify $(DEMO_OUT)
 
 bench: install
 	$(BIN)/python bench/centralized.py
+	$(BIN)/python bench/federated.py accuracy
+	$(BIN)/python bench/federated.py scale
+	$(BIN)/python bench/federated.py nvflare
+	$(BIN)/python bench/ledger.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -74,8 +74,8 @@ def throughput(steps: int, batch_size: int = 512) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per variant in part 1")
+    parser.add_argument("--epochs", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per variant in part 1")
     parser.add_argument("--batching", default="grouped", choices=["grouped", "random"])
     parser.add_argument("--out", type=Path, default=Path("runs/bench-central"))
     parser.add_argument("--skip-accuracy", action="store_true")
@@ -92,7 +92,8 @@ def main() -> None:
     if args.skip_accuracy:
         return
 
-    print(f"\n== accuracy: {args.epochs} epochs, {args.batching} batching, epoch kept on validation ==")
+    print(f"\n== accuracy: {args.epochs} epochs, {args.batching} batching, cosine learning rate, "
+          "epoch kept on validation ==")
     print(f"{'epoch':>5} {'sec':>6} {'val MSE':>8} {'val CI':>7} {'test MSE':>9} {'test CI':>8}")
 
     def show(r):

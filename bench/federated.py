@@ -1,8 +1,9 @@
 """Federated DAVIS/KIBA benchmarks; every figure printed side by side from one invocation.
 
-    python bench/federated.py accuracy [--rounds 30 --local-epochs 2]
+    python bench/federated.py accuracy [--rounds 20 --local-epochs 2]
         DAVIS, 10 sites, compound split: centralized vs FedAvg vs FedProx vs SCAFFOLD at equal
-        total local epochs (rounds x local epochs); test CI/MSE and federated/centralized CI.
+        total local epochs (rounds x local epochs); test CI/MSE and federated/centralized CI;
+        plus FedAvg with the local optimizer reset every round, and FedAvg on an iid split.
     python bench/federated.py scale [--sites 10 50 100]
         in-process engine on KIBA (compound split): seconds per round and peak RSS, each size
         in a fresh process.
@@ -38,27 +39,36 @@ def accuracy(args) -> None:
                                     site_threads=args.threads),
         ledger=LedgerConfig(enabled=False),
     )  # fmt: skip
+    runs = [  # (row, partition, strategy, options, train config)
+        ("FedAvg", "compound", "fedavg", {}, TrainConfig()),
+        ("FedProx (mu=%g)" % args.mu, "compound", "fedprox", {"mu": args.mu}, TrainConfig()),
+        ("SCAFFOLD", "compound", "scaffold", {}, TrainConfig()),
+        ("FedAvg, local Adam reset each round", "compound", "fedavg", {}, TrainConfig()),
+        ("FedAvg, iid split, site batch 64", "iid", "fedavg", {}, TrainConfig(batch_size=64, group_size=8)),
+    ]
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        central = train_central(CentralConfig(epochs=epochs), Path(tmp) / "central")
+        central = train_central(CentralConfig(epochs=epochs, lr_schedule="constant"), Path(tmp) / "central")
         hist = (Path(tmp) / "central" / "history.csv").read_text().splitlines()
         last = dict(zip(hist[0].split(","), hist[-1].split(",")))
         rows["centralized (last epoch)"] = (float(last["test_mse"]), float(last["test_ci"]), time.perf_counter() - t0)
-        rows["centralized (best val epoch)"] = (central["test_mse"], central["test_ci"], central["seconds"])
+        rows["centralized (best validation epoch)"] = (central["test_mse"], central["test_ci"], central["seconds"])
         print(f"centralized {epochs} epochs: {rows['centralized (last epoch)']}", flush=True)
-        for strategy, options in (("fedavg", {}), ("fedprox", {"mu": args.mu}), ("scaffold", {})):
-            cfg = replace(base, federation=replace(base.federation, strategy=strategy, strategy_options=options))
+        for k, (row, part, strategy, options, train) in enumerate(runs):
+            fed = replace(base.federation, strategy=strategy, strategy_options=options,
+                          local_optimizer="reset" if "reset" in row else "keep")  # fmt: skip
+            cfg = replace(base, data=replace(base.data, partition=part), train=train, federation=fed)
             t0 = time.perf_counter()
-            m = run_federated(cfg, Path(tmp) / strategy)
-            rows[strategy] = (m["test_mse"], m["test_ci"], time.perf_counter() - t0)
-            print(f"{strategy}: {rows[strategy]}", flush=True)
+            m = run_federated(cfg, Path(tmp) / f"run{k}")
+            rows[row] = (m["test_mse"], m["test_ci"], time.perf_counter() - t0)
+            print(f"{row}: {rows[row]}", flush=True)
     ref = rows["centralized (last epoch)"][1]
-    print(f"\nDAVIS, 10 sites (compound split), {args.rounds} rounds x {args.local_epochs} local epochs "
-          f"= {epochs} epochs; centralized {epochs} epochs")  # fmt: skip
-    print(f"{'run':30s} {'test MSE':>9} {'test CI':>8} {'CI / central':>13} {'seconds':>8}")
+    print(f"\nDAVIS, 10 sites, {args.rounds} rounds x {args.local_epochs} local epochs = {epochs} epochs; "
+          f"centralized {epochs} epochs; same optimizer (Adam 5e-4, constant)")  # fmt: skip
+    print(f"{'run':40s} {'test MSE':>9} {'test CI':>8} {'CI / central':>13} {'seconds':>8}")
     for name, (mse, ci, sec) in rows.items():
-        print(f"{name:30s} {mse:9.4f} {ci:8.4f} {ci / ref:13.3f} {sec:8.0f}")
+        print(f"{name:40s} {mse:9.4f} {ci:8.4f} {ci / ref:13.3f} {sec:8.0f}")
 
 
 def _scale_child(sites: int, rounds: int, out: str) -> None:
@@ -121,7 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
     a = sub.add_parser("accuracy")
-    a.add_argument("--rounds", type=int, default=30)
+    a.add_argument("--rounds", type=int, default=20)
     a.add_argument("--local-epochs", type=int, default=2)
     a.add_argument("--mu", type=float, default=0.01)
     a.add_argument("--threads", type=int, default=2, help="torch threads per site (in-process engine)")

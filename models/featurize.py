@@ -55,6 +55,10 @@ def parse_smiles(smiles: str) -> Chem.Mol:
     """Parse ``smiles`` with RDKit, raising :class:`FeaturizationError` with RDKit's message."""
     if not isinstance(smiles, str) or not smiles.strip():
         raise FeaturizationError(f"empty SMILES {smiles!r}")
+    if re.search(r"\s", smiles):
+        raise FeaturizationError(
+            f"SMILES {smiles!r} contains whitespace (RDKit would silently drop what follows it)"
+        )
     with rdBase.CaptureErrorLog() as capture:
         mol = Chem.MolFromSmiles(smiles)
     if mol is None:

@@ -12,8 +12,8 @@ with :math:`Z` the number of pairs whose true labels differ. It is computed in
 Knight 1966) and the tie counts: with :math:`n_0 = n(n-1)/2` pairs, :math:`n_1` tied in
 ``y``, :math:`n_2` tied in ``ŷ`` and :math:`n_3` tied in both,
 :math:`P - Q = \\tau_b \\sqrt{(n_0 - n_1)(n_0 - n_2)}`, :math:`Z = n_0 - n_1`,
-:math:`T = n_2 - n_3` pairs tied in ``ŷ`` only, and
-:math:`\\mathrm{CI} = (P + T/2) / Z = \\tfrac12 + (P - Q) / (2Z)`.
+:math:`T = n_2 - n_3` pairs tied in ``ŷ`` only, and, since :math:`P + Q + T = Z`,
+:math:`\\mathrm{CI} = (P + T/2) / Z = \\tfrac12 + (P - Q) / (2Z)` (so :math:`n_3` is not needed).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ def mse(y_true, y_pred) -> float:
     return float(np.mean((y - p) ** 2))
 
 
-def _tied_pairs(*columns: np.ndarray) -> int:
-    """Number of unordered pairs equal in every column."""
-    _, counts = np.unique(np.stack(columns, axis=1), axis=0, return_counts=True)
+def _tied_pairs(values: np.ndarray) -> int:
+    """Number of unordered pairs with equal values."""
+    _, counts = np.unique(values, return_counts=True)
     return int((counts * (counts - 1) // 2).sum())
 
 
@@ -49,7 +49,7 @@ def concordance_index(y_true, y_pred) -> float:
     """Concordance index in O(n log n); 0.5 when no pair of labels differs."""
     y, p = _as_arrays(y_true, y_pred)
     n0 = y.size * (y.size - 1) // 2
-    n1, n2, n3 = _tied_pairs(y), _tied_pairs(p), _tied_pairs(y, p)
+    n1, n2 = _tied_pairs(y), _tied_pairs(p)
     z = n0 - n1
     if z == 0:
         return 0.5

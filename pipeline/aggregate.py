@@ -64,21 +64,3 @@ def add(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], scale: float =
 
 def l2_norm(state: Mapping[str, np.ndarray]) -> float:
     return float(np.sqrt(sum(float(np.sum(np.asarray(v, np.float64) ** 2)) for v in state.values())))
-
-
-def flatten(state: Mapping[str, np.ndarray]) -> np.ndarray:
-    return np.concatenate([np.asarray(state[k], np.float64).ravel() for k in sorted(state)])
-
-
-def cosine_matrix(vectors: np.ndarray) -> np.ndarray:
-    """Pairwise cosine similarity of the rows of ``vectors`` (zero rows give 0)."""
-    norms = np.linalg.norm(vectors, axis=1)
-    safe = np.where(norms > 0, norms, 1.0)
-    unit = vectors / safe[:, None]
-    return np.clip(unit @ unit.T, -1.0, 1.0) * np.outer(norms > 0, norms > 0)
-
-
-def cosine_to_mean(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Cosine of each row with the weighted mean row."""
-    mean = (weights[:, None] * vectors).sum(axis=0)
-    return cosine_matrix(np.vstack([vectors, mean[None, :]]))[:-1, -1]

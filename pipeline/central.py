@@ -21,12 +21,15 @@ import torch
 
 from pharmafl.errors import ConfigError
 from pharmafl.models.dti import DTIModel, ModelConfig
-from pharmafl.pipeline.artifacts import save_model, write_json
+from pharmafl.pipeline.artifacts import save_model, write_bytes_atomic, write_json
 from pharmafl.pipeline.plots import plot_learning_curve
 from pharmafl.sites.site import featurize_dataset
 from pharmafl.sites.splits import Split, split_measurements
 from pharmafl.sites.tables import DTIDataset, load_dataset
 from pharmafl.sites.training import TrainConfig, evaluate, make_optimizer, train_epoch
+
+
+LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ class CentralConfig:
         epochs: maximum training epochs. Default 100.
         val_fraction: share of the training folds held out to pick the epoch. Default 0.1.
         patience: stop after this many epochs without a better validation MSE (0: never).
+        lr_schedule: ``cosine`` (default; the learning rate decays to 0 over ``epochs``,
+            which settles the epoch-to-epoch swing of the predictions' mean) or ``constant``
+            (GraphDTA's choice).
         seed: seed of the split, the batches and the model. Default 0.
     """
 
@@ -45,6 +51,7 @@ class CentralConfig:
     epochs: int = 100
     val_fraction: float = 0.1
     patience: int = 0
+    lr_schedule: str = "cosine"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -56,6 +63,10 @@ class CentralConfig:
             raise ConfigError(f"val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
         if not isinstance(self.patience, int) or self.patience < 0:
             raise ConfigError(f"patience must be a non-negative integer, got {self.patience!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"Could not resolve lr_schedule {self.lr_schedule!r} among choices {list(LR_SCHEDULES)}"
+            )
 
 
 def train_central(
@@ -70,6 +81,9 @@ def train_central(
 ) -> dict:
     """Train, pick the epoch on validation, score the test fold; return ``metrics.json``'s content."""
     start = time.perf_counter()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"output directory {out_dir} is not empty; choose a new --out (runs are never overwritten)")
     torch.manual_seed(cfg.seed)
     ds = dataset if dataset is not None else load_dataset(cfg.dataset, data_dir=data_dir)
     split: Split = split_measurements(ds.measurements, cfg.val_fraction, cfg.seed)
@@ -78,10 +92,14 @@ def train_central(
 
     model = DTIModel(**{**asdict(cfg.model), "seed": cfg.seed})
     optimizer = make_optimizer(model, cfg.train)
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+                if cfg.lr_schedule == "cosine" else None)  # fmt: skip
     rng = np.random.default_rng(cfg.seed)
     history, best, best_state, stale = [], None, None, 0
     for epoch in range(1, cfg.epochs + 1):
         fit = train_epoch(model, optimizer, train, cfg.train, rng, on_step=on_step)
+        if schedule is not None:
+            schedule.step()
         record = {
             "epoch": epoch,
             "seconds": round(time.perf_counter() - start, 3),
@@ -117,9 +135,10 @@ def train_central(
         "seconds": round(time.perf_counter() - start, 3),
         "model_sha256": model_hash,
     }
-    write_json(out_dir / "config.json", {**asdict(cfg), "model": asdict(cfg.model), "train": asdict(cfg.train)})
+    used_model = {**asdict(cfg.model), "seed": cfg.seed}  # the weights were seeded with the run's seed
+    write_json(out_dir / "config.json", {**asdict(cfg), "model": used_model, "train": asdict(cfg.train)})
+    write_bytes_atomic(out_dir / "history.csv", pd.DataFrame(history).to_csv(index=False).encode())
     write_json(out_dir / "metrics.json", metrics)
-    pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
     plot_learning_curve(history, best["epoch"], out_dir / "learning_curve.png", title=f"{ds.name}: centralized")
     return metrics
 

@@ -7,7 +7,6 @@ and how to fix it, and exit with status 1; no traceback. Usage errors exit with 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 import typer

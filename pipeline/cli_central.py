@@ -26,7 +26,8 @@ def train_central_command(
     val_fraction: Annotated[float, typer.Option(help="Share of the training folds used to pick the epoch.")] = 0.1,
     batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 512,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 5e-4,
-    batching: Annotated[str, typer.Option(help="grouped (whole targets per batch) or random.")] = "grouped",
+    batching: Annotated[str, typer.Option(help="grouped (same-target chunks per batch) or random.")] = "grouped",
+    lr_schedule: Annotated[str, typer.Option(help="cosine (decay to 0 over --epochs) or constant.")] = "cosine",
     drug_encoder: Annotated[str, typer.Option(help="gin, gcn or gat.")] = "gin",
     seed: Annotated[int, typer.Option(help="Seed of split, batches and weights.")] = 0,
     data_dir: Annotated[
@@ -38,6 +39,7 @@ def train_central_command(
         dataset=dataset,
         epochs=epochs,
         patience=patience,
+        lr_schedule=lr_schedule,
         val_fraction=val_fraction,
         seed=seed,
         model=ModelConfig(drug_encoder=drug_encoder),

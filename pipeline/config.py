@@ -64,6 +64,8 @@ class FederationConfig:
         nvflare_env: ``sim`` (simulator, default) or ``poc`` (separate processes, mutual TLS).
         site_threads: torch threads per site while it trains (default 1). Float sums depend
             on the thread count, so both engines use this one value and agree exactly.
+        local_optimizer: ``keep`` (default) carries each site's Adam state from round to
+            round; ``reset`` starts a fresh optimizer every round.
     """
 
     rounds: int = 20
@@ -75,6 +77,7 @@ class FederationConfig:
     engine: Engine = "nvflare"
     nvflare_env: NVFlareEnv = "sim"
     site_threads: int = 1
+    local_optimizer: Literal["keep", "reset"] = "keep"
 
     def __post_init__(self):
         if self.site_threads < 1:
@@ -130,6 +133,9 @@ class RunConfig:
             raise ConfigError(
                 f"federation.min_sites ({self.federation.min_sites}) exceeds data.sites ({self.data.sites})"
             )
+        from pharmafl.pipeline.strategies import build_strategy  # registry imports this module
+
+        build_strategy(self.federation.strategy, self.federation.strategy_options, n_sites=self.data.sites)
 
     @property
     def min_sites(self) -> int:
@@ -139,11 +145,7 @@ class RunConfig:
         """Apply CLI overrides: ``sites``, ``rounds``, ``engine`` (None = keep)."""
         cfg = self
         if overrides.get("sites") is not None:
-            min_sites = cfg.federation.min_sites
-            if min_sites is not None and min_sites > overrides["sites"]:
-                min_sites = None
-            cfg = replace(cfg, data=replace(cfg.data, sites=overrides["sites"]),
-                          federation=replace(cfg.federation, min_sites=min_sites))  # fmt: skip
+            cfg = replace(cfg, data=replace(cfg.data, sites=overrides["sites"]))  # min_sites checked again
         if overrides.get("rounds") is not None:
             cfg = replace(cfg, federation=replace(cfg.federation, rounds=overrides["rounds"]))
         if overrides.get("engine") is not None:
@@ -152,8 +154,4 @@ class RunConfig:
 
 
 def load_run_config(path: Path) -> RunConfig:
-    cfg = load_yaml(RunConfig, path)
-    from pharmafl.pipeline.strategies import build_strategy
-
-    build_strategy(cfg.federation.strategy, cfg.federation.strategy_options, n_sites=cfg.data.sites)
-    return cfg
+    return load_yaml(RunConfig, path)

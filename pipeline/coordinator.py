@@ -73,7 +73,7 @@ class Coordinator:
                 f"round {round}: {len(updates)} usable update(s) from {sorted(u.site for u in updates)}, "
                 f"fewer than min_sites={self.min_sites}; failed: {failed}"
             )
-        losses = [metrics[u.site].get("global_val_mse", 1.0) for u in updates]
+        losses = [metrics[u.site]["global_val_mse"] for u in updates] if self.weighting == "quality" else None
         weights = site_weights(self.weighting, [u.num_examples for u in updates], losses)
         new_state = self.strategy.aggregate(state, updates, weights)
         diag = update_diagnostics([u.site for u in updates], [u.delta for u in updates], weights)
@@ -99,7 +99,7 @@ class Coordinator:
         updates, metrics = [], {}
         for site in sorted(results):
             res = results[site]
-            problem = _validate(site, round, res, state)
+            problem = _validate(site, round, res, state, self.strategy.required_parts)
             self.bus.emit(
                 ev.SITE_UPDATE, site, round=round, update_hash=res.update_hash,
                 num_examples=res.num_examples, update_bytes=len(res.payload),
@@ -117,7 +117,7 @@ class Coordinator:
                       metrics=metrics, finished_at=time.time())  # fmt: skip
 
 
-def _validate(site: str, round: int, res: FitResult, state: State) -> str | None:
+def _validate(site: str, round: int, res: FitResult, state: State, required_parts=("delta",)) -> str | None:
     """Why an update is unusable, or None."""
     actual = wire.sha256(res.payload)
     if actual != res.update_hash:
@@ -128,13 +128,17 @@ def _validate(site: str, round: int, res: FitResult, state: State) -> str | None
         return str(exc)
     if upd.site != site or upd.round != round:
         return f"update is labelled {upd.site} round {upd.round}, expected {site} round {round}"
-    if set(upd.delta) != set(state):
-        return f"update parameters differ from the model's: {sorted(set(upd.delta) ^ set(state))[:5]}"
-    for k, v in upd.delta.items():
-        if v.shape != np.shape(state[k]):
-            return f"parameter {k} has shape {v.shape}, expected {np.shape(state[k])}"
-        if not np.all(np.isfinite(v)):
-            return f"parameter {k} holds NaN or infinite values"
+    missing = sorted(set(required_parts) - set(upd.parts))
+    if missing:
+        return f"update lacks the parts {missing} the strategy needs (it holds {sorted(upd.parts)})"
+    for part, arrays in sorted(upd.parts.items()):
+        if set(arrays) != set(state):
+            return f"{part}/ parameters differ from the model's: {sorted(set(arrays) ^ set(state))[:5]}"
+        for k, v in arrays.items():
+            if v.shape != np.shape(state[k]):
+                return f"{part}/{k} has shape {v.shape}, expected {np.shape(state[k])}"
+            if not np.all(np.isfinite(v)):
+                return f"{part}/{k} holds NaN or infinite values"
     bad = [k for k, v in res.metrics.items()
            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)]  # fmt: skip
     if bad:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pharmafl.pipeline.aggregate import cosine_matrix, cosine_to_mean, flatten
 
 REMEDIES = (
     "raise FedProx's mu (federation.strategy: fedprox, strategy_options.mu) to hold sites near the global model",
@@ -23,16 +22,40 @@ REMEDIES = (
 
 
 def update_diagnostics(sites: Sequence[str], deltas: Sequence[dict], weights: np.ndarray) -> dict:
-    """Norms, cosine matrix and cosine to the mean of the site updates (JSON-able)."""
-    vectors = np.stack([flatten(d) for d in deltas])
-    cos = cosine_matrix(vectors)
-    to_mean = cosine_to_mean(vectors, np.asarray(weights, dtype=np.float64))
+    """Norms, cosine matrix and cosine to the mean of the site updates (JSON-able).
+
+    Everything follows from the Gram matrix :math:`G_{ij} = \langle \Delta_i, \Delta_j \rangle`
+    (see :func:`gram_matrix`): norms :math:`\sqrt{G_{ii}}`, cosines
+    :math:`G_{ij} / \sqrt{G_{ii} G_{jj}}` and, with :math:`\bar\Delta = \sum_j w_j \Delta_j`,
+    :math:`\langle \Delta_i, \bar\Delta \rangle = (Gw)_i` and :math:`\lVert\bar\Delta\rVert^2 = w^\top G w`.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    g = gram_matrix(deltas)
+    norms = np.sqrt(np.clip(np.diag(g), 0.0, None))
+    safe = np.where(norms > 0, norms, 1.0)
+    cos = np.clip(g / np.outer(safe, safe), -1.0, 1.0) * np.outer(norms > 0, norms > 0)
+    mean_norm = float(np.sqrt(max(w @ g @ w, 0.0)))
+    to_mean = (g @ w) / (safe * mean_norm) if mean_norm > 0 else np.zeros(len(w))
+    to_mean = np.clip(to_mean, -1.0, 1.0) * (norms > 0)
     return {
         "sites": list(sites),
-        "update_norms": {s: float(np.linalg.norm(v)) for s, v in zip(sites, vectors)},
+        "update_norms": {s: float(n) for s, n in zip(sites, norms)},
         "cosine_to_mean": {s: float(c) for s, c in zip(sites, to_mean)},
         "cosine_matrix": [[float(x) for x in row] for row in cos],
     }
+
+
+def gram_matrix(deltas: Sequence[dict], chunk: int = 1 << 16) -> np.ndarray:
+    """:math:`G_{ij} = \langle \Delta_i, \Delta_j \rangle` summed parameter by parameter in
+    float64 chunks: memory stays at sites x ``chunk`` instead of sites x model size."""
+    n = len(deltas)
+    g = np.zeros((n, n), dtype=np.float64)
+    for key in sorted(deltas[0]):
+        flat = [np.asarray(d[key]).ravel() for d in deltas]
+        for lo in range(0, flat[0].size, chunk):
+            block = np.stack([f[lo : lo + chunk] for f in flat]).astype(np.float64)
+            g += block @ block.T
+    return g
 
 
 @dataclass

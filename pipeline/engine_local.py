@@ -30,24 +30,28 @@ class LocalEngine:
         coord = server_side(plan, bus)
         state = initial_state(plan.cfg)
         start_run(plan, bus, engine="local")
-        status, done = "completed", 0
-        for r in range(1, plan.cfg.federation.rounds + 1):
-            instructions = coord.start_round(r, state, list(sites))
-            results, failures = self._fit_all(sites, r, state, instructions)
-            try:
+        status, done, error = "completed", 0, None
+        try:
+            for r in range(1, plan.cfg.federation.rounds + 1):
+                instructions = coord.start_round(r, state, list(sites))
+                results, failures = self._fit_all(sites, r, state, instructions)
                 state = coord.finish_round(r, state, results, failures).state
-            except RoundAborted as exc:
-                status = f"stopped: {exc}"
-                break
-            done = r
+                done = r
+        except RoundAborted as exc:
+            status = f"stopped: {exc}"
+        except Exception as exc:  # recorded and re-raised: the run ends with what it has
+            status, error = f"failed: {type(exc).__name__}: {exc}", exc
         site_metrics = {}
         for sid in sorted(sites):
             try:
                 site_metrics[sid] = sites[sid].evaluate(state)
             except Exception as exc:  # a site down at the end is reported, not fatal
                 site_metrics[sid] = {"error": repr(exc)}
-        return end_run(plan, coord, state, status=status, rounds=done, site_metrics=site_metrics,
-                       seconds=time.perf_counter() - start)  # fmt: skip
+        metrics = end_run(plan, coord, state, status=status, rounds=done, site_metrics=site_metrics,
+                          seconds=time.perf_counter() - start)  # fmt: skip
+        if error is not None:
+            raise error
+        return metrics
 
     @staticmethod
     def _fit_all(sites: dict[str, Site], r: int, state, instructions: Instructions):

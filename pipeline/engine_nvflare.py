@@ -64,6 +64,20 @@ def _cwd(path: Path):
         os.chdir(before)
 
 
+@contextlib.contextmanager
+def _poc_workspace(plan: RunPlan):
+    """POC mode keeps its workspace under ``RUN/nvflare/poc`` unless the user set
+    ``NVFLARE_POC_WORKSPACE``; the variable is restored afterwards."""
+    if plan.cfg.federation.nvflare_env != "poc" or "NVFLARE_POC_WORKSPACE" in os.environ:
+        yield
+        return
+    os.environ["NVFLARE_POC_WORKSPACE"] = str(plan.run_dir / "nvflare" / "poc")
+    try:
+        yield
+    finally:
+        del os.environ["NVFLARE_POC_WORKSPACE"]
+
+
 def _quiet_log_config(path: Path) -> str:
     """NVFlare's logging config with the console at ERROR (its files keep INFO): NVFlare warns
     on every normal job end; pharmafl reports problems itself."""
@@ -155,13 +169,15 @@ class NVFlareEngine:
         follower.start()
         error = None
         try:
-            with _cwd(plan.run_dir / "nvflare"):  # the client script is resolved at execute time
+            with _cwd(plan.run_dir / "nvflare"), _poc_workspace(plan):  # script resolved at execute time
                 run = recipe.execute(env)
                 run.get_result()
         except (RuntimeError, SystemExit) as exc:
             error = exc
         finally:
             follower.stop()
+            for listener in listeners:
+                listener.close()
         metrics_path = plan.run_dir / "metrics.json"
         if not metrics_path.is_file():
             logs = sorted(str(p) for p in (plan.run_dir / "nvflare").rglob("log.txt"))
@@ -174,7 +190,6 @@ class NVFlareEngine:
 
         job_dir = plan.run_dir / "nvflare"
         if plan.cfg.federation.nvflare_env == "poc":
-            os.environ.setdefault("NVFLARE_POC_WORKSPACE", str(job_dir / "poc"))
             return PocEnv(clients=list(plan.sites))
         return SimEnv(clients=list(plan.sites), num_threads=len(plan.sites),
                       workspace_root=str(job_dir / "workspace"),

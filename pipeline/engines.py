@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,15 +44,20 @@ def run_federated(
     cache_dir: Path | None = None,
     listeners: Sequence[Listener] = (),
 ) -> dict:
+    if cfg.ledger.enabled:
+        from pharmafl.audit import passphrase_from_env
+
+        passphrase_from_env()  # refuse before anything is written
     plan = prepare(cfg, out, data_dir=data_dir, cache_dir=cache_dir)
     if cfg.federation.engine == "local":
         from pharmafl.pipeline.engine_local import LocalEngine
 
         bus = EventBus([*run_listeners(plan), *listeners])
         try:
-            return LocalEngine().run(plan, bus)
+            LocalEngine().run(plan, bus)
         finally:
             bus.close()
+        return json.loads((plan.run_dir / "metrics.json").read_text())
     from pharmafl.pipeline.engine_nvflare import NVFlareEngine
 
     return NVFlareEngine().run(plan, listeners)

@@ -19,7 +19,8 @@ run_started          server     run_id, config (dict), config_hash, git_commit, 
                                 manifests (site id -> manifest sha256), privacy (dict or None)
 round_started        server     round, sites (list of site ids selected)
 site_update          site-XX    round, update_hash (sha256 of the serialized update exactly as
-                                sent), num_examples, update_norm, metrics (dict)
+                                sent), num_examples, update_bytes, accepted (bool), metrics
+                                (dict; empty when the update was rejected)
 clip                 site-XX    round, clip_norm, clipped, total, max_norm, mean_norm
 privacy_spent        site-XX    round, epsilon_round, epsilon_total, delta, accountant,
                                 noise_multiplier, sample_rate, steps, privacy_unit
@@ -28,9 +29,10 @@ site_failed          server     round, site, error
 aggregated           server     round, participants (list), weights (site id -> float),
                                 aggregate_hash, checkpoint_hash, strategy
 alarm                server     round, kind, site (or None), message
-round_ended          server     round, metrics (dict)
-run_ended            server     status ("completed" | "stopped"), rounds, model_hash,
-                                metrics (dict)
+round_ended          server     round, metrics ({"sites": {...}, "global": {...}}), diagnostics
+                                (update norms, cosine matrix, cosine to the mean)
+run_ended            server     status ("completed", "stopped: <why>" or "failed: <error>"),
+                                rounds, model_hash, metrics (dict)
 ===================  =========  ==============================================================
 
 The ledger writes a signed Merkle checkpoint after every ``round_ended`` and
@@ -106,5 +108,12 @@ class EventBus:
         return event
 
     def close(self) -> None:
+        """Close every listener; the first error is raised after all were tried."""
+        first: BaseException | None = None
         for listener in self._listeners:
-            listener.close()
+            try:
+                listener.close()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                first = first or exc
+        if first is not None:
+            raise first

@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> None:
             break
         r = received.current_round + 1
         state = {k: np.asarray(v, dtype=np.float32) for k, v in received.params.items()}
-        try:
-            instructions = decode_instructions(received.meta or {})
-        except KeyError:  # round 1: the initial model carries no instructions; derive them
+        if r > 1 or "pharmafl_instructions" in (received.meta or {}):
+            instructions = decode_instructions(received.meta or {})  # KeyError: a broken server
+        else:  # round 1: the initial model carries no instructions; derive them as the server does
             fed = plan.cfg.federation
             strategy = build_strategy(fed.strategy, fed.strategy_options, n_sites=len(plan.sites))
             instructions = strategy.instructions(r, state)

@@ -106,6 +106,9 @@ class PharmaflAggregator(ModelAggregator):
         except RoundAborted as exc:
             self.stopped = f"stopped: {exc}"
             return self._finish({}, status=self.stopped)
+        except Exception as exc:  # recorded; the job stops and the driver reports the status
+            self.stopped = f"failed: {type(exc).__name__}: {exc}"
+            return self._finish({}, status=self.stopped)
         if r < rounds:
             self.instructions = self.coord.start_round(r + 1, self.state, list(self.plan.sites))
             meta = encode_instructions(self.instructions)

@@ -26,6 +26,7 @@ def encode_instructions(instructions: Instructions | None) -> dict:
     return {"pharmafl_instructions": {
         "proximal_mu": float(instructions.proximal_mu),
         "scaffold_control": instructions.scaffold_control,
+        "accepted": list(instructions.accepted) if instructions.accepted is not None else None,
     }}  # fmt: skip
 
 
@@ -34,10 +35,11 @@ def decode_instructions(meta: dict) -> Instructions | None:
     d = meta["pharmafl_instructions"]
     if d is None:
         return None
-    control = d.get("scaffold_control")
+    control, accepted = d["scaffold_control"], d["accepted"]
     return Instructions(
-        proximal_mu=float(d.get("proximal_mu", 0.0)),
+        proximal_mu=float(d["proximal_mu"]),
         scaffold_control={k: np.asarray(v) for k, v in control.items()} if control is not None else None,
+        accepted=tuple(accepted) if accepted is not None else None,
     )
 
 

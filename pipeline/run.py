@@ -12,7 +12,10 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
+import shutil
 import subprocess
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -75,7 +78,8 @@ def config_bytes(cfg: RunConfig) -> bytes:
 
 def prepare(cfg: RunConfig, run_dir: Path, *, data_dir: Path | None = None, cache_dir: Path | None = None) -> RunPlan:
     """Partition the dataset into verified site stores under ``run_dir``."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()  # other processes (NVFlare) read these paths from other cwds
+    cache_dir = Path(cache_dir).resolve() if cache_dir is not None else None
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"run directory {run_dir} is not empty; choose a new --out (runs are never overwritten)")
     ds = load_dataset(cfg.data.dataset, data_dir=data_dir)
@@ -89,16 +93,28 @@ def prepare(cfg: RunConfig, run_dir: Path, *, data_dir: Path | None = None, cach
         labels=m["label"].to_numpy(dtype=float), smiles=ds.drugs["smiles"].tolist(),
         sequences=ds.targets["sequence"].tolist(), families=families, alpha=cfg.data.alpha, seed=cfg.seed,
     )  # fmt: skip
-    run_dir.mkdir(parents=True, exist_ok=True)
-    blob = config_bytes(cfg)
-    write_bytes_atomic(run_dir / "config.yaml", blob)
-    manifests = write_site_stores(
-        ds, site_of_row, run_dir, val_fraction=cfg.data.val_fraction, seed=cfg.seed,
-        partition={"strategy": cfg.data.partition, "sites": cfg.data.sites, "alpha": cfg.data.alpha, "seed": cfg.seed},
-    )  # fmt: skip
-    plan = RunPlan(cfg, run_dir, tuple(site_ids(cfg.data.sites)), manifests, hashlib.sha256(blob).hexdigest(), cache_dir)
-    verify_stores(plan)
-    return plan
+    # Everything is written into a hidden sibling and renamed into place at the end: a failure
+    # (a site too small for a split, a full disk) leaves no half-prepared run directory.
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.preparing-", dir=run_dir.parent))
+    try:
+        blob = config_bytes(cfg)
+        write_bytes_atomic(staging / "config.yaml", blob)
+        manifests = write_site_stores(
+            ds, site_of_row, staging, n_sites=cfg.data.sites, shown_as=run_dir,
+            val_fraction=cfg.data.val_fraction, seed=cfg.seed,
+            partition={"strategy": cfg.data.partition, "sites": cfg.data.sites, "alpha": cfg.data.alpha,
+                       "seed": cfg.seed},
+        )  # fmt: skip
+        config_hash = hashlib.sha256(blob).hexdigest()
+        verify_stores(RunPlan(cfg, staging, tuple(site_ids(cfg.data.sites)), manifests, config_hash, cache_dir))
+        if run_dir.exists():
+            run_dir.rmdir()  # empty (checked above); rename needs the name free
+        os.replace(staging, run_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return RunPlan(cfg, run_dir, tuple(site_ids(cfg.data.sites)), manifests, config_hash, cache_dir)
 
 
 def verify_stores(plan: RunPlan) -> None:
@@ -119,7 +135,7 @@ def initial_state(cfg: RunConfig) -> State:
 def benchmark_evaluator(plan: RunPlan):
     """Metrics of a global state on the benchmark store (``RUN/server/benchmark``)."""
     if not (plan.benchmark_dir / "manifest.json").is_file():
-        return None
+        raise ConfigError(f"{plan.benchmark_dir} holds no benchmark store; the run directory is incomplete")
     pairs = featurize_dataset(read_store(plan.benchmark_dir), plan.cfg.model, plan.cache_dir)
     model = DTIModel(**asdict(plan.cfg.model))
 
@@ -147,7 +163,8 @@ def make_site(plan: RunPlan, site: str) -> Site:
     cfg = plan.cfg
     return Site(SiteStore.open(plan.site_dir(site)), cfg.model, cfg.train,
                 local_epochs=cfg.federation.local_epochs, seed=cfg.seed, cache_dir=plan.cache_dir,
-                threads=cfg.federation.site_threads)  # fmt: skip
+                threads=cfg.federation.site_threads,
+                keep_optimizer_state=cfg.federation.local_optimizer == "keep")  # fmt: skip
 
 
 def _git_commit() -> str | None:
@@ -181,7 +198,10 @@ def end_run(plan: RunPlan, coord: Coordinator, state: State, *, status: str, rou
             site_metrics: dict[str, dict], seconds: float) -> dict:  # fmt: skip
     """Save the final model, emit ``run_ended``; return the final metrics."""
     model_hash = save_state(state, asdict(plan.cfg.model), plan.run_dir / "model.safetensors")
-    final = coord.evaluate(state) if coord.evaluate is not None else {}
+    try:
+        final = coord.evaluate(state) if coord.evaluate is not None else {}
+    except ValueError as exc:  # e.g. non-finite predictions of a failed run: recorded, not fatal
+        final, status = {}, f"{status}; final evaluation failed: {exc}"
     metrics = {
         **{f"test_{k}": v for k, v in final.items() if k != "pairs"},
         "test_pairs": final.get("pairs"),

@@ -69,6 +69,9 @@ def fetch_command(
 ) -> None:
     """Download the DeepDTA raw files, verify their pinned SHA-256, convert them to a store."""
     store = _run(lambda: fetch(name, cache_dir=cache_dir, force=force, base_url=mirror))
+    if store.name != name:  # the cache already holds the tidy tables
+        typer.echo(f"{name}: the tidy DeepDTA tables are already in {store} (their SHA-256 pins are "
+                   "checked whenever they are loaded); nothing to fetch", err=True)
     typer.echo(str(store))
 
 

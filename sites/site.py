@@ -1,5 +1,10 @@
 """What runs at a site each round: receive global weights, train locally, return the update.
 
+The local optimizer's state (Adam's moment estimates) is kept from one round to the next by
+default: restarting Adam every round repeats its bias-corrected first steps, which move every
+weight by the full learning rate whatever its gradient, and cost DAVIS test CI 0.65 vs 0.77
+after 10 epochs even with a single site (``bench/federated.py``).
+
 A :class:`Site` reads only its own store. What leaves it is a :class:`FitResult`: the
 update's bytes (weight delta, and SCAFFOLD's control delta), their SHA-256, the number of
 training examples and scalar metrics. Never rows, labels or predictions.
@@ -14,6 +19,7 @@ for any local optimizer.
 
 from __future__ import annotations
 
+import copy
 import zlib
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -39,7 +45,7 @@ class Instructions:
 
     proximal_mu: float = 0.0
     scaffold_control: State | None = None  # server control variate c
-    evaluate_only: bool = False
+    accepted: tuple[str, ...] | None = None  # sites whose last update the server aggregated
 
 
 @dataclass(frozen=True)
@@ -87,15 +93,19 @@ class Site:
         seed: int = 0,
         cache_dir: Path | None = None,
         threads: int = 1,
+        keep_optimizer_state: bool = True,
     ):
         self.id = store.site
         self.threads = threads
+        self.keep_optimizer_state = keep_optimizer_state
+        self._optimizer_state: dict | None = None  # Adam's moments, carried from round to round
         self.store = store
         self.model_cfg, self.train_cfg = model, train
         self.local_epochs, self.seed = local_epochs, seed
         pairs = featurize_dataset(store.dataset, model, cache_dir)
         self.train, self.val, self.test = (pairs.subset(store.rows(s)) for s in ("train", "val", "test"))
         self._control: State | None = None  # SCAFFOLD's c_i, kept across rounds
+        self._pending: State | None = None  # the c_i sent last round, until the server accepts it
 
     def _model(self, state: State) -> DTIModel:
         model = DTIModel(**asdict(self.model_cfg))
@@ -132,12 +142,15 @@ class Site:
         torch.manual_seed(int(seq.generate_state(1)[0]))
         rng = np.random.default_rng(seq)
         optimizer = make_optimizer(model, self.train_cfg)
+        if self.keep_optimizer_state and self._optimizer_state is not None:
+            optimizer.load_state_dict(self._optimizer_state)
         extra_loss = after_backward = None
         start = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
         if instructions.proximal_mu > 0:
             extra_loss = _proximal(instructions.proximal_mu, start)
         new_control = None
         if instructions.scaffold_control is not None:
+            self._settle_control(instructions.accepted)
             c = {k: torch.from_numpy(np.asarray(v)) for k, v in instructions.scaffold_control.items()}
             c_i = self._control or {k: np.zeros_like(v) for k, v in state.items()}
             new_control = self._local_gradient(model)  # option I: grad of local loss at x
@@ -149,15 +162,24 @@ class Site:
                 train_epoch(model, optimizer, self.train, self.train_cfg, rng,
                             extra_loss=extra_loss, after_backward=after_backward)["loss"]
             )  # fmt: skip
+        if self.keep_optimizer_state:
+            self._optimizer_state = copy.deepcopy(optimizer.state_dict())
         local = state_of(model)
         parts = {"delta": {k: local[k] - np.asarray(state[k]) for k in state}}
         if new_control is not None:
             c_i = self._control or {k: np.zeros_like(v) for k, v in state.items()}
             parts["control"] = {k: new_control[k] - c_i[k] for k in state}
-            self._control = new_control
+            self._pending = new_control  # becomes c_i once the server has aggregated this update
         payload = wire.encode(wire.Update(self.id, round, len(self.train), parts))
         metrics.update({"train_loss": losses[-1], "train_pairs": len(self.train)})
         return FitResult(self.id, round, payload, wire.sha256(payload), len(self.train), metrics)
+
+    def _settle_control(self, accepted: tuple[str, ...] | None) -> None:
+        """Adopt last round's c_i if the server aggregated that update, else drop it: the
+        server's c must stay the mean of the c_i it has counted."""
+        if self._pending is not None and accepted is not None and self.id in accepted:
+            self._control = self._pending
+        self._pending = None
 
     def _local_gradient(self, model: DTIModel) -> State:
         """Mean gradient of the local training loss at the current weights (eval mode)."""

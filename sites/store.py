@@ -52,10 +52,23 @@ def _subset(ds: DTIDataset, rows: np.ndarray, name: str, folds: np.ndarray) -> D
 
 
 def local_folds(measurements: pd.DataFrame, val_fraction: float, seed: int) -> np.ndarray:
-    """``train`` / ``val`` / ``test`` of each of a site's rows (test = its share of the test fold)."""
-    split = split_measurements(measurements, val_fraction, seed)
+    """``train`` / ``val`` / ``test`` of each of a site's rows.
+
+    With DeepDTA folds, the site's test rows are its share of the test fold (possibly none: a
+    small site may hold no test pair) and validation is a seeded share of its training rows;
+    without folds, :func:`~pharmafl.sites.splits.split_measurements` splits at random.
+    """
     folds = np.empty(len(measurements), dtype=object)
-    folds[split.train], folds[split.val], folds[split.test] = "train", "val", "test"
+    fold = measurements["fold"] if "fold" in measurements else pd.Series([None] * len(measurements))
+    if not fold.notna().any():
+        split = split_measurements(measurements, val_fraction, seed)
+        folds[split.train], folds[split.val], folds[split.test] = "train", "val", "test"
+        return folds
+    fold = fold.fillna("").astype(str)
+    test = np.flatnonzero(fold.eq("test").to_numpy())
+    rest = np.random.default_rng(seed).permutation(np.flatnonzero(~fold.eq("test").to_numpy()))
+    n_val = min(max(1, int(round(len(rest) * val_fraction))), len(rest) - 1)
+    folds[test], folds[rest[:n_val]], folds[rest[n_val:]] = "test", "val", "train"
     return folds
 
 
@@ -64,23 +77,35 @@ def write_site_stores(
     site_of_row: np.ndarray,
     run_dir: Path,
     *,
+    n_sites: int,
     val_fraction: float,
     seed: int,
     partition: dict,
+    shown_as: Path | None = None,
 ) -> dict[str, str]:
-    """Write every site's store and the benchmark store; return ``{site id: manifest sha256}``."""
-    n_sites = int(site_of_row.max()) + 1
+    """Write every site's store and the benchmark store; return ``{site id: manifest sha256}``.
+
+    Every one of the ``n_sites`` sites must receive enough rows for a train/val split, else a
+    :class:`DataError` names the site (at ``shown_as``, the run directory the user asked for,
+    when ``run_dir`` is a staging directory) before anything is written.
+    """
     ids = site_ids(n_sites)
+    shown = Path(shown_as) if shown_as is not None else Path(run_dir)
+    in_test = ds.measurements["fold"].eq("test").to_numpy() if "fold" in ds.measurements else None
+    for k, sid in enumerate(ids):
+        rows = np.flatnonzero(site_of_row == k)
+        n_train = len(rows) - (int(in_test[rows].sum()) if in_test is not None else 0)
+        if len(rows) < 3 or n_train < 2:
+            raise DataError(
+                f"{sid} would hold {len(rows)} measurements ({n_train} outside the test fold), "
+                "too few for train/val/test",
+                Location(shown / "sites" / sid),
+                "use fewer sites, another partition, or a larger alpha",
+            )
     manifests = {}
     test_rows = []
     for k, sid in enumerate(ids):
         rows = np.flatnonzero(site_of_row == k)
-        if len(rows) < 3:
-            raise DataError(
-                f"{sid} would hold {len(rows)} measurements, too few for train/val/test",
-                Location(run_dir / "sites" / sid),
-                "use fewer sites or another partition",
-            )
         folds = local_folds(ds.measurements.iloc[rows].reset_index(drop=True), val_fraction, seed + k)
         site_ds = _subset(ds, rows, f"{ds.name}/{sid}", folds)
         test_rows.append(rows[folds == "test"])

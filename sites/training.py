@@ -32,7 +32,7 @@ class TrainConfig:
         lr: Adam learning rate. Default 5e-4 (GraphDTA).
         weight_decay: Adam weight decay. Default 0.
         batching: ``grouped`` (default; chunks of same-target pairs per batch) or ``random``.
-        group_size: pairs of one target per chunk in ``grouped`` batching. Default 16.
+        group_size: pairs of one target per chunk in ``grouped`` batching. Default 32.
         encode: ``unique`` (default; each distinct entity of a batch encoded once) or
             ``pair`` (one drug and one target encoding per pair).
     """
@@ -41,7 +41,7 @@ class TrainConfig:
     lr: float = 5e-4
     weight_decay: float = 0.0
     batching: str = "grouped"
-    group_size: int = 16
+    group_size: int = 32
     encode: str = "unique"
 
     def __post_init__(self):

@@ -55,20 +55,25 @@ def encode(update: Update) -> bytes:
 
 
 def decode(data: bytes) -> Update:
+    """Parse update bytes; any malformation is one :class:`UpdateError`."""
     try:
         tensors = load(data)
         meta = _metadata(data)
-    except (SafetensorError, ValueError, KeyError, struct.error) as exc:
-        raise UpdateError(f"update bytes are not a valid {FORMAT} payload: {exc}") from None
-    if meta.get("format") != FORMAT:
-        raise UpdateError(f"update format {meta.get('format')!r}, expected {FORMAT!r}")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise UpdateError(f"update format {meta.get('format') if isinstance(meta, dict) else meta!r}, "
+                              f"expected {FORMAT!r}")  # fmt: skip
+        site, round_, examples = str(meta["site"]), int(meta["round"]), int(meta["num_examples"])
+    except UpdateError:
+        raise
+    except (SafetensorError, ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
+        raise UpdateError(f"update bytes are not a valid {FORMAT} payload: {type(exc).__name__}: {exc}") from None
     parts: dict[str, dict[str, np.ndarray]] = {}
     for key, arr in tensors.items():
         part, _, name = key.partition("/")
         parts.setdefault(part, {})[name] = arr
     if "delta" not in parts:
         raise UpdateError("update holds no delta/ arrays")
-    return Update(meta["site"], int(meta["round"]), int(meta["num_examples"]), parts)
+    return Update(site, round_, examples, parts)
 
 
 def _metadata(data: bytes) -> dict[str, str]:

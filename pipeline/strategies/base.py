@@ -36,6 +36,7 @@ class Strategy:
 
     name: ClassVar[str] = "fedavg"
     Options: ClassVar[type] = NoOptions
+    required_parts: ClassVar[tuple[str, ...]] = ("delta",)  # update parts every site must send
 
     def __init__(self, options=None, *, n_sites: int):
         self.options = options if options is not None else self.Options()

@@ -36,21 +36,25 @@ class ScaffoldOptions:
 class Scaffold(Strategy):
     name = "scaffold"
     Options = ScaffoldOptions
+    required_parts = ("delta", "control")
 
     def __init__(self, options=None, *, n_sites):
         super().__init__(options, n_sites=n_sites)
         self.control = None
+        self.accepted: tuple[str, ...] = ()
 
     def instructions(self, round, state):
         if self.control is None:
             self.control = {k: np.zeros_like(v, dtype=np.float32) for k, v in state.items()}
-        return Instructions(scaffold_control=self.control)
+        # the sites whose control deltas are in c: they adopt their new c_i, the others keep theirs
+        return Instructions(scaffold_control=self.control, accepted=self.accepted)
 
     def aggregate(self, state, updates, weights):
         missing = [u.site for u in updates if "control" not in u.parts]
-        if missing:
+        if missing:  # the coordinator rejects such updates first (required_parts)
             raise ValueError(f"SCAFFOLD updates without control deltas from {missing}")
         uniform = np.full(len(updates), 1.0 / len(updates))
         mean_dc = weighted_sum([u.parts["control"] for u in updates], uniform)
         self.control = add(self.control, mean_dc, scale=len(updates) / self.n_sites)
+        self.accepted = tuple(u.site for u in updates)
         return add(state, self.mean_delta(updates, weights), scale=self.options.server_lr)

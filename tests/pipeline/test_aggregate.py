@@ -8,14 +8,31 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pharmafl.pipeline.aggregate import cosine_matrix, cosine_to_mean, l2_norm, site_weights, weighted_sum
-from pharmafl.pipeline.diagnostics import DriftMonitor
+from pharmafl.pipeline.aggregate import l2_norm, site_weights, weighted_sum
+from pharmafl.pipeline.diagnostics import DriftMonitor, update_diagnostics
 from pharmafl.pipeline.strategies import STRATEGIES, build_strategy
 from pharmafl.pipeline.strategies.fedopt import FedAdam, FedOptOptions, FedYogi
 from pharmafl.pipeline.strategies.scaffold import Scaffold
 from pharmafl.sites.update import Update
 
 floats = st.floats(-10, 10, allow_nan=False, width=32)
+
+
+# reference implementations on explicit flattened vectors (the code works from a Gram matrix)
+def flatten(state):
+    return np.concatenate([np.asarray(state[k], np.float64).ravel() for k in sorted(state)])
+
+
+def cosine_matrix(vectors):
+    norms = np.linalg.norm(vectors, axis=1)
+    safe = np.where(norms > 0, norms, 1.0)
+    unit = vectors / safe[:, None]
+    return np.clip(unit @ unit.T, -1.0, 1.0) * np.outer(norms > 0, norms > 0)
+
+
+def cosine_to_mean(vectors, weights):
+    mean = (weights[:, None] * vectors).sum(axis=0)
+    return cosine_matrix(np.vstack([vectors, mean[None, :]]))[:-1, -1]
 
 
 @settings(max_examples=60, deadline=None)
@@ -36,11 +53,18 @@ def test_weights_modes():
         site_weights("median", [1])
 
 
-def test_sum_order_is_the_given_order():
-    """float32 addition is not associative: the order matters, so callers fix it (sorted)."""
-    a, b, c = ({"p": np.array([x], np.float32)} for x in (1e8, 1.0, -1e8))
-    w = np.array([1.0, 1.0, 1.0])
-    assert weighted_sum([a, b, c], w)["p"][0] == weighted_sum([a, b, c], w)["p"][0]
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 5), st.integers(0, 10_000))
+def test_update_diagnostics_match_explicit_vectors(n_sites, seed):
+    rng = np.random.default_rng(seed)
+    deltas = [{"a": rng.normal(size=(3, 4)).astype(np.float32), "b": rng.normal(size=70_000).astype(np.float32)}
+              for _ in range(n_sites)]  # "b" spans two Gram chunks
+    w = rng.dirichlet(np.ones(n_sites))
+    d = update_diagnostics([f"s{i}" for i in range(n_sites)], deltas, w)
+    vectors = np.stack([flatten(x) for x in deltas])
+    np.testing.assert_allclose(d["cosine_matrix"], cosine_matrix(vectors), atol=1e-9)
+    np.testing.assert_allclose(list(d["cosine_to_mean"].values()), cosine_to_mean(vectors, w), atol=1e-9)
+    np.testing.assert_allclose(list(d["update_norms"].values()), np.linalg.norm(vectors, axis=1), rtol=1e-9)
 
 
 @given(arrays(np.float64, (4, 6), elements=st.floats(-5, 5)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from pharmafl.pipeline import events as ev
 from pharmafl.pipeline.engine_local import LocalEngine, make_site
 from pharmafl.pipeline.engines import run_federated
 from pharmafl.pipeline.events import EventBus
-from pharmafl.pipeline.run import prepare
+from pharmafl.pipeline.run import benchmark_evaluator, initial_state, prepare
 from pharmafl.pipeline.strategies import STRATEGIES
 from pharmafl.sites import update as wire
 from pharmafl.sites.site import FitResult
@@ -69,12 +70,31 @@ def test_every_strategy_runs_and_learns(small_cfg, tmp_path, strategy):
     cfg = with_federation(small_cfg, strategy=strategy, rounds=2)
     rec = Recorder()
     plan = prepare(cfg, tmp_path / strategy)
+    untrained = benchmark_evaluator(plan)(initial_state(cfg))["mse"]
     metrics = LocalEngine().run(plan, EventBus([rec]))
     assert metrics["status"] == "completed"
     ends = [e for e in rec.events if e.type == ev.ROUND_ENDED]
     assert len(ends) == 2 and np.isfinite(metrics["test_mse"])
+    assert metrics["test_mse"] < 0.5 * untrained  # a sign error in any update rule fails this
     agg = [e for e in rec.events if e.type == ev.AGGREGATED]
     assert all(e.payload["strategy"] == strategy for e in agg)
+
+
+def test_aggregation_ignores_arrival_order(small_cfg, tmp_path):
+    """The coordinator sums in sorted site order whatever order results arrive in."""
+    from pharmafl.pipeline.run import server_side
+    from pharmafl.sites.site import Instructions
+
+    plan = prepare(small_cfg, tmp_path / "run")
+    state = initial_state(plan.cfg)
+    results = {s: make_site(plan, s).fit(1, state, Instructions()) for s in plan.sites}
+    hashes = []
+    for order in (plan.sites, tuple(reversed(plan.sites)), (plan.sites[1], plan.sites[0], plan.sites[2])):
+        rec = Recorder()
+        coord = server_side(plan, EventBus([rec]))
+        coord.finish_round(1, state, {s: results[s] for s in order})
+        hashes.append([e.payload["checkpoint_hash"] for e in rec.events if e.type == ev.AGGREGATED][0])
+    assert len(set(hashes)) == 1
 
 
 def test_only_updates_and_metrics_leave_a_site(small_cfg, tmp_path):
@@ -98,7 +118,7 @@ def test_only_updates_and_metrics_leave_a_site(small_cfg, tmp_path):
         assert set(vars(res)) == {"site", "round", "payload", "update_hash", "num_examples", "metrics"}
         upd = wire.decode(res.payload)
         assert set(upd.parts) == {"delta"}
-        assert set(upd.delta) == set(json.loads(json.dumps(list(upd.delta))))  # parameter names only
+        assert set(upd.delta) == set(initial_state(plan.cfg))  # model parameter names only
         for value in res.metrics.values():
             assert isinstance(value, (int, float)), value  # scalars only: no rows, labels, predictions
         blob = res.payload + json.dumps(res.metrics).encode()
@@ -206,7 +226,7 @@ def test_run_leaves_a_verifiable_ledger(small_cfg, tmp_path, monkeypatch):
     assert types.count("round_ended") == 2 and types[-1] == "run_ended"
     assert len(list(ledger.checkpoints())) == 3  # after each round_ended and run_ended
     updates = [e for e in entries if e.type == "site_update"]
-    assert {e.actor for e in updates} == {"site-01", "site-02", "site-03"}  # signed by each site
+    assert {e.actor for e in updates} == {"site-01", "site-02", "site-03"}  # under each site's key
     for site in ("site-01", "site-02", "site-03"):
         first = next(i for i, e in enumerate(entries) if e.actor == site)
         assert any(e.type == "actor_key" and e.data.get("actor") == site for e in entries[:first])
@@ -216,3 +236,78 @@ def test_run_leaves_a_verifiable_ledger(small_cfg, tmp_path, monkeypatch):
     last_agg = [e for e in entries if e.type == "aggregated"][-1].data
     assert last_agg["checkpoint_hash"] == metrics["model_sha256"]  # lineage: ledger -> model file
     assert result.startswith("OK: ")
+
+
+def test_failed_preparation_leaves_nothing(small_cfg, tmp_path):
+    from dataclasses import replace
+
+    from pharmafl.errors import DataError
+
+    cfg = replace(small_cfg, data=replace(small_cfg.data, sites=300))  # ~2 rows a site: too few
+    with pytest.raises(DataError, match="too few for train/val/test"):
+        prepare(cfg, tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_relative_out_is_stored_absolute(small_cfg, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plan = prepare(small_cfg, Path("runs/rel"))
+    assert plan.run_dir.is_absolute() and plan.run_dir == tmp_path / "runs" / "rel"
+    from pharmafl.pipeline.run import RunPlan
+
+    assert RunPlan.from_json(plan.to_json()).run_dir.is_absolute()
+
+
+def test_scaffold_update_without_or_with_bad_control_is_a_site_failure(small_cfg, tmp_path):
+    cfg = with_federation(small_cfg, strategy="scaffold", min_sites=1)
+    plan = prepare(cfg, tmp_path / "run")
+
+    def factory(plan, sid):
+        site = make_site(plan, sid)
+        real = site.fit
+
+        def fit(r, state, instructions):
+            res = real(r, state, instructions)
+            upd = wire.decode(res.payload)
+            if sid == "site-01":  # drops its control part
+                upd = wire.Update(upd.site, upd.round, upd.num_examples, {"delta": upd.delta})
+            elif sid == "site-02":  # poisons it
+                control = {k: np.full_like(v, np.nan) for k, v in upd.parts["control"].items()}
+                upd = wire.Update(upd.site, upd.round, upd.num_examples, {"delta": upd.delta, "control": control})
+            else:
+                return res
+            payload = wire.encode(upd)
+            return FitResult(res.site, res.round, payload, wire.sha256(payload), res.num_examples, res.metrics)
+
+        site.fit = fit
+        return site
+
+    rec = Recorder()
+    metrics = LocalEngine(site_factory=factory).run(plan, EventBus([rec]))
+    assert metrics["status"] == "completed"
+    failed = {(e.payload["site"], e.payload["round"]): e.payload["error"] for e in rec.events if e.type == ev.SITE_FAILED}
+    assert "lacks the parts ['control']" in failed["site-01", 1]
+    assert "control/" in failed["site-02", 1] and "NaN" in failed["site-02", 1]
+    assert all(e.payload["participants"] == ["site-03"] for e in rec.events if e.type == ev.AGGREGATED)
+
+
+def test_an_error_mid_run_is_recorded_then_raised(small_cfg, tmp_path):
+    from pharmafl.pipeline.tracking import RunTracker
+
+    plan = prepare(small_cfg, tmp_path / "run")
+    rec = Recorder()
+
+    class Broken(LocalEngine):
+        round = 0
+
+        @staticmethod
+        def _fit_all(sites, r, state, instructions):
+            if r == 2:
+                raise MemoryError("out of memory in round 2")
+            return LocalEngine._fit_all(sites, r, state, instructions)
+
+    with pytest.raises(MemoryError):
+        Broken().run(plan, EventBus([rec, RunTracker(plan.run_dir)]))
+    end = [e.payload for e in rec.events if e.type == ev.RUN_ENDED]
+    assert len(end) == 1 and end[0]["status"].startswith("failed: MemoryError") and end[0]["rounds"] == 1
+    assert json.loads((plan.run_dir / "metrics.json").read_text())["status"].startswith("failed")
