@@ -12,34 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.numpy import load, save
 
+from pharmafl.fileio import write_bytes_atomic  # noqa: F401 - re-exported
 from pharmafl.models.dti import DTIModel
 
 State = dict[str, np.ndarray]
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> str:
-    """Write ``data`` to ``path`` atomically; return its SHA-256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return hashlib.sha256(data).hexdigest()
 
 
 def write_json(path: Path, obj) -> str:

@@ -45,6 +45,10 @@ class ProgressListener:
             self.progress.update(self.rounds, advance=1, status=status)
         elif t == ev.ALARM:
             self.progress.console.print(f"[yellow]alarm[/] round {p['round']}: {p['message']}")
+        elif t == ev.SITE_DECLINED:
+            self._site_done(event.actor)
+            self.progress.console.print(f"[yellow]{event.actor} declined[/] round {p['round']}: {p['reason']}"
+                                        f" (ε spent {p.get('epsilon_total', float('nan')):.3f} of {p.get('budget')})")  # fmt: skip
         elif t == ev.SITE_FAILED:
             self._site_done(p["site"])
             self.progress.console.print(f"[red]{p['site']} failed[/] in round {p['round']}: {p['error']}")
@@ -116,18 +120,21 @@ def _ensure_passphrase() -> None:
 
 def _summary(metrics: dict, out: Path) -> None:
     table = Table(title=f"{metrics['strategy']} on {metrics['engine']}: {metrics['status']} after {metrics['rounds']} rounds")
-    for col in ("", "test MSE", "test CI", "val MSE", "val CI", "pairs"):
+    eps = metrics.get("epsilon_spent") or {}
+    cols = ("", "test MSE", "test CI", "val MSE", "val CI", "pairs") + (("ε spent",) if eps else ())
+    for col in cols:
         table.add_column(col, justify="right")
+    extra = lambda who: (f"{eps[who]:.3f}",) if who in eps else ("",) if eps else ()  # noqa: E731
     if "test_mse" in metrics:
         table.add_row("global (benchmark)", f"{metrics['test_mse']:.4f}", f"{metrics['test_ci']:.4f}", "", "",
-                      str(metrics.get("test_pairs", "")), style="bold")  # fmt: skip
+                      str(metrics.get("test_pairs", "")), *extra("server"), style="bold")  # fmt: skip
     for site, m in sorted(metrics.get("sites", {}).items()):
         if "error" in m:
-            table.add_row(site, "failed", "", "", "", "")
+            table.add_row(site, "failed", "", "", "", "", *extra(site))
             continue
         table.add_row(site, f"{m.get('test_mse', float('nan')):.4f}", f"{m.get('test_ci', float('nan')):.4f}",
                       f"{m.get('val_mse', float('nan')):.4f}", f"{m.get('val_ci', float('nan')):.4f}",
-                      str(m.get("test_pairs", "")))  # fmt: skip
+                      str(m.get("test_pairs", "")), *extra(site))  # fmt: skip
     console.print(table)
     console.print(f"outputs in {out}: metrics.json, rounds.parquet, plots/, tensorboard/, model.safetensors"
                   + (", ledger.db" if (out / "ledger.db").exists() else ""))  # fmt: skip

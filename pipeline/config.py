@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pharmafl.errors import ConfigError
 from pharmafl.models.dti import ModelConfig
 from pharmafl.pipeline.configio import load_yaml
+from pharmafl.sites.store import site_ids
+from pharmafl.sites.privacy import PrivacyConfig
 from pharmafl.sites.training import TrainConfig
 
 Partition = Literal["compound", "target-family", "dirichlet", "quantity", "iid"]
@@ -127,6 +129,7 @@ class RunConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self):
         if self.federation.min_sites is not None and self.federation.min_sites > self.data.sites:
@@ -136,6 +139,31 @@ class RunConfig:
         from pharmafl.pipeline.strategies import build_strategy  # registry imports this module
 
         build_strategy(self.federation.strategy, self.federation.strategy_options, n_sites=self.data.sites)
+        self._check_privacy()
+
+    def _check_privacy(self) -> None:
+        p = self.privacy
+        if not p.enabled:
+            return
+        unknown = sorted(set(p.sites) - set(site_ids(self.data.sites)))
+        if unknown:
+            raise ConfigError(f"privacy.sites names {unknown}, not sites of this run ({site_ids(self.data.sites)[0]}"
+                              f" .. {site_ids(self.data.sites)[-1]})")  # fmt: skip
+        if self.federation.strategy == "scaffold":
+            raise ConfigError(
+                "federation.strategy 'scaffold' cannot run under privacy: its control variates are exact "
+                "local gradients, neither clipped nor noised; use fedavg, fedprox, fedadam or fedyogi"
+            )
+        if p.mode == "local" and self.model.drug_encoder == "gat":
+            raise ConfigError(
+                "model.drug_encoder 'gat' cannot be trained with DP-SGD (Opacus has no per-sample gradients "
+                "for its attention parameters); use 'gin' or 'gcn' under privacy.mode 'local'"
+            )
+        if p.mode == "client" and self.federation.weighting != "uniform":
+            raise ConfigError(
+                f"privacy.mode 'client' needs federation.weighting 'uniform' (got {self.federation.weighting!r}): "
+                f"the noise is calibrated to one site's clipped update in an unweighted sum"
+            )
 
     @property
     def min_sites(self) -> int:

@@ -24,7 +24,10 @@ from pharmafl.pipeline.diagnostics import DriftMonitor, update_diagnostics
 from pharmafl.pipeline.events import EventBus
 from pharmafl.pipeline.strategies.base import Strategy
 from pharmafl.sites import update as wire
-from pharmafl.sites.site import FitResult, Instructions
+from pharmafl.sites.site import Declined, FitResult, Instructions
+
+
+CLIP_KEYS = ("clip_norm", "clipped", "total", "max_norm", "mean_norm")
 
 
 class RoundAborted(Exception):
@@ -52,6 +55,7 @@ class Coordinator:
     drift: DriftMonitor = field(default_factory=DriftMonitor)
     evaluate: Callable[[State], dict] | None = None  # benchmark metrics of a global state
     model_config: dict = field(default_factory=dict)  # stored with checkpoints (their hashes)
+    stop_on_decline: bool = False  # privacy.on_exhausted == "stop"
 
     def start_round(self, round: int, state: State, sites: list[str]) -> Instructions:
         self.bus.emit(ev.ROUND_STARTED, "server", round=round, sites=sorted(sites))
@@ -63,8 +67,15 @@ class Coordinator:
         state: State,
         results: Mapping[str, FitResult],
         failures: Mapping[str, str] | None = None,
+        declined: Mapping[str, Declined] | None = None,
     ) -> RoundOutcome:
         failed = dict(failures or {})
+        for site in sorted(declined or {}):
+            d = declined[site]
+            self.bus.emit(ev.SITE_DECLINED, site, round=round, reason=d.reason, **d.details)
+        if declined and self.stop_on_decline:
+            raise RoundAborted(f"round {round}: {sorted(declined)} declined ({declined[min(declined)].reason}) "
+                               f"and privacy.on_exhausted is 'stop'")  # fmt: skip
         updates, metrics = self._collect(round, state, results, failed)
         for site in sorted(failed):
             self.bus.emit(ev.SITE_FAILED, "server", round=round, site=site, error=failed[site])
@@ -86,6 +97,9 @@ class Coordinator:
             checkpoint_hash=checkpoint_hash(new_state, self.model_config),
             strategy=self.strategy.name,
         )  # fmt: skip
+        spent = self.strategy.privacy_spent(round)
+        if spent is not None:
+            self.bus.emit(ev.PRIVACY_SPENT, "server", round=round, **spent)
         for alarm in self.drift.observe(diag["cosine_to_mean"]):
             self.bus.emit(ev.ALARM, "server", round=round, **alarm)
         round_metrics = {"sites": metrics}
@@ -105,6 +119,12 @@ class Coordinator:
                 num_examples=res.num_examples, update_bytes=len(res.payload),
                 metrics=res.metrics if problem is None else {}, accepted=problem is None,
             )  # fmt: skip
+            if res.privacy and _privacy_problem(res.privacy) is None:  # spent even if the update is rejected
+                p = res.privacy
+                self.bus.emit(ev.CLIP, site, round=round, **{k: p[k] for k in CLIP_KEYS})
+                if "epsilon_total" in p:
+                    self.bus.emit(ev.PRIVACY_SPENT, site, round=round,
+                                  **{k: v for k, v in p.items() if k not in CLIP_KEYS})  # fmt: skip
             if problem is not None:
                 failed[site] = problem
                 continue
@@ -143,6 +163,17 @@ def _validate(site: str, round: int, res: FitResult, state: State, required_part
            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)]  # fmt: skip
     if bad:
         return f"metrics {bad} are not finite numbers: {[res.metrics[k] for k in bad]}"
+    if res.privacy is not None and _privacy_problem(res.privacy):
+        return _privacy_problem(res.privacy)
     if upd.num_examples != res.num_examples or res.num_examples < 1:
         return f"example count {res.num_examples} is invalid or disagrees with the payload's {upd.num_examples}"
+    return None
+
+
+def _privacy_problem(privacy: dict) -> str | None:
+    bad = [k for k, v in privacy.items() if not (isinstance(v, str) or v is None or (
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)))]  # fmt: skip
+    missing = [k for k in CLIP_KEYS if k not in privacy]
+    if bad or missing:
+        return f"privacy report malformed: non-finite or non-scalar {bad}, missing {missing}"
     return None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pharmafl.pipeline.coordinator import RoundAborted
 from pharmafl.pipeline.events import EventBus
 from pharmafl.pipeline.run import RunPlan, end_run, initial_state, make_site, server_side, start_run
-from pharmafl.sites.site import FitResult, Instructions, Site
+from pharmafl.sites.site import Declined, FitResult, Instructions, Site
 
 SiteFactory = Callable[[RunPlan, str], Site]
 
@@ -34,8 +34,8 @@ class LocalEngine:
         try:
             for r in range(1, plan.cfg.federation.rounds + 1):
                 instructions = coord.start_round(r, state, list(sites))
-                results, failures = self._fit_all(sites, r, state, instructions)
-                state = coord.finish_round(r, state, results, failures).state
+                results, failures, declined = self._fit_all(sites, r, state, instructions)
+                state = coord.finish_round(r, state, results, failures, declined).state
                 done = r
         except RoundAborted as exc:
             status = f"stopped: {exc}"
@@ -57,9 +57,15 @@ class LocalEngine:
     def _fit_all(sites: dict[str, Site], r: int, state, instructions: Instructions):
         results: dict[str, FitResult] = {}
         failures: dict[str, str] = {}
+        declined: dict[str, Declined] = {}
         for sid in sorted(sites):
             try:
-                results[sid] = sites[sid].fit(r, state, instructions)
+                out = sites[sid].fit(r, state, instructions)
             except Exception as exc:  # a failing site drops out of this round
                 failures[sid] = f"{type(exc).__name__}: {exc}"
-        return results, failures
+                continue
+            if isinstance(out, Declined):
+                declined[sid] = out
+            else:
+                results[sid] = out
+        return results, failures, declined

@@ -16,15 +16,19 @@ type                 actor      payload
 ===================  =========  ==============================================================
 run_started          server     run_id, config (dict), config_hash, git_commit, versions (dict
                                 name->version), seed, sites (list of site ids),
-                                manifests (site id -> manifest sha256), privacy (dict or None)
+                                manifests (site id -> manifest sha256), privacy (None, or the
+                                settings, what ε protects in words, and every party's plan)
 round_started        server     round, sites (list of site ids selected)
 site_update          site-XX    round, update_hash (sha256 of the serialized update exactly as
                                 sent), num_examples, update_bytes, accepted (bool), metrics
                                 (dict; empty when the update was rejected)
 clip                 site-XX    round, clip_norm, clipped, total, max_norm, mean_norm
-privacy_spent        site-XX    round, epsilon_round, epsilon_total, delta, accountant,
-                                noise_multiplier, sample_rate, steps, privacy_unit
-site_declined        site-XX    round, reason, plus numbers (e.g. epsilon_total, budget)
+privacy_spent        site-XX    round, epsilon_round, epsilon_total, delta, budget (None:
+                     or server  none), accountant, noise_multiplier, sample_rate, steps,
+                                privacy_unit, noise_source (server, client-level DP: also
+                                clip_norm and participants)
+site_declined        site-XX    round, reason, plus numbers (epsilon_total, epsilon_if_trained,
+                                budget, delta, accountant)
 site_failed          server     round, site, error
 aggregated           server     round, participants (list), weights (site id -> float),
                                 aggregate_hash, checkpoint_hash, strategy

@@ -20,9 +20,11 @@ def main(argv: list[str] | None = None) -> None:
     from pharmafl.pipeline.nvflare_wire import (
         decode_instructions,
         model_from_error,
+        model_from_declined,
         model_from_final_metrics,
         model_from_result,
     )
+    from pharmafl.sites.site import Declined
     from pharmafl.pipeline.run import RunPlan, make_site
     from pharmafl.pipeline.strategies import build_strategy
 
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> None:
             flare.send(model_from_final_metrics(site.evaluate(state)))
             continue
         try:
-            flare.send(model_from_result(site.fit(r, state, instructions)))
+            out = site.fit(r, state, instructions)
+            flare.send(model_from_declined(out) if isinstance(out, Declined) else model_from_result(out))
         except Exception as exc:  # reported to the coordinator; the site stays for later rounds
             traceback.print_exc()
             flare.send(model_from_error(r, f"{type(exc).__name__}: {exc}"))

@@ -30,6 +30,7 @@ from pharmafl.pipeline.coordinator import RoundAborted
 from pharmafl.pipeline.events import EventBus
 from pharmafl.pipeline.nvflare_wire import STOP_METRIC, encode_instructions, result_from_model
 from pharmafl.pipeline.run import RunPlan, end_run, initial_state, server_side, start_run
+from pharmafl.sites.site import Declined
 
 
 def load_plan(plan_path: str) -> RunPlan:
@@ -90,7 +91,7 @@ class PharmaflAggregator(ModelAggregator):
         rounds = self.plan.cfg.federation.rounds
         if r > rounds or self.stopped:
             return self._finish(received)
-        results, failures = {}, {}
+        results, failures, declined = {}, {}, {}
         for site in self.plan.sites:
             if site not in received:
                 failures[site] = "no result: the site dropped out (see its NVFlare log)"
@@ -98,10 +99,12 @@ class PharmaflAggregator(ModelAggregator):
             outcome = result_from_model(site, r, received[site])
             if isinstance(outcome, str):
                 failures[site] = outcome
+            elif isinstance(outcome, Declined):
+                declined[site] = outcome
             else:
                 results[site] = outcome
         try:
-            self.state = self.coord.finish_round(r, self.state, results, failures).state
+            self.state = self.coord.finish_round(r, self.state, results, failures, declined).state
             self.rounds_done = r
         except RoundAborted as exc:
             self.stopped = f"stopped: {exc}"

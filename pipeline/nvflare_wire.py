@@ -6,7 +6,8 @@ model only).
 
 Site -> server: the update's bytes, exactly as hashed, as one ``uint8`` array in ``params``
 (key ``UPDATE_KEY``), and in ``meta`` the claimed hash, the example count and scalar metrics;
-or, when local training raised, ``meta["error"]`` (the site stays in the federation).
+or ``meta["declined"]`` (reason and numbers; e.g. a spent privacy budget), or, when local
+training raised, ``meta["error"]`` (the site stays in the federation).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
-from pharmafl.sites.site import FitResult, Instructions
+from pharmafl.sites.site import Declined, FitResult, Instructions
 
 UPDATE_KEY = "__pharmafl_update__"
 STOP_METRIC = "pharmafl_stop"  # FedAvg stop condition: "pharmafl_stop >= 1"
@@ -49,8 +50,14 @@ def model_from_result(result: FitResult) -> FLModel:
         metrics={STOP_METRIC: 0.0},  # the key NVFlare's model selector looks for
         params={UPDATE_KEY: np.frombuffer(result.payload, dtype=np.uint8).copy()},
         meta={"update_hash": result.update_hash, "num_examples": result.num_examples,
-              "round": result.round, "site_metrics": dict(result.metrics)},
+              "round": result.round, "site_metrics": dict(result.metrics), "privacy": result.privacy},
     )  # fmt: skip
+
+
+def model_from_declined(declined: Declined) -> FLModel:
+    return FLModel(params_type=ParamsType.FULL, params={"__pharmafl_declined__": np.zeros(1, np.uint8)},
+                   meta={"round": declined.round, "declined": {"reason": declined.reason,
+                                                               "details": dict(declined.details)}})  # fmt: skip
 
 
 def model_from_error(round: int, error: str) -> FLModel:
@@ -63,15 +70,18 @@ def model_from_final_metrics(metrics: dict) -> FLModel:
                    meta={"final_metrics": metrics})  # fmt: skip
 
 
-def result_from_model(site: str, round: int, model: FLModel) -> FitResult | str:
-    """The site's :class:`FitResult`, or why there is none."""
+def result_from_model(site: str, round: int, model: FLModel) -> FitResult | Declined | str:
+    """The site's :class:`FitResult` or :class:`Declined`, or why there is neither."""
     meta = model.meta or {}
     if "error" in meta:
         return f"local training failed: {meta['error']}"
+    if "declined" in meta and int(meta.get("round", -1)) == round:
+        d = meta["declined"]
+        return Declined(site, round, str(d["reason"]), dict(d["details"]))
     payload = (model.params or {}).get(UPDATE_KEY)
     if payload is None or "update_hash" not in meta:
         return f"result without an update (keys {sorted(model.params or {})})"
     if int(meta.get("round", -1)) != round:
         return f"result for round {meta.get('round')} arrived in round {round}"
     return FitResult(site, round, np.asarray(payload, dtype=np.uint8).tobytes(), str(meta["update_hash"]),
-                     int(meta["num_examples"]), dict(meta.get("site_metrics", {})))  # fmt: skip
+                     int(meta["num_examples"]), dict(meta.get("site_metrics", {})), meta.get("privacy"))  # fmt: skip

@@ -1,7 +1,8 @@
 """A federated run from config to outputs, engine-independent parts.
 
 :func:`prepare` validates the config, partitions the dataset into site stores under
-``RUN/sites/`` and verifies every store before round 1. :func:`server_side` builds what the
+``RUN/sites/``, verifies every store, fixes the privacy plans and writes ``RUN/plan.json``,
+all before round 1. :func:`server_side` builds what the
 server needs (strategy, coordinator, benchmark evaluator, initial weights) identically for
 the in-process engine and inside NVFlare's server process. :func:`start_run` and
 :func:`end_run` emit the first and last events and save the final model.
@@ -16,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,7 +35,11 @@ from pharmafl.pipeline.coordinator import Coordinator
 from pharmafl.pipeline.diagnostics import DriftMonitor
 from pharmafl.pipeline.events import EventBus
 from pharmafl.pipeline.strategies import build_strategy
+from pharmafl.pipeline.strategies.client_dp import ClientDP
+from pharmafl.sites.csprng import SecureRandom
+from pharmafl.sites.dp_site import DPSite, UpdateClipSite, check_dp_model, store_units
 from pharmafl.sites.partition import partition
+from pharmafl.sites.privacy import PrivacyPlan, plan_privacy
 from pharmafl.sites.site import Site, featurize_dataset
 from pharmafl.sites.store import SiteStore, site_ids, write_site_stores
 from pharmafl.sites.tables import load_dataset, read_store
@@ -52,6 +58,7 @@ class RunPlan:
     manifests: dict[str, str]
     config_hash: str
     cache_dir: Path | None = None
+    privacy_plans: dict | None = None  # site id (or "server") -> PrivacyPlan.as_dict(), fixed at prepare()
 
     def site_dir(self, site: str) -> Path:
         return self.run_dir / "sites" / site
@@ -63,13 +70,15 @@ class RunPlan:
     def to_json(self) -> str:
         return json.dumps({"cfg": to_dict(self.cfg), "run_dir": str(self.run_dir), "sites": list(self.sites),
                            "manifests": self.manifests, "config_hash": self.config_hash,
-                           "cache_dir": str(self.cache_dir) if self.cache_dir else None})  # fmt: skip
+                           "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+                           "privacy_plans": self.privacy_plans})  # fmt: skip
 
     @classmethod
     def from_json(cls, text: str) -> RunPlan:
         d = json.loads(text)
         return cls(from_dict(RunConfig, d["cfg"]), Path(d["run_dir"]), tuple(d["sites"]), d["manifests"],
-                   d["config_hash"], Path(d["cache_dir"]) if d["cache_dir"] else None)  # fmt: skip
+                   d["config_hash"], Path(d["cache_dir"]) if d["cache_dir"] else None,
+                   d.get("privacy_plans"))  # fmt: skip
 
 
 def config_bytes(cfg: RunConfig) -> bytes:
@@ -107,14 +116,32 @@ def prepare(cfg: RunConfig, run_dir: Path, *, data_dir: Path | None = None, cach
                        "seed": cfg.seed},
         )  # fmt: skip
         config_hash = hashlib.sha256(blob).hexdigest()
-        verify_stores(RunPlan(cfg, staging, tuple(site_ids(cfg.data.sites)), manifests, config_hash, cache_dir))
+        staged = RunPlan(cfg, staging, tuple(site_ids(cfg.data.sites)), manifests, config_hash, cache_dir)
+        verify_stores(staged)
+        plans = privacy_plans(staged)  # a budget too small for one round fails here, before any training
+        final = RunPlan(cfg, run_dir, staged.sites, manifests, config_hash, cache_dir, plans)
+        write_bytes_atomic(staging / "plan.json", final.to_json().encode())
         if run_dir.exists():
             run_dir.rmdir()  # empty (checked above); rename needs the name free
         os.replace(staging, run_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return RunPlan(cfg, run_dir, tuple(site_ids(cfg.data.sites)), manifests, config_hash, cache_dir)
+    return final
+
+
+def privacy_plans(plan: RunPlan) -> dict | None:
+    """Each site's DP-SGD plan (``local``) or the server's DP-FedAvg plan (``client``)."""
+    cfg, fed = plan.cfg, plan.cfg.federation
+    if not cfg.privacy.enabled:
+        return None
+    if cfg.privacy.mode == "client":
+        return {"server": plan_privacy(cfg.privacy, units=len(plan.sites), rounds=fed.rounds,
+                                       local_epochs=fed.local_epochs, where="privacy (client-level)").as_dict()}  # fmt: skip
+    check_dp_model(DTIModel(**asdict(cfg.model)), "privacy.mode 'local'")
+    return {site: plan_privacy(cfg.privacy.for_site(site), units=store_units(SiteStore.open(plan.site_dir(site)), cfg.privacy.unit),
+                               rounds=fed.rounds, local_epochs=fed.local_epochs, where=f"site {site}").as_dict()
+            for site in plan.sites}  # fmt: skip
 
 
 def verify_stores(plan: RunPlan) -> None:
@@ -151,20 +178,35 @@ def benchmark_evaluator(plan: RunPlan):
 def server_side(plan: RunPlan, bus: EventBus) -> Coordinator:
     cfg = plan.cfg
     strategy = build_strategy(cfg.federation.strategy, cfg.federation.strategy_options, n_sites=len(plan.sites))
+    if cfg.privacy.mode == "client":
+        strategy = ClientDP(strategy, PrivacyPlan(**plan.privacy_plans["server"]), noise_source(cfg, "server"))
     return Coordinator(
-        strategy=strategy, bus=bus, weighting=cfg.federation.weighting, min_sites=cfg.min_sites,
+        strategy=strategy, bus=bus, stop_on_decline=cfg.privacy.on_exhausted == "stop", weighting=cfg.federation.weighting, min_sites=cfg.min_sites,
         drift=DriftMonitor(cfg.diagnostics.drift_threshold, cfg.diagnostics.drift_rounds),
         evaluate=benchmark_evaluator(plan), model_config=asdict(cfg.model),
     )  # fmt: skip
 
 
-def make_site(plan: RunPlan, site: str) -> Site:
-    """The :class:`Site` of ``site`` as configured by the plan (every engine builds it so)."""
+def noise_source(cfg: RunConfig, party: str) -> SecureRandom:
+    """The party's DP randomness: the OS-keyed CSPRNG, or a seeded stream if the config says so."""
+    if cfg.privacy.noise_source == "seeded":
+        return SecureRandom(seed=zlib.crc32(f"{cfg.seed}:{party}".encode()))
+    return SecureRandom()
+
+
+def make_site(plan: RunPlan, site: str) -> Site | DPSite | UpdateClipSite:
+    """The site ``site`` as configured by the plan (every engine builds it so), wrapped in
+    its privacy mechanism when the run has one."""
     cfg = plan.cfg
-    return Site(SiteStore.open(plan.site_dir(site)), cfg.model, cfg.train,
-                local_epochs=cfg.federation.local_epochs, seed=cfg.seed, cache_dir=plan.cache_dir,
-                threads=cfg.federation.site_threads,
-                keep_optimizer_state=cfg.federation.local_optimizer == "keep")  # fmt: skip
+    inner = Site(SiteStore.open(plan.site_dir(site)), cfg.model, cfg.train,
+                 local_epochs=cfg.federation.local_epochs, seed=cfg.seed, cache_dir=plan.cache_dir,
+                 threads=cfg.federation.site_threads,
+                 keep_optimizer_state=cfg.federation.local_optimizer == "keep")  # fmt: skip
+    if cfg.privacy.mode == "local":
+        return DPSite(inner, cfg.privacy, PrivacyPlan(**plan.privacy_plans[site]), noise_source(cfg, site))
+    if cfg.privacy.mode == "client":
+        return UpdateClipSite(inner, cfg.privacy)
+    return inner
 
 
 def _git_commit() -> str | None:
@@ -190,7 +232,8 @@ def start_run(plan: RunPlan, bus: EventBus, engine: str) -> None:
     bus.emit(
         ev.RUN_STARTED, "server", run_id=plan.run_dir.name, config=to_dict(plan.cfg), config_hash=plan.config_hash,
         git_commit=_git_commit(), versions=versions(), seed=plan.cfg.seed, sites=list(plan.sites),
-        manifests=dict(plan.manifests), privacy=None, engine=engine,
+        manifests=dict(plan.manifests), engine=engine,
+        privacy={**plan.cfg.privacy.summary(), "plans": plan.privacy_plans} if plan.cfg.privacy.enabled else None,
     )  # fmt: skip
 
 

@@ -3,10 +3,11 @@
 :class:`RunTracker` is a listener: it sees the same events as the ledger and writes
 
 * ``rounds.parquet``: one row per (round, site) with the site's reported metrics, update
-  norm and cosine to the mean, plus one row per round with ``site = "global"``;
+  norm and cosine to the mean (and, under DP, ε this round, cumulative ε and the share of
+  clipped gradients), plus one row per round with ``site = "global"``;
 * ``tensorboard/global`` and ``tensorboard/<site-id>``: the same scalars;
 * ``plots/``: per-site validation curves, the last round's cosine heatmap, global test
-  CI and MSE over rounds;
+  CI and MSE over rounds, and under DP each site's cumulative ε;
 * ``metrics.json``: the final figures, at ``run_ended``.
 """
 
@@ -29,6 +30,9 @@ class RunTracker:
         self.alarms: list[dict] = []
         self.last_diagnostics: dict | None = None
         self.failures: list[dict] = []
+        self.declined: list[dict] = []
+        self.epsilon: dict[str, float] = {}  # actor -> cumulative ε so far
+        self._privacy: dict[tuple[int, str], dict] = {}  # (round, actor) -> ε and clip figures
         self._writers = {}
         self._tensorboard = tensorboard
 
@@ -55,16 +59,29 @@ class RunTracker:
             r = p["round"]
             diag = p.get("diagnostics") or {}
             self.last_diagnostics = diag or self.last_diagnostics
-            for site, metrics in sorted(p["metrics"].get("sites", {}).items()):
+            sites = set(p["metrics"].get("sites", {})) | {a for (rr, a) in self._privacy if rr == r and a != "server"}
+            for site in sorted(sites):
+                metrics = p["metrics"].get("sites", {}).get(site, {})
                 row = {"round": r, "site": site, **metrics,
                        "update_norm": diag.get("update_norms", {}).get(site),
-                       "cosine_to_mean": diag.get("cosine_to_mean", {}).get(site)}  # fmt: skip
+                       "cosine_to_mean": diag.get("cosine_to_mean", {}).get(site),
+                       **self._privacy.pop((r, site), {})}  # fmt: skip
                 self.rows.append(row)
                 self._scalars(site, r, row)
-            glob = {"round": r, "site": "global", **{f"test_{k}": v for k, v in p["metrics"].get("global", {}).items()}}
+            glob = {"round": r, "site": "global", **{f"test_{k}": v for k, v in p["metrics"].get("global", {}).items()},
+                    **self._privacy.pop((r, "server"), {})}  # fmt: skip
             self.rows.append(glob)
             self._scalars("global", r, glob)
             self._flush_rows()
+        elif event.type == ev.PRIVACY_SPENT:
+            self.epsilon[event.actor] = p["epsilon_total"]
+            self._privacy.setdefault((p["round"], event.actor), {}).update(
+                epsilon_total=p["epsilon_total"], epsilon_round=p["epsilon_round"])
+        elif event.type == ev.CLIP:
+            self._privacy.setdefault((p["round"], event.actor), {}).update(
+                clipped_fraction=p["clipped"] / p["total"] if p["total"] else 0.0)
+        elif event.type == ev.SITE_DECLINED:
+            self.declined.append({"site": event.actor, **p})
         elif event.type == ev.ALARM:
             self.alarms.append(dict(p))
         elif event.type == ev.SITE_FAILED:
@@ -80,7 +97,10 @@ class RunTracker:
 
     def _finish(self, p: dict) -> None:
         metrics = {**p.get("metrics", {}), "status": p["status"], "rounds": p["rounds"],
-                   "model_sha256": p["model_hash"], "alarms": self.alarms, "failures": self.failures}  # fmt: skip
+                   "model_sha256": p["model_hash"], "alarms": self.alarms, "failures": self.failures,
+                   "declined": self.declined}  # fmt: skip
+        if self.epsilon:
+            metrics["epsilon_spent"] = dict(sorted(self.epsilon.items()))
         write_json(self.run_dir / "metrics.json", metrics)
         plots = self.run_dir / "plots"
         plots.mkdir(exist_ok=True)
@@ -91,6 +111,9 @@ class RunTracker:
                              "Global model on each site's validation split (CI)")  # fmt: skip
             plot_site_curves(site_rows, "global_val_mse", plots / "site_validation_mse.png",
                              "Global model on each site's validation split (MSE)")  # fmt: skip
+        if any("epsilon_total" in r for r in site_rows):
+            plot_site_curves([r for r in site_rows if "epsilon_total" in r], "epsilon_total",
+                             plots / "privacy_epsilon.png", "Cumulative ε spent by each site")  # fmt: skip
         if self.last_diagnostics and self.last_diagnostics.get("sites"):
             d = self.last_diagnostics
             plot_cosine_heatmap(d["sites"], d["cosine_matrix"], plots / "cosine_heatmap.png",

@@ -58,6 +58,17 @@ class FitResult:
     update_hash: str
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    privacy: dict | None = None  # DP accounting and clip statistics (sites/dp_site.py)
+
+
+@dataclass(frozen=True)
+class Declined:
+    """A site's refusal to train a round (e.g. its privacy budget cannot pay for it)."""
+
+    site: str
+    round: int
+    reason: str
+    details: dict = field(default_factory=dict)
 
 
 def state_of(model: torch.nn.Module) -> State:
@@ -107,7 +118,8 @@ class Site:
         self._control: State | None = None  # SCAFFOLD's c_i, kept across rounds
         self._pending: State | None = None  # the c_i sent last round, until the server accepts it
 
-    def _model(self, state: State) -> DTIModel:
+    def model_from(self, state: State) -> DTIModel:
+        """A fresh model holding ``state``."""
         model = DTIModel(**asdict(self.model_cfg))
         model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
         return model
@@ -118,7 +130,7 @@ class Site:
             return self._evaluate(state)
 
     def _evaluate(self, state: State) -> dict[str, float]:
-        model = self._model(state)
+        model = self.model_from(state)
         out = {}
         for split, pairs in (("val", self.val), ("test", self.test)):
             if len(pairs):
@@ -136,7 +148,7 @@ class Site:
             return self._fit(round, state, instructions)
 
     def _fit(self, round: int, state: State, instructions: Instructions) -> FitResult:
-        model = self._model(state)
+        model = self.model_from(state)
         metrics = {f"global_{k}": v for k, v in self._evaluate(state).items()}
         seq = round_seed(self.seed, self.id, round)
         torch.manual_seed(int(seq.generate_state(1)[0]))

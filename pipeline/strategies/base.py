@@ -50,6 +50,10 @@ class Strategy:
         """Next global weights from ``updates`` (sorted by site id) and their ``weights``."""
         return add(state, self.mean_delta(updates, weights))
 
+    def privacy_spent(self, round: int) -> dict | None:
+        """The server-side privacy accounting of ``round``, if the strategy adds noise."""
+        return None
+
     @staticmethod
     def mean_delta(updates: Sequence[Update], weights: np.ndarray) -> State:
         return weighted_sum([u.delta for u in updates], weights)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -56,6 +57,11 @@ def write_config(path, **sections):
         ({"federation": {"rounds": "ten"}}, "federation.rounds must be an integer"),
         ({"model": {"drug_encoder": "gine"}}, "Could not resolve drug encoder 'gine'"),
         ({"federation": {"min_sites": 11}}, "exceeds data.sites"),
+        ({"privacy": {"mode": "local", "epsilon": 0}}, "privacy.epsilon must be a finite number > 0, got 0"),
+        ({"privacy": {"mode": "local", "epsilon": 1, "delta": 1.5}}, "privacy.delta must be in the open interval"),
+        ({"privacy": {"mode": "local", "epsilon": 1, "clip_norm": -1}}, "privacy.clip_norm must be a finite"),
+        ({"privacy": {"mode": "locall"}}, "Could not resolve 'locall' among choices"),
+        ({"privacy": {"mode": "local", "epsilon": 1, "unit": "molecule"}}, "Could not resolve 'molecule'"),
     ],
 )
 def test_bad_config_is_one_clear_error_and_writes_nothing(tmp_path, capsys, sections, message):
@@ -83,3 +89,36 @@ def test_run_local_from_cli(small_davis, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "global (benchmark)" in text and "site-02" in text
     assert json.loads((out / "metrics.json").read_text())["engine"] == "local"
+
+
+def test_dp_run_from_cli_shows_epsilon_spent(small_davis, tmp_path, capsys):
+    cfg = write_config(
+        tmp_path / "cfg.yaml",
+        name="cli-dp",
+        data={"dataset": str(small_davis), "sites": 2, "partition": "iid"},
+        model={"max_len": 64, "embed_dim": 16, "kernel_size": 4, "latent_dim": 32},
+        federation={"rounds": 1, "engine": "local"},
+        ledger={"enabled": False},
+        privacy={"mode": "local", "epsilon": 6, "batch_size": 32},
+    )
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "ε spent" in text
+    spent = json.loads((out / "metrics.json").read_text())["epsilon_spent"]
+    assert set(spent) == {"site-01", "site-02"} and all(0 < e <= 6 for e in spent.values())
+
+
+@pytest.mark.parametrize("name", ["davis-10sites.yaml", "davis-10sites-dp.yaml"])
+def test_shipped_configs_load_and_plan(name, tmp_path, shared_data_dir):
+    """The demo configs parse, and (for DP) every site's budget pays for at least one round."""
+    from pharmafl.pipeline.config import load_run_config
+    from pharmafl.pipeline.run import prepare
+
+    cfg = load_run_config(Path(__file__).resolve().parents[2] / "configs" / name)
+    assert cfg.data.sites == 10 and cfg.ledger.enabled
+    plan = prepare(cfg, tmp_path / "run", data_dir=shared_data_dir)
+    if cfg.privacy.enabled:
+        assert set(plan.privacy_plans) == set(plan.sites)
+        for p in plan.privacy_plans.values():
+            assert p["budget"] == 8.0 and 0 < p["noise_multiplier"] < 10 and p["delta"] < 1 / p["units"]

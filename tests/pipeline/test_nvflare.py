@@ -46,6 +46,45 @@ def test_nvflare_simulator_matches_local_engine(small_cfg, tmp_path):
     assert (tmp_path / "nvflare" / "plots" / "global_test.png").is_file()
 
 
+@pytest.mark.slow
+def test_nvflare_matches_local_engine_under_dp_with_a_declining_site(small_cfg, tmp_path):
+    """DP-SGD (seeded noise) on 2 sites x 2 rounds; site-02's budget pays for round 1 only."""
+    from dataclasses import replace
+
+    from pharmafl.pipeline.run import prepare
+    from pharmafl.sites.privacy import PrivacyConfig, PrivacyPlan
+
+    cfg = with_federation(small_cfg, rounds=2, min_sites=1)
+    cfg = replace(cfg, data=replace(cfg.data, sites=2))
+    privacy = PrivacyConfig(mode="local", noise_multiplier=1.0, epsilon=100.0, batch_size=32, noise_source="seeded")
+    probe = prepare(replace(cfg, privacy=privacy), tmp_path / "probe")
+    p2 = PrivacyPlan(**probe.privacy_plans["site-02"])
+    privacy = replace(privacy, sites={"site-02": {"epsilon": (p2.epsilon_after(1) + p2.epsilon_after(2)) / 2}})
+    cfg = replace(cfg, privacy=privacy)
+    local = run_federated(cfg, tmp_path / "local")
+    flare = run_federated(with_federation(cfg, engine="nvflare"), tmp_path / "nvflare")
+    assert flare["status"] == local["status"] == "completed"
+    assert flare["model_sha256"] == local["model_sha256"]
+
+    def trace(run):
+        lines = (tmp_path / run / "events.jsonl").read_text().splitlines()
+        return [(e["type"], e["actor"], e["payload"].get("round"), e["payload"].get("epsilon_total"))
+                for e in map(json.loads, lines)]  # fmt: skip
+
+    assert trace("local") == trace("nvflare")
+    assert ("site_declined", "site-02", 2) in [t[:3] for t in trace("nvflare")]
+
+
+def test_declined_and_privacy_reports_roundtrip():
+    from pharmafl.pipeline.nvflare_wire import model_from_declined
+    from pharmafl.sites.site import Declined
+
+    d = Declined("site-02", 4, "privacy budget exhausted", {"epsilon_total": 2.5, "budget": 3.0})
+    assert result_from_model("site-02", 4, model_from_declined(d)) == d
+    res = FitResult("site-01", 3, b"x", "ab" * 32, 17, {}, {"clip_norm": 1.0, "clipped": 3, "epsilon_total": 1.5})
+    assert result_from_model("site-01", 3, model_from_result(res)) == res
+
+
 def test_instructions_roundtrip_through_meta():
     control = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
     back = decode_instructions(encode_instructions(Instructions(proximal_mu=0.5, scaffold_control=control)))

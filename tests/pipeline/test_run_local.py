@@ -97,17 +97,26 @@ def test_aggregation_ignores_arrival_order(small_cfg, tmp_path):
     assert len(set(hashes)) == 1
 
 
-def test_only_updates_and_metrics_leave_a_site(small_cfg, tmp_path):
+@pytest.mark.parametrize("privacy", [None, "local", "client"])
+def test_only_updates_and_metrics_leave_a_site(small_cfg, tmp_path, privacy):
     """Inspect every payload that reaches the aggregation side: no rows, labels or ids."""
-    plan = prepare(small_cfg, tmp_path / "run")
+    from dataclasses import replace
+
+    from pharmafl.sites.privacy import PrivacyConfig
+
+    cfg = small_cfg
+    if privacy is not None:
+        cfg = replace(with_federation(cfg, weighting="uniform"),
+                      privacy=PrivacyConfig(mode=privacy, epsilon=20.0, batch_size=32, noise_source="seeded"))  # fmt: skip
+    plan = prepare(cfg, tmp_path / "run")
     seen: list[FitResult] = []
 
     class Spy(LocalEngine):
         @staticmethod
         def _fit_all(sites, r, state, instructions):
-            results, failures = LocalEngine._fit_all(sites, r, state, instructions)
+            results, failures, declined = LocalEngine._fit_all(sites, r, state, instructions)
             seen.extend(results.values())
-            return results, failures
+            return results, failures, declined
 
     Spy().run(plan, EventBus([]))
     ds_ids = set()
@@ -115,13 +124,17 @@ def test_only_updates_and_metrics_leave_a_site(small_cfg, tmp_path):
         m = pd.read_parquet(plan.site_dir(site) / "measurements.parquet")
         ds_ids |= set(m.drug_id) | set(m.target_id)
     for res in seen:
-        assert set(vars(res)) == {"site", "round", "payload", "update_hash", "num_examples", "metrics"}
+        assert set(vars(res)) == {"site", "round", "payload", "update_hash", "num_examples", "metrics", "privacy"}
+        assert (res.privacy is None) == (privacy is None)
+        for value in (res.privacy or {}).values():  # DP accounting and clip figures: scalars and names
+            assert isinstance(value, (int, float, str)) or value is None, value
         upd = wire.decode(res.payload)
         assert set(upd.parts) == {"delta"}
         assert set(upd.delta) == set(initial_state(plan.cfg))  # model parameter names only
         for value in res.metrics.values():
             assert isinstance(value, (int, float)), value  # scalars only: no rows, labels, predictions
-        blob = res.payload + json.dumps(res.metrics).encode()
+        assert "train_loss" not in res.metrics or privacy is None  # not covered by DP: stays home
+        blob = res.payload + json.dumps(res.metrics).encode() + json.dumps(res.privacy).encode()
         for ident in ds_ids:
             assert str(ident).encode() not in blob, ident
 
