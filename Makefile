@@ -13,10 +13,11 @@ ifneq ($(SHARED_DATA),)
 export PHARMAFL_DATA ?= $(abspath $(SHARED_DATA))
 endif
 
-.PHONY: help install test demo bench clean
+.PHONY: help install test demo demo-dp bench clean
 
 help:
 	@echo "make demo    run the 10-site federated DAVIS demo (installs first)"
+	@echo "make demo-dp the same under DP-SGD at every site (epsilon = 8 per site)"
 	@echo "make test    run the test suite (installs first)"
 	@echo "make bench   run the benchmarks in bench/"
 	@echo "make install create .venv and install pharmafl with pinned dependencies"
@@ -45,12 +46,22 @@ demo: install
 	$(BIN)/pharmafl run configs/davis-10sites.yaml --out $(DEMO_OUT)
 	$(BIN)/pharmafl ledger verify $(DEMO_OUT)
 
+DEMO_DP_OUT ?= runs/davis-10sites-dp-$(shell date +%Y%m%d-%H%M%S)
+
+demo-dp: export PHARMAFL_KEY_PASSPHRASE ?= pharmafl-demo-passphrase-not-for-real-runs
+demo-dp: install
+	$(BIN)/pharmafl run configs/davis-10sites-dp.yaml --out $(DEMO_DP_OUT)
+	$(BIN)/pharmafl ledger verify $(DEMO_DP_OUT)
+
 bench: install
 	$(BIN)/python bench/centralized.py
 	$(BIN)/python bench/federated.py accuracy
 	$(BIN)/python bench/federated.py scale
 	$(BIN)/python bench/federated.py nvflare
 	$(BIN)/python bench/ledger.py
+	$(BIN)/python bench/privacy.py steps
+	$(BIN)/python bench/privacy.py utility
+	$(BIN)/python bench/attacks.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,6 +1,6 @@
 """Privacy attacks on one DAVIS site, without DP and under DP-SGD at ε ∈ {8, 3, 1}.
 
-    python bench/attacks.py [--examples 32] [--rounds 20] [--out runs/bench-attacks]
+    python bench/attacks.py [--examples 32] [--rounds 10] [--epsilons inf 8 3 1] [--no-mia]
 
 Gradient inversion (the strongest case: one site's update computed from a single training
 pair, one step). The attacker sees the gradient — under DP, the clipped gradient plus the
@@ -42,8 +42,6 @@ from pharmafl.sites.csprng import SecureRandom
 from pharmafl.sites.privacy import PrivacyConfig, PrivacyPlan
 from pharmafl.sites.site import Instructions
 from pharmafl.sites.training import TrainConfig, predict
-
-EPSILONS = (None, 8.0, 3.0, 1.0)  # None = no DP
 
 
 def auc(scores: np.ndarray, truth: np.ndarray) -> float:
@@ -119,14 +117,17 @@ def membership(site, rounds: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--examples", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--site", default="site-01")
+    ap.add_argument("--epsilons", type=float, nargs="+", default=[float("inf"), 8.0, 3.0, 1.0],
+                    help="inf = no DP")
+    ap.add_argument("--no-mia", action="store_true", help="gradient inversion only (seconds)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for eps in EPSILONS:
+        for eps in [None if e == float("inf") else e for e in args.epsilons]:
             name = "no DP" if eps is None else f"ε = {eps:g}"
             plan = prepare(run_config(args.rounds, eps), Path(tmp) / f"run-{eps}")
             site = make_site(plan, args.site)
@@ -136,7 +137,7 @@ def main() -> None:
             attacks = [invert(privatize(g, dp_plan, SecureRandom(seed=i)), t)
                        for i, (g, t) in enumerate(single_pair_gradients(inner, args.examples, rng))]  # fmt: skip
             t0 = time.perf_counter()
-            mia = membership(site, args.rounds)
+            mia = float("nan") if args.no_mia else membership(site, args.rounds)
             row = {k: float(np.mean([a[k] for a in attacks])) for k in attacks[0]}
             row.update(mia_auc=mia, train_seconds=time.perf_counter() - t0,
                        sigma=dp_plan.noise_multiplier if dp_plan else 0.0, units=len(inner.train))  # fmt: skip
