@@ -5,7 +5,7 @@ One round at a site is ``plan.steps_per_round`` steps of Opacus's recipe
 
 * **Sampling and noise from** :class:`~pharmafl.sites.csprng.SecureRandom`: each privacy
   unit joins a batch with probability ``q`` (Poisson sampling, as the accountant assumes),
-  and :class:`SecureDPOptimizer` draws the Gaussian noise from the ChaCha20 CSPRNG.
+  and the optimizers here draw the Gaussian noise from the ChaCha20 CSPRNG.
 * **Per-pair forward passes on dense graphs.** Opacus computes per-sample gradients from
   each layer's activations, so every pair encodes its own drug and target
   (``PairTensors.collate(unique=False, dense=True)``); the unique-entity gather of ordinary
@@ -172,12 +172,12 @@ def count_units(pairs: PairTensors, unit: str) -> int:
     return int(units_of(pairs, unit).max()) + 1 if len(pairs) else 0
 
 
-def dp_round(model, optimizer: SecureDPOptimizer, pairs: PairTensors, plan: PrivacyPlan, random: SecureRandom,
-             chunk_pairs: int) -> dict:  # fmt: skip
-    """``plan.steps_per_round`` DP-SGD steps of ``model`` (an Opacus ``GradSampleModule``).
+def dp_round(model, optimizer: _SecureNoise, pairs: PairTensors, plan: PrivacyPlan, random: SecureRandom,
+             chunk_pairs: int) -> None:  # fmt: skip
+    """``plan.steps_per_round`` DP-SGD steps of ``model`` (the module :func:`wrap` returned).
 
-    Returns only the step count: the training loss and batch sizes are statistics of the
-    training data that the DP guarantee does not cover, so they do not leave the site.
+    Returns nothing: the training loss and batch sizes are statistics of the training data
+    that the DP guarantee does not cover, so they are not reported.
     """
     unit_of_pair = units_of(pairs, plan.unit)
     n_units = int(unit_of_pair.max()) + 1
@@ -188,7 +188,6 @@ def dp_round(model, optimizer: SecureDPOptimizer, pairs: PairTensors, plan: Priv
         chosen = np.flatnonzero(random.bernoulli(n_units, plan.sample_rate))
         index = np.concatenate([pairs_of_unit[u] for u in chosen]) if len(chosen) else np.zeros(0, np.int64)
         _dp_step(model, optimizer, pairs, index, unit_of_pair, plan.unit, chunk_pairs)
-    return {"steps": plan.steps_per_round}
 
 
 def _dp_step(model, optimizer, pairs, index, unit_of_pair, unit, chunk_pairs) -> None:
