@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -82,13 +81,13 @@ def store_units(store: SiteStore, unit: str) -> int:
 
 
 class DPSite:
-    """``inner`` trained with DP-SGD under ``privacy`` and the site's ``plan`` (fixed when the
-    run was prepared), drawing sampling and noise from ``random``."""
+    """``inner`` trained with DP-SGD under ``privacy`` and the site's ``plan`` (fixed, and the
+    model checked with :func:`check_dp_model`, when the run was prepared), drawing sampling
+    and noise from ``random``."""
 
     def __init__(self, inner: Site, privacy: PrivacyConfig, plan: PrivacyPlan, random: SecureRandom):
         self.inner, self.id = inner, inner.id
         self.cfg = privacy.for_site(inner.id)
-        check_dp_model(DTIModel(**asdict(inner.model_cfg)), f"site {inner.id}")
         units = count_units(inner.train, self.cfg.unit)
         if units != plan.units or plan.unit != self.cfg.unit:
             raise ConfigError(f"site {inner.id}: the run planned DP for {plan.units} {plan.unit}s, the store holds "
@@ -156,7 +155,7 @@ class DPSite:
         stats = ClipStats(plan.clip_norm)
         optimizer = dp_optimizer(
             base, plan.unit, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.clip_norm,
-            expected_batch_size=max(1, round_half(plan.sample_rate * plan.units)),
+            expected_batch_size=max(1, int(plan.sample_rate * plan.units + 0.5)),
             random=self.random, stats=stats, after_noise=_proximal_grad(instructions.proximal_mu, model, state),
         )  # fmt: skip
         try:  # plan.steps_per_round covers the local epochs
@@ -167,10 +166,6 @@ class DPSite:
             self._optimizer_state = copy.deepcopy(base.state_dict())
         local = state_of(model)
         return {k: local[k] - np.asarray(state[k]) for k in state}, stats
-
-
-def round_half(x: float) -> int:
-    return int(np.floor(x + 0.5))
 
 
 def _proximal_grad(mu: float, model: torch.nn.Module, state: State):

@@ -74,16 +74,17 @@ def test_bad_config_is_one_clear_error_and_writes_nothing(tmp_path, capsys, sect
     assert not out.exists()
 
 
+def small_run_config(path, small_davis, **sections):
+    """2 sites x 1 round on the small DAVIS subset with a narrow model, plus ``sections``."""
+    base = {"data": {"dataset": str(small_davis), "sites": 2, "partition": "iid"},
+            "model": {"max_len": 64, "embed_dim": 16, "kernel_size": 4, "latent_dim": 32},
+            "ledger": {"enabled": False}}  # fmt: skip
+    return write_config(path, **{**base, **sections})
+
+
 def test_run_local_from_cli(small_davis, tmp_path, capsys):
-    cfg = write_config(
-        tmp_path / "cfg.yaml",
-        name="cli",
-        data={"dataset": str(small_davis), "sites": 2, "partition": "iid"},
-        model={"max_len": 64, "embed_dim": 16, "kernel_size": 4, "latent_dim": 32},
-        train={"batch_size": 64},
-        federation={"rounds": 1, "engine": "nvflare"},
-        ledger={"enabled": False},
-    )
+    cfg = small_run_config(tmp_path / "cfg.yaml", small_davis, name="cli", train={"batch_size": 64},
+                           federation={"rounds": 1, "engine": "nvflare"})  # fmt: skip
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--engine", "local", "--out", str(out)]) == 0
     text = capsys.readouterr().out
@@ -92,15 +93,9 @@ def test_run_local_from_cli(small_davis, tmp_path, capsys):
 
 
 def test_dp_run_from_cli_shows_epsilon_spent(small_davis, tmp_path, capsys):
-    cfg = write_config(
-        tmp_path / "cfg.yaml",
-        name="cli-dp",
-        data={"dataset": str(small_davis), "sites": 2, "partition": "iid"},
-        model={"max_len": 64, "embed_dim": 16, "kernel_size": 4, "latent_dim": 32},
-        federation={"rounds": 1, "engine": "local"},
-        ledger={"enabled": False},
-        privacy={"mode": "local", "epsilon": 6, "batch_size": 32},
-    )
+    cfg = small_run_config(tmp_path / "cfg.yaml", small_davis, name="cli-dp",
+                           federation={"rounds": 1, "engine": "local"},
+                           privacy={"mode": "local", "epsilon": 6, "batch_size": 32})  # fmt: skip
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--out", str(out)]) == 0
     text = capsys.readouterr().out
