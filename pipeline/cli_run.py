@@ -136,8 +136,27 @@ def _summary(metrics: dict, out: Path) -> None:
                       f"{m.get('val_mse', float('nan')):.4f}", f"{m.get('val_ci', float('nan')):.4f}",
                       str(m.get("test_pairs", "")), *extra(site))  # fmt: skip
     console.print(table)
+    _secure_summary(out)
     console.print(f"outputs in {out}: metrics.json, rounds.parquet, plots/, tensorboard/, model.safetensors"
                   + (", ledger.db" if (out / "ledger.db").exists() else ""))  # fmt: skip
+
+
+def _secure_summary(out: Path) -> None:
+    """Under secure aggregation: who summed, and who was left out of which round and why."""
+    import json
+
+    log = out / "events.jsonl"
+    if not log.is_file():
+        return
+    rounds = [e["payload"] for e in map(json.loads, log.read_text().splitlines())
+              if e["type"] == "aggregated" and "secure" in e["payload"]]  # fmt: skip
+    if not rounds:
+        return
+    excluded = [(p["round"], site, why) for p in rounds for site, why in sorted(p["secure"]["excluded"].items())]
+    console.print(f"secure aggregation: {len(rounds)} round(s) summed by parties {rounds[0]['secure']['parties']}; "
+                  f"the server saw only the sums; {len(excluded)} update(s) excluded")  # fmt: skip
+    for r, site, why in excluded:
+        console.print(f"  round {r}: {site}: {why}")
 
 
 def register(app: typer.Typer) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pharmafl.errors import ConfigError
 from pharmafl.models.dti import ModelConfig
 from pharmafl.pipeline.configio import load_yaml
+from pharmafl.pipeline.secure_agg.config import SecureAggregationConfig
 from pharmafl.sites.store import site_ids
 from pharmafl.sites.privacy import PrivacyConfig
 from pharmafl.sites.training import TrainConfig
@@ -130,6 +131,7 @@ class RunConfig:
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
 
     def __post_init__(self):
         if self.federation.min_sites is not None and self.federation.min_sites > self.data.sites:
@@ -140,6 +142,7 @@ class RunConfig:
 
         build_strategy(self.federation.strategy, self.federation.strategy_options, n_sites=self.data.sites)
         self._check_privacy()
+        self._check_secure_aggregation()
 
     def _check_privacy(self) -> None:
         p = self.privacy
@@ -163,6 +166,21 @@ class RunConfig:
             raise ConfigError(
                 f"privacy.mode 'client' needs federation.weighting 'uniform' (got {self.federation.weighting!r}): "
                 f"the noise is calibrated to one site's clipped update in an unweighted sum"
+            )
+
+    def _check_secure_aggregation(self) -> None:
+        if not self.secure_aggregation.enabled:
+            return
+        if self.federation.strategy == "scaffold":
+            raise ConfigError(
+                "federation.strategy 'scaffold' cannot run under secure_aggregation: it weighs control deltas "
+                "and model deltas differently and tracks which sites were aggregated; use fedavg, fedprox, "
+                "fedadam or fedyogi"
+            )
+        if self.federation.weighting == "quality":
+            raise ConfigError(
+                "federation.weighting 'quality' cannot run under secure_aggregation: its weights depend on "
+                "per-site losses the parties would have to scale shares by; use 'examples' or 'uniform'"
             )
 
     @property

@@ -79,28 +79,20 @@ class Coordinator:
         updates, metrics = self._collect(round, state, results, failed)
         for site in sorted(failed):
             self.bus.emit(ev.SITE_FAILED, "server", round=round, site=site, error=failed[site])
-        if len(updates) < self.min_sites:
-            raise RoundAborted(
-                f"round {round}: {len(updates)} usable update(s) from {sorted(u.site for u in updates)}, "
-                f"fewer than min_sites={self.min_sites}; failed: {failed}"
-            )
-        losses = [metrics[u.site]["global_val_mse"] for u in updates] if self.weighting == "quality" else None
-        weights = site_weights(self.weighting, [u.num_examples for u in updates], losses)
-        new_state = self.strategy.aggregate(state, updates, weights)
-        diag = update_diagnostics([u.site for u in updates], [u.delta for u in updates], weights)
-        participants = [u.site for u in updates]
+        self._require(round, [u.site for u in updates], failed)
+        new_state, participants, weights, diag, extra = self._combine(round, state, updates, metrics, failed)
         applied = add(new_state, state, scale=-1.0)  # the global update actually applied
         self.bus.emit(
             ev.AGGREGATED, "server", round=round, participants=participants,
             weights={s: float(w) for s, w in zip(participants, weights)},
             aggregate_hash=checkpoint_hash(applied, {}),
             checkpoint_hash=checkpoint_hash(new_state, self.model_config),
-            strategy=self.strategy.name,
+            strategy=self.strategy.name, **extra,
         )  # fmt: skip
         spent = self.strategy.privacy_spent(round)
         if spent is not None:
             self.bus.emit(ev.PRIVACY_SPENT, "server", round=round, **spent)
-        for alarm in self.drift.observe(diag["cosine_to_mean"]):
+        for alarm in self.drift.observe(diag["cosine_to_mean"]) if diag else ():
             self.bus.emit(ev.ALARM, "server", round=round, **alarm)
         round_metrics = {"sites": metrics}
         if self.evaluate is not None:
@@ -108,12 +100,27 @@ class Coordinator:
         self.bus.emit(ev.ROUND_ENDED, "server", round=round, metrics=round_metrics, diagnostics=diag)
         return RoundOutcome(round, new_state, participants, failed, round_metrics, diag)
 
+    def _require(self, round: int, usable: list[str], failed: Mapping[str, str]) -> None:
+        if len(usable) < self.min_sites:
+            raise RoundAborted(
+                f"round {round}: {len(usable)} usable update(s) from {sorted(usable)}, "
+                f"fewer than min_sites={self.min_sites}; failed: {dict(failed)}"
+            )
+
+    def _combine(self, round, state, updates, metrics, failed):
+        """(new state, participants, their weights, diagnostics, extra ``aggregated`` payload)."""
+        losses = [metrics[u.site]["global_val_mse"] for u in updates] if self.weighting == "quality" else None
+        weights = site_weights(self.weighting, [u.num_examples for u in updates], losses)
+        new_state = self.strategy.aggregate(state, updates, weights)
+        diag = update_diagnostics([u.site for u in updates], [u.delta for u in updates], weights)
+        return new_state, [u.site for u in updates], weights, diag, {}
+
     def _collect(self, round, state, results, failed):
-        """Decode, re-hash and validate each result in sorted site order."""
+        """Check and open each result in sorted site order."""
         updates, metrics = [], {}
         for site in sorted(results):
             res = results[site]
-            problem = _validate(site, round, res, state, self.strategy.required_parts)
+            problem = self._check(site, round, res, state)
             self.bus.emit(
                 ev.SITE_UPDATE, site, round=round, update_hash=res.update_hash,
                 num_examples=res.num_examples, update_bytes=len(res.payload),
@@ -128,13 +135,22 @@ class Coordinator:
             if problem is not None:
                 failed[site] = problem
                 continue
-            updates.append(wire.decode(res.payload))
+            updates.append(self._open(site, round, res))
             metrics[site] = dict(res.metrics)
         return updates, metrics
+
+    def _check(self, site: str, round: int, res: FitResult, state: State) -> str | None:
+        return _validate(site, round, res, state, self.strategy.required_parts)
+
+    def _open(self, site: str, round: int, res: FitResult):
+        return wire.decode(res.payload)
 
     def finish_run(self, state: State, status: str, rounds: int, model_hash: str, metrics: dict) -> None:
         self.bus.emit(ev.RUN_ENDED, "server", status=status, rounds=rounds, model_hash=model_hash,
                       metrics=metrics, finished_at=time.time())  # fmt: skip
+
+    def close(self) -> None:
+        """Release what the coordinator started (the secure-aggregation parties); idempotent."""
 
 
 def _validate(site: str, round: int, res: FitResult, state: State, required_parts=("delta",)) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from pharmafl.pipeline.coordinator import RoundAborted
 from pharmafl.pipeline.events import EventBus
@@ -23,11 +24,12 @@ SiteFactory = Callable[[RunPlan, str], Site]
 @dataclass
 class LocalEngine:
     site_factory: SiteFactory = make_site
+    transcript_dir: Path | None = None  # secure aggregation: where parties save what they receive (tests)
 
     def run(self, plan: RunPlan, bus: EventBus) -> dict:
         start = time.perf_counter()
         sites = {sid: self.site_factory(plan, sid) for sid in plan.sites}
-        coord = server_side(plan, bus)
+        coord = server_side(plan, bus, transcript_dir=self.transcript_dir)
         state = initial_state(plan.cfg)
         start_run(plan, bus, engine="local")
         status, done, error = "completed", 0, None
@@ -41,6 +43,8 @@ class LocalEngine:
             status = f"stopped: {exc}"
         except Exception as exc:  # recorded and re-raised: the run ends with what it has
             status, error = f"failed: {type(exc).__name__}: {exc}", exc
+        finally:
+            coord.close()
         site_metrics = {}
         for sid in sorted(sites):
             try:

@@ -29,9 +29,16 @@ privacy_spent        site-XX    round, epsilon_round, epsilon_total, delta, budg
                                 clip_norm and participants)
 site_declined        site-XX    round, reason, plus numbers (epsilon_total, epsilon_if_trained,
                                 budget, delta, accountant)
+secure_shares        site-XX    round, commitment (salted sha256 of the plaintext update),
+                                share_hashes (party -> sha256 of the ciphertext sent to it),
+                                envelope_hash, num_examples (secure aggregation only)
+bound_check          server     round, site, passed (bool), max_update_norm, slack, sketches,
+                                buckets, sketch_seed (secure aggregation: the MPC norm check)
 site_failed          server     round, site, error
 aggregated           server     round, participants (list), weights (site id -> float),
-                                aggregate_hash, checkpoint_hash, strategy
+                                aggregate_hash, checkpoint_hash, strategy (secure aggregation:
+                                also secure {parties, sum_hash, excluded (site -> why),
+                                seconds})
 alarm                server     round, kind, site (or None), message
 round_ended          server     round, metrics ({"sites": {...}, "global": {...}}), diagnostics
                                 (update norms, cosine matrix, cosine to the mean)
@@ -55,6 +62,8 @@ SITE_UPDATE = "site_update"
 CLIP = "clip"
 PRIVACY_SPENT = "privacy_spent"
 SITE_DECLINED = "site_declined"
+SECURE_SHARES = "secure_shares"
+BOUND_CHECK = "bound_check"
 SITE_FAILED = "site_failed"
 AGGREGATED = "aggregated"
 ALARM = "alarm"
@@ -68,6 +77,8 @@ EVENT_TYPES = (
     CLIP,
     PRIVACY_SPENT,
     SITE_DECLINED,
+    SECURE_SHARES,
+    BOUND_CHECK,
     SITE_FAILED,
     AGGREGATED,
     ALARM,

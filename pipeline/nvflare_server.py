@@ -65,7 +65,10 @@ class PharmaflAggregator(ModelAggregator):
         if event_type == EventType.START_RUN:
             self._start()
         elif event_type == EventType.END_RUN and self.plan is not None:
-            self.bus.close()
+            try:
+                self.coord.close()
+            finally:
+                self.bus.close()
 
     def _start(self) -> None:
         from pharmafl.pipeline.engines import run_listeners

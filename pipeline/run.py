@@ -33,6 +33,7 @@ from pharmafl.pipeline.config import RunConfig
 from pharmafl.pipeline.configio import from_dict, to_dict
 from pharmafl.pipeline.coordinator import Coordinator
 from pharmafl.pipeline.diagnostics import DriftMonitor
+from pharmafl.pipeline.secure_agg.service import key_passphrase, provision, public_keys
 from pharmafl.pipeline.events import EventBus
 from pharmafl.pipeline.strategies import build_strategy
 from pharmafl.pipeline.strategies.client_dp import ClientDP
@@ -40,6 +41,7 @@ from pharmafl.sites.csprng import SecureRandom
 from pharmafl.sites.dp_site import DPSite, UpdateClipSite, check_dp_model, store_units
 from pharmafl.sites.partition import partition
 from pharmafl.sites.privacy import PrivacyPlan, plan_privacy
+from pharmafl.sites.secure_site import SecureSite
 from pharmafl.sites.site import Site, featurize_dataset
 from pharmafl.sites.store import SiteStore, site_ids, write_site_stores
 from pharmafl.sites.tables import load_dataset, read_store
@@ -59,6 +61,7 @@ class RunPlan:
     config_hash: str
     cache_dir: Path | None = None
     privacy_plans: dict | None = None  # site id (or "server") -> PrivacyPlan.as_dict(), fixed at prepare()
+    secure_parties: dict | None = None  # aggregation party -> X25519 public key (hex), provisioned at prepare()
 
     def site_dir(self, site: str) -> Path:
         return self.run_dir / "sites" / site
@@ -67,18 +70,27 @@ class RunPlan:
     def benchmark_dir(self) -> Path:
         return self.run_dir / "server" / "benchmark"
 
+    @property
+    def secagg_key_dir(self) -> Path:
+        return self.run_dir / "secagg" / "keys"
+
+    @property
+    def secagg_context(self) -> str:
+        """Bound into every share's encryption: a share cannot be replayed into another run."""
+        return f"{self.run_dir.name}:{self.config_hash[:16]}"
+
     def to_json(self) -> str:
         return json.dumps({"cfg": to_dict(self.cfg), "run_dir": str(self.run_dir), "sites": list(self.sites),
                            "manifests": self.manifests, "config_hash": self.config_hash,
                            "cache_dir": str(self.cache_dir) if self.cache_dir else None,
-                           "privacy_plans": self.privacy_plans})  # fmt: skip
+                           "privacy_plans": self.privacy_plans, "secure_parties": self.secure_parties})  # fmt: skip
 
     @classmethod
     def from_json(cls, text: str) -> RunPlan:
         d = json.loads(text)
         return cls(from_dict(RunConfig, d["cfg"]), Path(d["run_dir"]), tuple(d["sites"]), d["manifests"],
                    d["config_hash"], Path(d["cache_dir"]) if d["cache_dir"] else None,
-                   d.get("privacy_plans"))  # fmt: skip
+                   d.get("privacy_plans"), d.get("secure_parties"))  # fmt: skip
 
 
 def config_bytes(cfg: RunConfig) -> bytes:
@@ -119,7 +131,10 @@ def prepare(cfg: RunConfig, run_dir: Path, *, data_dir: Path | None = None, cach
         staged = RunPlan(cfg, staging, tuple(site_ids(cfg.data.sites)), manifests, config_hash, cache_dir)
         verify_stores(staged)
         plans = privacy_plans(staged)  # a budget too small for one round fails here, before any training
-        final = RunPlan(cfg, run_dir, staged.sites, manifests, config_hash, cache_dir, plans)
+        parties = None
+        if cfg.secure_aggregation.enabled:
+            parties = provision(staging / "secagg" / "keys", cfg.secure_aggregation.helpers, key_passphrase())
+        final = RunPlan(cfg, run_dir, staged.sites, manifests, config_hash, cache_dir, plans, parties)
         write_bytes_atomic(staging / "plan.json", final.to_json().encode())
         if run_dir.exists():
             run_dir.rmdir()  # empty (checked above); rename needs the name free
@@ -175,16 +190,29 @@ def benchmark_evaluator(plan: RunPlan):
     return score
 
 
-def server_side(plan: RunPlan, bus: EventBus) -> Coordinator:
+def server_side(plan: RunPlan, bus: EventBus, *, transcript_dir: Path | None = None) -> Coordinator:
+    """The coordinator; under secure aggregation it starts the parties (close it when done).
+
+    ``transcript_dir``: the parties save everything they receive there (leak tests only).
+    """
     cfg = plan.cfg
     strategy = build_strategy(cfg.federation.strategy, cfg.federation.strategy_options, n_sites=len(plan.sites))
     if cfg.privacy.mode == "client":
         strategy = ClientDP(strategy, PrivacyPlan(**plan.privacy_plans["server"]), noise_source(cfg, "server"))
-    return Coordinator(
-        strategy=strategy, bus=bus, stop_on_decline=cfg.privacy.on_exhausted == "stop", weighting=cfg.federation.weighting, min_sites=cfg.min_sites,
-        drift=DriftMonitor(cfg.diagnostics.drift_threshold, cfg.diagnostics.drift_rounds),
+    common = dict(
+        strategy=strategy, bus=bus, stop_on_decline=cfg.privacy.on_exhausted == "stop", weighting=cfg.federation.weighting,
+        min_sites=cfg.min_sites, drift=DriftMonitor(cfg.diagnostics.drift_threshold, cfg.diagnostics.drift_rounds),
         evaluate=benchmark_evaluator(plan), model_config=asdict(cfg.model),
     )  # fmt: skip
+    if not cfg.secure_aggregation.enabled:
+        return Coordinator(**common)
+    from pharmafl.pipeline.secure_agg.coordinator import SecureCoordinator
+    from pharmafl.pipeline.secure_agg.service import AggregationService
+
+    names = [k.name for k in public_keys(plan.secure_parties)]
+    service = AggregationService(plan.secagg_key_dir, names, key_passphrase(), host=cfg.secure_aggregation.host,
+                                 transcript_dir=transcript_dir)  # fmt: skip
+    return SecureCoordinator(**common, service=service, settings=cfg.secure_aggregation)
 
 
 def noise_source(cfg: RunConfig, party: str) -> SecureRandom:
@@ -194,18 +222,21 @@ def noise_source(cfg: RunConfig, party: str) -> SecureRandom:
     return SecureRandom()
 
 
-def make_site(plan: RunPlan, site: str) -> Site | DPSite | UpdateClipSite:
+def make_site(plan: RunPlan, site: str) -> Site | DPSite | UpdateClipSite | SecureSite:
     """The site ``site`` as configured by the plan (every engine builds it so), wrapped in
-    its privacy mechanism when the run has one."""
+    its privacy mechanism and then in secret sharing when the run has them."""
     cfg = plan.cfg
     inner = Site(SiteStore.open(plan.site_dir(site)), cfg.model, cfg.train,
                  local_epochs=cfg.federation.local_epochs, seed=cfg.seed, cache_dir=plan.cache_dir,
                  threads=cfg.federation.site_threads,
                  keep_optimizer_state=cfg.federation.local_optimizer == "keep")  # fmt: skip
     if cfg.privacy.mode == "local":
-        return DPSite(inner, cfg.privacy, PrivacyPlan(**plan.privacy_plans[site]), noise_source(cfg, site))
-    if cfg.privacy.mode == "client":
-        return UpdateClipSite(inner, cfg.privacy)
+        inner = DPSite(inner, cfg.privacy, PrivacyPlan(**plan.privacy_plans[site]), noise_source(cfg, site))
+    elif cfg.privacy.mode == "client":
+        inner = UpdateClipSite(inner, cfg.privacy)
+    if cfg.secure_aggregation.enabled:  # privacy first, then sharing
+        openings = plan.site_dir(site) / "secagg" if cfg.secure_aggregation.keep_updates else None
+        inner = SecureSite(inner, public_keys(plan.secure_parties), plan.secagg_context, openings)
     return inner
 
 
@@ -234,7 +265,17 @@ def start_run(plan: RunPlan, bus: EventBus, engine: str) -> None:
         git_commit=_git_commit(), versions=versions(), seed=plan.cfg.seed, sites=list(plan.sites),
         manifests=dict(plan.manifests), engine=engine,
         privacy={**plan.cfg.privacy.summary(), "plans": plan.privacy_plans} if plan.cfg.privacy.enabled else None,
+        secure_aggregation=_secure_summary(plan),
     )  # fmt: skip
+
+
+def _secure_summary(plan: RunPlan) -> dict | None:
+    """The settings and every party's key fingerprint, so shares can be tied to their recipients."""
+    if not plan.cfg.secure_aggregation.enabled:
+        return None
+    keys = public_keys(plan.secure_parties)
+    return {**plan.cfg.secure_aggregation.summary(), "parties": {k.name: k.fingerprint for k in keys},
+            "context": plan.secagg_context}  # fmt: skip
 
 
 def end_run(plan: RunPlan, coord: Coordinator, state: State, *, status: str, rounds: int,

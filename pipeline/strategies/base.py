@@ -50,6 +50,11 @@ class Strategy:
         """Next global weights from ``updates`` (sorted by site id) and their ``weights``."""
         return add(state, self.mean_delta(updates, weights))
 
+    def aggregate_mean(self, state: State, mean: Update, count: int) -> State:
+        """Next global weights from only the weighted mean of ``count`` updates (all that secure
+        aggregation reveals). Equal to :meth:`aggregate` for strategies linear in the updates."""
+        return self.aggregate(state, [mean], np.ones(1))
+
     def privacy_spent(self, round: int) -> dict | None:
         """The server-side privacy accounting of ``round``, if the strategy adds noise."""
         return None

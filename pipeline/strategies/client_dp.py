@@ -44,25 +44,32 @@ class ClientDP(Strategy):
         return self.inner.instructions(round, state)
 
     def aggregate(self, state: State, updates: Sequence[Update], weights: np.ndarray) -> State:
+        total = weighted_sum([u.delta for u in updates], np.ones(len(updates)))
+        return self._noisy_mean(state, total, len(updates), updates[0].round, sum(u.num_examples for u in updates))
+
+    def aggregate_mean(self, state: State, mean: Update, count: int) -> State:
+        """Under secure aggregation: the parties reveal the (uniform) mean; noise the sum it implies."""
+        total = {k: (np.asarray(v, np.float64) * count) for k, v in mean.delta.items()}
+        return self._noisy_mean(state, total, count, mean.round, mean.num_examples)
+
+    def _noisy_mean(self, state: State, total: State, count: int, round: int, num_examples: int) -> State:
         plan = self.plan
         before = epsilon_spent(self.history, plan.delta, plan.accountant)
         fits, after = round_fits(self.history, plan.round_step, plan.delta, plan.budget, plan.accountant)
-        round = updates[0].round
         if not fits:
             raise RoundAborted(f"round {round}: client-level ε would reach {after:.3f}, over the budget "
                                f"{plan.budget} (spent {before:.3f})")  # fmt: skip
-        total = weighted_sum([u.delta for u in updates], np.ones(len(updates)))
         std = plan.noise_multiplier * plan.clip_norm
-        noisy = {k: (v + self.random.dp_noise(std, torch.from_numpy(v)).numpy()) / len(updates)
+        noisy = {k: ((v + self.random.dp_noise(std, torch.from_numpy(np.asarray(v))).numpy()) / count).astype(np.float32)
                  for k, v in total.items()}  # fmt: skip
         self.history = compose(self.history, plan.round_step)
         self._spent[round] = {
             "epsilon_round": after - before, "epsilon_total": after, "delta": plan.delta, "budget": plan.budget,
             "accountant": plan.accountant, "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate,
             "steps": plan.steps_per_round, "privacy_unit": "site", "clip_norm": plan.clip_norm,
-            "participants": len(updates), "noise_source": self.random.source,
+            "participants": count, "noise_source": self.random.source,
         }  # fmt: skip
-        mean = Update("server", round, sum(u.num_examples for u in updates), {"delta": noisy})
+        mean = Update("server", round, num_examples, {"delta": noisy})
         return self.inner.aggregate(state, [mean], np.ones(1))
 
     def privacy_spent(self, round: int) -> dict | None:

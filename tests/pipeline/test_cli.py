@@ -104,7 +104,26 @@ def test_dp_run_from_cli_shows_epsilon_spent(small_davis, tmp_path, capsys):
     assert set(spent) == {"site-01", "site-02"} and all(0 < e <= 6 for e in spent.values())
 
 
-@pytest.mark.parametrize("name", ["davis-10sites.yaml", "davis-10sites-dp.yaml"])
+def test_secure_run_from_cli_and_a_site_proves_what_it_sent(small_davis, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PHARMAFL_KEY_PASSPHRASE", "a test passphrase")
+    cfg = small_run_config(tmp_path / "cfg.yaml", small_davis, name="cli-secure",
+                           federation={"rounds": 1, "engine": "local"}, ledger={"enabled": True},
+                           secure_aggregation={"enabled": True, "max_update_norm": 5.0})  # fmt: skip
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out)]) == 0
+    assert "the server saw only the sums; 0 update(s) excluded" in capsys.readouterr().out
+    assert main(["prove-update", str(out), "--site", "site-02", "--round", "1"]) == 0
+    assert capsys.readouterr().out.startswith("OK: site-02 round 1")
+    kept = out / "sites" / "site-02" / "secagg"
+    doc = json.loads((kept / "round-0001.json").read_text())
+    (kept / "round-0001.json").write_text(json.dumps({**doc, "salt": "00" * 32}))  # a forged opening
+    assert main(["prove-update", str(out), "--site", "site-02", "--round", "1"]) == 1
+    assert "FAIL: site-02 round 1" in capsys.readouterr().out
+    assert main(["prove-update", str(out), "--site", "site-02", "--round", "7"]) == 1
+    assert "holds no kept update for round 7" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["davis-10sites.yaml", "davis-10sites-dp.yaml", "davis-10sites-secure.yaml"])
 def test_shipped_configs_load_and_plan(name, tmp_path, shared_data_dir):
     """The demo configs parse, and (for DP) every site's budget pays for at least one round."""
     from pharmafl.pipeline.config import load_run_config
@@ -117,3 +136,6 @@ def test_shipped_configs_load_and_plan(name, tmp_path, shared_data_dir):
         assert set(plan.privacy_plans) == set(plan.sites)
         for p in plan.privacy_plans.values():
             assert p["budget"] == 8.0 and 0 < p["noise_multiplier"] < 10 and p["delta"] < 1 / p["units"]
+    if cfg.secure_aggregation.enabled:
+        assert set(plan.secure_parties) == {"server", "helper1"}
+        assert sorted(p.name for p in (tmp_path / "run" / "secagg" / "keys").iterdir()) == ["helper1.pem", "server.pem"]

@@ -1,0 +1,141 @@
+"""Site-side secret sharing: exact ring arithmetic, uniform shares, sealed envelopes, commitments."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from pharmafl.sites import update as wire
+from pharmafl.sites.secret_sharing import (
+    PartyKey,
+    ShareError,
+    commitment,
+    decode_fixed,
+    encode_fixed,
+    expand_seed,
+    flatten,
+    open_share,
+    parse_envelope,
+    seal_update,
+    split,
+    unflatten,
+)
+
+from ..uniformity import looks_uniform
+
+PARTIES = [PartyKey.generate("server"), PartyKey.generate("helper1")]
+
+
+@given(arrays(np.float64, st.integers(1, 300), elements=st.floats(-1e6, 1e6)), st.integers(1, 3))
+@settings(max_examples=60, deadline=None)
+def test_shares_sum_to_the_encoded_update_in_the_ring(x, helpers):
+    enc = encode_fixed(x)
+    s0, seeds = split(enc, helpers)
+    with np.errstate(over="ignore"):
+        total = s0 + sum(expand_seed(seed, len(x)) for seed in seeds)
+    assert np.array_equal(total, enc)
+    assert np.max(np.abs(decode_fixed(enc) - x)) <= 2.0**-17 + 1e-9  # rounding to the nearest 2^-16
+
+
+def test_encoding_refuses_non_finite_and_out_of_range_values():
+    with pytest.raises(ShareError, match="position 2 is not finite"):
+        encode_fixed(np.array([0.1, 0.2, np.nan]))
+    with pytest.raises(ShareError, match="exceeds"):
+        encode_fixed(np.array([2.0**41]))
+
+
+def test_a_server_share_is_uniform_whatever_the_update():
+    x = np.random.default_rng(0).normal(0, 1e-3, 200_000)  # a typical, small update
+    s0, _ = split(encode_fixed(x), helpers=1)
+    assert looks_uniform(s0)
+    assert not looks_uniform(encode_fixed(x))  # the test can fail: the plaintext encoding is not uniform
+    constant = np.zeros(200_000)  # even an all-zero update gives a uniform share
+    assert looks_uniform(split(encode_fixed(constant), helpers=1)[0])
+    assert abs(np.corrcoef(s0.astype(np.float64), x)[0, 1]) < 0.02
+
+
+def _envelope(x: np.ndarray, round: int = 1, salt: bytes = b"s" * 32, parties=PARTIES):
+    parts = {"delta": {"a": x[:6].reshape(2, 3).astype(np.float32), "b": x[6:].astype(np.float32)}}
+    payload = wire.encode(wire.Update("site-01", round, 10, parts))
+    env = seal_update(site="site-01", round=round, num_examples=10, parts=parts, update_hash=wire.sha256(payload),
+                      salt=salt, parties=parties, context="run-1")
+    return parts, payload, env
+
+
+def test_each_party_opens_only_its_share_and_the_shares_sum_to_the_update():
+    x = np.random.default_rng(1).normal(0, 0.1, 1000)
+    parts, payload, data = _envelope(x)
+    env = parse_envelope(data)
+    n = len(x)
+    shares = [open_share(env, p, n) for p in PARTIES]
+    with np.errstate(over="ignore"):
+        total = shares[0] + shares[1]
+    assert np.allclose(unflatten(decode_fixed(total), env.layout)["delta"]["b"], parts["delta"]["b"], atol=1e-5)
+    assert np.array_equal(flatten(parts), flatten(unflatten(flatten(parts), env.layout)))
+    stranger = PartyKey.generate("helper1")  # the right name, the wrong key
+    with pytest.raises(ShareError, match="encrypted to key"):
+        open_share(env, stranger, n)
+    assert set(env.share_hashes()) == {"server", "helper1"}
+    for p, blob in env.blobs.items():
+        assert env.share_hashes()[p] == hashlib.sha256(blob).hexdigest()
+
+
+def test_the_envelope_holds_no_plaintext():
+    x = np.random.default_rng(2).normal(0, 0.1, 4006)
+    parts, payload, data = _envelope(x)
+    raw = parts["delta"]["b"].tobytes()
+    for start in range(0, len(raw) - 32, 997):  # no 32-byte run of the float32 update appears
+        assert raw[start : start + 32] not in data
+    assert raw[:32] in payload  # ...while the plaintext update bytes do contain it
+
+
+def test_tampered_truncated_or_replayed_envelopes_are_refused():
+    x = np.random.default_rng(3).normal(0, 0.1, 500)
+    _, _, data = _envelope(x)
+    with pytest.raises(ShareError, match="truncated or altered"):
+        parse_envelope(data[:-10])
+    flipped = bytearray(data)
+    flipped[-5] ^= 1
+    with pytest.raises(ShareError, match="truncated or altered"):
+        parse_envelope(bytes(flipped))
+    with pytest.raises(ShareError, match="not a pharmafl-secagg"):
+        parse_envelope(b"junk" * 10)
+    env = parse_envelope(data)
+    replay = type(env)({**env.header, "round": 2}, env.blobs)  # the same shares presented for another round
+    with pytest.raises(ShareError, match="fails authentication"):
+        open_share(replay, PARTIES[0], 500)
+
+
+def test_the_commitment_binds_the_update_and_hides_it():
+    x = np.random.default_rng(4).normal(0, 0.1, 100)
+    salt = os.urandom(32)
+    _, payload, data = _envelope(x, salt=salt)
+    header = parse_envelope(data).header
+    assert header["commitment"] == commitment(salt, wire.sha256(payload))
+    assert header["commitment"] != commitment(os.urandom(32), wire.sha256(payload))  # salted: not guessable
+    other = wire.encode(wire.Update("site-01", 1, 10, {"delta": {"a": np.zeros((2, 3), np.float32),
+                                                                "b": np.zeros(94, np.float32)}}))  # fmt: skip
+    assert header["commitment"] != commitment(salt, wire.sha256(other))
+
+
+def test_sealing_needs_the_server_first_and_a_helper():
+    x = np.zeros(10)
+    with pytest.raises(ShareError, match="first aggregation party"):
+        _envelope(x, parties=[PARTIES[1], PARTIES[0]])
+    with pytest.raises(ShareError, match="at least one helper"):
+        _envelope(x, parties=[PARTIES[0]])
+
+
+def test_party_keys_roundtrip_encrypted_at_rest():
+    key = PartyKey.generate("helper1")
+    pem = key.private_pem("pass phrase")
+    assert b"ENCRYPTED" in pem
+    assert PartyKey.from_pem("helper1", pem, "pass phrase").public == key.public
+    with pytest.raises(ShareError, match="wrong \\$PHARMAFL_KEY_PASSPHRASE"):
+        PartyKey.from_pem("helper1", pem, "another")
