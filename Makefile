@@ -13,11 +13,13 @@ ifneq ($(SHARED_DATA),)
 export PHARMAFL_DATA ?= $(abspath $(SHARED_DATA))
 endif
 
-.PHONY: help install test demo demo-dp bench clean
+.PHONY: help install test demo demo-dp demo-secure demo-sign bench clean
 
 help:
 	@echo "make demo    run the 10-site federated DAVIS demo (installs first)"
 	@echo "make demo-dp the same under DP-SGD at every site (epsilon = 8 per site)"
+	@echo "make demo-secure DP-SGD plus secure aggregation (the server sees only sums)"
+	@echo "make demo-sign   after make demo: users, QA signs the report, regulator verifies the package"
 	@echo "make test    run the test suite (installs first)"
 	@echo "make bench   run the benchmarks in bench/"
 	@echo "make install create .venv and install pharmafl with pinned dependencies"
@@ -53,6 +55,35 @@ demo-dp: install
 	$(BIN)/pharmafl run configs/davis-10sites-dp.yaml --out $(DEMO_DP_OUT)
 	$(BIN)/pharmafl ledger verify $(DEMO_DP_OUT)
 
+# After `make demo`: the README's Compliance walkthrough, non-interactively, with throwaway
+# passwords (never reuse them). Users are created once per run.
+DEMO_RUN ?= $(lastword $(sort $(wildcard runs/davis-10sites-2*)))
+PF := $(BIN)/pharmafl
+
+demo-sign: export PHARMAFL_KEY_PASSPHRASE ?= pharmafl-demo-passphrase-not-for-real-runs
+demo-sign: install
+	@test -n "$(DEMO_RUN)" || { echo "no runs/davis-10sites-<date-time> run: run make demo first"; exit 1; }
+	PHARMAFL_NEW_PASSWORD=throwaway-Demo-A1 $(PF) users init $(DEMO_RUN) --admin ada --name "Ada Lovelace"
+	PHARMAFL_PASSWORD=throwaway-Demo-A1 PHARMAFL_NEW_PASSWORD=temporary-Demo-Q1 \
+	  $(PF) users create $(DEMO_RUN) --user ada --id quinn --name "Quinn Quality" --role qa
+	PHARMAFL_PASSWORD=throwaway-Demo-A1 PHARMAFL_NEW_PASSWORD=temporary-Demo-R1 \
+	  $(PF) users create $(DEMO_RUN) --user ada --id rita --name "Rita Regulator" --role regulator
+	PHARMAFL_PASSWORD=temporary-Demo-Q1 PHARMAFL_NEW_PASSWORD=throwaway-Demo-Q2 $(PF) users passwd $(DEMO_RUN) --user quinn
+	PHARMAFL_PASSWORD=temporary-Demo-R1 PHARMAFL_NEW_PASSWORD=throwaway-Demo-R2 $(PF) users passwd $(DEMO_RUN) --user rita
+	PHARMAFL_PASSWORD=throwaway-Demo-Q2 $(PF) report $(DEMO_RUN) --user quinn --out $(DEMO_RUN)/reports/r1
+	PHARMAFL_PASSWORD=throwaway-Demo-Q2 $(PF) sign $(DEMO_RUN)/reports/r1 --user quinn --meaning approved
+	$(PF) ledger head $(DEMO_RUN) --out $(DEMO_RUN)-head.json
+	PHARMAFL_PASSWORD=throwaway-Demo-R2 \
+	  $(PF) evidence export $(DEMO_RUN) --user rita --report $(DEMO_RUN)/reports/r1 --out $(DEMO_RUN)-evidence
+	$(BIN)/python -m pharmafl.audit.evidence $(DEMO_RUN)-evidence --trusted-head $(DEMO_RUN)-head.json
+
+DEMO_SECURE_OUT ?= runs/davis-10sites-secure-$(shell date +%Y%m%d-%H%M%S)
+
+demo-secure: export PHARMAFL_KEY_PASSPHRASE ?= pharmafl-demo-passphrase-not-for-real-runs
+demo-secure: install
+	$(BIN)/pharmafl run configs/davis-10sites-secure.yaml --out $(DEMO_SECURE_OUT)
+	$(BIN)/pharmafl ledger verify $(DEMO_SECURE_OUT)
+
 bench: install
 	$(BIN)/python bench/centralized.py
 	$(BIN)/python bench/federated.py accuracy
@@ -62,6 +93,7 @@ bench: install
 	$(BIN)/python bench/privacy.py steps
 	$(BIN)/python bench/privacy.py utility
 	$(BIN)/python bench/attacks.py
+	$(BIN)/python bench/secure_agg.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -27,10 +27,13 @@ app = typer.Typer(
 
 
 def _mount_subcommands() -> None:
-    from pharmafl.pipeline import cli_central, cli_run
+    from pharmafl.compliance import cli as cli_compliance
+    from pharmafl.pipeline import cli_central, cli_run, cli_secure
 
     cli_run.register(app)
     cli_central.register(app)
+    cli_secure.register(app)
+    cli_compliance.register(app)  # report, sign, users, evidence
     for module, name, help_text in (
         ("pharmafl.sites.data_cli", "data", "Fetch, validate and import datasets."),
         ("pharmafl.audit.cli", "ledger", "Verify, export and prove the audit ledger."),

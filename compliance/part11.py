@@ -1,0 +1,116 @@
+"""The 21 CFR Part 11 matrix and ALCOA+ attributes: requirement -> control -> evidence.
+
+Data only. ``who`` says where the control lives: ``pharmafl`` (a technical control the
+software enforces and the tests prove), ``shared`` (pharmafl supplies part, the
+organisation the rest) or ``organisation`` (procedural: pharmafl cannot do it). Evidence
+names tests in ``tests/`` and the ledger event types a reviewer can look up in the audit
+trail. Stated plainly so that nobody reads a procedural duty as solved by software.
+"""
+
+from __future__ import annotations
+
+PART11 = [
+    ("11.10(a)", "Validation; ability to discern invalid or altered records", "shared",
+     "Hash-chained, Ed25519-signed, Merkle-checkpointed ledger; standalone verifier names the first altered "
+     "entry; reports are refused from a ledger that does not verify; report and package files are hash-checked.",
+     "tests/audit/test_tamper.py; tests/compliance/test_report.py::test_tampered_ledger_refuses_report; "
+     "tests/compliance/test_evidence.py::test_tampered_report_file_is_rejected. The organisation's own "
+     "computer-system validation (IQ/OQ/PQ, intended use) is procedural."),
+    ("11.10(b)", "Accurate, complete copies in human-readable and electronic form", "pharmafl",
+     "Reports as PDF and HTML (people) and Parquet/CSV + canonical report.json (machines); ledger export as "
+     "JSONL and Parquet; evidence package with SHA-256 manifest.",
+     "tests/compliance/test_report.py::test_pdf_text_holds_sections_signature_and_hash; events "
+     "report_generated, report_rendered, evidence_exported."),
+    ("11.10(c)", "Protection of records throughout the retention period", "shared",
+     "Database triggers refuse UPDATE/DELETE on the ledger; hash chain and signed checkpoints make any change "
+     "detectable; exports are self-verifying.",
+     "tests/audit/test_ledger.py (append-only triggers). Retention periods, backups and archive media are "
+     "procedural (the organisation)."),
+    ("11.10(d)", "Limiting system access to authorised individuals", "shared",
+     "User accounts with scrypt-hashed passwords; lockout after repeated failures; disabled accounts; every "
+     "login, failure and refusal is a ledger entry.",
+     "tests/compliance/test_access.py (lockout, wrong password, disabled); events user_login, login_failed, "
+     "user_locked, login_refused. Operating-system and database access to ledger.db and RUN/keys is "
+     "procedural."),
+    ("11.10(e)", "Secure, computer-generated, time-stamped audit trail; changes never obscure prior entries",
+     "shared",
+     "Every run event and user action is an entry with a UTC timestamp, actor, type and payload, signed and "
+     "chained; entries are never changed, corrections are new entries; the audit trail section lists them "
+     "all in order.",
+     "tests/compliance/test_report.py::test_audit_trail_filters; tests/audit/test_verify.py. Timestamps are "
+     "the writer's clock made monotonic: clock synchronisation (NTP) is procedural."),
+    ("11.10(f)", "Operational checks enforcing permitted sequencing of steps", "shared",
+     "A report is generated only from a verifying ledger; a record can be signed only after it was generated "
+     "from this run's ledger and only once per user and meaning; users must enrol (set their own password) "
+     "before any signed action.",
+     "tests/compliance/test_signing.py::test_sign_refuses_unknown_record; "
+     "tests/compliance/test_access.py::test_new_user_must_enrol_before_login."),
+    ("11.10(g)", "Authority checks", "pharmafl",
+     "Role permissions (compliance/roles.py): only QA reviews and approves, only admins manage users, "
+     "regulators change nothing; each refusal is an action_refused entry.",
+     "tests/compliance/test_access.py::test_refusals_by_role; "
+     "tests/compliance/test_signing.py::test_regulator_cannot_sign; event action_refused."),
+    ("11.10(h)", "Device checks (validity of the source of data input)", "shared",
+     "Each site signs its own entries with a key registered with proof of possession; data-manifest hashes of "
+     "every site store are in run_started.",
+     "tests/audit/test_verify.py. In the simulation one process holds every site key; in a deployment each "
+     "site keeps its own (procedural)."),
+    ("11.10(i)", "Education, training and experience of people", "organisation",
+     "None in software.", "Training records are procedural."),
+    ("11.10(j)", "Written policies on accountability for e-signatures", "organisation",
+     "None in software; the signature meaning is recorded with every signature.",
+     "Written policy is procedural."),
+    ("11.10(k)", "Control over systems documentation", "shared",
+     "Documentation versioned with the code; each run records the git commit and package versions.",
+     "event run_started (git_commit, versions). Distribution and change control of documents is procedural."),
+    ("11.50", "Signature manifestation: printed name, date and time, meaning", "pharmafl",
+     "Every human-readable copy (PDF, HTML) carries a signature block with printed name, user id, role, UTC "
+     "date and time and meaning; re-rendered at each signing.",
+     "tests/compliance/test_report.py::test_pdf_text_holds_sections_signature_and_hash; "
+     "tests/compliance/test_evidence.py::test_rendering_missing_a_signature_is_rejected; event report_rendered."),
+    ("11.70", "Signature/record linking", "pharmafl",
+     "The signature covers the record's SHA-256; the standalone verifier recomputes it and rejects a "
+     "signature copied onto another record.",
+     "tests/compliance/test_evidence.py::test_signature_copied_onto_another_record_is_rejected; event "
+     "e_signature."),
+    ("11.100", "Signatures unique to one individual, never reused or reassigned", "shared",
+     "User ids are never reused; each user's key is registered once in the ledger; identity verification "
+     "before issuing an account and certification to FDA are procedural.",
+     "tests/compliance/test_access.py::test_user_ids_are_never_reused. Identity proofing and the FDA "
+     "letter of certification are procedural."),
+    ("11.200", "Two components (id + password), at each signing; use only by the genuine owner", "pharmafl",
+     "Both components are required at every signing (no session shortcut); the signing key is generated when "
+     "the user sets their own password and is sealed under it, so an admin who set a temporary password "
+     "cannot sign as the user.",
+     "tests/compliance/test_signing.py::test_sign_needs_the_password_each_time; "
+     "tests/compliance/test_access.py::test_admin_cannot_sign_as_new_user."),
+    ("11.300", "Controls for identification codes and passwords", "shared",
+     "Unique ids; password policy (length, character mix, not the id/name); ageing (max_age_days); lockout "
+     "after max_failed_logins with ledger entries; disable for lost credentials.",
+     "tests/compliance/test_access.py (expired password, lockout, disable); events login_failed, user_locked, "
+     "policy_changed. Periodic review of accounts and loss management are procedural."),
+]
+
+ALCOA = [
+    ("Attributable", "Every entry is signed by its actor's registered key; user entries by a key only the user's "
+     "password opens."),
+    ("Legible", "PDF/HTML reports; canonical JSON that any RFC 8785 library reproduces."),
+    ("Contemporaneous", "Entries are timestamped when written (UTC, never decreasing); the clock is the "
+     "writer's (synchronisation is procedural)."),
+    ("Original", "The ledger is the original record; exports and reports carry hashes that tie them to it."),
+    ("Accurate", "Hashes and signatures prove entries unchanged since written; they cannot prove a party told "
+     "the truth (a site that misreports signs the misreport)."),
+    ("Complete", "Sequence numbers without gaps; truncation is caught only against a trusted head handed over "
+     "out of band."),
+    ("Consistent", "One chronological chain; Merkle checkpoints and consistency proofs between heads."),
+    ("Enduring", "Append-only storage and self-verifying exports; retention and backups are procedural."),
+    ("Available", "Export at any time; the standalone verifier needs only Python and cryptography."),
+]
+
+
+def part11_rows() -> list[dict]:
+    return [{"requirement": r, "asks": a, "who": w, "control": c, "evidence": e} for r, a, w, c, e in PART11]
+
+
+def alcoa_rows() -> list[dict]:
+    return [{"attribute": a, "how": h} for a, h in ALCOA]

@@ -1,0 +1,152 @@
+"""The report's sections computed from ledger entries: privacy, lineage, run summary.
+
+Pure functions of the (already verified) entries; numbers that JSON cannot hold (NaN,
+infinity) become ``None``. Each returns plain JSON data that goes into the signed record
+``report.json`` unchanged, so the PDF, HTML and Parquet copies all show the same figures.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+EPS_TOLERANCE = 1e-9
+
+
+def clean(value: Any) -> Any:
+    """``value`` with non-finite floats as None and tuples as lists (canonical JSON can hold it)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    return value
+
+
+def _first(entries: Sequence[Any], type_: str) -> dict | None:
+    return next((e.data for e in entries if e.type == type_), None)
+
+
+def _last(entries: Sequence[Any], type_: str) -> dict | None:
+    return next((e.data for e in reversed(entries) if e.type == type_), None)
+
+
+def privacy_section(entries: Sequence[Any]) -> dict:
+    """Per site: ε by round, δ, accountant, unit in words, budget, and whether it was respected."""
+    started = _first(entries, "run_started") or {}
+    settings = started.get("privacy")
+    spent = [e for e in entries if e.type == "privacy_spent"]
+    declined = [e for e in entries if e.type == "site_declined"]
+    if not settings and not spent:
+        return {"enabled": False, "statement": "This run was trained without differential privacy: no (ε, δ) "
+                "guarantee applies to any site's data.", "sites": []}
+    settings = settings or {}
+    sites: dict[str, dict] = {}
+    for e in spent:
+        d = e.data
+        s = sites.setdefault(e.actor, {"party": e.actor, "epsilon_by_round": [], "declined_rounds": []})
+        s["epsilon_by_round"].append([d.get("round"), d.get("epsilon_round"), d.get("epsilon_total")])
+        for key in ("delta", "accountant", "noise_multiplier", "sample_rate", "steps", "privacy_unit", "budget",
+                    "noise_source"):
+            if key in d:
+                s[key] = d[key]
+    for e in declined:
+        sites.setdefault(e.actor, {"party": e.actor, "epsilon_by_round": [], "declined_rounds": []})[
+            "declined_rounds"].append(e.data.get("round"))
+    for s in sites.values():
+        totals = [t for _, _, t in s["epsilon_by_round"] if isinstance(t, (int, float))]
+        s["epsilon_total"] = max(totals) if totals else 0.0
+        budget = s.get("budget")
+        s["respected"] = budget is None or s["epsilon_total"] <= budget + EPS_TOLERANCE
+    respected = all(s["respected"] for s in sites.values())
+    unit = settings.get("unit") or next((s.get("privacy_unit") for s in sites.values()), None)
+    protects = settings.get("protects") or f"one {unit}"
+    mode = settings.get("mode", "local")
+    where = ("each site trains with DP-SGD (Opacus) under its own budget" if mode == "local"
+             else "the server adds client-level noise to the aggregate (DP-FedAvg)")
+    statement = (f"Differential privacy mode '{mode}': {where}. The privacy unit is {unit}: the guarantee "
+                 f"protects {protects}. Accountant: {settings.get('accountant') or 'see per party'}. "
+                 + ("Every party stayed within its ε budget." if respected
+                    else "WARNING: at least one party exceeded its ε budget."))
+    return clean({"enabled": True, "mode": mode, "unit": unit, "protects": protects,
+                  "accountant": settings.get("accountant"), "budget": settings.get("epsilon"),
+                  "clip_norm": settings.get("clip_norm"), "respected": respected, "statement": statement,
+                  "sites": [sites[k] for k in sorted(sites)]})
+
+
+def lineage_section(entries: Sequence[Any], model_sha256: str | None) -> dict:
+    """Data-manifest hashes -> rounds (update and aggregate hashes) -> final model hash."""
+    started = _first(entries, "run_started") or {}
+    ended = _last(entries, "run_ended") or {}
+    rounds: dict[int, dict] = {}
+    for e in entries:
+        d = e.data
+        if e.type == "site_update":
+            rounds.setdefault(d.get("round"), {"round": d.get("round"), "updates": {}})["updates"][e.actor] = {
+                "update_hash": d.get("update_hash"), "accepted": d.get("accepted", True),
+                "num_examples": d.get("num_examples")}
+        elif e.type == "secure_shares":  # secure aggregation: the site's commitment stands for its update
+            rounds.setdefault(d.get("round"), {"round": d.get("round"), "updates": {}})["updates"].setdefault(
+                e.actor, {"update_hash": d.get("commitment"), "accepted": True, "num_examples": d.get("num_examples"),
+                          "kind": "commitment (secure aggregation)"})
+        elif e.type == "aggregated":
+            r = rounds.setdefault(d.get("round"), {"round": d.get("round"), "updates": {}})
+            r.update({k: d.get(k) for k in ("aggregate_hash", "checkpoint_hash", "participants", "strategy")})
+    model_hash = ended.get("model_hash")
+    return clean({
+        "manifests": dict(sorted((started.get("manifests") or {}).items())),
+        "config_hash": started.get("config_hash"),
+        "rounds": [rounds[k] for k in sorted(rounds, key=lambda r: (r is None, r))],
+        "model_hash": model_hash,
+        "model_file_sha256": model_sha256,
+        "model_file_matches": None if model_sha256 is None else model_sha256 == model_hash,
+    })
+
+
+def summary_section(entries: Sequence[Any]) -> dict:
+    """Config, versions, global and per-site metrics, validation curves, cosine diagnostics."""
+    started = _first(entries, "run_started") or {}
+    ended = _last(entries, "run_ended") or {}
+    curves, cosine_by_round, global_by_round, last_diag = [], [], [], None
+    for e in entries:
+        if e.type != "round_ended":
+            continue
+        d = e.data
+        metrics, diag = d.get("metrics") or {}, d.get("diagnostics") or {}
+        for site, m in sorted((metrics.get("sites") or {}).items()):
+            curves.append({"round": d.get("round"), "site": site, "global_val_ci": m.get("global_val_ci"),
+                           "global_val_mse": m.get("global_val_mse")})
+        if metrics.get("global"):
+            global_by_round.append({"round": d.get("round"), **metrics["global"]})
+        if diag.get("cosine_to_mean"):
+            cosine_by_round.append({"round": d.get("round"), **diag["cosine_to_mean"]})
+        if diag.get("sites"):
+            last_diag = {"sites": diag["sites"], "matrix": diag.get("cosine_matrix")}
+    final = ended.get("metrics") or {}
+    return clean({
+        "run_id": started.get("run_id"), "status": ended.get("status", "no run_ended entry: run incomplete"),
+        "rounds": ended.get("rounds"), "engine": started.get("engine"), "seed": started.get("seed"),
+        "git_commit": started.get("git_commit"), "config_hash": started.get("config_hash"),
+        "config": flatten(started.get("config") or {}), "versions": started.get("versions") or {},
+        "sites": started.get("sites") or [],
+        "global_metrics": {k: v for k, v in final.items() if k.startswith("test_")},
+        "site_metrics": final.get("sites") or {},
+        "global_by_round": global_by_round, "validation_curves": curves,
+        "cosine_to_mean_by_round": cosine_by_round, "cosine_last_round": last_diag,
+        "alarms": [e.data for e in entries if e.type == "alarm"],
+        "failures": [e.data for e in entries if e.type == "site_failed"],
+    })
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and scalars kept as leaves."""
+    out: dict[str, Any] = {}
+    for key, value in sorted(tree.items()):
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

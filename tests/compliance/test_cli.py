@@ -1,0 +1,121 @@
+"""The compliance commands as a new user meets them after `make demo` (README, Compliance)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pharmafl.pipeline.cli import main
+
+from ..audit.conftest import PASSPHRASE
+
+NEW = [("users",), ("users", "init"), ("users", "create"), ("users", "passwd"), ("users", "role"),
+       ("users", "unlock"), ("users", "disable"), ("users", "login"), ("users", "list"), ("report",), ("sign",),
+       ("evidence",), ("evidence", "export"), ("evidence", "verify")]
+
+
+@pytest.fixture
+def as_user(monkeypatch):
+    """Run ``pharmafl ARGS`` with the given passwords in the environment, as scripts do."""
+    monkeypatch.setenv("PHARMAFL_KEY_PASSPHRASE", PASSPHRASE)
+
+    def run(*args: str, password: str | None = None, new: str | None = None) -> int:
+        for var, value in (("PHARMAFL_PASSWORD", password), ("PHARMAFL_NEW_PASSWORD", new)):
+            if value is None:
+                monkeypatch.delenv(var, raising=False)
+            else:
+                monkeypatch.setenv(var, value)
+        return main([str(a) for a in args])
+
+    return run
+
+
+@pytest.mark.parametrize("path", NEW)
+def test_help_on_every_compliance_command(path, capsys) -> None:
+    assert main([*path, "--help"]) == 0
+    assert "Usage" in capsys.readouterr().out
+
+
+def test_the_readme_walkthrough(real_run, tmp_path, as_user, capsys) -> None:
+    run, ada, quinn, rita = real_run, "river-Stone-0001", "qa-Secret-00042", "reg-Secret-00042"
+    assert as_user("users", "init", run, "--admin", "ada", "--name", "Ada Lovelace", new=ada) == 0
+    assert as_user("users", "create", run, "--user", "ada", "--id", "quinn", "--name", "Quinn Quality", "--role", "qa",
+                   password=ada, new="Temporary-Pass-1") == 0
+    assert as_user("users", "create", run, "--user", "ada", "--id", "rita", "--name", "Rita Regulator", "--role",
+                   "regulator", password=ada, new="Temporary-Pass-2") == 0
+    assert as_user("users", "passwd", run, "--user", "quinn", password="Temporary-Pass-1", new=quinn) == 0
+    assert as_user("users", "passwd", run, "--user", "rita", password="Temporary-Pass-2", new=rita) == 0
+    report = run / "reports" / "r1"
+    assert as_user("report", run, "--user", "quinn", "--out", report, password=quinn) == 0
+    assert as_user("sign", report, "--user", "quinn", "--meaning", "approved", password=quinn) == 0
+    assert "signed: Approved by Quinn Quality (user:quinn, qa) on " in capsys.readouterr().out
+    head = tmp_path / "head.json"
+    assert as_user("ledger", "head", run, "--out", head) == 0
+    package = tmp_path / "evidence"
+    assert as_user("evidence", "export", run, "--user", "rita", "--report", report, "--out", package,
+                   password=rita) == 0
+    capsys.readouterr()
+    assert as_user("evidence", "verify", package, "--trusted-head", head) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK: evidence package") and "1 e-signature(s)" in out
+    assert as_user("users", "list", run) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[:3] for line in listed] == [["ada", "admin", "active"], ["quinn", "qa", "active"],
+                                                         ["rita", "regulator", "active"]]
+
+
+def test_refusals_are_one_error_line(real_run, as_user, capsys) -> None:
+    ada = "river-Stone-0001"
+    assert as_user("users", "init", real_run, "--admin", "ada", "--name", "Ada Lovelace", new=ada) == 0
+    assert as_user("users", "create", real_run, "--user", "ada", "--id", "rita", "--name", "Rita Regulator",
+                   "--role", "regulator", password=ada, new="Temporary-Pass-2") == 0
+    assert as_user("users", "passwd", real_run, "--user", "rita", password="Temporary-Pass-2",
+                   new="reg-Secret-00042") == 0
+    capsys.readouterr()
+    code = as_user("report", real_run, "--user", "rita", "--out", real_run / "reports" / "x",
+                   password="reg-Secret-00042")
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("error:") == 1 and "Traceback" not in err
+    assert "'rita' (role regulator) may not generate a report" in " ".join(err.split())
+    assert as_user("users", "role", real_run, "--user", "rita", "--id", "rita", "--role", "admin",
+                   password="reg-Secret-00042") == 1
+    assert "only admin may" in " ".join(capsys.readouterr().err.split())
+    assert as_user("users", "login", real_run, "--user", "rita", password="wrong-Secret-1") == 1
+    assert "unknown user id or wrong password" in capsys.readouterr().err
+
+
+def test_missing_password_without_a_terminal_says_what_to_set(real_run, as_user, capsys) -> None:
+    assert as_user("users", "login", real_run, "--user", "ada") == 1
+    assert "PHARMAFL_PASSWORD" in capsys.readouterr().err
+
+
+def test_sign_finds_the_run_above_the_report_or_asks_for_it(tmp_path, as_user, capsys) -> None:
+    stray = tmp_path / "elsewhere" / "r1"
+    stray.mkdir(parents=True)
+    (stray / "report.json").write_text(json.dumps({"format": "pharmafl-report-v1"}))
+    assert as_user("sign", stray, "--user", "quinn", "--meaning", "approved", password="x") == 1
+    assert "pass --run RUN" in capsys.readouterr().err
+
+
+def test_lockout_unlock_and_disable_from_the_command_line(ledger_run, as_user, capsys) -> None:
+    ada, quinn = "river-Stone-0001", "qa-Secret-00042"
+    assert as_user("users", "init", ledger_run, "--admin", "ada", "--name", "Ada Lovelace", "--max-failed-logins",
+                   "2", new=ada) == 0
+    assert as_user("users", "create", ledger_run, "--user", "ada", "--id", "quinn", "--name", "Quinn Quality",
+                   "--role", "qa", password=ada, new="Temporary-Pass-1") == 0
+    assert as_user("users", "passwd", ledger_run, "--user", "quinn", password="Temporary-Pass-1", new=quinn) == 0
+    for _ in range(2):
+        assert as_user("users", "login", ledger_run, "--user", "quinn", password="wrong-Secret-1") == 1
+    assert "account now locked" in capsys.readouterr().err
+    assert as_user("users", "login", ledger_run, "--user", "quinn", password=quinn) == 1
+    assert "an admin must unlock it" in " ".join(capsys.readouterr().err.split())
+    assert as_user("users", "unlock", ledger_run, "--user", "ada", "--id", "quinn", password=ada) == 0
+    assert as_user("users", "login", ledger_run, "--user", "quinn", password=quinn) == 0
+    assert as_user("users", "role", ledger_run, "--user", "ada", "--id", "quinn", "--role", "data_scientist",
+                   password=ada) == 0
+    assert as_user("users", "disable", ledger_run, "--user", "ada", "--id", "quinn", password=ada) == 0
+    capsys.readouterr()
+    assert as_user("users", "list", ledger_run) == 0
+    assert capsys.readouterr().out.splitlines()[1].split("\t")[:3] == ["quinn", "data_scientist", "disabled"]
+    assert as_user("users", "login", ledger_run, "--user", "quinn", password=quinn) == 1
+    assert as_user("ledger", "verify", ledger_run) == 0
