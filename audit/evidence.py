@@ -8,12 +8,16 @@ another machine. Checks, in order (the first failure is reported):
    exactly the files it lists, each with the listed SHA-256.
 2. ``ledger/`` verifies as a ledger bundle (every hash, link, signature and checkpoint;
    with ``--trusted-head`` also truncation and re-keying), and is the ledger the manifest names.
+   Every other file is ``README.txt``, ``signatures.json``, ``head.json`` (one of the
+   ledger's checkpoints) or inside a listed report.
 3. Users and roles are replayed from the ledger: only admins create users and change roles
-   (the first admin is created by itself, at bootstrap).
+   (the first admin is created by itself, at bootstrap); only a data scientist or QA user
+   records ``report_generated``; ``report_rendered`` comes right after its writer's
+   ``e_signature`` on the same record.
 4. Each report: ``report.json`` hashes to the manifest's record hash, which a
-   ``report_generated`` entry recorded; every other file is one the ledger recorded for that
-   record (``report_generated`` / ``report_rendered``); each PDF/HTML copy is a rendering that
-   shows every e-signature the ledger holds on the record (21 CFR 11.50).
+   ``report_generated`` entry of the manifest's run recorded; every other file is one the
+   ledger recorded for that record (``report_generated`` / ``report_rendered``); each PDF/HTML
+   copy is a rendering that shows every e-signature the ledger holds on the record (21 CFR 11.50).
 5. Each e-signature in ``signatures.json`` is exactly the ``e_signature`` entry at its seq,
    by its signer; its Ed25519 signature over ``b"pharmafl-e-signature-v1\\0" || JCS(fields)``
    verifies under the signer's registered key; its ``record_hash`` is the hash of the report
@@ -39,7 +43,9 @@ from pharmafl.audit.verify import VerificationError, canonical, read_bundle, ver
 SIGNATURE_DOMAIN = b"pharmafl-e-signature-v1\x00"
 SIGNED_FIELDS = ("meaning", "printed_name", "record", "record_hash", "role", "signed_at", "signer")
 MAY_SIGN = {"authored": {"data_scientist", "qa"}, "reviewed": {"qa"}, "approved": {"qa"}}  # compliance/roles.py
+MAY_GENERATE = {"data_scientist", "qa"}  # compliance/roles.py: generate_report
 COPIES = ("report.pdf", "report.html")
+PACKAGE_FILES = ("README.txt", "head.json", "signatures.json")  # besides ledger/ and the listed reports
 
 
 def _fail(why: str) -> VerificationError:
@@ -66,6 +72,9 @@ def check_files(root: Path) -> dict:
     manifest = _canonical_file(root / "MANIFEST.json", "pharmafl-evidence-v1",
                                ("files", "format", "ledger", "reports", "run_id"))
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {"MANIFEST.json"}
+    if not all(isinstance(manifest[k], dict) and all(isinstance(n, str) and isinstance(h, str)
+                                                      for n, h in manifest[k].items()) for k in ("files", "reports")):
+        raise _fail("MANIFEST.json: files and reports must each map names to SHA-256 hex digests")
     listed = set(manifest["files"])
     if present != listed:
         extra, missing = sorted(present - listed), sorted(listed - present)
@@ -74,6 +83,19 @@ def check_files(root: Path) -> dict:
         if _sha256(root / name) != digest:
             raise _fail(f"{name}: SHA-256 differs from MANIFEST.json: the file was altered")
     return manifest
+
+
+def check_coverage(root: Path, manifest: dict) -> None:
+    """Every file is one a later check covers; ``head.json`` is one of the ledger's checkpoints."""
+    prefixes = tuple(name + "/" for name in manifest["reports"])
+    loose = sorted(f for f in manifest["files"] if f not in PACKAGE_FILES and not f.startswith(("ledger/", *prefixes)))
+    if loose:
+        raise _fail(f"the package holds files outside the ledger export and the listed reports {loose}: nothing "
+                    "vouches for them (foreign or forged)")
+    if "head.json" in manifest["files"]:
+        head = (root / "head.json").read_bytes()
+        if head not in (root / "ledger" / "checkpoints.jsonl").read_bytes().splitlines(keepends=True):
+            raise _fail("head.json is not one of the package ledger's signed checkpoints")
 
 
 class _Ledger:
@@ -87,9 +109,12 @@ class _Ledger:
         self.renderings: dict[str, list[dict]] = {}  # record hash -> [{files, signatures}]
         self.generated: dict[str, dict] = {}
         self.signatures: dict[int, tuple[str, dict]] = {}  # seq -> (actor, payload)
+        self.previous: tuple = (None, None, None, {})  # (seq, actor, type, payload) of the entry before
         try:
             for seq, _ts, actor, type_, payload, *_ in entries:
-                self._apply(seq, actor, type_, json.loads(payload))
+                data = json.loads(payload)
+                self._apply(seq, actor, type_, data)
+                self.previous = (seq, actor, type_, data)
         finally:
             entries.close()
 
@@ -115,10 +140,19 @@ class _Ledger:
                 self.users[target]["role"] = d.get("role")
             else:
                 self.users[target]["disabled"] = True
-        elif type_ in ("report_generated", "report_rendered"):
+        elif type_ == "report_generated":
+            user = self.users.get(actor)
+            if user is None or user["disabled"] or user["role"] not in MAY_GENERATE:
+                raise VerificationError(f"report_generated by {actor!r}, who may not generate reports", seq)
             self.renderings.setdefault(d.get("record_hash"), []).append(d)
-            if type_ == "report_generated":
-                self.generated[d.get("record_hash")] = d
+            self.generated[d.get("record_hash")] = d
+        elif type_ == "report_rendered":  # written with, and right after, the signer's e_signature
+            prev_seq, prev_actor, prev_type, prev = self.previous
+            if (prev_seq, prev_actor, prev_type) != (seq - 1, actor, "e_signature") or \
+                    prev.get("record_hash") != d.get("record_hash"):
+                raise VerificationError(f"report_rendered by {actor!r} does not follow that user's e_signature on "
+                                        "the same record", seq)
+            self.renderings.setdefault(d.get("record_hash"), []).append(d)
         elif type_ == "e_signature":
             self.signatures[seq] = (actor, d)
             self.roles_at[seq] = dict(self.users.get(actor) or {})
@@ -133,12 +167,16 @@ def _signature_ok(sig: dict, public_key: str) -> bool:
         return False
 
 
-def check_report(root: Path, name: str, record_hash: str, files: dict, ledger: _Ledger) -> None:
+def check_report(root: Path, name: str, record_hash: str, manifest: dict, ledger: _Ledger) -> None:
+    files = manifest["files"]
     if files.get(f"{name}/report.json") != record_hash:
         raise _fail(f"{name}/report.json: its SHA-256 is not the record hash the manifest names")
     generated = ledger.generated.get(record_hash)
     if generated is None:
         raise _fail(f"{name}: record {record_hash[:16]}... has no report_generated entry in the ledger")
+    if generated.get("run_id") != manifest["run_id"]:
+        raise _fail(f"MANIFEST.json names run {manifest['run_id']!r}, but {name} is a report of run "
+                    f"{generated.get('run_id')!r}")
     on_record = {d["signature"] for _, d in ledger.signatures.values() if d.get("record_hash") == record_hash}
     prefix = name + "/"
     for path, digest in sorted(files.items()):
@@ -165,7 +203,8 @@ def check_signatures(root: Path, manifest: dict, ledger: _Ledger) -> int:
     seen = set()
     for i, item in enumerate(doc["signatures"]):
         where = f"signatures.json item {i}"
-        if not isinstance(item, dict) or not set(SIGNED_FIELDS) | {"signature", "report", "seq"} <= set(item):
+        if not isinstance(item, dict) or not set(SIGNED_FIELDS) | {"signature", "report", "seq"} <= set(item) \
+                or not isinstance(item["report"], str) or type(item["seq"]) is not int:
             raise _fail(f"{where}: malformed")
         report, seq = item["report"], item["seq"]
         if report not in manifest["reports"]:
@@ -208,9 +247,10 @@ def verify_package(path: str, *, trusted_head: str | None = None, jobs: int | No
     bundle = json.loads((root / "ledger" / "manifest.json").read_text())
     if manifest["ledger"] != {"entries": bundle["entries"], "root_hash": bundle["root_hash"]}:
         raise _fail("MANIFEST.json names another ledger than ledger/ holds")
+    check_coverage(root, manifest)
     ledger = _Ledger(root / "ledger")
     for name, record_hash in sorted(manifest["reports"].items()):
-        check_report(root, name, record_hash, manifest["files"], ledger)
+        check_report(root, name, record_hash, manifest, ledger)
     n = check_signatures(root, manifest, ledger)
     return (f"OK: evidence package of run {manifest['run_id']}: {len(manifest['files'])} files, "
             f"{len(manifest['reports'])} report(s), {n} e-signature(s); ledger {line[4:]}")

@@ -262,7 +262,9 @@ class Storage:
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     dbapi_conn.isolation_level = None  # transactions are begun explicitly (BEGIN IMMEDIATE)
     cur = dbapi_conn.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=60000", "recursive_triggers=ON"):
+    # busy_timeout first: switching to WAL takes a lock too, and under contention (many writers
+    # opening at once on a loaded machine) it must wait, not fail with "database is locked"
+    for pragma in ("busy_timeout=60000", "journal_mode=WAL", "synchronous=FULL", "recursive_triggers=ON"):
         cur.execute(f"PRAGMA {pragma}")
     cur.close()
 

@@ -13,7 +13,8 @@ entry type             signed by          when
 ``user_login``         the user           ``login`` succeeded (both components checked)
 ``login_failed``       ``access-control`` unknown user or wrong password (counts towards lockout)
 ``user_locked``        ``access-control`` the failure that reached ``max_failed_logins``
-``login_refused``      ``access-control`` locked, disabled, not enrolled, password expired
+``login_refused``      ``access-control`` locked, disabled, not enrolled, password expired,
+                                         account changed since the session logged in
 ``action_refused``     the user           an authenticated user's role may not take the action
 ``user_role_changed``  the admin          ``set_role``
 ``user_unlocked``      the admin          ``unlock``
@@ -253,7 +254,17 @@ class AccessControl:
     # -- authority -------------------------------------------------------------------------
 
     def require(self, session: Session, action: str, what: str) -> None:
-        """Refuse (recorded as ``action_refused``) unless the session's role may take ``action``."""
+        """Refuse (recorded as ``action_refused``) unless the session's role may take ``action``.
+
+        The account is read again first: a session whose user was disabled, locked or given
+        another role since login is refused (``login_refused``) and must log in again.
+        """
+        current = self.users.get(session.user.user_id)
+        if current is None or current.status != "active" or current.role != session.user.role:
+            why = ("the account changed since this session logged in (now "
+                   + (f"{current.status}, role {current.role.value})" if current else "missing)"))
+            self.commit([(ACCESS_CONTROL, "login_refused", {"user_id": session.user.user_id, "reason": why})])
+            raise AuthenticationError(f"{session.user.user_id!r}: {why}; log in again")
         if may(session.user.role, action):
             return
         allowed = roles_for(action)

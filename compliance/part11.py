@@ -78,12 +78,14 @@ PART11 = [
      "before issuing an account and certification to FDA are procedural.",
      "tests/compliance/test_access.py::test_user_ids_are_never_reused. Identity proofing and the FDA "
      "letter of certification are procedural."),
-    ("11.200", "Two components (id + password), at each signing; use only by the genuine owner", "pharmafl",
+    ("11.200", "Two components (id + password), at each signing; use only by the genuine owner", "shared",
      "Both components are required at every signing (no session shortcut); the signing key is generated when "
-     "the user sets their own password and is sealed under it, so an admin who set a temporary password "
-     "cannot sign as the user.",
+     "the user sets their own password and is sealed under it, so once the user has enrolled the admin who set "
+     "the temporary password cannot sign as the user. An admin who enrols first with the temporary password "
+     "locks the user out of it, which the user notices and reports (password_changed shows when).",
      "tests/compliance/test_signing.py::test_sign_needs_the_password_each_time; "
-     "tests/compliance/test_access.py::test_admin_cannot_sign_as_new_user."),
+     "tests/compliance/test_access.py::test_admin_cannot_sign_as_new_user. Handing the temporary password "
+     "to the user alone, and acting when it does not work, are procedural."),
     ("11.300", "Controls for identification codes and passwords", "shared",
      "Unique ids; password policy (length, character mix, not the id/name); ageing (max_age_days); lockout "
      "after max_failed_logins with ledger entries; disable for lost credentials.",

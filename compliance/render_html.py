@@ -86,6 +86,9 @@ def render_html(record: dict, record_hash: str, signatures: list[dict], plots: d
                     f"; model.safetensors {'matches' if lineage['model_file_matches'] else 'DIFFERS'}") + ".</p>")
     parts.append(_table(["site", "data manifest SHA-256"], list(lineage["manifests"].items()), (1,)))
     rows = [[r["round"], s, u["update_hash"]] for r in lineage["rounds"] for s, u in sorted(r["updates"].items())]
+    rows += [[r["round"], f"{s} (commitment)", u["commitment"]] for r in lineage["rounds"]
+             for s, u in sorted(r["updates"].items()) if u.get("commitment") and u["commitment"] != u["update_hash"]]
+    rows += [[r["round"], "secure sum", r["secure"].get("sum_hash")] for r in lineage["rounds"] if r.get("secure")]
     rows += [[r["round"], "aggregate", r.get("aggregate_hash")] for r in lineage["rounds"]]
     parts.append(_table(["round", "party", "SHA-256"], sorted(rows, key=lambda x: (x[0] or 0, x[1])), (2,)))
     parts.append(f"<h2>5. Audit trail</h2><p>{len(record['audit_trail'])} entries. Filter rows: "

@@ -168,8 +168,9 @@ def render_pdf(record: dict, record_hash: str, signatures: list[dict], plots: di
         pdf.figure(plots.get("privacy_epsilon"), 140)
 
     pdf.h1("4. Model lineage")
-    pdf.para(f"Data manifests (SHA-256 of each site store's manifest) → each round's site updates → aggregate "
-             f"→ final model. Final model SHA-256: {lineage['model_hash']}"
+    pdf.para(f"Data manifests (SHA-256 of each site store's manifest) → each round's site updates (under secure "
+             f"aggregation also each site's commitment and the secure sum) → aggregate → final model. Final model "
+             f"SHA-256: {lineage['model_hash']}"
              + ("" if lineage["model_file_matches"] is None else
                 f"; model.safetensors in the run {'matches' if lineage['model_file_matches'] else 'DIFFERS'}."))
     pdf.grid(["site", "data manifest SHA-256"], [[s, h] for s, h in lineage["manifests"].items()], (24, 158),
@@ -179,6 +180,10 @@ def render_pdf(record: dict, record_hash: str, signatures: list[dict], plots: di
         for site, u in sorted(r["updates"].items()):
             note = u.get("kind", "") if u.get("accepted", True) else "rejected"
             rows.append([r["round"], site, u["update_hash"], note])
+            if u.get("commitment") and u["commitment"] != u["update_hash"]:
+                rows.append([r["round"], site, u["commitment"], "commitment"])
+        if r.get("secure"):
+            rows.append([r["round"], "secure sum", r["secure"].get("sum_hash"), "sum of shares"])
         rows.append([r["round"], "aggregate", r.get("aggregate_hash"), r.get("strategy")])
     pdf.grid(["round", "party", "SHA-256", "note"], rows, (14, 22, 124, 22), size=6.5, mono=(2,))
 

@@ -109,6 +109,10 @@ def _tables(record: dict, out: Path) -> None:
                for s in record["privacy"]["sites"] for r, e, t in s["epsilon_by_round"]]
     lineage = [{"round": r["round"], "party": site, "kind": "update", "sha256": u["update_hash"]}
                for r in record["lineage"]["rounds"] for site, u in sorted(r["updates"].items())]
+    lineage += [{"round": r["round"], "party": site, "kind": "commitment", "sha256": u["commitment"]}
+                for r in record["lineage"]["rounds"] for site, u in sorted(r["updates"].items()) if u.get("commitment")]
+    lineage += [{"round": r["round"], "party": "server", "kind": "secure_sum", "sha256": r["secure"].get("sum_hash")}
+                for r in record["lineage"]["rounds"] if r.get("secure")]
     lineage += [{"round": r["round"], "party": "server", "kind": "aggregate", "sha256": r.get("aggregate_hash")}
                 for r in record["lineage"]["rounds"]]
     lineage += [{"round": None, "party": s, "kind": "data_manifest", "sha256": h}

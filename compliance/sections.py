@@ -77,23 +77,32 @@ def privacy_section(entries: Sequence[Any]) -> dict:
 
 
 def lineage_section(entries: Sequence[Any], model_sha256: str | None) -> dict:
-    """Data-manifest hashes -> rounds (update and aggregate hashes) -> final model hash."""
+    """Data-manifest hashes -> rounds (update and aggregate hashes) -> final model hash.
+
+    Under secure aggregation each site's update also carries its ``commitment`` (from
+    ``secure_shares``) and each round the ``secure`` sum hash, parties and exclusions.
+    """
     started = _first(entries, "run_started") or {}
     ended = _last(entries, "run_ended") or {}
     rounds: dict[int, dict] = {}
     for e in entries:
         d = e.data
         if e.type == "site_update":
-            rounds.setdefault(d.get("round"), {"round": d.get("round"), "updates": {}})["updates"][e.actor] = {
-                "update_hash": d.get("update_hash"), "accepted": d.get("accepted", True),
-                "num_examples": d.get("num_examples")}
-        elif e.type == "secure_shares":  # secure aggregation: the site's commitment stands for its update
-            rounds.setdefault(d.get("round"), {"round": d.get("round"), "updates": {}})["updates"].setdefault(
+            u = rounds.setdefault(d.get("round"), {"round": d.get("round"), "updates": {}})["updates"].setdefault(
+                e.actor, {})
+            u.pop("kind", None)
+            u.update({"update_hash": d.get("update_hash"), "accepted": d.get("accepted", True),
+                      "num_examples": d.get("num_examples")})
+        elif e.type == "secure_shares":  # secure aggregation: the site's salted commitment to its plaintext update
+            u = rounds.setdefault(d.get("round"), {"round": d.get("round"), "updates": {}})["updates"].setdefault(
                 e.actor, {"update_hash": d.get("commitment"), "accepted": True, "num_examples": d.get("num_examples"),
                           "kind": "commitment (secure aggregation)"})
+            u["commitment"] = d.get("commitment")
         elif e.type == "aggregated":
             r = rounds.setdefault(d.get("round"), {"round": d.get("round"), "updates": {}})
             r.update({k: d.get(k) for k in ("aggregate_hash", "checkpoint_hash", "participants", "strategy")})
+            if isinstance(d.get("secure"), dict):  # the hash of the secure sum the aggregate was computed from
+                r["secure"] = {k: d["secure"].get(k) for k in ("parties", "sum_hash", "excluded")}
     model_hash = ended.get("model_hash")
     return clean({
         "manifests": dict(sorted((started.get("manifests") or {}).items())),

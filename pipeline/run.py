@@ -212,7 +212,7 @@ def server_side(plan: RunPlan, bus: EventBus, *, transcript_dir: Path | None = N
     names = [k.name for k in public_keys(plan.secure_parties)]
     service = AggregationService(plan.secagg_key_dir, names, key_passphrase(), host=cfg.secure_aggregation.host,
                                  transcript_dir=transcript_dir)  # fmt: skip
-    return SecureCoordinator(**common, service=service, settings=cfg.secure_aggregation)
+    return SecureCoordinator(**common, service=service, settings=cfg.secure_aggregation, context=plan.secagg_context)
 
 
 def noise_source(cfg: RunConfig, party: str) -> SecureRandom:

@@ -258,16 +258,20 @@ def parse_envelope(data: bytes) -> Envelope:
         raise ShareError(f"envelope bytes are malformed: {type(exc).__name__}: {exc}") from None
 
 
-def open_share(env: Envelope, me: PartyKey, length: int) -> np.ndarray:
-    """This party's share (int64, ``length`` values) of the envelope's update."""
+def open_share(env: Envelope, me: PartyKey, length: int, *, context: str, round: int) -> np.ndarray:
+    """This party's share (int64, ``length`` values) of the envelope's update, for the run
+    ``context`` and ``round`` the party is aggregating (bound into the encryption: a share
+    sealed for another run or round does not open)."""
+    if env.header.get("context") != context or env.round != round:
+        raise ShareError(f"envelope from {env.site} is for {env.header.get('context')!r} round {env.round}, "
+                         f"expected {context!r} round {round}")  # fmt: skip
     d = env.header["parties"].get(me.name)
     if d is None or me.name not in env.blobs:
         raise ShareError(f"envelope from {env.site} holds nothing for party {me.name!r}")
     if d["recipient"] != me.fingerprint:
         raise ShareError(f"envelope from {env.site} was encrypted to key {d['recipient'][:16]}…, "
                          f"not party {me.name!r}'s key {me.fingerprint[:16]}…")  # fmt: skip
-    plain = unseal(env.blobs[me.name], bytes.fromhex(d["ephemeral"]), me,
-                   aad(env.header["context"], env.round, env.site, me.name))  # fmt: skip
+    plain = unseal(env.blobs[me.name], bytes.fromhex(d["ephemeral"]), me, aad(context, round, env.site, me.name))
     if d["kind"] == "seed":
         return expand_seed(plain, length)
     if len(plain) != 8 * length:

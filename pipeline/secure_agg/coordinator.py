@@ -33,6 +33,7 @@ from pharmafl.sites.update import Update
 class SecureCoordinator(Coordinator):
     service: AggregationService | None = None
     settings: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
+    context: str = ""  # the run's encryption context (RunPlan.secagg_context)
     _parsed: dict = field(default_factory=dict, repr=False)
 
     def _check(self, site: str, round: int, res: FitResult, state: State) -> str | None:
@@ -46,8 +47,9 @@ class SecureCoordinator(Coordinator):
             return str(exc)
         self._parsed[site] = env  # parsed once: _open takes it from here
         h = env.header
-        if env.site != site or env.round != round:
-            return f"envelope is labelled {env.site} round {env.round}, expected {site} round {round}"
+        if env.site != site or env.round != round or h.get("context") != self.context:
+            return (f"envelope is labelled {env.site} round {env.round} of {h.get('context')!r}, expected "
+                    f"{site} round {round} of {self.context!r}")  # fmt: skip
         expected = [(f"delta/{k}", tuple(np.shape(v))) for k, v in sorted(state.items())]
         if env.layout != expected:
             return f"envelope layout differs from the model's parameters (first: {env.layout[:2]} vs {expected[:2]})"
@@ -77,8 +79,9 @@ class SecureCoordinator(Coordinator):
         by_site = {e.site: e for e in envelopes}
         weight = {s: (e.header["num_examples"] if self.weighting == "examples" else 1) for s, e in by_site.items()}
         length = sum(int(np.prod(np.shape(v), dtype=np.int64)) for v in state.values())
-        res = self.service.run_round(round, by_site, weight, length=length, max_norm=cfg.max_update_norm,
-                                     slack=cfg.slack, sketches=cfg.sketches, buckets=cfg.buckets)  # fmt: skip
+        res = self.service.run_round(round, by_site, weight, context=self.context, length=length,
+                                     max_norm=cfg.max_update_norm, slack=cfg.slack, sketches=cfg.sketches,
+                                     buckets=cfg.buckets)  # fmt: skip
         excluded = {}
         for site in sorted(res.unopened):
             excluded[site] = failed[site] = f"share could not be opened: {res.unopened[site]}"

@@ -145,7 +145,8 @@ def _round(crypten, key, rank: int, task: dict, transcript: Transcript | None) -
     for site in sites:
         header, blob = task["envelopes"][site]
         try:
-            shares[site] = open_share(Envelope(header, {key.name: blob}), key, length)
+            shares[site] = open_share(Envelope(header, {key.name: blob}), key, length,
+                                      context=task["context"], round=int(task["round"]))  # fmt: skip
         except ShareError as exc:
             unopened[site] = str(exc)
     if transcript is not None:

@@ -123,10 +123,12 @@ class AggregationService:
         return msg
 
     def run_round(self, round: int, envelopes: Mapping[str, Envelope], weights: Mapping[str, int], *,
-                  length: int, max_norm: float, slack: float, sketches: int, buckets: int) -> RoundResult:  # fmt: skip
-        """Bound-check and sum ``envelopes`` (sorted by site); each party gets only its own ciphertexts."""
+                  context: str, length: int, max_norm: float, slack: float, sketches: int,
+                  buckets: int) -> RoundResult:  # fmt: skip
+        """Bound-check and sum ``envelopes`` (sorted by site) of run ``context``; each party gets
+        only its own ciphertexts."""
         sites = sorted(envelopes)
-        common = {"round": round, "sites": sites, "length": length, "max_norm": max_norm, "slack": slack,
+        common = {"round": round, "context": context, "sites": sites, "length": length, "max_norm": max_norm, "slack": slack,
                   "sketches": sketches, "buckets": buckets, "weights": {s: int(weights[s]) for s in sites},
                   "share_hashes": {s: "".join(sorted(envelopes[s].share_hashes().values())) for s in sites}}  # fmt: skip
         for name, conn in zip(self.names, self.conns):

@@ -5,7 +5,8 @@ Two kinds of run:
 * ``ledger_run``: a recorded 2-round, 3-site run (events only, no training): milliseconds;
   for users, logins and authority checks.
 * ``real_run``: a real 3-site, 2-round DP-SGD run on a DAVIS excerpt (once per session,
-  seconds), copied per test: for reports and evidence packages. The data come from
+  seconds), copied per test: for reports and evidence packages; ``secure_run_template`` the
+  same under secure aggregation (no DP). The data come from
   ``$PHARMAFL_DATA`` or, as in the Makefile, ``../shared/data`` beside the checkout.
 """
 
@@ -99,14 +100,11 @@ def _data_dir() -> Path | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def real_run_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real DP run (3 sites, 2 rounds, ledger on) on 24 drugs x 30 targets of DAVIS."""
+def _excerpt_config(tmp_path_factory: pytest.TempPathFactory, name: str, **kw):
+    """A 3-site, 2-round run config (ledger on) on 24 drugs x 30 targets of DAVIS."""
     import pandas as pd
     from pharmafl.models.dti import ModelConfig
     from pharmafl.pipeline.config import DataConfig, FederationConfig, LedgerConfig, RunConfig
-    from pharmafl.pipeline.engines import run_federated
-    from pharmafl.sites.privacy import PrivacyConfig
     from pharmafl.sites.training import TrainConfig
 
     data = _data_dir()
@@ -121,16 +119,39 @@ def real_run_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     targets[["target_id", "sequence"]].to_csv(tables / "targets.csv", index=False)
     pairs = pairs.rename(columns={"deepdta_fold": "fold"})[["drug_id", "target_id", "affinity", "fold"]]
     pairs.assign(unit="nM_Kd").to_csv(tables / "measurements.csv", index=False)
-    cfg = RunConfig(
-        name="compliance", seed=7, data=DataConfig(dataset=str(tables), sites=3, partition="iid"),
+    return RunConfig(
+        name=name, seed=7, data=DataConfig(dataset=str(tables), sites=3, partition="iid"),
         model=ModelConfig(max_len=64, embed_dim=16, kernel_size=4, latent_dim=32), train=TrainConfig(batch_size=64),
-        federation=FederationConfig(rounds=2, engine="local"), ledger=LedgerConfig(enabled=True),
-        privacy=PrivacyConfig(mode="local", epsilon=8.0, batch_size=32, chunk_pairs=48, noise_source="seeded"))
-    run = tmp_path_factory.mktemp("real") / "run"
+        federation=FederationConfig(rounds=2, engine="local"), ledger=LedgerConfig(enabled=True), **kw)
+
+
+def _run(cfg, run: Path) -> Path:
+    from pharmafl.pipeline.engines import run_federated
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PHARMAFL_KEY_PASSPHRASE", PASSPHRASE)
         run_federated(cfg, run)
     return run
+
+
+@pytest.fixture(scope="session")
+def real_run_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real DP run (3 sites, 2 rounds, ledger on) on 24 drugs x 30 targets of DAVIS."""
+    from pharmafl.sites.privacy import PrivacyConfig
+
+    cfg = _excerpt_config(tmp_path_factory, "compliance", privacy=PrivacyConfig(
+        mode="local", epsilon=8.0, batch_size=32, chunk_pairs=48, noise_source="seeded"))
+    return _run(cfg, tmp_path_factory.mktemp("real") / "run")
+
+
+@pytest.fixture(scope="session")
+def secure_run_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same run under secure aggregation (no DP): secure_shares, bound_check, null diagnostics."""
+    from pharmafl.pipeline.secure_agg.config import SecureAggregationConfig
+
+    cfg = _excerpt_config(tmp_path_factory, "compliance-secure",
+                          secure_aggregation=SecureAggregationConfig(enabled=True))
+    return _run(cfg, tmp_path_factory.mktemp("secure") / "run")
 
 
 @pytest.fixture

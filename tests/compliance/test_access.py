@@ -207,3 +207,33 @@ def test_ledger_verifies_after_every_kind_of_action(people) -> None:
     assert {"user_created", "password_changed", "user_login", "login_failed", "action_refused"} <= types
     assert verify_path(people.ledger.storage.url.removeprefix("sqlite:///")).startswith("OK: ")
     assert {e.actor for e in entries_of(people, "user_login")} <= {f"user:{u}" for u in PEOPLE}
+
+
+def test_a_session_does_not_outlive_a_role_change_or_a_disable(people) -> None:
+    """Authority is checked against the account as it is now, not as it was at login."""
+    admin = people.login("ada", password("ada"))
+    quinn, dana = people.login("quinn", password("quinn")), people.login("dana", password("dana"))
+    people.set_role(admin, "quinn", "data_scientist")
+    people.disable(admin, "dana")
+    before = len(people.ledger)
+    with pytest.raises(AuthenticationError, match="'quinn': the account changed .*role data_scientist.*log in again"):
+        people.require(quinn, "sign:approved", "sign records as 'approved'")
+    with pytest.raises(AuthenticationError, match="'dana': the account changed .*disabled.*log in again"):
+        people.require(dana, "generate_report", "generate a report")
+    refused = [e for e in people.ledger.entries(before) if e.type != "actor_key"]  # access-control's first entry
+    assert [(e.type, e.actor, e.data["user_id"]) for e in refused] == [
+        ("login_refused", ACCESS_CONTROL, "quinn"), ("login_refused", ACCESS_CONTROL, "dana")]
+    with pytest.raises(AuthorityError, match="only qa may"):  # a fresh login carries the new role
+        people.require(people.login("quinn", password("quinn")), "sign:approved", "sign records as 'approved'")
+
+
+def test_user_management_refusals_write_nothing(people) -> None:
+    admin = people.login("ada", password("ada"))
+    people.disable(admin, "rita")
+    before, users = len(people.ledger), people.users.all()
+    with pytest.raises(ComplianceError, match="'rita' is disabled, not locked; disabled accounts stay disabled"):
+        people.unlock(admin, "rita")
+    for action, args in (("set_role", ("nobody", "qa")), ("unlock", ("nobody",)), ("disable", ("nobody",))):
+        with pytest.raises(ComplianceError, match="no user 'nobody' \\(known users: ada, dana, quinn, rita\\)"):
+            getattr(people, action)(admin, *args)
+    assert len(people.ledger) == before and people.users.all() == users

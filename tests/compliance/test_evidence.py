@@ -20,7 +20,7 @@ from pharmafl.audit.evidence import verify_package
 from pharmafl.audit.verify import VerificationError
 from pharmafl.compliance.errors import AuthorityError, ComplianceError
 from pharmafl.compliance.evidence import export_evidence
-from pharmafl.compliance.report import generate_report
+from pharmafl.compliance.report import file_hashes, generate_report, load_report
 from pharmafl.compliance.signatures import make_signature
 from pharmafl.compliance.signing import sign
 
@@ -259,3 +259,93 @@ def test_regulator_machine_without_pharmafl_dependencies(built: Built, tmp_path:
     bad = subprocess.run([python, "-m", "pharmafl.audit.evidence", str(forged)], capture_output=True, text=True,
                          cwd=tmp_path, timeout=300)
     assert bad.returncode == 1 and "cannot be copied onto another record" in bad.stdout
+
+
+def test_files_outside_the_ledger_and_the_listed_reports_are_rejected(pkg: Path) -> None:
+    forged = pkg / "reports" / "r9" / "report.pdf"  # a report the manifest does not list: nothing checks it
+    forged.parent.mkdir()
+    forged.write_bytes(b"%PDF-1.4 an approval nobody signed")
+    remanifest(pkg)
+    fails(pkg, "files outside the ledger export and the listed reports \\['reports/r9/report.pdf'\\]")
+    shutil.rmtree(forged.parent)
+    (pkg / "approved.pdf").write_bytes(b"%PDF-1.4 forged")
+    remanifest(pkg)
+    fails(pkg, "files outside the ledger export and the listed reports \\['approved.pdf'\\]")
+
+
+def test_head_json_must_be_a_checkpoint_of_the_packaged_ledger(pkg: Path) -> None:
+    head = json.loads((pkg / "head.json").read_text())
+    (pkg / "head.json").write_text(canonical_json({**head, "tree_size": head["tree_size"] + 5}) + "\n")
+    remanifest(pkg)
+    fails(pkg, "head.json is not one of the package ledger's signed checkpoints")
+
+
+def test_manifest_names_the_run_of_its_reports(pkg: Path) -> None:
+    manifest = json.loads((pkg / "MANIFEST.json").read_text())
+    (pkg / "MANIFEST.json").write_text(canonical_json({**manifest, "run_id": "another-trial"}) + "\n")
+    fails(pkg, "MANIFEST.json names run 'another-trial', but reports/r1 is a report of run 'run'")
+
+
+def test_malformed_manifest_fails_instead_of_crashing(pkg: Path) -> None:
+    manifest = json.loads((pkg / "MANIFEST.json").read_text())
+    (pkg / "MANIFEST.json").write_text(canonical_json({**manifest, "files": sorted(manifest["files"])}) + "\n")
+    fails(pkg, "MANIFEST.json: files and reports must each map names to SHA-256 hex digests")
+    (pkg / "MANIFEST.json").write_text(canonical_json(manifest) + "\n")
+    doc = signatures(pkg)
+    doc["signatures"][0]["seq"] = [doc["signatures"][0]["seq"]]
+    write_signatures(pkg, doc)
+    remanifest(pkg)
+    fails(pkg, "signatures.json item 0: malformed")
+
+
+@pytest.mark.parametrize("actor", ["server", "user:quinn"])
+def test_rendering_recorded_apart_from_a_signature_is_rejected(real_run: Path, tmp_path: Path, actor: str) -> None:
+    """A forged PDF whose hash someone with a ledger key records as a 'rendering' of the signed report."""
+    forged = b"%PDF-1.4 other figures under the same signature block"
+    with open_access(real_run) as ac:
+        enrol_people(ac)
+        report = generate_report(ac, ac.login("quinn", password("quinn")), real_run, tmp_path / "r1",
+                                 formats=("pdf",))
+        sign(ac, ac.login("quinn", password("quinn")), report, "approved")
+        ac.ledger.record(actor, "report_rendered", record_hash=load_report(report)[1],
+                         files={"report.pdf": hashlib.sha256(forged).hexdigest()},
+                         signatures=[e.data["signature"] for e in entries_of(ac, "e_signature")])
+        (report / "report.pdf").write_bytes(forged)
+        package = export_evidence(ac, ac.login("rita", password("rita")), [report], tmp_path / "package")
+    fails(package, f"report_rendered by '{actor}' does not follow that user's e_signature on the same record")
+
+
+@pytest.mark.parametrize("actor", ["server", "user:rita"])
+def test_report_recorded_by_a_role_that_may_not_generate_is_rejected(real_run: Path, tmp_path: Path,
+                                                                      actor: str) -> None:
+    """An edited record whose hash a system key or a regulator records as 'generated'."""
+    with open_access(real_run) as ac:
+        enrol_people(ac)
+        genuine = generate_report(ac, ac.login("quinn", password("quinn")), real_run, tmp_path / "r1",
+                                  formats=("parquet",))
+        forged = tmp_path / "r2"
+        shutil.copytree(genuine, forged)
+        text = (forged / "report.json").read_text().replace('"status":"completed"', '"status":"approved by FDA"')
+        (forged / "report.json").write_text(text)
+        record, record_hash = load_report(forged)
+        ac.login("rita", password("rita"))  # unlocks her key, as a raw ledger write would need
+        ac.ledger.record(actor, "report_generated", record_hash=record_hash, run_id=record["meta"]["run_id"],
+                         tree_size=record["certificate"]["tree_size"], formats=["parquet"], files=file_hashes(forged),
+                         signatures=[])
+        package = export_evidence(ac, ac.login("rita", password("rita")), [forged], tmp_path / "package")
+    fails(package, f"report_generated by '{actor}', who may not generate reports")
+
+
+def test_export_refusals_write_nothing(team, tmp_path: Path) -> None:
+    quinn = team.login("quinn")
+    first = generate_report(team.ac, quinn, team.run, tmp_path / "a" / "r1", formats=("parquet",))
+    second = generate_report(team.ac, quinn, team.run, tmp_path / "b" / "r1", formats=("parquet",))
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("x")
+    before = len(team.ac.ledger)
+    with pytest.raises(ComplianceError, match="two reports share a folder name"):
+        export_evidence(team.ac, quinn, [first, second], tmp_path / "p1")
+    with pytest.raises(ComplianceError, match="package target .*taken exists and is not an empty directory"):
+        export_evidence(team.ac, quinn, [first], tmp_path / "taken")
+    assert len(team.ac.ledger) == before and not (tmp_path / "p1").exists()
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]

@@ -217,3 +217,65 @@ def test_budget_overrun_is_reported_not_hidden() -> None:
     privacy = privacy_section(spent)
     assert privacy["respected"] is False and privacy["sites"][0]["epsilon_total"] == 9.0
     assert "WARNING: at least one party exceeded its ε budget" in privacy["statement"]
+
+
+def test_lineage_under_secure_aggregation_keeps_commitments_and_the_secure_sum() -> None:
+    """The real order: a site's site_update (the envelope's hash) comes before its secure_shares."""
+    from types import SimpleNamespace
+
+    from pharmafl.compliance.sections import lineage_section
+
+    def entry(type_, actor, **data):
+        return SimpleNamespace(type=type_, actor=actor, data=data)
+
+    entries = [entry("run_started", "server", manifests={"site-01": "m" * 64}),
+               entry("site_update", "site-01", round=1, update_hash="e" * 64, num_examples=5, accepted=True),
+               entry("secure_shares", "site-01", round=1, commitment="c" * 64, envelope_hash="e" * 64,
+                     num_examples=5, share_hashes={"server": "1" * 64, "helper1": "2" * 64}),
+               entry("bound_check", "server", round=1, site="site-01", passed=True),
+               entry("aggregated", "server", round=1, aggregate_hash="a" * 64, participants=["site-01"],
+                     secure={"parties": ["server", "helper1"], "sum_hash": "5" * 64, "excluded": {},
+                             "seconds": {"sum": 0.1}}),
+               entry("round_ended", "server", round=1, metrics={}, diagnostics=None),
+               entry("run_ended", "server", model_hash="f" * 64)]
+    lineage = lineage_section(entries, None)
+    update = lineage["rounds"][0]["updates"]["site-01"]
+    assert update["update_hash"] == "e" * 64 and update["commitment"] == "c" * 64
+    assert lineage["rounds"][0]["secure"] == {"parties": ["server", "helper1"], "sum_hash": "5" * 64,
+                                              "excluded": {}}
+
+
+def test_report_of_a_secure_run(secure_run_template, tmp_path, clock) -> None:
+    """Secure aggregation: null diagnostics, commitments and sum hashes in every copy, a package that verifies."""
+    import shutil
+
+    from pharmafl.audit.evidence import verify_package
+    from pharmafl.compliance.evidence import export_evidence
+
+    from .conftest import enrol_people, open_access, password
+
+    run = tmp_path / "run"
+    shutil.copytree(secure_run_template, run)
+    with open_access(run, clock) as ac:
+        enrol_people(ac)
+        out = generate_report(ac, ac.login("quinn", password("quinn")), run, tmp_path / "r1")
+        sign(ac, ac.login("quinn", password("quinn")), out, "approved")
+        shares = entries_of(ac, "secure_shares")
+        sums = [e.data["secure"]["sum_hash"] for e in entries_of(ac, "aggregated")]
+        assert len(shares) == 6 and len(sums) == 2
+        assert all(e.data["diagnostics"] is None for e in entries_of(ac, "round_ended"))
+        package = export_evidence(ac, ac.login("rita", password("rita")), [out], tmp_path / "package")
+    record = load_report(out)[0]
+    assert record["summary"]["cosine_to_mean_by_round"] == [] and record["summary"]["cosine_last_round"] is None
+    by_round = {r["round"]: r for r in record["lineage"]["rounds"]}
+    for e in shares:
+        assert by_round[e.data["round"]]["updates"][e.actor]["commitment"] == e.data["commitment"]
+    assert [by_round[r]["secure"]["sum_hash"] for r in (1, 2)] == sums
+    trail = {r["type"]: r for r in record["audit_trail"]}
+    assert trail["bound_check"]["site"] and trail["secure_shares"]["site"].startswith("site-")
+    text = " ".join(pdf_pages(out / "report.pdf"))
+    html = (out / "report.html").read_text()
+    lineage = pd.read_parquet(out / "tables" / "lineage.parquet")
+    for digest in [*sums, *(e.data["commitment"] for e in shares)]:
+        assert digest in text and digest in html and digest in set(lineage.sha256)
+    assert verify_package(str(package)).startswith("OK: ")

@@ -25,6 +25,7 @@ def test_the_standalone_verifier_carries_the_same_signing_rules() -> None:
     assert set(evidence.MAY_SIGN) == set(MEANINGS)
     for meaning, roles in evidence.MAY_SIGN.items():
         assert roles == {r.value for r in PERMISSIONS[f"sign:{meaning}"]}
+    assert evidence.MAY_GENERATE == {r.value for r in PERMISSIONS["generate_report"]}
 
 
 def test_unknown_names_list_the_choices() -> None:

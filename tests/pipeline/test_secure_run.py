@@ -235,3 +235,37 @@ def test_ten_site_davis_with_secure_aggregation_ends_within_0005_ci_of_the_clear
     assert clear["status"] == hidden["status"] == "completed"
     assert abs(clear["test_ci"] - hidden["test_ci"]) <= 0.005
     assert abs(clear["test_mse"] - hidden["test_mse"]) <= 0.01
+
+
+def test_in_a_real_run_no_party_receives_a_site_update(small_cfg, tmp_path):
+    """The parties' transcripts of a real round (everything each received) hold no site's encoded
+    update; the one array that is a combination of updates is the revealed sum, at the server."""
+    from pharmafl.sites.secret_sharing import encode_fixed, flatten
+
+    from ..uniformity import looks_uniform
+
+    cfg = secure(with_federation(small_cfg, rounds=1))
+    plan = prepare(cfg, tmp_path / "run")
+    bus = EventBus([JsonlEventLog(plan.run_dir / "events.jsonl")])
+    try:
+        LocalEngine(transcript_dir=tmp_path / "transcripts").run(plan, bus)
+    finally:
+        bus.close()
+    ups = {s: kept_update(plan.run_dir, s, 1) for s in plan.sites}
+    secrets = {s: encode_fixed(flatten(u.parts)) for s, u in ups.items()}
+    with np.errstate(over="ignore"):
+        revealed = sum(np.int64(u.num_examples) * secrets[s] for s, u in ups.items())
+    for party in ("server", "helper1"):
+        received = np.load(tmp_path / "transcripts" / f"{party}-round0001.npz")
+        assert sum(":share." in k for k in received.files) == 3
+        for key in received.files:
+            arr = received[key].astype(np.int64).ravel()
+            if ":share." in key:
+                assert looks_uniform(arr), f"{party}'s {key} is not uniform"
+            if arr.size != revealed.size:
+                continue
+            if np.array_equal(arr, revealed):
+                assert party == "server" and key.endswith("comm.reduce")
+                continue
+            for s, secret in secrets.items():
+                assert np.mean(arr == secret) < 0.01, f"{party}'s {key} matches {s}'s update"

@@ -58,7 +58,8 @@ def envelopes(updates: dict, keys, round: int) -> dict:
 
 
 def run(service, envs, weights, round):
-    return service.run_round(round, envs, weights, length=N, max_norm=BOUND, slack=SLACK, sketches=M, buckets=K)
+    return service.run_round(round, envs, weights, context="test", length=N, max_norm=BOUND, slack=SLACK,
+                             sketches=M, buckets=K)  # fmt: skip
 
 
 def test_ten_sites_sum_exactly_and_an_over_bound_update_is_excluded(parties):

@@ -73,14 +73,14 @@ def test_each_party_opens_only_its_share_and_the_shares_sum_to_the_update():
     parts, payload, data = _envelope(x)
     env = parse_envelope(data)
     n = len(x)
-    shares = [open_share(env, p, n) for p in PARTIES]
+    shares = [open_share(env, p, n, context="run-1", round=1) for p in PARTIES]
     with np.errstate(over="ignore"):
         total = shares[0] + shares[1]
     assert np.allclose(unflatten(decode_fixed(total), env.layout)["delta"]["b"], parts["delta"]["b"], atol=1e-5)
     assert np.array_equal(flatten(parts), flatten(unflatten(flatten(parts), env.layout)))
     stranger = PartyKey.generate("helper1")  # the right name, the wrong key
     with pytest.raises(ShareError, match="encrypted to key"):
-        open_share(env, stranger, n)
+        open_share(env, stranger, n, context="run-1", round=1)
     assert set(env.share_hashes()) == {"server", "helper1"}
     for p, blob in env.blobs.items():
         assert env.share_hashes()[p] == hashlib.sha256(blob).hexdigest()
@@ -107,9 +107,14 @@ def test_tampered_truncated_or_replayed_envelopes_are_refused():
     with pytest.raises(ShareError, match="not a pharmafl-secagg"):
         parse_envelope(b"junk" * 10)
     env = parse_envelope(data)
-    replay = type(env)({**env.header, "round": 2}, env.blobs)  # the same shares presented for another round
+    with pytest.raises(ShareError, match="expected 'run-2' round 1"):  # another run's shares
+        open_share(env, PARTIES[0], 500, context="run-2", round=1)
+    replay = type(env)({**env.header, "round": 2}, env.blobs)  # the same shares relabelled for another round
     with pytest.raises(ShareError, match="fails authentication"):
-        open_share(replay, PARTIES[0], 500)
+        open_share(replay, PARTIES[0], 500, context="run-1", round=2)
+    forged = type(env)({**env.header, "context": "run-2"}, env.blobs)  # ...or for another run
+    with pytest.raises(ShareError, match="fails authentication"):
+        open_share(forged, PARTIES[0], 500, context="run-2", round=1)
 
 
 def test_the_commitment_binds_the_update_and_hides_it():
