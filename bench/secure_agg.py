@@ -26,16 +26,20 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
-
 from pharmafl.models.dti import ModelConfig
-from pharmafl.pipeline.config import DataConfig, FederationConfig, LedgerConfig, RunConfig
+from pharmafl.pipeline.config import (
+    DataConfig,
+    FederationConfig,
+    LedgerConfig,
+    RunConfig,
+)
 from pharmafl.pipeline.engine_local import LocalEngine
 from pharmafl.pipeline.events import EventBus
 from pharmafl.pipeline.run import prepare
 from pharmafl.pipeline.secure_agg.config import SecureAggregationConfig
 from pharmafl.sites.privacy import PrivacyConfig
 from pharmafl.sites.training import TrainConfig
+from safetensors.numpy import load_file
 
 
 class Clock:

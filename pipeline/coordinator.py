@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from pharmafl.pipeline import events as ev
 from pharmafl.pipeline.aggregate import State, add, site_weights
 from pharmafl.pipeline.artifacts import checkpoint_hash
@@ -25,7 +24,6 @@ from pharmafl.pipeline.events import EventBus
 from pharmafl.pipeline.strategies.base import Strategy
 from pharmafl.sites import update as wire
 from pharmafl.sites.site import Declined, FitResult, Instructions
-
 
 CLIP_KEYS = ("clip_norm", "clipped", "total", "max_norm", "mean_norm")
 
@@ -175,14 +173,22 @@ def _validate(site: str, round: int, res: FitResult, state: State, required_part
                 return f"{part}/{k} has shape {v.shape}, expected {np.shape(state[k])}"
             if not np.all(np.isfinite(v)):
                 return f"{part}/{k} holds NaN or infinite values"
+    problem = _report_problem(res)
+    if problem is not None:
+        return problem
+    if upd.num_examples != res.num_examples or res.num_examples < 1:
+        return f"example count {res.num_examples} is invalid or disagrees with the payload's {upd.num_examples}"
+    return None
+
+
+def _report_problem(res: FitResult) -> str | None:
+    """Why a result's metrics or privacy report are unusable, or None."""
     bad = [k for k, v in res.metrics.items()
            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)]  # fmt: skip
     if bad:
         return f"metrics {bad} are not finite numbers: {[res.metrics[k] for k in bad]}"
-    if res.privacy is not None and _privacy_problem(res.privacy):
+    if res.privacy is not None:
         return _privacy_problem(res.privacy)
-    if upd.num_examples != res.num_examples or res.num_examples < 1:
-        return f"example count {res.num_examples} is invalid or disagrees with the payload's {upd.num_examples}"
     return None
 
 

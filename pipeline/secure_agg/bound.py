@@ -31,10 +31,8 @@ import hashlib
 
 import numpy as np
 import torch
-
 from pharmafl.pipeline.secure_agg.config import MAX_LIMIT
 from pharmafl.sites.secret_sharing import PRECISION_BITS
-
 
 
 def sketch_plan(seed: bytes, length: int, sketches: int, buckets: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +73,7 @@ def check_sketches(crypten, share: torch.Tensor, max_norm: float, slack: float) 
     Runs the same call at every party; reveals only the per-site bit, to all parties.
     """
     limit, limit_sq = limits(max_norm, slack)
-    sites, m, k = share.shape
+    _, m, k = share.shape
     p = crypten.mpc.MPCTensor.from_shares(share, precision=0)
     inside = (p <= limit) * (p >= -limit)  # no coordinate large enough to wrap its square
     small = (p * p).sum(dim=2) <= limit_sq  # each sketch's squared norm within T^2

@@ -18,9 +18,8 @@ import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from pharmafl.pipeline import events as ev
-from pharmafl.pipeline.coordinator import Coordinator, _privacy_problem
+from pharmafl.pipeline.coordinator import Coordinator, _report_problem
 from pharmafl.pipeline.secure_agg.config import SecureAggregationConfig
 from pharmafl.pipeline.secure_agg.service import AggregationService
 from pharmafl.sites import update as wire
@@ -58,13 +57,7 @@ class SecureCoordinator(Coordinator):
             return f"envelope holds no share for parties {missing}"
         if h["num_examples"] != res.num_examples or res.num_examples < 1:
             return f"example count {res.num_examples} is invalid or disagrees with the envelope's {h['num_examples']}"
-        bad = [k for k, v in res.metrics.items()
-               if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)]  # fmt: skip
-        if bad:
-            return f"metrics {bad} are not finite numbers: {[res.metrics[k] for k in bad]}"
-        if res.privacy is not None and _privacy_problem(res.privacy):
-            return _privacy_problem(res.privacy)
-        return None
+        return _report_problem(res)
 
     def _open(self, site: str, round: int, res: FitResult):
         env = self._parsed.pop(site)

@@ -33,7 +33,6 @@ def _setup(rank: int, parties: int, address: str) -> object:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(parties), "RENDEZVOUS": address,
                        "DISTRIBUTED_BACKEND": "gloo", "OMP_NUM_THREADS": "1"})  # fmt: skip
     import torch
-
     from pharmafl.sites.crypten_compat import load_crypten
 
     torch.set_num_threads(1)
@@ -63,7 +62,9 @@ class Transcript:
 
 
 def _record_communication(transcript: Transcript) -> None:
-    from crypten.communicator.distributed_communicator import DistributedCommunicator as DC
+    from crypten.communicator.distributed_communicator import (
+        DistributedCommunicator as DC,
+    )
 
     for name in ("all_reduce", "reduce", "broadcast", "all_gather", "gather", "recv", "scatter"):
         original = getattr(DC, name)
@@ -83,7 +84,9 @@ def dealer_main(parties: int, address: str, transcript_dir: str | None) -> None:
     from crypten.mpc.provider.ttp_provider import TTPServer
 
     if transcript_dir:
-        from crypten.communicator.distributed_communicator import DistributedCommunicator as DC
+        from crypten.communicator.distributed_communicator import (
+            DistributedCommunicator as DC,
+        )
 
         log = Path(transcript_dir) / "dealer-requests.txt"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +117,7 @@ def party_main(rank: int, parties: int, address: str, key_pem: bytes, passphrase
             _record_communication(transcript)
         crypten.init()
         conn.send({"ready": name, "fingerprint": key.fingerprint})
-    except Exception as exc:  # the controller reports it; nothing else to clean up
+    except Exception as exc:  # noqa: BLE001 - reported to the controller, which raises it
         conn.send({"error": f"party {rank} failed to start: {type(exc).__name__}: {exc}",
                    "trace": traceback.format_exc()})  # fmt: skip
         return
@@ -132,9 +135,13 @@ def party_main(rank: int, parties: int, address: str, key_pem: bytes, passphrase
 
 def _round(crypten, key, rank: int, task: dict, transcript: Transcript | None) -> dict:
     import torch
-
     from pharmafl.pipeline.secure_agg.bound import check_sketches, sketch, sketch_plan
-    from pharmafl.sites.secret_sharing import PRECISION_BITS, Envelope, ShareError, open_share
+    from pharmafl.sites.secret_sharing import (
+        PRECISION_BITS,
+        Envelope,
+        ShareError,
+        open_share,
+    )
 
     comm = crypten.communicator.get()
     t0 = time.perf_counter()

@@ -17,7 +17,7 @@ from pharmafl.sites import update as wire
 from pharmafl.sites.privacy import PrivacyConfig, PrivacyPlan
 from pharmafl.sites.site import Declined, Instructions
 
-from .conftest import with_federation
+from .conftest import events, with_federation
 
 SITES = ("site-01", "site-02", "site-03")
 
@@ -25,11 +25,6 @@ SITES = ("site-01", "site-02", "site-03")
 def dp(cfg: RunConfig, **privacy) -> RunConfig:
     base = {"mode": "local", "batch_size": 32, "chunk_pairs": 48, "noise_source": "seeded"}
     return replace(cfg, privacy=PrivacyConfig(**{**base, **privacy}))
-
-
-def events(run_dir, *types):
-    out = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    return [e for e in out if e["type"] in types] if types else out
 
 
 def test_local_dp_run_ledgers_every_clip_event_and_epsilon(small_cfg, tmp_path, monkeypatch):

@@ -2,37 +2,30 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
-
 from pharmafl.audit import Ledger, verify_path
 from pharmafl.errors import ConfigError
 from pharmafl.pipeline.config import LedgerConfig, RunConfig
 from pharmafl.pipeline.engine_local import LocalEngine
 from pharmafl.pipeline.engines import run_federated
-from pharmafl.pipeline.events import EventBus
 from pharmafl.pipeline.eventlog import JsonlEventLog
+from pharmafl.pipeline.events import EventBus
 from pharmafl.pipeline.run import initial_state, make_site, prepare
 from pharmafl.pipeline.secure_agg.config import SecureAggregationConfig
 from pharmafl.sites import update as wire
 from pharmafl.sites.privacy import PrivacyConfig
 from pharmafl.sites.secret_sharing import PartyKey
 from pharmafl.sites.secure_site import SecureSite, open_commitment
+from safetensors.numpy import load_file
 
-from .conftest import with_federation
+from .conftest import events, with_federation
 
 
 def secure(cfg: RunConfig, **kw) -> RunConfig:
     return replace(cfg, secure_aggregation=SecureAggregationConfig(enabled=True, **kw))
-
-
-def events(run_dir, *types):
-    out = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    return [e for e in out if e["type"] in types]
 
 
 def kept_update(run_dir, site, round):

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from pharmafl.pipeline.secure_agg.bound import limits, plain_check, sketch, sketch_plan
-from pharmafl.pipeline.secure_agg.service import AggregationService, party_names, provision, public_keys
+from pharmafl.pipeline.secure_agg.service import (
+    AggregationService,
+    party_names,
+    provision,
+    public_keys,
+)
 from pharmafl.sites import update as wire
 from pharmafl.sites.secret_sharing import (
     PRECISION_BITS,
@@ -63,7 +66,7 @@ def run(service, envs, weights, round):
 
 
 def test_ten_sites_sum_exactly_and_an_over_bound_update_is_excluded(parties):
-    service, keys, transcripts = parties
+    service, keys, _ = parties
     ups = {f"site-{i:02d}": update(i, norm=1.5) for i in range(1, 11)}
     ups["site-07"] = update(7, norm=40.0)  # a faulty site far outside the bound
     weights = {s: 10 + 7 * i for i, s in enumerate(sorted(ups))}

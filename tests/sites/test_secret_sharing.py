@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
 from pharmafl.sites import update as wire
 from pharmafl.sites.secret_sharing import (
     PartyKey,
@@ -70,7 +69,7 @@ def _envelope(x: np.ndarray, round: int = 1, salt: bytes = b"s" * 32, parties=PA
 
 def test_each_party_opens_only_its_share_and_the_shares_sum_to_the_update():
     x = np.random.default_rng(1).normal(0, 0.1, 1000)
-    parts, payload, data = _envelope(x)
+    parts, _, data = _envelope(x)
     env = parse_envelope(data)
     n = len(x)
     shares = [open_share(env, p, n, context="run-1", round=1) for p in PARTIES]
