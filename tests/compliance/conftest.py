@@ -12,7 +12,6 @@ Two kinds of run:
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -93,32 +92,13 @@ def people(ledger_run: Path, clock: Clock):
     ac.close()
 
 
-def _data_dir() -> Path | None:
-    for candidate in (os.environ.get("PHARMAFL_DATA"), REPO_ROOT.parent / "shared" / "data", "/work/shared/data"):
-        if candidate and (Path(candidate) / "davis_deepdta_pairs.csv.gz").is_file():
-            return Path(candidate)
-    return None
-
-
-def _excerpt_config(tmp_path_factory: pytest.TempPathFactory, name: str, **kw):
-    """A 3-site, 2-round run config (ledger on) on 24 drugs x 30 targets of DAVIS."""
-    import pandas as pd
+def _excerpt_config(tables: Path, name: str, **kw):
+    """A 3-site, 2-round run config (ledger on) on the DAVIS excerpt ``tables`` (the shared
+    ``small_davis`` fixture: 24 drugs x 30 targets)."""
     from pharmafl.models.dti import ModelConfig
     from pharmafl.pipeline.config import DataConfig, FederationConfig, LedgerConfig, RunConfig
     from pharmafl.sites.training import TrainConfig
 
-    data = _data_dir()
-    if data is None:
-        pytest.fail("the DAVIS tables are needed for a real run: set PHARMAFL_DATA (e.g. ../shared/data)")
-    tables = tmp_path_factory.mktemp("davis_excerpt")
-    drugs = pd.read_csv(data / "davis_deepdta_drugs.csv.gz").iloc[:24]
-    targets = pd.read_csv(data / "davis_deepdta_targets.csv.gz").iloc[::15].iloc[:30]
-    pairs = pd.read_csv(data / "davis_deepdta_pairs.csv.gz")
-    pairs = pairs[pairs.drug_id.isin(drugs.drug_id) & pairs.target_id.isin(targets.target_id)]
-    drugs[["drug_id", "smiles"]].to_csv(tables / "drugs.csv", index=False)
-    targets[["target_id", "sequence"]].to_csv(tables / "targets.csv", index=False)
-    pairs = pairs.rename(columns={"deepdta_fold": "fold"})[["drug_id", "target_id", "affinity", "fold"]]
-    pairs.assign(unit="nM_Kd").to_csv(tables / "measurements.csv", index=False)
     return RunConfig(
         name=name, seed=7, data=DataConfig(dataset=str(tables), sites=3, partition="iid"),
         model=ModelConfig(max_len=64, embed_dim=16, kernel_size=4, latent_dim=32), train=TrainConfig(batch_size=64),
@@ -135,21 +115,21 @@ def _run(cfg, run: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_run_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def real_run_template(small_davis: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real DP run (3 sites, 2 rounds, ledger on) on 24 drugs x 30 targets of DAVIS."""
     from pharmafl.sites.privacy import PrivacyConfig
 
-    cfg = _excerpt_config(tmp_path_factory, "compliance", privacy=PrivacyConfig(
+    cfg = _excerpt_config(small_davis, "compliance", privacy=PrivacyConfig(
         mode="local", epsilon=8.0, batch_size=32, chunk_pairs=48, noise_source="seeded"))
     return _run(cfg, tmp_path_factory.mktemp("real") / "run")
 
 
 @pytest.fixture(scope="session")
-def secure_run_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def secure_run_template(small_davis: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same run under secure aggregation (no DP): secure_shares, bound_check, null diagnostics."""
     from pharmafl.pipeline.secure_agg.config import SecureAggregationConfig
 
-    cfg = _excerpt_config(tmp_path_factory, "compliance-secure",
+    cfg = _excerpt_config(small_davis, "compliance-secure",
                           secure_aggregation=SecureAggregationConfig(enabled=True))
     return _run(cfg, tmp_path_factory.mktemp("secure") / "run")
 
