@@ -1,43 +1,55 @@
 """Export a ledger as an evidence bundle a regulator can verify without our database.
 
-``export(ledger_or_path, out_dir)`` writes, from one consistent snapshot::
+``export(ledger_or_path, out_dir)`` writes, from one consistent snapshot, *everything* the
+database holds (a bundle never hides what the database shows)::
 
-    entries.jsonl      one canonical JSON entry per line (payload embedded as an object)
-    entries.parquet    the same rows (payload as canonical JSON text), for analysis tools
-    checkpoints.jsonl  every signed tree head, one per line (each usable as --trusted-head)
-    keys.json          {"format": "pharmafl-ledger-keys-v1", "keys": {actor: {algorithm,
-                       fingerprint, public_key, registered_seq}}} (usable as --trusted-keys)
-    manifest.json      {"format": "pharmafl-ledger-bundle-v1", "entries": N, "checkpoints": M,
-                       "root_hash": Merkle root of all N entries, "files": {name: sha256}}
+    entries.jsonl       one canonical JSON entry per line (payload embedded as an object)
+    entries.parquet     the same rows (payload as canonical JSON text), for analysis tools
+    checkpoints.jsonl   every signed tree head, one per line (each usable as --trusted-head)
+    cosignatures.jsonl  every witness cosignature {signature, timestamp, tree_size, witness}
+    keys.json           {"format": "pharmafl-ledger-keys-v1", "keys": {actor: {algorithm,
+                        fingerprint, public_key, registered_seq}}} (usable as --trusted-keys)
+    manifest.json       {"format": "pharmafl-ledger-bundle-v2", "entries": N, "checkpoints": M,
+                        "cosignatures": C, "root_hash": Merkle root of all N entries,
+                        "files": {name: sha256}}
 
-Every JSON file is RFC 8785 canonical with a final newline, so the verifier can demand
-byte equality and a single changed byte anywhere is caught. The bundle is written to a
-hidden sibling directory and renamed into place: an interrupted export leaves nothing
-at ``out_dir``.
+Every JSON file is RFC 8785 canonical with a final newline (formats: :mod:`.messages`), so
+the verifier can demand byte equality and a single changed byte anywhere is caught. The
+bundle is written to a hidden sibling directory, verified there with the standalone
+verifier, and only then renamed into place: an interrupted export leaves nothing at
+``out_dir``, and a ledger that does not verify is refused with the verifier's first failure
+(``force=True`` exports it anyway, every row included, for investigation).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 
-from pharmafl.audit.canonical import canonical_json
+from pharmafl.audit import messages
 from pharmafl.audit.errors import LedgerError
 from pharmafl.audit.ledger import Ledger
 from pharmafl.audit.merkle import CompactRange
-from pharmafl.audit.records import ACTOR_KEY, ALGORITHM, fingerprint
+from pharmafl.audit.records import ACTOR_KEY
 from pharmafl.audit.storage import ENTRY_COLUMNS, Storage
 
-BUNDLE_FORMAT = "pharmafl-ledger-bundle-v1"
-KEYS_FORMAT = "pharmafl-ledger-keys-v1"
+BUNDLE_FORMAT = messages.BUNDLE_FORMAT
+KEYS_FORMAT = messages.KEYS_FORMAT
 _BATCH = 20_000
 
 
-def export(source: Ledger | str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+def export(source: Ledger | str | os.PathLike, out_dir: str | os.PathLike, *, force: bool = False,
+           jobs: int | None = None) -> Path:
     """Write the evidence bundle of ``source`` (a :class:`Ledger`, path, run dir or URL) to
-    ``out_dir``, which must not exist or be empty; returns its path."""
+    ``out_dir``, which must not exist or be empty; returns its path.
+
+    Raises:
+        LedgerError: the target is not empty, the ledger cannot be read, or (unless ``force``)
+            the exported bundle does not verify; the message is the verifier's first failure.
+    """
+    from pharmafl.audit.verify import VerificationError, verify_path
+
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LedgerError(f"export target {out} exists and is not an empty directory; choose a new --out path")
@@ -48,6 +60,12 @@ def export(source: Ledger | str | os.PathLike, out_dir: str | os.PathLike) -> Pa
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         _write_bundle(ledger, tmp)
+        try:
+            verify_path(str(tmp), jobs=jobs)
+        except VerificationError as err:
+            if not force:
+                raise LedgerError(f"refusing to export a ledger that does not verify: {err}; investigate it with "
+                                  "`pharmafl ledger verify`, or export everything as it is with --force") from None
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -73,22 +91,25 @@ def _write_bundle(ledger: Ledger, tmp: Path) -> None:
             tree.append(entry.leaf_hash())
             if entry.type == ACTOR_KEY:
                 data = entry.data
-                keys.setdefault(data["actor"], {"algorithm": ALGORITHM, "public_key": data["public_key"],
-                                                "fingerprint": fingerprint(bytes.fromhex(data["public_key"])),
-                                                "registered_seq": entry.seq})
+                keys.setdefault(data.get("actor"), (data.get("public_key"), entry.seq))
             if len(batch) == _BATCH:
                 parquet.write_table(pa.Table.from_pylist(batch, schema))
                 batch = []
             n += 1
         if batch:
             parquet.write_table(pa.Table.from_pylist(batch, schema))
-        checkpoints = [c for c in Storage.checkpoints(conn) if c.tree_size <= n]
-    (tmp / "checkpoints.jsonl").write_text("".join(c.to_json_line() + "\n" for c in checkpoints), encoding="utf-8")
-    (tmp / "keys.json").write_text(canonical_json({"format": KEYS_FORMAT, "keys": keys}) + "\n", encoding="utf-8")
-    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(tmp.iterdir())}
-    manifest = {"format": BUNDLE_FORMAT, "entries": n, "checkpoints": len(checkpoints),
-                "root_hash": tree.root().hex(), "files": files}
-    (tmp / "manifest.json").write_text(canonical_json(manifest) + "\n", encoding="utf-8")
+        checkpoints = Storage.checkpoints(conn)  # all of them: one beyond the entries shows a truncation
+        cosignatures = getattr(Storage, "cosignatures", lambda _: [])(conn)
+    _write(tmp / "checkpoints.jsonl", "".join(c.to_json_line() + "\n" for c in checkpoints))
+    _write(tmp / "cosignatures.jsonl", "".join(c.to_json_line() + "\n" for c in cosignatures))
+    _write(tmp / "keys.json", messages.canonical(messages.keys_document(keys)) + "\n")
+    files = {p.name: messages.file_sha256(p) for p in sorted(tmp.iterdir())}
+    manifest = messages.bundle_manifest(n, len(checkpoints), len(cosignatures), tree.root().hex(), files)
+    _write(tmp / "manifest.json", messages.canonical(manifest) + "\n")
     for p in tmp.iterdir():
         with open(p, "rb") as f:
             os.fsync(f.fileno())
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8", newline="\n")

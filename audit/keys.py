@@ -1,8 +1,10 @@
 """Ed25519 signing keys, encrypted at rest with a passphrase: one file per actor.
 
 Private keys never enter the ledger; the ledger holds public keys and fingerprints
-(``actor_key`` entries). In the simulation one process holds the server's and every
-site's key in one :class:`KeyStore` directory; in a deployment each site keeps its own.
+(``actor_key`` entries). Each trust domain keeps its own store: the coordinator's holds
+only its system actors (``allowed={"server", "access-control"}``, so asking it for a
+site's key is refused rather than quietly creating one), each site's home holds the one
+key of that site, and a user's key is sealed under the user's own password.
 
 File format (``<actor>.key.json``, percent-encoded actor id, mode 0600), our own envelope
 because PKCS#8 ``BestAvailableEncryption`` derives its key with PBKDF2, not scrypt::
@@ -72,9 +74,11 @@ class KeyStore:
         path: the directory; created (mode 0700) if missing.
         passphrase: non-empty; the same for every key in the directory.
         scrypt_n: scrypt cost for keys created from now on (a power of two, >= 2**14).
+        allowed: the only actors whose keys this store may create or hand out (None: any).
     """
 
-    def __init__(self, path: str | os.PathLike, passphrase: str, *, scrypt_n: int = DEFAULT_SCRYPT_N):
+    def __init__(self, path: str | os.PathLike, passphrase: str, *, scrypt_n: int = DEFAULT_SCRYPT_N,
+                 allowed: set[str] | frozenset[str] | None = None):
         if not isinstance(passphrase, str) or not passphrase:
             raise LedgerError(
                 f"empty key-store passphrase for {path}; pass a non-empty passphrase "
@@ -86,6 +90,7 @@ class KeyStore:
         self._secret = unicodedata.normalize("NFC", passphrase).encode("utf-8")
         self._scrypt_n = scrypt_n
         self._cache: dict[str, Ed25519PrivateKey] = {}
+        self.allowed = None if allowed is None else frozenset(check_actor(a) for a in allowed)
         if self.path.exists() and not self.path.is_dir():
             raise LedgerError(f"key store {self.path} exists and is not a directory; pass a directory path")
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -104,6 +109,7 @@ class KeyStore:
 
     def get(self, actor: str) -> Ed25519PrivateKey:
         """The actor's private key; :class:`LedgerError` if it has none here."""
+        self._check_allowed(actor)
         if actor in self._cache:
             return self._cache[actor]
         key = self._decrypt(self._read(actor))
@@ -112,11 +118,20 @@ class KeyStore:
 
     def get_or_create(self, actor: str) -> Ed25519PrivateKey:
         """The actor's private key, generating and storing a new one on first use."""
+        self._check_allowed(actor)
         if actor in self._cache:
             return self._cache[actor]
         if not self.file_for(actor).exists():
             self._create(actor)
         return self.get(actor)
+
+    def _check_allowed(self, actor: str) -> None:
+        if self.allowed is not None and actor not in self.allowed:
+            raise LedgerError(
+                f"key store {self.path} holds keys only for {', '.join(sorted(self.allowed))}, not {actor!r}: "
+                f"{actor!r} signs with its own key in its own domain (a site at its site, a user with "
+                "Ledger.enrol); send its signed statement instead"
+            )
 
     def _read(self, actor: str) -> dict:
         file = self.file_for(actor)

@@ -20,7 +20,7 @@ from pharmafl.audit.errors import LedgerError
 from pharmafl.audit.ledger import Ledger
 from pharmafl.audit.merkle import MerkleTree
 from pharmafl.audit.records import Checkpoint
-from pharmafl.audit.verify import verify_consistency, verify_inclusion
+from pharmafl.audit.rfc9162 import verify_consistency, verify_inclusion
 
 
 def _tree(ledger: Ledger, size: int) -> tuple[MerkleTree, list]:

@@ -25,32 +25,56 @@ is ``{actor, algorithm: "Ed25519", public_key, fingerprint, proof}``: ``fingerpr
 SHA-256(raw public key), ``proof`` = the new key's signature over
 ``b"pharmafl-ledger-key-v1\\x00"`` || JCS({actor, public_key}) (proof of possession). Entry 0
 is the registrar registering itself; every later ``actor_key`` entry is written and signed
-by the registrar, and an actor is registered at most once.
+by the registrar, and an actor is registered at most once, except a ``user:*`` key: the
+user enrols it herself (her own ``actor_key`` entry, signed by the new key, with an extra
+``enrolment`` object); the registrar may never register a user.
 
-The separating prefixes (domain separation) make a signature over one kind of message
-useless as a signature over another.
+A **site statement** (``site_update``, ``clip``, ``privacy_spent``, ``site_declined``,
+``secure_shares``) is signed at the site and embedded verbatim as ``payload["statement"]``
+of the coordinator's entry; :func:`asserted` says who asserts what. A **cosignature** is a
+site witness's C2SP ``cosignature/v1`` of a checkpoint (:class:`Cosignature`).
+
+Every message is built in :mod:`pharmafl.audit.messages` (re-exported here), the one copy
+the writer, the sites and the verifier share; the separating prefixes (domain separation)
+make a signature over one kind of message useless as a signature over another.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from pharmafl.audit.errors import LedgerError
 from pharmafl.audit.merkle import leaf_hash
+from pharmafl.audit.messages import (  # noqa: F401 - re-exported: the one copy of every message
+    ACTOR as _ACTOR,
+    CHECKPOINT_DOMAIN,
+    ENTRY_DOMAIN,
+    GENESIS,
+    KEY_PROOF_DOMAIN,
+    STATEMENT_TYPES,
+    card_message,
+    checkpoint_body,
+    checkpoint_message,
+    cosignature_key_id,
+    cosignature_line,
+    cosignature_message,
+    entry_line,
+    entry_message,
+    key_proof_message,
+    make_card,
+    make_statement,
+    origin_of,
+    statement_message,
+)
 
-ENTRY_DOMAIN = b"pharmafl-ledger-entry-v1\x00"
-CHECKPOINT_DOMAIN = b"pharmafl-ledger-checkpoint-v1\x00"
-KEY_PROOF_DOMAIN = b"pharmafl-ledger-key-v1\x00"
-GENESIS_PREV_HASH = "0" * 64
+GENESIS_PREV_HASH = GENESIS
 ACTOR_KEY = "actor_key"
 ALGORITHM = "Ed25519"
 
-_ACTOR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@#+-]{0,127}")
 _escape = json.encoder.encode_basestring
 
 
@@ -89,33 +113,6 @@ def fingerprint(public_key: bytes) -> str:
     return hashlib.sha256(public_key).hexdigest()
 
 
-def entry_message(seq: int, ts: str, actor: str, type_: str, payload: str, prev_hash: str) -> bytes:
-    """The domain-separated canonical bytes an ``entry_hash`` is computed over.
-
-    ``payload`` is already canonical JSON text, so the outer object is assembled directly;
-    its members are in RFC 8785 order (the names are ASCII).
-    """
-    body = (
-        f'{{"actor":{_escape(actor)},"payload":{payload},"prev_hash":{_escape(prev_hash)},'
-        f'"seq":{seq},"ts":{_escape(ts)},"type":{_escape(type_)}}}'
-    )
-    return ENTRY_DOMAIN + body.encode("utf-8")
-
-
-def checkpoint_message(tree_size: int, root_hash: str, ts: str, signer: str) -> bytes:
-    """The domain-separated canonical bytes a checkpoint signature covers."""
-    body = (
-        f'{{"root_hash":{_escape(root_hash)},"signer":{_escape(signer)},'
-        f'"tree_size":{tree_size},"ts":{_escape(ts)}}}'
-    )
-    return CHECKPOINT_DOMAIN + body.encode("utf-8")
-
-
-def key_proof_message(actor: str, public_key_hex: str) -> bytes:
-    """The bytes a new key signs to prove its holder registered it."""
-    return KEY_PROOF_DOMAIN + f'{{"actor":{_escape(actor)},"public_key":{_escape(public_key_hex)}}}'.encode()
-
-
 @dataclass(frozen=True)
 class Entry:
     """One ledger entry exactly as stored; ``payload`` is canonical JSON text."""
@@ -140,11 +137,8 @@ class Entry:
 
     def to_json_line(self) -> str:
         """The canonical JSONL form used in exports (payload embedded as an object)."""
-        return (
-            f'{{"actor":{_escape(self.actor)},"entry_hash":"{self.entry_hash}",'
-            f'"payload":{self.payload},"prev_hash":"{self.prev_hash}","seq":{self.seq},'
-            f'"signature":"{self.signature}","ts":"{self.ts}","type":{_escape(self.type)}}}'
-        )
+        return entry_line(self.seq, self.ts, self.actor, self.type, self.payload, self.prev_hash, self.entry_hash,
+                          self.signature)
 
 
 @dataclass(frozen=True)
@@ -163,3 +157,35 @@ class Checkpoint:
             f'{{"root_hash":"{self.root_hash}","signature":"{self.signature}",'
             f'"signer":{_escape(self.signer)},"tree_size":{self.tree_size},"ts":"{self.ts}"}}'
         )
+
+
+@dataclass(frozen=True)
+class Cosignature:
+    """A witness's C2SP ``cosignature/v1`` of the checkpoint of ``tree_size``.
+
+    ``witness`` is the site id (the cosigner name), ``timestamp`` the POSIX time it signed
+    at, ``signature`` the hex of the 64-byte Ed25519 signature over
+    ``cosignature_message(checkpoint_body(origin_of(run_id), tree_size, root), timestamp)``.
+    """
+
+    tree_size: int
+    witness: str
+    timestamp: int
+    signature: str
+
+    def to_json_line(self) -> str:
+        """Canonical JSON, one line of a bundle's ``cosignatures.jsonl``."""
+        return (f'{{"signature":"{self.signature}","timestamp":{self.timestamp},'
+                f'"tree_size":{self.tree_size},"witness":{_escape(self.witness)}}}')
+
+
+def asserted(entry: Entry) -> tuple[str, dict[str, Any]]:
+    """Who asserts what in ``entry``: ``(site, fields)`` for an embedded site statement
+    (its round and signed payload, then the coordinator's own fields), else
+    ``(entry.actor, entry.data)``."""
+    data = entry.data
+    statement = data.get("statement")
+    if not isinstance(statement, dict):
+        return entry.actor, data
+    rest = {k: v for k, v in data.items() if k != "statement"}
+    return statement["site"], {"round": statement["round"], **statement["payload"], **rest}

@@ -1,21 +1,24 @@
 """Where entries live: SQLModel tables on SQLite (embedded default) or PostgreSQL.
 
-Two tables, the same on both back ends:
+Three tables, the same on both back ends:
 
-``ledger_entries``      seq (primary key) · ts · actor · type · payload · prev_hash ·
-                        entry_hash · signature
-``ledger_checkpoints``  tree_size (primary key) · root_hash · ts · signer · signature
+``ledger_entries``       seq (primary key) · ts · actor · type · payload · prev_hash ·
+                         entry_hash · signature
+``ledger_checkpoints``   tree_size (primary key) · root_hash · ts · signer · signature
+``ledger_cosignatures``  tree_size · witness (primary key together) · timestamp ·
+                         signature: a witness's C2SP ``cosignature/v1`` of a checkpoint
 
 The database itself refuses what the ledger must never do, so that a bug or a careless
 ``psql`` session cannot quietly rewrite history:
 
-* ``UPDATE`` and ``DELETE`` on either table abort (triggers; on PostgreSQL also
+* ``UPDATE`` and ``DELETE`` on any of the tables abort (triggers; on PostgreSQL also
   ``TRUNCATE``, and ``UPDATE, DELETE, TRUNCATE`` are revoked from ``PUBLIC``);
 * an inserted entry must carry the ``entry_hash`` of the row at ``seq - 1`` as its
   ``prev_hash`` (64 zeros at seq 0); with the primary key and no deletions, the sequence
   numbers stay 0..n-1 without gaps (SQLite also checks ``seq = max(seq) + 1``, because its
   ``INSERT OR REPLACE`` deletes the row it replaces without firing delete triggers); a
-  checkpoint may not cover entries that do not exist or replace another.
+  checkpoint may not cover entries that do not exist or replace another; a cosignature
+  must name a stored checkpoint and may not replace another.
 
 The primary key on ``seq`` is what stops two writers forking the chain: only one row can
 ever hold a given sequence number. Writers serialise on a write lock (SQLite
@@ -26,7 +29,8 @@ trusted head (``verify --trusted-head``) are what catch that.
 
 SQLite runs in WAL mode with ``synchronous=FULL``: a commit is on disk when ``append``
 returns, and a process killed mid-append leaves the database as it was before that
-transaction (tested with SIGKILL).
+transaction (tested with SIGKILL). A new ``ledger.db`` is created mode 0600; SQLite gives
+its ``-wal`` and ``-shm`` files the database file's mode.
 
 A PostgreSQL URL may select a schema through libpq options, e.g.
 ``postgresql+psycopg://u:p@host/db?options=-csearch_path%3Dledger_run7``.
@@ -44,12 +48,15 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlmodel import Field, SQLModel
 
 from pharmafl.audit.errors import LedgerError
-from pharmafl.audit.records import GENESIS_PREV_HASH, Checkpoint, Entry
+from pharmafl.audit.records import GENESIS_PREV_HASH, Checkpoint, Cosignature, Entry
 
 ENTRIES = "ledger_entries"
 CHECKPOINTS = "ledger_checkpoints"
+COSIGNATURES = "ledger_cosignatures"
 ENTRY_COLUMNS = ("seq", "ts", "actor", "type", "payload", "prev_hash", "entry_hash", "signature")
 CHECKPOINT_COLUMNS = ("tree_size", "root_hash", "ts", "signer", "signature")
+COSIGNATURE_COLUMNS = ("tree_size", "witness", "timestamp", "signature")
+DB_MODE = 0o600
 
 
 class LedgerEntryRow(SQLModel, table=True):
@@ -77,7 +84,18 @@ class LedgerCheckpointRow(SQLModel, table=True):
     signature: str = Field(sa_column=Column(String(128), nullable=False))
 
 
-_TABLES = [LedgerEntryRow.__table__, LedgerCheckpointRow.__table__]
+class LedgerCosignatureRow(SQLModel, table=True):
+    """One row of ``ledger_cosignatures`` (see :class:`pharmafl.audit.records.Cosignature`)."""
+
+    __tablename__ = COSIGNATURES
+    tree_size: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    witness: str = Field(sa_column=Column(String(128), primary_key=True))
+    timestamp: int = Field(sa_column=Column(BigInteger, nullable=False))
+    signature: str = Field(sa_column=Column(String(128), nullable=False))
+
+
+_TABLES = [LedgerEntryRow.__table__, LedgerCheckpointRow.__table__, LedgerCosignatureRow.__table__]
+_APPEND_ONLY = (ENTRIES, CHECKPOINTS, COSIGNATURES)
 
 # Registrations are few; a partial index finds them without scanning the whole ledger.
 _ACTOR_KEY_INDEX = f"CREATE INDEX IF NOT EXISTS {ENTRIES}_actor_keys ON {ENTRIES} (seq) WHERE type = 'actor_key'"
@@ -85,7 +103,7 @@ _ACTOR_KEY_INDEX = f"CREATE INDEX IF NOT EXISTS {ENTRIES}_actor_keys ON {ENTRIES
 _SQLITE_GUARDS = [
     f"""CREATE TRIGGER IF NOT EXISTS {t}_no_{op.lower()} BEFORE {op} ON {t}
         BEGIN SELECT RAISE(ABORT, 'pharmafl ledger: {t} is append-only; {op} refused'); END"""
-    for t in (ENTRIES, CHECKPOINTS) for op in ("UPDATE", "DELETE")
+    for t in _APPEND_ONLY for op in ("UPDATE", "DELETE")
 ] + [
     f"""CREATE TRIGGER IF NOT EXISTS {ENTRIES}_chain BEFORE INSERT ON {ENTRIES}
         WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq), -1) + 1 FROM {ENTRIES})  -- also stops INSERT OR REPLACE
@@ -96,6 +114,11 @@ _SQLITE_GUARDS = [
         WHEN NEW.tree_size > (SELECT COALESCE(MAX(seq), -1) + 1 FROM {ENTRIES})
           OR EXISTS (SELECT 1 FROM {CHECKPOINTS} WHERE tree_size = NEW.tree_size)  -- INSERT OR REPLACE
         BEGIN SELECT RAISE(ABORT, 'pharmafl ledger: checkpoint covers missing entries'); END""",
+    f"""CREATE TRIGGER IF NOT EXISTS {COSIGNATURES}_checkpointed BEFORE INSERT ON {COSIGNATURES}
+        WHEN NOT EXISTS (SELECT 1 FROM {CHECKPOINTS} WHERE tree_size = NEW.tree_size)
+          OR EXISTS (SELECT 1 FROM {COSIGNATURES}
+                     WHERE tree_size = NEW.tree_size AND witness = NEW.witness)  -- INSERT OR REPLACE
+        BEGIN SELECT RAISE(ABORT, 'pharmafl ledger: cosignature of a missing checkpoint or a replacement'); END""",
     _ACTOR_KEY_INDEX,
 ]
 
@@ -121,9 +144,17 @@ _PG_GUARDS = [
          END IF;
          RETURN NEW;
        END $$""",
+    f"""CREATE OR REPLACE FUNCTION ledger_check_cosignature() RETURNS trigger LANGUAGE plpgsql AS $$
+       BEGIN
+         IF NOT EXISTS (SELECT 1 FROM {CHECKPOINTS} WHERE tree_size = NEW.tree_size) THEN
+           RAISE EXCEPTION 'pharmafl ledger: cosignature of a missing checkpoint %', NEW.tree_size
+             USING ERRCODE = 'integrity_constraint_violation';
+         END IF;
+         RETURN NEW;
+       END $$""",
 ] + [
     stmt
-    for t in (ENTRIES, CHECKPOINTS)
+    for t in _APPEND_ONLY
     for stmt in (
         f"DROP TRIGGER IF EXISTS {t}_append_only ON {t}",
         f"""CREATE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE ON {t}
@@ -140,6 +171,9 @@ _PG_GUARDS = [
     f"DROP TRIGGER IF EXISTS {CHECKPOINTS}_covered ON {CHECKPOINTS}",
     f"""CREATE TRIGGER {CHECKPOINTS}_covered BEFORE INSERT ON {CHECKPOINTS}
         FOR EACH ROW EXECUTE FUNCTION ledger_check_checkpoint()""",
+    f"DROP TRIGGER IF EXISTS {COSIGNATURES}_checkpointed ON {COSIGNATURES}",
+    f"""CREATE TRIGGER {COSIGNATURES}_checkpointed BEFORE INSERT ON {COSIGNATURES}
+        FOR EACH ROW EXECUTE FUNCTION ledger_check_cosignature()""",
 ]
 
 
@@ -155,7 +189,7 @@ def resolve_target(target: str | os.PathLike) -> str:
 
 
 class Storage:
-    """The two ledger tables behind one SQLAlchemy engine; no hashing or signing here."""
+    """The ledger tables behind one SQLAlchemy engine; no hashing or signing here."""
 
     def __init__(self, url: str):
         self.url = url
@@ -177,7 +211,7 @@ class Storage:
     def create_schema(self) -> None:
         """Create the tables and their guards (idempotent)."""
         if self.dialect == "sqlite":
-            Path(self.url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(self.url.removeprefix("sqlite:///")))
         with self.write() as conn:
             if self.dialect == "postgresql":  # serialise concurrent creators of the schema
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('pharmafl-ledger-schema'))")
@@ -232,6 +266,12 @@ class Storage:
         conn.execute(LedgerCheckpointRow.__table__.insert(), [cp.__dict__])
 
     @staticmethod
+    def insert_cosignatures(conn: Connection, cosignatures: Sequence[Cosignature]) -> None:
+        if cosignatures:
+            rows = [{name: getattr(c, name) for name in COSIGNATURE_COLUMNS} for c in cosignatures]
+            conn.execute(LedgerCosignatureRow.__table__.insert(), rows)
+
+    @staticmethod
     def entries(conn: Connection, start: int = 0, stop: int | None = None,
                 type_: str | None = None, chunk: int = 10_000) -> Iterator[Entry]:
         """Entries with ``start <= seq < stop`` (optionally of one type), in order, chunked."""
@@ -255,8 +295,29 @@ class Storage:
         rows = conn.exec_driver_sql(f"SELECT {cols} FROM {CHECKPOINTS} ORDER BY tree_size").all()
         return [Checkpoint(*row) for row in rows]
 
+    @staticmethod
+    def cosignatures(conn: Connection) -> list[Cosignature]:
+        """Every stored cosignature, by ``(tree_size, witness)``; none in a ledger written
+        before cosignatures existed (the table is added when it is next opened for writing)."""
+        if not conn.dialect.has_table(conn, COSIGNATURES):
+            return []
+        cols = ", ".join(COSIGNATURE_COLUMNS)
+        rows = conn.exec_driver_sql(f"SELECT {cols} FROM {COSIGNATURES} ORDER BY tree_size, witness").all()
+        return [Cosignature(*row) for row in rows]
+
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _create_private(path: Path) -> None:
+    """Create an empty database file readable by its owner only (if it does not exist yet)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DB_MODE)
+    except FileExistsError:
+        return
+    os.fchmod(fd, DB_MODE)  # whatever the umask
+    os.close(fd)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

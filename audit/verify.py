@@ -1,45 +1,30 @@
-"""Standalone verifier for pharmafl audit ledgers: ``python -m pharmafl.audit.verify PATH``.
+"""Standalone verifier of pharmafl ledger bundles: ``python -m pharmafl.audit.verify BUNDLE``.
 
-Imports only the standard library and ``cryptography`` (``psycopg`` lazily for a
-PostgreSQL URL, ``pyarrow`` lazily to cross-check a bundle's Parquet copy), so it runs
-without the rest of pharmafl. PATH is a SQLite file, a run directory holding
-``ledger.db``, a ``postgresql://`` URL, or an exported bundle directory.
-
-For every entry, in order, it checks: ``seq`` is 0, 1, 2, ...; ``ts`` is RFC 3339 UTC
-(µs, ``Z``) and never decreases; ``prev_hash`` is the previous ``entry_hash``; the payload
-is RFC 8785 canonical JSON; ``entry_hash`` = SHA-256(b"pharmafl-ledger-entry-v1\\0" ||
-JCS({actor, payload, prev_hash, seq, ts, type})); the actor registered a key earlier
-(``actor_key``: entry 0 is the registrar registering itself, later ones are written by the
-registrar, each actor once, with a proof of possession); the Ed25519 signature (RFC 8032)
-over ``entry_hash`` (in parallel). For every checkpoint: RFC 9162 Merkle root over the
-first ``tree_size`` leaves (leaf = ``entry_hash || signature``), signer registered within
-that prefix, signature, order. ``--trusted-head`` (a checkpoint received out of band) also
-catches truncation and a chain rewritten under new keys; so does ``--trusted-keys``
-(a ``keys.json``, or the bundle holding one) for the latter.
-
-Prints ``OK: N entries, M checkpoints, head <Merkle root>`` and exits 0, or
-``FAIL: seq S: why`` for the first bad sequence number and exits 1 (a checkpoint names the
-last entry it covers); exit 2 when PATH cannot be read at all.
+Reads a bundle with the standard library, ``cryptography`` (Ed25519, RFC 8032, on worker
+processes) and the format modules :mod:`.messages` and :mod:`.rfc9162` (``pyarrow`` only for
+``entries.parquet``); databases are adapted outside (:mod:`.dbsource`). Every check is a small
+method of :class:`Run` that raises :class:`VerificationError` at the first failure; see
+docs/trust-domains.md for who signs what. ``--trusted-head`` (a checkpoint), ``--trusted-keys``
+(a keys.json) and ``--roster`` (a consortium.json) are anchors received out of band.
+Prints ``OK: N entries, M checkpoints (W witnessed, quorum K of S sites), head <root>`` (exit 0),
+``FAIL: seq S: why`` (1) or ``ERROR: why`` (2: unreadable).
 """
 
 from __future__ import annotations
 
-import argparse, hashlib, itertools, json, math, multiprocessing, os, re, sqlite3, sys  # noqa: E401
-from collections.abc import Iterable, Iterator
+import argparse, hashlib, itertools, json, multiprocessing, os, sys  # noqa: E401
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-ENTRY, CHECKPOINT, KEY_PROOF = (b"pharmafl-ledger-%s-v1\x00" % k for k in (b"entry", b"checkpoint", b"key"))
-GENESIS = "0" * 64
+from pharmafl.audit import messages as m
+from pharmafl.audit.rfc9162 import fold, push, verify_consistency, verify_inclusion  # noqa: F401 (re-exported)
+
+canonical = m.canonical
 ENTRY_FIELDS = ("actor", "entry_hash", "payload", "prev_hash", "seq", "signature", "ts", "type")
-ENTRY_ORDER = ("seq", "ts", "actor", "type", "payload", "prev_hash", "entry_hash", "signature")  # columns
-CHECKPOINT_FIELDS = ("root_hash", "signature", "signer", "tree_size", "ts")
-BUNDLE_FILES = {"entries.jsonl", "checkpoints.jsonl", "keys.json"}  # + optional entries.parquet
-HEX = {64: re.compile(r"[0-9a-f]{64}"), 128: re.compile(r"[0-9a-f]{128}")}
-_escape = json.encoder.encode_basestring  # the escapes RFC 8785 §3.2.2.2 prescribes
-TS = re.compile(r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{6}Z")
+ENTRY_ORDER = ("seq", "ts", "actor", "type", "payload", "prev_hash", "entry_hash", "signature")  # row tuples
+BUNDLE_FILES = {"checkpoints.jsonl", "cosignatures.jsonl", "entries.jsonl", "keys.json"}  # + entries.parquet
 
 
 class VerificationError(Exception):
@@ -50,442 +35,332 @@ class VerificationError(Exception):
         self.seq, self.reason, self.unreadable = seq, reason, unreadable
 
 
-def canonical(v) -> str:
-    """RFC 8785 (JCS) text of a parsed JSON value; refuses what has no canonical form."""
-    t = type(v)
-    if t is str:
-        return _escape(v)
-    if t is dict:  # members in UTF-16 code-unit order (RFC 8785 §3.2.3); for ASCII names, plain order
-        names = sorted(v)
-        if not "".join(names).isascii():
-            names.sort(key=lambda s: s.encode("utf-16-be", "surrogatepass"))
-        return "{" + ",".join([_escape(k) + ":" + canonical(v[k]) for k in names]) + "}"
-    if t is list:
-        return "[" + ",".join([canonical(x) for x in v]) + "]"
-    if t is int:
-        if abs(v) < 2**53:
-            return str(v)
-        if abs(v) >= 2**1024 or canonical(float(v)) != str(v):  # digits must be the double's own
-            raise ValueError(f"integer {v} is not an IEEE-754 double written canonically")
-        return str(v)
-    if t is float:
-        if not math.isfinite(v):
-            raise ValueError(f"{v} is not a JSON number")
-        if v == 0:
-            return "0"
-        mant, _, exp = repr(abs(v)).partition("e")  # shortest round-trip digits, as ECMAScript
-        whole, _, frac = mant.partition(".")
-        digits = whole + ("" if frac == "0" else frac)
-        n, stripped = len(whole) + int(exp or 0), digits.lstrip("0")
-        n, digits = n - (len(digits) - len(stripped)), stripped.rstrip("0")
-        k, sign = len(digits), "-" if v < 0 else ""
-        if k <= n <= 21:
-            return sign + digits + "0" * (n - k)
-        if 0 < n <= 21:
-            return sign + digits[:n] + "." + digits[n:]
-        if -6 < n <= 0:
-            return sign + "0." + "0" * -n + digits
-        return f"{sign}{digits[0]}{'.' + digits[1:] if k > 1 else ''}e{'+' if n > 1 else '-'}{abs(n - 1)}"
-    if v is None or t is bool:
-        return "null" if v is None else "true" if v else "false"
-    raise ValueError(f"{t.__name__} is not a JSON value")
+def _need(ok, reason: str, seq: int | None = None, unreadable: bool = False) -> None:
+    if not ok:
+        raise VerificationError(reason, seq, unreadable=unreadable)
 
 
-def _node(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
-
-
-def verify_inclusion(index: int, size: int, leaf: bytes, proof: list[bytes], root: bytes) -> bool:
-    """RFC 9162 §2.1.3.2: is ``leaf`` (a leaf hash) at ``index`` in the tree of ``size`` with ``root``?"""
-    if not 0 <= index < size:
-        return False
-    fn, sn, r = index, size - 1, leaf
-    for p in proof:
-        if sn == 0:
-            return False
-        if fn & 1 or fn == sn:
-            r = _node(p, r)
-            while not fn & 1 and fn:
-                fn, sn = fn >> 1, sn >> 1
-        else:
-            r = _node(r, p)
-        fn, sn = fn >> 1, sn >> 1
-    return sn == 0 and r == root
-
-
-def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, proof: list[bytes]) -> bool:
-    """RFC 9162 §2.1.4.2: is the tree of size ``old`` a prefix of the tree of size ``new``?"""
-    if not 0 <= old <= new:
-        return False
-    if old == new or old == 0:
-        return not proof and (old == 0 or old_root == new_root)
-    path = [old_root, *proof] if old & (old - 1) == 0 else list(proof)
-    if not path:
-        return False
-    fn, sn = old - 1, new - 1
-    while fn & 1:
-        fn, sn = fn >> 1, sn >> 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            return False
-        if fn & 1 or fn == sn:
-            fr, sr = _node(c, fr), _node(c, sr)
-            while not fn & 1 and fn:
-                fn, sn = fn >> 1, sn >> 1
-        else:
-            sr = _node(sr, c)
-        fn, sn = fn >> 1, sn >> 1
-    return sn == 0 and fr == old_root and sr == new_root
-
-
-def _sig_ok(raw_key: bytes, sig: bytes, msg: bytes) -> bool:
-    try:
-        Ed25519PublicKey.from_public_bytes(raw_key).verify(sig, msg)
-        return True
-    except (InvalidSignature, ValueError):
-        return False
-
-
-def _first_bad_signature(chunk: list[tuple[int, bytes, bytes, bytes]]) -> int | None:
-    keys: dict[bytes, Ed25519PublicKey] = {}
-    for seq, raw, sig, msg in chunk:
-        key = keys.get(raw) or keys.setdefault(raw, Ed25519PublicKey.from_public_bytes(raw))
-        try:
-            key.verify(sig, msg)
-        except InvalidSignature:
-            return seq
-    return None
-
-
-def _hex(value, length: int) -> bool:
-    return isinstance(value, str) and len(value) == length and HEX[length].fullmatch(value) is not None
-
-
-def _record(obj, fields: tuple, where: str, seq: int | None = None) -> dict:
-    if not isinstance(obj, dict) or tuple(sorted(obj)) != fields:
-        raise VerificationError(f"{where}: expected exactly the fields {', '.join(fields)}", seq)
+def _shape(obj, shape: dict, where: str, seq: int | None = None) -> dict:
+    _need(m.fits(obj, shape), f"{where}: expected exactly the fields {', '.join(sorted(shape))}, well formed", seq)
     return obj
 
 
-def _jsonl(path: Path, fields: tuple, entries: bool) -> Iterator[dict | tuple]:
-    """Records of a bundle's JSONL file; each line must be exactly its canonical form."""
-    with open(path, "rb") as lines:
-        for i, line in enumerate(lines):
-            seq = i if entries else None
-            try:
-                if not line.endswith(b"\n"):
-                    raise ValueError("missing final newline")
-                record = _record(json.loads(line), fields, f"{path.name} line {i + 1}", seq)
-                if entries:  # the canonical line rebuilt from the fields (cheaper than re-encoding it all)
-                    record = tuple(canonical(record[k]) if k == "payload" else record[k] for k in ENTRY_ORDER)
-                if (_line(record) if entries else canonical(record)).encode() != line[:-1]:
-                    raise ValueError("not RFC 8785 canonical JSON")
-            except ValueError as err:
-                raise VerificationError(f"{path.name} line {i + 1}: {err}", seq) from None
-            yield record
-
-
-def _line(row: tuple) -> str:
-    """The canonical JSONL line of an entry given as (seq, ts, actor, type, payload text, prev, hash, sig)."""
-    seq, ts, actor, type_, payload, prev, entry_hash, sig = (x if i == 4 else canonical(x) for i, x in enumerate(row))
-    return (f'{{"actor":{actor},"entry_hash":{entry_hash},"payload":{payload},"prev_hash":{prev},"seq":{seq},'
-            f'"signature":{sig},"ts":{ts},"type":{type_}}}')
-
-
-def read_bundle(path: Path) -> tuple[Iterator[tuple], list[dict]]:
-    return _jsonl(path / "entries.jsonl", ENTRY_FIELDS, True), list(
-        _jsonl(path / "checkpoints.jsonl", CHECKPOINT_FIELDS, False))
-
-
-def read_database(target: str) -> tuple[Iterator[tuple], list[dict]]:
-    if target.startswith("postgres"):
-        import psycopg  # only for a PostgreSQL URL
-
-        conn = psycopg.connect(re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql://", target))
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        cursor = conn.cursor(name="pharmafl_verify")  # server-side: streams, one snapshot
-    else:
-        conn = sqlite3.connect(Path(target).resolve().as_uri() + "?mode=ro", uri=True)
-        conn.execute("BEGIN")
-        cursor = conn.cursor()
-    cps = [dict(zip(CHECKPOINT_FIELDS, r)) for r in conn.execute(
-        "SELECT root_hash, signature, signer, tree_size, ts FROM ledger_checkpoints ORDER BY tree_size")]
-
-    def rows() -> Iterator[tuple]:
+def _first_bad(chunk: list[tuple]) -> tuple[int, str] | None:
+    keys: dict[bytes, Ed25519PublicKey] = {}
+    for seq, raw, sig, msg, what in chunk:
         try:
-            cursor.execute("SELECT seq, ts, actor, type, payload, prev_hash, entry_hash, signature "
-                           "FROM ledger_entries ORDER BY seq")
-            yield from cursor
-        finally:
-            conn.close()
-    return rows(), cps
+            (keys.get(raw) or keys.setdefault(raw, Ed25519PublicKey.from_public_bytes(raw))).verify(sig, msg)
+        except InvalidSignature:
+            return seq, what
+    return None
+
+
+def _sig_ok(raw_key: bytes, sig: bytes, msg: bytes) -> bool:
+    return _first_bad([(0, raw_key, sig, msg, "")]) is None
 
 
 class _Signatures:
-    """Checks signatures in chunks on worker processes while the caller keeps hashing."""
+    """Ed25519 checks in chunks on worker processes while the caller keeps hashing."""
 
-    def __init__(self, jobs: int | None, chunk: int = 4000):
-        self.jobs, self.chunk, self.todo, self.pending, self.pool = jobs or os.cpu_count() or 1, chunk, [], [], None
+    def __init__(self, jobs: int | None):
+        self.jobs, self.todo, self.done, self.pool = jobs or os.cpu_count() or 1, [], [], None
 
-    def add(self, seq: int, raw_key: bytes, sig: bytes, msg: bytes) -> None:
-        self.todo.append((seq, raw_key, sig, msg))
-        if len(self.todo) >= self.chunk:
-            self._submit()
+    def add(self, *item) -> None:  # (seq, raw public key, signature, message, why it fails if it does)
+        self.todo.append(item)
+        if len(self.todo) == 4000:
+            if self.pool is None and self.jobs > 1:
+                self.pool = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Pool(self.jobs)
+            self.done.append(self.pool.apply_async(_first_bad, (self.todo,)) if self.pool else _first_bad(self.todo))
+            self.todo = []
 
-    def _submit(self) -> None:
-        if self.jobs > 1 and self.pool is None:
-            self.pool = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Pool(self.jobs)
-        if self.pool is None:
-            self.pending.append(_first_bad_signature(self.todo))
-        else:
-            self.pending.append(self.pool.apply_async(_first_bad_signature, (self.todo,)))
-        self.todo = []
-
-    def first_bad(self) -> int | None:
-        if self.todo:
-            if self.pool is None:
-                self.jobs = 1  # one chunk: not worth starting workers
-            self._submit()
+    def failures(self) -> list[VerificationError]:
         try:
-            bad = [r if isinstance(r, int) or r is None else r.get() for r in self.pending]
+            found = [r.get() if hasattr(r, "get") else r for r in self.done] + [_first_bad(self.todo)]
         finally:
             if self.pool is not None:
                 self.pool.terminate()
-        return next((s for s in bad if s is not None), None)
+        return [VerificationError(why, seq) for seq, why in filter(None, found)][:1]
 
 
-def verify(entries: Iterable[tuple], checkpoints: list[dict], *, trusted_head: dict | None = None,
-           trusted_keys: dict | None = None, jobs: int | None = None) -> tuple[int, int, str, dict]:
-    """Check everything; return ``(entries, checkpoints, root hex, registered keys)`` or raise."""
-    failures: list[VerificationError] = []
-    keys: dict[str, tuple[bytes, int]] = {}  # actor -> (raw public key, registration seq)
-    want = {c.get("tree_size") for c in checkpoints + [trusted_head] if isinstance(c, dict)
-            and type(c.get("tree_size")) is int}
-    roots: dict[int, tuple[bytes, str]] = {}  # tree size -> (root, ts of its last entry)
-    stack: list[tuple[int, bytes]] = []  # perfect subtrees covering the leaves so far
-    sigs = _Signatures(jobs)
-    prev, last_ts, registrar, n = GENESIS, "", None, 0
+class Run:
+    """What the entries establish (keys, pinned sites, statements seen); the summary once verified."""
+
+    def __init__(self, trusted_keys: dict | None = None, roster: str | None = None, jobs: int | None = None):
+        self.trusted_keys, self.roster, self.keys, self.sites, self.seen = trusted_keys, roster, {}, {}, set()
+        self.registrar = self.run_id = self.started = self.ended = None
+        self.entries, self.checkpoints, self.witnessed, self.quorum, self.sigs = 0, 0, 0, 0, _Signatures(jobs)
+
+    def line(self) -> str:
+        return (f"OK: {self.entries} entries, {self.checkpoints} checkpoints ({self.witnessed} witnessed, quorum "
+                f"{self.quorum} of {len(self.sites)} sites), head {self.root}")
+
+    def entry(self, i: int, row: tuple, prev: str, last_ts: str) -> dict:
+        """Sequence, shape, time order, chain link, canonical payload and hash of one entry row."""
+        seq, ts, actor, type_, payload, prev_hash, entry_hash, sig = row[:8]
+        _need(type(seq) is int and seq == i, f"found sequence number {seq!r} where {i} belongs: an entry was "
+              "deleted, inserted or moved", i)
+        _need(m.CHECKPOINT_SHAPE["ts"](ts) and m.KEY_SHAPE["actor"](actor) and type(type_) is str and type_.isascii()
+              and type_.isidentifier() and m.is_hex(prev_hash, 64) and m.is_hex(entry_hash, 64) and m.is_hex(sig, 128)
+              and type(payload) is str, "malformed field (ts: RFC 3339 UTC with µs and Z; hashes: lowercase hex)", i)
+        _need(ts >= last_ts, f"timestamp {ts} is earlier than the previous entry's {last_ts}", i)
+        _need(prev_hash == prev, "prev_hash is not the previous entry's entry_hash: the chain breaks here", i)
+        try:  # a bundle row carries its payload parsed from a line found canonical already
+            data = row[8] if len(row) > 8 else json.loads(payload)
+            _need(type(data) is dict and (len(row) > 8 or canonical(data) == payload), "")
+        except (ValueError, RecursionError, VerificationError):
+            raise VerificationError("payload is not an RFC 8785 canonical JSON object", i) from None
+        _need(hashlib.sha256(m.entry_message(seq, ts, actor, type_, payload, prev_hash)).hexdigest() == entry_hash,
+              "entry_hash does not match the entry's contents: the entry was altered", i)
+        return data
+
+    def registration(self, i: int, actor: str, data: dict) -> None:
+        """``actor_key``: by the registrar (a ``user:*`` key: her own enrolment), once, with proof of possession."""
+        who = data.get("actor")
+        user = type(who) is str and who.startswith("user:")
+        _shape(data, {**m.KEY_SHAPE, "enrolment": lambda v: type(v) is dict} if user else m.KEY_SHAPE, "actor_key", i)
+        _need(who not in self.keys, f"{who!r} is registered again (first at seq {self.keys.get(who, (0, 0))[1]})", i)
+        self.registrar, raw = actor if i == 0 else self.registrar, bytes.fromhex(data["public_key"])
+        _need(actor == who if user else actor == self.registrar and (i > 0 or who == actor), f"actor_key for {who!r} "
+              f"written by {actor!r}: only the registrar {self.registrar!r} registers actors, a user only herself", i)
+        _need(data["fingerprint"] == m.sha256_hex(raw) and _sig_ok(raw, bytes.fromhex(data["proof"]),
+              m.key_proof_message(who, data["public_key"])), f"actor_key for {who!r}: wrong fingerprint or proof", i)
+        _need(self.trusted_keys is None or (self.trusted_keys.get(who) or {}).get("public_key") == data["public_key"],
+              f"the key registered for {who!r} is not the one in the trusted key bundle", i)
+        _need(self.sites.get(who, raw) == raw, f"actor_key for {who!r} is not the key of its pinned site card", i)
+        self.keys[who] = (raw, i)
+
+    def run_started(self, i: int, data: dict) -> None:
+        """The consortium: roster hash, each card's fingerprint and self-signature; one run per ledger."""
+        _need(self.started is None, f"a second run_started (the first at seq {self.started}): one ledger, one run", i)
+        cons, self.run_id, self.started = data.get("consortium"), data.get("run_id"), i
+        _need(type(self.run_id) is str and type(cons) is dict and sorted(cons) == ["cards", "roster_sha256"] and
+              type(cons["cards"]) is dict and cons["cards"], "run_started must carry run_id and consortium "
+              "{cards, roster_sha256}", i)
+        _need(cons["roster_sha256"] == m.sha256_hex(canonical(cons["cards"])), "run_started: wrong roster_sha256", i)
+        _need(self.roster in (None, cons["roster_sha256"]), f"run_started pins another roster than the trusted "
+              f"{self.roster}", i)
+        for site, card in cons["cards"].items():
+            pk, sig = (card.get("public_key"), card.get("signature")) if type(card) is dict else (None, None)
+            raw = bytes.fromhex(pk) if m.is_hex(pk, 64) else b""
+            _need(raw and m.is_hex(sig, 128) and card.get("site") == site and card.get("format") == m.CARD_FORMAT and
+                  card.get("fingerprint") == m.sha256_hex(raw) and _sig_ok(raw, bytes.fromhex(sig), m.card_message(
+                      card)) and self.keys.get(site, (raw,))[0] == raw, f"run_started: the card of {site!r} is "
+                  "malformed, its fingerprint or self-signature does not verify, or another key is registered", i)
+            self.sites[site] = raw
+        _need(len(set(self.sites.values())) == len(self.sites), "run_started: two sites share one key", i)
+
+    def statement(self, i: int, type_: str, data: dict) -> None:
+        """A site's signed statement, embedded verbatim; its signature goes to the workers."""
+        st = data.get("statement")
+        if st is None and type_ == "privacy_spent" and data.get("party") == "server":
+            return  # the coordinator's own client-level accounting
+        site, rnd = _shape(st, m.STATEMENT_SHAPE, f"{type_} entry: its site statement", i)["site"], st["round"]
+        _need(site in self.sites, f"statement by {site!r}, which is not a site pinned by run_started", i)
+        _need((st["type"], st["run_id"]) == (type_, self.run_id), f"a {st['type']} statement of run "
+              f"{st['run_id']!r} in a {type_} entry of run {self.run_id!r}", i)
+        _need(st["payload_sha256"] == m.sha256_hex(canonical(st["payload"])), "statement payload_sha256 is not the "
+              "payload's: altered", i)
+        _need((site, type_, rnd) not in self.seen, f"{site}'s {type_} statement of round {rnd} again: replayed", i)
+        self.seen.add((site, type_, rnd))
+        self.sigs.add(i, self.sites[site], bytes.fromhex(st["signature"]), m.statement_message(
+            self.run_id, rnd, site, type_, st["payload_sha256"]), f"{site}'s statement signature does not verify "
+            "under its pinned key")
+
+    def checkpoint(self, cp, name: str, stop: int, roots: dict, previous: tuple | None) -> None:
+        """Coverage, signer, signature, order and Merkle root of one signed tree head."""
+        size, n = cp.get("tree_size") if type(cp) is dict else None, self.entries
+        last = size - 1 if type(size) is int and size > 0 else 0
+        name = f"{_shape(cp, m.CHECKPOINT_SHAPE, name, last) and name} (tree size {size})"
+        _need(size <= n, f"{name} covers seq {size - 1}, but the ledger ends at {n} entries: entries {n}..{size - 1} "
+              "are missing (truncated)", n)
+        if size > stop:
+            return  # an earlier failure already lies inside this prefix
+        key, seq = self.keys.get(cp["signer"], (b"", size))
+        _need(seq < size, f"{name}: signer {cp['signer']!r} is not registered within the entries it covers", last)
+        if not _sig_ok(key, bytes.fromhex(cp["signature"]), m.checkpoint_message(size, cp["root_hash"], cp["ts"],
+                                                                                 cp["signer"])):
+            _need(previous, f"{name} does not verify under the key registered here: the chain was rewritten under "
+                  "new keys, or the trusted head is not genuine", seq)  # a head we trust: the registration lies
+            _need(False, f"{name}: signature does not verify under {cp['signer']!r}'s registered key", last)
+        _need(not previous or (size > previous[0] and cp["ts"] >= previous[1]), f"{name}: out of order", last)
+        _need(cp["ts"] >= roots[size][1], f"{name}: signed at {cp['ts']}, before the last entry it covers", last)
+        _need(roots[size][0].hex() == cp["root_hash"], f"{name}: root {cp['root_hash'][:16]}... disagrees with the "
+              f"Merkle root of entries 0..{size - 1} ({roots[size][0].hex()[:16]}...)", last)
+
+    def witnesses(self, cps: list[dict], cosigs: list) -> int:
+        """Cosignatures valid, by pinned sites; a quorum on the run's checkpoints, which cover the run."""
+        roots, count, n = {cp["tree_size"]: cp["root_hash"] for cp in cps}, {}, self.entries
+        for j, c in enumerate(cosigs):
+            size, who = _shape(c, m.COSIGNATURE_SHAPE, f"cosignature {j}")["tree_size"], c["witness"]
+            _need(size in roots and who in self.sites, f"cosignature {j}: {who!r} cosigned tree size {size}, but only "
+                  "a pinned site cosigns, and only a checkpoint of this ledger", size - 1 if size in roots else None)
+            body = m.checkpoint_body(m.origin_of(self.run_id), size, roots[size])
+            _need(_sig_ok(self.sites[who], bytes.fromhex(c["signature"]), m.cosignature_message(body, c["timestamp"])),
+                  f"cosignature {j}: {who}'s cosignature of tree size {size} does not verify (pinned key)", size - 1)
+            count.setdefault(size, set()).add(who)
+        covered = n if self.started is None else self.started
+        for size in roots:  # by size: from the first after run_started to the first covering run_ended
+            if self.started is not None and size > self.started and (self.ended is None or covered <= self.ended):
+                _need(len(count.get(size, ())) >= self.quorum, f"checkpoint (tree size {size}) is cosigned by "
+                      f"{len(count.get(size, ()))} pinned sites; the witness policy needs {self.quorum}", size - 1)
+                covered = size
+        last = n - 1 if self.ended is None else self.ended
+        _need(covered > last, f"entries {covered}..{last} of the run lie under no witnessed checkpoint", covered)
+        return sum(len(count.get(size, ())) >= max(self.quorum, 1) for size in roots)
+
+
+def verify(entries, checkpoints: list, cosignatures: list = (), *, trusted_head=None, has_head: bool = False,
+           trusted_keys: dict | None = None, roster: str | None = None, witnesses: int | None = None,
+           jobs: int | None = None) -> Run:
+    """Check entry rows ``(seq, ts, actor, type, payload text, prev_hash, entry_hash, signature)``, checkpoint
+    and cosignature dicts; ``has_head``: a trusted head was given (so that ``null`` there fails)."""
+    run, failures, roots, stack, prev, last_ts = Run(trusted_keys, roster, jobs), [], {}, [], m.GENESIS, ""
+    want = {c["tree_size"] for c in [*checkpoints, trusted_head] if type(c) is dict and type(c.get("tree_size")) is int}
     try:
-        for i, (seq, ts, actor, type_, payload, prev_hash, entry_hash, sig) in enumerate(entries):
-            if type(seq) is not int or seq != i:
-                raise VerificationError(f"found sequence number {seq!r} where {i} belongs: an entry was "
-                                        "deleted, inserted or moved", i)
-            if not (isinstance(ts, str) and TS.fullmatch(ts) and isinstance(actor, str) and isinstance(type_, str)
-                    and _hex(prev_hash, 64) and _hex(entry_hash, 64) and _hex(sig, 128)):
-                raise VerificationError("malformed field (ts: RFC 3339 UTC with µs and Z; hashes: lowercase hex)", i)
-            if ts < last_ts:
-                raise VerificationError(f"timestamp {ts} is earlier than the previous entry's {last_ts}", i)
-            if prev_hash != prev:
-                raise VerificationError("prev_hash is not the previous entry's entry_hash: the chain breaks here", i)
-            try:
-                data = json.loads(payload)
-                ok = isinstance(data, dict) and canonical(data) == payload
-            except (TypeError, ValueError):
-                ok = False
-            if not ok:
-                raise VerificationError("payload is not an RFC 8785 canonical JSON object", i)
-            body = (f'{{"actor":{canonical(actor)},"payload":{payload},"prev_hash":"{prev_hash}","seq":{seq},'
-                    f'"ts":"{ts}","type":{canonical(type_)}}}')
-            if hashlib.sha256(ENTRY + body.encode()).hexdigest() != entry_hash:
-                raise VerificationError("entry_hash does not match the entry's contents: the entry was altered", i)
+        for i, row in enumerate(entries):
+            data, actor, type_ = run.entry(i, row, prev, last_ts), row[2], row[3]
+            _need(i or type_ == "actor_key", "entry 0 must be the registrar's own actor_key entry", i)
             if type_ == "actor_key":
-                registrar = actor if i == 0 else registrar
-                _check_registration(i, actor, data, registrar, keys, trusted_keys)
-            elif i == 0:
-                raise VerificationError("entry 0 must be the registrar's own actor_key entry", i)
-            if actor not in keys:
-                raise VerificationError(f"actor {actor!r} has no actor_key entry before this one", i)
-            leaf = bytes.fromhex(entry_hash + sig)
-            sigs.add(i, keys[actor][0], leaf[32:], leaf[:32])
-            stack.append((1, hashlib.sha256(b"\x00" + leaf).digest()))
-            while len(stack) > 1 and stack[-1][0] == stack[-2][0]:
-                (w, right), (_, left) = stack.pop(), stack.pop()
-                stack.append((2 * w, _node(left, right)))
+                run.registration(i, actor, data)
+            elif type_ == "run_started":
+                run.run_started(i, data)
+            elif type_ in m.STATEMENT_TYPES:
+                run.statement(i, type_, data)
+            elif type_ == "run_ended" and run.started is not None and run.ended is None:
+                run.ended = i
+            _need(actor in run.keys, f"actor {actor!r} has no actor_key entry before this one", i)
+            leaf = bytes.fromhex(row[6] + row[7])
+            run.sigs.add(i, run.keys[actor][0], leaf[32:], leaf[:32], "signature does not verify under the actor's "
+                         "registered key")
+            push(stack, hashlib.sha256(b"\x00" + leaf).digest())
             if i + 1 in want:
-                roots[i + 1] = (_fold(stack), ts)
-            prev, last_ts, n = entry_hash, ts, i + 1
+                roots[i + 1] = (fold(stack), row[1])
+            prev, last_ts, run.entries = row[6], row[1], i + 1
     except VerificationError as err:
         failures.append(err)
-    bad_sig = sigs.first_bad()
-    if bad_sig is not None:
-        failures.append(VerificationError("signature does not verify under the actor's registered key", bad_sig))
-    stop = min([f.seq for f in failures] + [n])
-    previous: tuple[int, str] | None = (0, "")
-    for j, cp in enumerate(checkpoints + ([trusted_head] if trusted_head else [])):
-        trusted = j == len(checkpoints)
-        name = "trusted head" if trusted else f"checkpoint {j}"
+    finally:
+        failures += run.sigs.failures()
+    stop, previous = min([f.seq for f in failures] + [run.entries]), (0, "")
+    for j, cp in enumerate([*checkpoints, trusted_head] if has_head else checkpoints):
         try:
-            _check_checkpoint(cp, name, stop, n, keys, roots, None if trusted else previous)
+            head = j == len(checkpoints)
+            run.checkpoint(cp, "trusted head" if head else f"checkpoint {j}", stop, roots, None if head else previous)
         except VerificationError as err:
             failures.append(err)
             break
         previous = (cp["tree_size"], cp["ts"])
     if failures:
         raise min(failures, key=lambda f: f.seq)
-    return n, len(checkpoints), _fold(stack).hex(), {a: (k.hex(), s) for a, (k, s) in keys.items()}
+    run.quorum = (len(run.sites) // 2 + 1 if run.sites else 0) if witnesses is None else witnesses
+    run.witnessed, run.checkpoints, run.root = run.witnesses(checkpoints, cosignatures), len(checkpoints), \
+        fold(stack).hex()
+    return run
 
 
-def _check_registration(i: int, actor: str, data: dict, registrar: str | None, keys: dict,
-                        trusted_keys: dict | None) -> None:
-    who, pk = data.get("actor"), data.get("public_key")
-    if sorted(data) != ["actor", "algorithm", "fingerprint", "proof", "public_key"] or \
-            data["algorithm"] != "Ed25519" or not _hex(pk, 64) or not _hex(data["proof"], 128):
-        raise VerificationError("malformed actor_key payload", i)
-    if who in keys:
-        raise VerificationError(f"{who!r} is registered again (first at seq {keys[who][1]}): a re-keyed actor", i)
-    if actor != registrar or (i == 0 and who != actor):
-        raise VerificationError(f"actor_key for {who!r} written by {actor!r}; only the registrar "
-                                f"{registrar!r} may register actors", i)
-    proof_msg = KEY_PROOF + f'{{"actor":{canonical(who)},"public_key":"{pk}"}}'.encode()
-    if data["fingerprint"] != hashlib.sha256(bytes.fromhex(pk)).hexdigest() or \
-            not _sig_ok(bytes.fromhex(pk), bytes.fromhex(data["proof"]), proof_msg):
-        raise VerificationError(f"actor_key for {who!r}: wrong fingerprint or proof of possession", i)
-    if trusted_keys is not None and (trusted_keys.get(who) or {}).get("public_key") != pk:
-        raise VerificationError(f"the key registered for {who!r} is not the one in the trusted key bundle", i)
-    keys[who] = (bytes.fromhex(pk), i)
+def _jsonl(path: Path, fields, entries: bool = False):
+    """Records of a bundle's JSONL file, each line exactly its record's canonical form."""
+    with open(path, "rb") as lines:
+        for i, line in enumerate(lines):
+            try:
+                rec = json.loads(line)
+                _need(type(rec) is dict and sorted(rec) == sorted(fields), f"expected the fields {', '.join(fields)}")
+                rec = (*(canonical(rec[k]) if k == "payload" else rec[k] for k in ENTRY_ORDER), rec["payload"]) \
+                    if entries else rec
+                _need((m.entry_line(*rec[:8]) if entries else canonical(rec)) + "\n" == line.decode(), "not canonical")
+            except (ValueError, TypeError, RecursionError, VerificationError) as err:
+                raise VerificationError(f"{path.name} line {i + 1}: {getattr(err, 'reason', err)}",
+                                        i if entries else None) from None
+            yield rec
 
 
-def _fold(stack: list[tuple[int, bytes]]) -> bytes:
-    root = stack[-1][1] if stack else hashlib.sha256(b"").digest()
-    for _, h in reversed(stack[:-1]):
-        root = _node(h, root)
-    return root
+def read_bundle(path: Path) -> tuple:
+    """``(entry rows, checkpoint dicts)`` of a bundle; the rows are a generator (close it when done)."""
+    return _jsonl(path / "entries.jsonl", ENTRY_FIELDS, True), list(_jsonl(path / "checkpoints.jsonl",
+                                                                           m.CHECKPOINT_SHAPE))
 
 
-def _check_checkpoint(cp, name: str, stop: int, n: int, keys: dict, roots: dict,
-                      previous: tuple[int, str] | None) -> None:
-    size = cp.get("tree_size") if isinstance(cp, dict) else None
-    last = size - 1 if type(size) is int and size > 0 else 0
-    _record(cp, CHECKPOINT_FIELDS, name, last)
-    if not (type(size) is int and size > 0 and isinstance(cp["ts"], str) and TS.fullmatch(cp["ts"])
-            and isinstance(cp["signer"], str) and _hex(cp["root_hash"], 64) and _hex(cp["signature"], 128)):
-        raise VerificationError(f"{name}: malformed field", last)
-    name = f"{name} (tree size {size})"
-    if size > n:
-        raise VerificationError(f"{name} covers entries up to seq {size - 1} but the ledger ends at "
-                                f"{n} entries: entries {n}..{size - 1} are missing (truncated)", n)
-    if size > stop:
-        return  # an earlier failure already lies inside this prefix
-    signer = cp["signer"]
-    if signer not in keys or keys[signer][1] >= size:
-        raise VerificationError(f"{name}: signer {signer!r} is not registered within the entries it covers", last)
-    msg = CHECKPOINT + (f'{{"root_hash":"{cp["root_hash"]}","signer":{canonical(signer)},'
-                        f'"tree_size":{size},"ts":"{cp["ts"]}"}}').encode()
-    if not _sig_ok(keys[signer][0], bytes.fromhex(cp["signature"]), msg):
-        if previous is None:  # a head we trust, signed by another key: the registration is the lie
-            raise VerificationError(f"{name} does not verify under the key registered for {signer!r} here: "
-                                    "signed by a different key (the chain was rewritten under new keys) or "
-                                    "the trusted head is not genuine", keys[signer][1])
-        raise VerificationError(f"{name}: signature does not verify under {signer!r}'s registered key", last)
-    if previous and (size <= previous[0] or cp["ts"] < previous[1]):
-        raise VerificationError(f"{name}: out of order (tree size and time must both increase)", last)
-    root, last_ts = roots[size]
-    if cp["ts"] < last_ts:
-        raise VerificationError(f"{name}: signed at {cp['ts']}, before the last entry it covers ({last_ts})", last)
-    if root.hex() != cp["root_hash"]:
-        raise VerificationError(f"{name}: root {cp['root_hash'][:16]}... disagrees with the Merkle root of "
-                                f"entries 0..{size - 1} ({root.hex()[:16]}...)", last)
-
-
-def check_bundle(path: Path, n: int, m: int, root: str, keys: dict) -> None:
-    """The bundle's packaging: the manifest's hashes, keys.json, and the Parquet copy."""
-    try:
-        raw = (path / "manifest.json").read_bytes()
-        manifest = _record(json.loads(raw), ("checkpoints", "entries", "files", "format", "root_hash"), "manifest")
-        if raw != canonical(manifest).encode() + b"\n" or manifest["format"] != "pharmafl-ledger-bundle-v1":
-            raise ValueError("not a canonical pharmafl-ledger-bundle-v1 manifest")
-    except ValueError as err:
-        raise VerificationError(f"manifest.json: {err}") from None
-    if (manifest["entries"], manifest["checkpoints"], manifest["root_hash"]) != (n, m, root):
-        raise VerificationError("manifest.json: entry count, checkpoint count or root_hash disagree with the files")
-    files, present = manifest["files"], {p.name for p in path.iterdir()} - {"manifest.json"}
-    if not isinstance(files, dict) or set(files) != present or not BUNDLE_FILES <= present <= BUNDLE_FILES | {
-            "entries.parquet"}:
-        raise VerificationError(f"manifest.json lists {sorted(files)} but the bundle holds {sorted(present)}")
-    for name, digest in sorted(files.items()):
-        if hashlib.sha256((path / name).read_bytes()).hexdigest() != digest:
-            raise VerificationError(f"{name}: SHA-256 differs from the one in manifest.json")
-    bundle_keys = {"format": "pharmafl-ledger-keys-v1", "keys": {a: {
-        "algorithm": "Ed25519", "fingerprint": hashlib.sha256(bytes.fromhex(k)).hexdigest(), "public_key": k,
-        "registered_seq": s} for a, (k, s) in keys.items()}}
-    if (path / "keys.json").read_bytes() != canonical(bundle_keys).encode() + b"\n":
-        raise VerificationError("keys.json differs from the keys registered in the entries")
+def check_bundle(path: Path, run: Run, cosignatures: int) -> None:
+    """The packaging: the manifest (counts, root, each file's SHA-256), keys.json, the Parquet copy."""
+    files = {p.name: m.file_sha256(p) for p in sorted(path.iterdir()) if p.name != "manifest.json"}
+    _need(set(files) in (BUNDLE_FILES, BUNDLE_FILES | {"entries.parquet"}), f"the bundle holds {sorted(files)}: "
+          f"expected {', '.join(sorted(BUNDLE_FILES))} and manifest.json (entries.parquet optional)")
+    manifest = canonical(m.bundle_manifest(run.entries, run.checkpoints, cosignatures, run.root, files))
+    _need((path / "manifest.json").read_bytes() == manifest.encode() + b"\n", "manifest.json is not the manifest "
+          f"of these files (counts, root_hash, each file's SHA-256), which is {manifest}")
+    keys = m.keys_document({actor: (key.hex(), seq) for actor, (key, seq) in run.keys.items()})
+    _need((path / "keys.json").read_bytes() == canonical(keys).encode() + b"\n", "keys.json differs from the keys "
+          "registered in the entries")
     if "entries.parquet" in files:
-        try:
-            import pyarrow.parquet as pq  # only to cross-check the Parquet copy
-        except ImportError:
-            print("note: pyarrow is not installed; entries.parquet checked by its SHA-256 only", file=sys.stderr)
-            return
+        import pyarrow.parquet as pq  # only to cross-check the Parquet copy
+
         table = pq.ParquetFile(path / "entries.parquet")
-        if tuple(table.schema_arrow.names) != ENTRY_ORDER:
-            raise VerificationError(f"entries.parquet: columns must be {', '.join(ENTRY_ORDER)}")
+        _need(tuple(table.schema_arrow.names) == ENTRY_ORDER, f"entries.parquet: columns must be {ENTRY_ORDER}")
         rows = (tuple(r.values()) for b in table.iter_batches() for r in b.to_pylist())
         with open(path / "entries.jsonl", "rb") as jsonl:  # already verified: compare the canonical lines
             for i, (row, line) in enumerate(itertools.zip_longest(rows, jsonl)):
-                if row is None or line is None or _line(row).encode() != line[:-1]:
-                    raise VerificationError("entries.parquet differs from entries.jsonl", i)
+                _need(row and line and m.entry_line(*row).encode() + b"\n" == line, "entries.parquet differs", i)
 
 
-def _load_json(path: str, what: str) -> dict:
-    p = Path(path)
-    p = p / "keys.json" if p.is_dir() else p
+def load_anchors(trusted_head=None, trusted_keys=None, roster=None) -> dict:
+    """The out-of-band anchors as :func:`verify` takes them; an unreadable one raises (unreadable)."""
+    def load(path, what: str, ok=lambda doc: True):
+        try:  # NaN and Infinity refused; then the document's own shape
+            doc = json.loads(Path(path).read_bytes(), parse_constant=lambda c: canonical(float(c)))
+            _need(ok(doc), f"not a {what} file")
+            return doc
+        except (OSError, ValueError, RecursionError, VerificationError) as err:
+            raise VerificationError(f"cannot read the {what} {path}: {err}", unreadable=True) from None
+    out = {"has_head": trusted_head is not None,
+           "trusted_head": None if trusted_head is None else load(trusted_head, "trusted head")}
+    if trusted_keys is not None:
+        out["trusted_keys"] = load(Path(trusted_keys) / "keys.json" if Path(trusted_keys).is_dir() else trusted_keys,
+                                   m.KEYS_FORMAT, lambda d: type(d) is dict and d.get("format") == m.KEYS_FORMAT and
+                                   type(d.get("keys")) is dict and all(type(v) is dict for v in d["keys"].values()))
+        out["trusted_keys"] = out["trusted_keys"]["keys"]
+    if roster is not None:
+        out["roster"] = load(roster, m.CONSORTIUM_FORMAT, lambda d: type(d) is dict and type(d.get("cards")) is dict
+                             and d.get("format") == m.CONSORTIUM_FORMAT and
+                             d.get("roster_sha256") == m.sha256_hex(canonical(d["cards"])))["roster_sha256"]
+    return out
+
+
+def verify_path(path, *, trusted_head=None, trusted_keys=None, roster=None, witnesses=None, jobs=None) -> str:
+    """Verify the bundle at ``path`` (a database: through :mod:`pharmafl.audit.dbsource`); the OK line."""
+    _need(witnesses is None or witnesses >= 0, f"--witnesses {witnesses}: give a count >= 0", unreadable=True)
+    p, opts = Path(path), {"witnesses": witnesses, "jobs": jobs, **load_anchors(trusted_head, trusted_keys, roster)}
+    if not (p / "manifest.json").exists():
+        try:
+            from pharmafl.audit import dbsource  # not a bundle: a database, read outside this module
+        except ImportError as err:
+            raise VerificationError(f"{path} is not a bundle (no manifest.json), and a database needs the full "
+                                    f"install ({err}); export a bundle and verify that", unreadable=True) from None
+        return dbsource.verify_database(str(path), **opts).line()
+    missing, entries = sorted(BUNDLE_FILES - {f.name for f in p.iterdir()}), None
+    _need(not missing, f"bundle {path} lacks {', '.join(missing)}: it is incomplete; export it again")
     try:
-        obj = json.loads(p.read_bytes())
-    except (OSError, ValueError) as err:
-        raise VerificationError(f"cannot read the {what} {p}: {err}", unreadable=True) from None
-    if what == "trusted keys":
-        if not isinstance(obj, dict) or obj.get("format") != "pharmafl-ledger-keys-v1" or not isinstance(
-                obj.get("keys"), dict) or not all(isinstance(v, dict) for v in obj["keys"].values()):
-            raise VerificationError(f"{p} is not a pharmafl-ledger-keys-v1 key bundle (an export's keys.json)",
-                                    unreadable=True)
-        return obj["keys"]
-    return obj
-
-
-def verify_path(path: str, *, trusted_head: str | None = None, trusted_keys: str | None = None,
-                jobs: int | None = None) -> str:
-    """Verify the ledger at ``path``; return the ``OK: ...`` line or raise :class:`VerificationError`."""
-    head = _load_json(trusted_head, "trusted head") if trusted_head else None
-    tkeys = _load_json(trusted_keys, "trusted keys") if trusted_keys else None
-    p = Path(path)
-    bundle = (p / "manifest.json").is_file()
-    if not (path.startswith("postgres") or bundle or p.is_file() or (p / "ledger.db").is_file()):
-        raise VerificationError(f"{path}: not a SQLite file, a run directory with ledger.db, a bundle with "
-                                "manifest.json, or a postgresql:// URL", unreadable=True)
-    missing = sorted(BUNDLE_FILES - {f.name for f in p.iterdir()}) if bundle else []
-    if missing:
-        raise VerificationError(f"bundle {path} lacks {', '.join(missing)}: it is incomplete; export it again")
-    entries = None
-    try:
-        if bundle:
-            entries, cps = read_bundle(p)
-        else:
-            entries, cps = read_database(str(p / "ledger.db") if p.is_dir() else path)
-        n, m, root, keys = verify(entries, cps, trusted_head=head, trusted_keys=tkeys, jobs=jobs)
-    except (OSError, sqlite3.Error, UnicodeDecodeError) as err:
-        raise VerificationError(f"cannot read a ledger from {path}: {err}", unreadable=True) from None
-    except Exception as err:
-        if type(err).__module__.startswith("psycopg"):  # without importing psycopg for other paths
-            raise VerificationError(f"cannot read a ledger from the PostgreSQL URL: {err}", unreadable=True) from None
-        raise
+        entries, cps = read_bundle(p)
+        cosigs = list(_jsonl(p / "cosignatures.jsonl", m.COSIGNATURE_SHAPE))
+        run = verify(entries, cps, cosigs, **opts)
+        check_bundle(p, run, len(cosigs))
+        return run.line()
+    except OSError as err:
+        raise VerificationError(f"cannot read the bundle {path}: {err}", unreadable=True) from None
     finally:
         if entries is not None:
-            entries.close()  # stop reading at the first failure: release the file or connection
-    if bundle:
-        check_bundle(p, n, m, root, keys)
-    return f"OK: {n} entries, {m} checkpoints, head {root}"
+            entries.close()  # stop reading at the first failure
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pharmafl.audit.verify", description=__doc__.split("\n")[0])
-    parser.add_argument("path", help="SQLite file, run directory, postgresql:// URL, or exported bundle directory")
-    parser.add_argument("--trusted-head", help="a checkpoint JSON received out of band (catches truncation)")
-    parser.add_argument("--trusted-keys", help="keys.json (or a bundle) received out of band (catches re-keying)")
+    parser.add_argument("path", help="an exported bundle directory (with the full install, also a database)")
+    for flag, what in (("--trusted-head", "a checkpoint received out of band"), ("--trusted-keys", "a keys.json "
+                       "(or bundle) received out of band"), ("--roster", "the consortium.json the sites agreed to")):
+        parser.add_argument(flag, help=what)
+    parser.add_argument("--witnesses", type=int, help="cosignatures each checkpoint of the run needs (default: most)")
     parser.add_argument("--jobs", type=int, help="processes for signature checks (default: all cores)")
-    args = parser.parse_args(argv)
+    args = vars(parser.parse_args(argv))
     try:
-        print(verify_path(args.path, trusted_head=args.trusted_head, trusted_keys=args.trusted_keys, jobs=args.jobs))
+        print(verify_path(args.pop("path"), **args))
         return 0
     except VerificationError as err:
         print(f"{'ERROR' if err.unreadable else 'FAIL'}: {err}")

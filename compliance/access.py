@@ -1,15 +1,22 @@
 """Access control: who may do what, authenticated with both credential components, all ledgered.
 
 :class:`AccessControl` opens a run's ledger together with the user table in the same
-database. Every user action is a ledger entry; the entry is written first and the user
-table changed after it, and every check runs before anything is written, so a refused
-action leaves only its refusal entry and never a half-made change.
+database. Every user action is a ledger entry, and the user table is changed **in the same
+transaction** (the ledger's ``on_commit`` hook): a crash leaves both or neither. Every
+check runs before anything is written, so a refused action leaves only its refusal entry
+and never a half-made change.
+
+A user's key is never registered by the registrar: it is enrolled by its owner
+(:meth:`AccessControl.change_password`, the first time) with an ``actor_key`` entry signed
+by the new key that answers the enrolment commitment of the account's ``user_created``
+(:mod:`pharmafl.compliance.enrolment`); the first admin self-enrols at :meth:`init`.
 
 =====================  =================  ==================================================
 entry type             signed by          when
 =====================  =================  ==================================================
+``actor_key``          the user           her enrolment (first ``change_password``; ``init``)
 ``user_created``       the admin          ``create_user`` (the first admin: by itself, at ``init``)
-``password_changed``   the user           ``change_password`` (the first one enrols the key)
+``password_changed``   the user           ``change_password`` (``enrolled_key``: the first one)
 ``user_login``         the user           ``login`` succeeded (both components checked)
 ``login_failed``       ``access-control`` unknown user or wrong password (counts towards lockout)
 ``user_locked``        ``access-control`` the failure that reached ``max_failed_logins``
@@ -25,8 +32,9 @@ entry type             signed by          when
 ``access-control`` is a system actor whose key lives in the run's key store, like the
 registrar's (``server``): refusals before authentication cannot be signed by the user,
 whose key only their password opens. Opening the ledger for writing needs the key-store
-passphrase (``$PHARMAFL_KEY_PASSPHRASE``): the registrar registers each user's key on
-their first entry and checkpoints every change.
+passphrase (``$PHARMAFL_KEY_PASSPHRASE``): the system actors sign refusals and
+checkpoints. That passphrase is not enough to act as a user: it opens no user key and
+makes no enrolment.
 """
 
 from __future__ import annotations
@@ -41,10 +49,13 @@ from typing import Any
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pharmafl.audit.errors import LedgerError
+from pharmafl.audit.evidence import Accounts, display_key
 from pharmafl.audit.keys import DEFAULT_SCRYPT_N, KeyStore
 from pharmafl.audit.ledger import Ledger, utc_now
 from pharmafl.audit.records import Entry, format_ts
 from pharmafl.audit.storage import Storage, refuse_missing, resolve_target
+from pharmafl.audit.verify import VerificationError
+from pharmafl.compliance import enrolment
 from pharmafl.compliance.credentials import (
     PasswordPolicy,
     check_new_password,
@@ -55,10 +66,12 @@ from pharmafl.compliance.credentials import (
     seal_key,
 )
 from pharmafl.compliance.errors import AuthenticationError, AuthorityError, ComplianceError
-from pharmafl.compliance.roles import Role, may, parse_role, roles_for
+from pharmafl.compliance.roles import SIGNING_ROLES, Role, may, parse_role, roles_for
 from pharmafl.compliance.users import User, UserStore, actor_of, check_user_id
 
 ACCESS_CONTROL = "access-control"
+Item = tuple[str, str, Mapping[str, Any]]
+TableChange = Callable[[Any, list[Entry]], None]  # (conn, entries) -> None, in the ledger's transaction
 
 
 class SessionKeys:
@@ -106,15 +119,21 @@ def ledger_target(run_dir: str | os.PathLike) -> str:
 
 
 class AccessControl:
-    """Users, logins and authority checks over a run's ledger. Open with :meth:`open`."""
+    """Users, logins and authority checks over a run's ledger. Open with :meth:`open`.
 
-    def __init__(self, ledger: Ledger, keys: SessionKeys, *, clock: Callable[[], datetime] = utc_now):
+    ``allow_test_kdf`` admits a :meth:`PasswordPolicy.for_tests` policy (cheap scrypt); no
+    command sets it, so a database made that way is refused outside test suites.
+    """
+
+    def __init__(self, ledger: Ledger, keys: SessionKeys, *, clock: Callable[[], datetime] = utc_now,
+                 allow_test_kdf: bool = False):
         self.ledger, self.keys, self.clock = ledger, keys, clock
+        self.allow_test_kdf = allow_test_kdf
         self.users = UserStore(ledger.storage)
 
     @classmethod
     def open(cls, run_dir: str | os.PathLike, system_passphrase: str, *, clock: Callable[[], datetime] = utc_now,
-             scrypt_n: int = DEFAULT_SCRYPT_N) -> AccessControl:
+             scrypt_n: int = DEFAULT_SCRYPT_N, allow_test_kdf: bool = False) -> AccessControl:
         """Open the run's ledger (which must exist) with the run's key store for system actors."""
         target = resolve_target(ledger_target(run_dir))
         storage = Storage(target)
@@ -124,12 +143,13 @@ class AccessControl:
             raise ComplianceError(f"{err} (users live beside a run's ledger: pass a run directory)") from None
         finally:
             storage.dispose()
-        store = KeyStore(Path(run_dir) / "keys", system_passphrase, scrypt_n=scrypt_n)
         probe = Ledger.open(target)
         registrar = probe.registrar
         probe.close()
-        keys = SessionKeys(store, {registrar, ACCESS_CONTROL})
-        return cls(Ledger.open(target, keys, clock=clock), keys, clock=clock)
+        system = {registrar, ACCESS_CONTROL}
+        keys = SessionKeys(KeyStore(Path(run_dir) / "keys", system_passphrase, scrypt_n=scrypt_n, allowed=system),
+                           system)
+        return cls(Ledger.open(target, keys, clock=clock), keys, clock=clock, allow_test_kdf=allow_test_kdf)
 
     def close(self) -> None:
         self.ledger.close()
@@ -145,17 +165,27 @@ class AccessControl:
     def _now(self) -> str:
         return format_ts(self.clock())
 
-    def commit(self, items: list[tuple[str, str, Mapping[str, Any]]]) -> list[Entry]:
-        """Append ``items`` in one transaction, then a signed checkpoint over them."""
-        entries = self.ledger.append_many(items)
+    def commit(self, items: list[Item], change: TableChange | None = None) -> list[Entry]:
+        """Append ``items`` and make ``change`` to the user table in one transaction, then a
+        signed checkpoint over them."""
+        entries = self.ledger.append_many(items, on_commit=change)
         self.ledger.checkpoint()
         return entries
+
+    def _save(self, user: User) -> TableChange:
+        return lambda conn, _entries: self.users.save(conn, user)
 
     def policy(self) -> PasswordPolicy:
         policy = self.users.policy()
         if policy is None:
             raise ComplianceError("this run has no users yet: create the first admin with "
                                   "`pharmafl users init RUN --admin ID --name 'Full Name'`")
+        return self._check_kdf(policy)
+
+    def _check_kdf(self, policy: PasswordPolicy) -> PasswordPolicy:
+        if policy.test_only_kdf and not self.allow_test_kdf:
+            raise ComplianceError(f"this run's password policy is a test suite's (PasswordPolicy.for_tests, scrypt "
+                                  f"n={policy.scrypt_n}): refused outside tests; its records are not fit for use")
         return policy
 
     def _user(self, user_id: str) -> User:
@@ -165,28 +195,62 @@ class AccessControl:
             raise ComplianceError(f"no user {user_id!r} (known users: {known})")
         return user
 
+    def _fresh_id(self, user_id: str) -> str:
+        """``user_id``'s actor, refused if a key is already registered for it (the id is spent)."""
+        actor = actor_of(user_id)
+        registered = self.ledger.registered_keys().get(actor)
+        if registered is not None:
+            raise ComplianceError(f"{actor!r} already has a key in the ledger (seq {registered['seq']}) but no "
+                                  "account: an interrupted `users init`, or a key registered around enrolment; "
+                                  "that id is spent, choose another")
+        return actor
+
+    def _unique_name(self, full_name: str) -> None:
+        taken = next((u for u in self.users.all() if display_key(u.full_name) == display_key(full_name)), None)
+        if taken is not None:
+            raise ComplianceError(f"printed name {full_name!r} is taken by {taken.user_id!r}: printed names are "
+                                  "unique, they name the signer on every copy (21 CFR 11.50); add an initial")
+
+    def accounts(self) -> Accounts:
+        """The ledger's users replayed exactly as the offline verifier does; refuses a ledger
+        whose accounts do not check (e.g. a user key registered around enrolment)."""
+        try:
+            return Accounts((e.seq, e.ts, e.actor, e.type, e.payload) for e in self.ledger.entries())
+        except VerificationError as err:
+            raise ComplianceError(f"the ledger's users do not check ({err}): a key or an action outside the rules "
+                                  "of enrolment and roles; nothing is signed, reported or exported from it") from None
+
     # -- bootstrap and credentials ----------------------------------------------------------
 
     def init(self, admin_id: str, full_name: str, password: str, policy: PasswordPolicy = PasswordPolicy()) -> User:
-        """Create the first admin (only while there are no users); the admin's key is enrolled now."""
+        """Create the first admin (only while there are no users); she self-enrols her key now
+        (``{"method": "bootstrap"}``: trust on first use)."""
         if self.users.all():
             raise ComplianceError("users are already initialised for this run; an admin adds users with "
                                   "`pharmafl users create`")
         check_user_id(admin_id)
         _check_name(full_name)
-        check_new_password(password, policy, admin_id, full_name)
+        check_new_password(password, self._check_kdf(policy), admin_id, full_name)
+        if self.accounts().users:
+            raise ComplianceError("the ledger already records accounts although the user table is empty: "
+                                  "investigate before anyone initialises users here")
+        actor = self._fresh_id(admin_id)
         key = Ed25519PrivateKey.generate()
         now = self._now()
         user = User(admin_id, full_name, Role.ADMIN, "active", 0, hash_password(password, policy.scrypt_n),
-                    seal_key(key, password, actor_of(admin_id), policy.scrypt_n), public_hex(key), now, False, now,
-                    "bootstrap")
-        self.keys.unlock(user.actor, key)
+                    seal_key(key, password, actor, policy.scrypt_n), public_hex(key), now, False, now, "bootstrap")
         self.users.create_schema()
-        self.commit([(user.actor, "user_created", {"user_id": admin_id, "full_name": full_name, "role": "admin",
-                                                   "created_by": "bootstrap", "policy": policy.as_dict()})])
-        self.users.set_policy(policy)
-        self.users.insert(user)
-        return user
+        self.ledger.enrol(actor, key, enrolment.BOOTSTRAP)
+        self.keys.unlock(actor, key)
+
+        def first(conn: Any, entries: list[Entry]) -> None:
+            self.users.require_empty(conn)
+            self.users.set_policy(conn, policy)
+            self.users.insert(conn, replace(user, created_seq=entries[0].seq))
+
+        entry = self.commit([(actor, "user_created", {"user_id": admin_id, "full_name": full_name, "role": "admin",
+                                                      "created_by": "bootstrap", "policy": policy.as_dict()})], first)[0]
+        return replace(user, created_seq=entry.seq)
 
     def _check_password(self, user: User | None, user_id: str, password: str, policy: PasswordPolicy) -> User:
         """Account state and password, with failures recorded (and counted towards lockout)."""
@@ -207,8 +271,7 @@ class AccessControl:
                                                        "max_failed_logins": policy.max_failed_logins})]
             if locked:
                 items.append((ACCESS_CONTROL, "user_locked", {"user_id": user_id, "failed_logins": failed}))
-            self.commit(items)
-            self.users.save(replace(user, failed_logins=failed, status="locked" if locked else "active"))
+            self.commit(items, self._save(replace(user, failed_logins=failed, status="locked" if locked else "active")))
             raise AuthenticationError(f"unknown user id or wrong password for {user_id!r}"
                                       + (" (account now locked; an admin must unlock it)" if locked else ""))
         return user
@@ -228,10 +291,9 @@ class AccessControl:
             raise AuthenticationError(f"{user_id!r}: {why}; change it with `pharmafl users passwd RUN --user "
                                       f"{user_id}`")
         self.keys.unlock(user.actor, open_key(user.sealed_key, password, user.actor))
-        entry = self.commit([(user.actor, "user_login", {"user_id": user_id, "role": user.role.value})])[0]
-        if user.failed_logins:
-            user = replace(user, failed_logins=0)
-            self.users.save(user)
+        user = replace(user, failed_logins=0)
+        entry = self.commit([(user.actor, "user_login", {"user_id": user_id, "role": user.role.value})],
+                            self._save(user))[0]
         return Session(user, entry.seq)
 
     def change_password(self, user_id: str, old: str, new: str) -> User:
@@ -241,15 +303,46 @@ class AccessControl:
         if new == old:
             raise ComplianceError(f"the new password for {user_id!r} must differ from the old one")
         check_new_password(new, policy, user_id, user.full_name)
-        enrolling = user.sealed_key is None
-        key = Ed25519PrivateKey.generate() if enrolling else open_key(user.sealed_key, old, user.actor)
+        if user.sealed_key is None:
+            return self._enrol(user, old, new, policy)
+        key = open_key(user.sealed_key, old, user.actor)
         self.keys.unlock(user.actor, key)
-        self.commit([(user.actor, "password_changed", {"user_id": user_id, "enrolled_key": enrolling})])
-        user = replace(user, password=hash_password(new, policy.scrypt_n),
+        changed = self._resealed(user, key, new, policy)
+        self.commit([(user.actor, "password_changed", {"user_id": user_id, "enrolled_key": False})],
+                    self._save(changed))
+        return changed
+
+    def _resealed(self, user: User, key: Ed25519PrivateKey, new: str, policy: PasswordPolicy) -> User:
+        return replace(user, password=hash_password(new, policy.scrypt_n),
                        sealed_key=seal_key(key, new, user.actor, policy.scrypt_n), public_key=public_hex(key),
                        password_set_at=self._now(), must_change=False, failed_logins=0)
-        self.users.save(user)
-        return user
+
+    def _enrol(self, user: User, temporary: str, new: str, policy: PasswordPolicy) -> User:
+        """The first password change: a key the user makes now, enrolled (with the table row, in
+        one transaction) against the commitment in her account's ``user_created``."""
+        created = self._user_created(user)
+        registered = self.ledger.registered_keys().get(user.actor)
+        if registered is not None:
+            raise ComplianceError(f"a key for {user.actor!r} is already in the ledger (seq {registered['seq']}), "
+                                  "enrolled by someone else: tell an admin, who must disable this account and create "
+                                  "a new one")
+        code_key = enrolment.open_commitment(temporary, created.data.get("enrolment"),
+                                             f"{user.user_id!r}'s user_created (seq {created.seq})")
+        key = Ed25519PrivateKey.generate()
+        changed = self._resealed(user, key, new, policy)
+        self.ledger.enrol(user.actor, key, enrolment.enrolment(user.actor, key, created.seq, code_key),
+                          on_commit=self._save(changed))
+        self.keys.unlock(user.actor, key)
+        self.commit([(user.actor, "password_changed", {"user_id": user.user_id, "enrolled_key": True})])
+        return changed
+
+    def _user_created(self, user: User) -> Entry:
+        seq = user.created_seq
+        entry = next(iter(self.ledger.entries(seq, seq + 1)), None) if isinstance(seq, int) else None
+        if entry is None or entry.type != "user_created" or entry.data.get("user_id") != user.user_id:
+            raise ComplianceError(f"the account {user.user_id!r} names no user_created entry of its own (seq {seq}); "
+                                  "an admin must disable it and create a new one")
+        return entry
 
     # -- authority -------------------------------------------------------------------------
 
@@ -274,49 +367,68 @@ class AccessControl:
         raise AuthorityError(f"{session.user.user_id!r} (role {session.user.role.value}) may not {what}: only "
                              f"{', '.join(allowed)} may; ask an admin if your role is wrong")
 
-    def record(self, session: Session, items: list[tuple[str, Mapping[str, Any]]]) -> list[Entry]:
-        """Entries signed by the session's user, in one transaction."""
-        return self.commit([(session.actor, type_, payload) for type_, payload in items])
+    def _refuse(self, session: Session, what: str, reason: str) -> None:
+        """A separation-of-duties refusal, recorded as ``action_refused`` with its reason."""
+        self.commit([(session.actor, "action_refused", {"user_id": session.user.user_id,
+                                                        "role": session.user.role.value, "action": "manage_users",
+                                                        "what": what, "reason": reason})])
+        raise AuthorityError(f"{session.user.user_id!r} may not {what}: {reason}")
+
+    def record(self, session: Session, items: list[tuple[str, Mapping[str, Any]]],
+               change: TableChange | None = None) -> list[Entry]:
+        """Entries signed by the session's user (and ``change`` to the user table) in one transaction."""
+        return self.commit([(session.actor, type_, payload) for type_, payload in items], change)
 
     # -- user management (admin) -------------------------------------------------------------
 
     def create_user(self, session: Session, user_id: str, full_name: str, role: str, temp_password: str) -> User:
+        """A new account with a temporary password, committed to in ``user_created`` (its enrolment code)."""
         self.require(session, "manage_users", f"create user {user_id!r}")
         check_user_id(user_id)
         _check_name(full_name)
         parsed = parse_role(role)
         if self.users.get(user_id) is not None:
             raise ComplianceError(f"user {user_id!r} already exists; user ids are never reused")
+        self._unique_name(full_name)
+        self._fresh_id(user_id)
         policy = self.policy()
         check_new_password(temp_password, policy, user_id, full_name)
         now = self._now()
-        self.record(session, [("user_created", {"user_id": user_id, "full_name": full_name, "role": parsed.value,
-                                                "created_by": session.user.user_id})])
         user = User(user_id, full_name, parsed, "active", 0, hash_password(temp_password, policy.scrypt_n), None,
                     None, now, True, now, session.user.user_id)
-        self.users.insert(user)
-        return user
+        entry = self.record(session, [("user_created", {
+            "user_id": user_id, "full_name": full_name, "role": parsed.value, "created_by": session.user.user_id,
+            "enrolment": enrolment.commit(temp_password, policy.scrypt_n)})],
+            lambda conn, entries: self.users.insert(conn, replace(user, created_seq=entries[0].seq)))[0]
+        return replace(user, created_seq=entry.seq)
 
     def set_role(self, session: Session, user_id: str, role: str) -> User:
         self.require(session, "manage_users", f"change the role of {user_id!r}")
         user, parsed = self._user(user_id), parse_role(role)
+        what = f"change the role of {user_id!r} to {parsed.value}"
+        if user_id == session.user.user_id:
+            self._refuse(session, what, "nobody changes their own role; another admin must")
+        if user.role == Role.ADMIN and parsed in SIGNING_ROLES:
+            self._refuse(session, what, f"{user_id!r} holds admin, and no admin is given a signing role "
+                                        f"({', '.join(sorted(r.value for r in SIGNING_ROLES))}): separation of "
+                                        "duties; create a separate account")
         if user.role == Role.ADMIN and parsed != Role.ADMIN and self._last_admin(user_id):
             raise ComplianceError(f"{user_id!r} is the last active admin; create another admin first")
+        changed = replace(user, role=parsed)
         self.record(session, [("user_role_changed", {"user_id": user_id, "old_role": user.role.value,
-                                                     "role": parsed.value, "changed_by": session.user.user_id})])
-        user = replace(user, role=parsed)
-        self.users.save(user)
-        return user
+                                                     "role": parsed.value, "changed_by": session.user.user_id})],
+                    self._save(changed))
+        return changed
 
     def unlock(self, session: Session, user_id: str) -> User:
         self.require(session, "manage_users", f"unlock {user_id!r}")
         user = self._user(user_id)
         if user.status == "disabled":
             raise ComplianceError(f"{user_id!r} is disabled, not locked; disabled accounts stay disabled")
-        self.record(session, [("user_unlocked", {"user_id": user_id, "by": session.user.user_id})])
-        user = replace(user, status="active", failed_logins=0)
-        self.users.save(user)
-        return user
+        changed = replace(user, status="active", failed_logins=0)
+        self.record(session, [("user_unlocked", {"user_id": user_id, "by": session.user.user_id})],
+                    self._save(changed))
+        return changed
 
     def disable(self, session: Session, user_id: str) -> User:
         self.require(session, "manage_users", f"disable {user_id!r}")
@@ -324,15 +436,16 @@ class AccessControl:
         if user_id == session.user.user_id or (user.role == Role.ADMIN and self._last_admin(user_id)):
             raise ComplianceError(f"refusing to disable {user_id!r}: an admin cannot disable themselves or the "
                                   "last active admin")
-        self.record(session, [("user_disabled", {"user_id": user_id, "by": session.user.user_id})])
-        user = replace(user, status="disabled")
-        self.users.save(user)
-        return user
+        changed = replace(user, status="disabled")
+        self.record(session, [("user_disabled", {"user_id": user_id, "by": session.user.user_id})],
+                    self._save(changed))
+        return changed
 
     def set_policy(self, session: Session, policy: PasswordPolicy) -> None:
         self.require(session, "manage_users", "change the password policy")
-        self.record(session, [("policy_changed", {"policy": policy.as_dict(), "by": session.user.user_id})])
-        self.users.set_policy(policy)
+        self._check_kdf(policy)
+        self.record(session, [("policy_changed", {"policy": policy.as_dict(), "by": session.user.user_id})],
+                    lambda conn, _entries: self.users.set_policy(conn, policy))
 
     def _last_admin(self, user_id: str) -> bool:
         return not [u for u in self.users.all() if u.role == Role.ADMIN and u.status == "active"

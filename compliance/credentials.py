@@ -14,6 +14,12 @@ The key is generated when the user sets their own password (enrolment), never by
 admin who created the account: an admin who knows a temporary password cannot sign as
 the user.
 
+**Cost.** Every scrypt here runs at n >= 2**17, r = 8, p = 1 (128 MiB; the OWASP minimum).
+The one way below it is :meth:`PasswordPolicy.for_tests` (n >= 2**14), which marks the
+policy ``test_only_kdf``: the policy is recorded in the ledger with that mark, and
+:class:`~pharmafl.compliance.access.AccessControl` refuses such a policy unless opened with
+``allow_test_kdf=True``, which no command does.
+
 :class:`PasswordPolicy` is typed and frozen: minimum length, ageing, lockout threshold and
 the scrypt cost. Everything here is a pure function of its arguments.
 """
@@ -33,7 +39,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from pharmafl.audit.canonical import canonical_bytes
 from pharmafl.compliance.errors import AuthenticationError, ComplianceError
 
-MIN_SCRYPT_N = 2**14
+MIN_SCRYPT_N = 2**17
+TEST_SCRYPT_N = 2**14  # the floor of PasswordPolicy.for_tests(); refused in production
 KEY_FORMAT = "pharmafl-user-key-v1"
 
 
@@ -46,13 +53,23 @@ class PasswordPolicy:
         max_age_days: a password older than this must be changed before any other action
             (default 90; 0 disables ageing).
         max_failed_logins: consecutive failures that lock the account (default 5).
-        scrypt_n: scrypt cost for hashes and sealed keys (power of two, >= 2**14; default 2**15).
+        scrypt_n: scrypt cost for hashes, sealed keys and enrolment codes (power of two,
+            >= 2**17; default 2**17).
+        test_only_kdf: set only by :meth:`for_tests`, which allows ``scrypt_n`` down to 2**14.
     """
 
     min_length: int = 12
     max_age_days: int = 90
     max_failed_logins: int = 5
-    scrypt_n: int = 2**15
+    scrypt_n: int = MIN_SCRYPT_N
+    test_only_kdf: bool = False
+
+    @classmethod
+    def for_tests(cls, scrypt_n: int = TEST_SCRYPT_N, **kwargs) -> PasswordPolicy:
+        """A policy with a cheaper KDF, for test suites only: recorded as ``test_only_kdf`` in
+        the ledger and refused by :class:`~pharmafl.compliance.access.AccessControl` unless it
+        was opened with ``allow_test_kdf=True``."""
+        return cls(scrypt_n=scrypt_n, test_only_kdf=True, **kwargs)
 
     def __post_init__(self):
         if self.min_length < 8:
@@ -61,12 +78,16 @@ class PasswordPolicy:
             raise ComplianceError(f"policy max_age_days must be >= 0 (0: no ageing), got {self.max_age_days}")
         if self.max_failed_logins < 1:
             raise ComplianceError(f"policy max_failed_logins must be >= 1, got {self.max_failed_logins}")
-        if self.scrypt_n < MIN_SCRYPT_N or self.scrypt_n & (self.scrypt_n - 1):
-            raise ComplianceError(f"policy scrypt_n must be a power of two >= 2**14, got {self.scrypt_n}")
+        floor = TEST_SCRYPT_N if self.test_only_kdf else MIN_SCRYPT_N
+        if type(self.scrypt_n) is not int or self.scrypt_n < floor or self.scrypt_n & (self.scrypt_n - 1):
+            raise ComplianceError(f"policy scrypt_n must be a power of two >= 2**{floor.bit_length() - 1}, got "
+                                  f"{self.scrypt_n}" + ("" if self.test_only_kdf else
+                                                        " (PasswordPolicy.for_tests() allows less, in tests only)"))
 
     def as_dict(self) -> dict:
         return {"min_length": self.min_length, "max_age_days": self.max_age_days,
-                "max_failed_logins": self.max_failed_logins, "scrypt_n": self.scrypt_n}
+                "max_failed_logins": self.max_failed_logins, "scrypt_n": self.scrypt_n,
+                "test_only_kdf": self.test_only_kdf}
 
 
 def check_new_password(password: str, policy: PasswordPolicy, user_id: str, full_name: str) -> None:
@@ -91,15 +112,26 @@ def _derive(password: str, n: int, r: int, p: int, salt: bytes) -> bytes:
     return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(_secret(password))
 
 
+def new_kdf(scrypt_n: int) -> dict:
+    """Fresh scrypt parameters ``{"name", "n", "r", "p", "salt"}`` (16-byte salt)."""
+    return {"name": "scrypt", "n": scrypt_n, "r": 8, "p": 1, "salt": secrets.token_bytes(16).hex()}
+
+
+def derive(password: str, kdf: dict) -> bytes:
+    """The 32-byte scrypt key of ``password`` under ``kdf`` (as :func:`new_kdf` makes)."""
+    if kdf.get("name") != "scrypt" or not isinstance(kdf.get("n"), int) or kdf["n"] < TEST_SCRYPT_N:
+        raise ComplianceError(f"unsupported or too weak KDF {kdf!r}; the admin must reset the password")
+    return _derive(password, kdf["n"], kdf["r"], kdf["p"], bytes.fromhex(kdf["salt"]))
+
+
 def hash_password(password: str, scrypt_n: int) -> dict:
-    salt = secrets.token_bytes(16)
-    return {"name": "scrypt", "n": scrypt_n, "r": 8, "p": 1, "salt": salt.hex(),
-            "hash": _derive(password, scrypt_n, 8, 1, salt).hex()}
+    kdf = new_kdf(scrypt_n)
+    return {**kdf, "hash": derive(password, kdf).hex()}
 
 
 def password_matches(password: str, stored: dict) -> bool:
     """Constant-time comparison of scrypt(password) with the stored hash."""
-    if stored.get("name") != "scrypt" or stored.get("n", 0) < MIN_SCRYPT_N:
+    if stored.get("name") != "scrypt" or stored.get("n", 0) < TEST_SCRYPT_N:
         raise ComplianceError("stored password hash uses an unsupported KDF; the admin must reset the password")
     got = _derive(password, stored["n"], stored["r"], stored["p"], bytes.fromhex(stored["salt"]))
     return hmac.compare_digest(got, bytes.fromhex(stored["hash"]))
@@ -115,11 +147,9 @@ def _aad(envelope: dict) -> bytes:
 
 def seal_key(key: Ed25519PrivateKey, password: str, actor: str, scrypt_n: int) -> dict:
     """The key encrypted under ``password`` (AES-256-GCM, scrypt), bound to ``actor``."""
-    envelope = {"format": KEY_FORMAT, "actor": actor, "public_key": public_hex(key),
-                "kdf": {"name": "scrypt", "n": scrypt_n, "r": 8, "p": 1, "salt": secrets.token_bytes(16).hex()},
+    envelope = {"format": KEY_FORMAT, "actor": actor, "public_key": public_hex(key), "kdf": new_kdf(scrypt_n),
                 "nonce": secrets.token_bytes(12).hex()}
-    kdf = envelope["kdf"]
-    aes = AESGCM(_derive(password, kdf["n"], kdf["r"], kdf["p"], bytes.fromhex(kdf["salt"])))
+    aes = AESGCM(derive(password, envelope["kdf"]))
     raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     envelope["ciphertext"] = aes.encrypt(bytes.fromhex(envelope["nonce"]), raw, _aad(envelope)).hex()
     return envelope
@@ -130,9 +160,8 @@ def open_key(envelope: dict, password: str, actor: str) -> Ed25519PrivateKey:
     if envelope.get("format") != KEY_FORMAT or envelope.get("actor") != actor:
         raise AuthenticationError(f"the stored signing key is not {actor!r}'s; the admin must disable this "
                                   "account and create a new one")
-    kdf = envelope["kdf"]
     try:
-        aes = AESGCM(_derive(password, kdf["n"], kdf["r"], kdf["p"], bytes.fromhex(kdf["salt"])))
+        aes = AESGCM(derive(password, envelope["kdf"]))
         raw = aes.decrypt(bytes.fromhex(envelope["nonce"]), bytes.fromhex(envelope["ciphertext"]), _aad(envelope))
     except InvalidTag:
         raise AuthenticationError(f"the password does not open {actor!r}'s signing key") from None

@@ -55,6 +55,7 @@ def export_evidence(ac: AccessControl, session: Session, reports: list[str | os.
     """Build the package at ``out`` (new or empty) from the run's ledger and ``reports``."""
     out = Path(out)
     ac.require(session, "export_evidence", "export an evidence package")
+    ac.accounts()  # a package the offline verifier would reject for its users is not made
     if not reports:
         raise ComplianceError("no report given: pass --report DIR (a folder made by `pharmafl report`)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

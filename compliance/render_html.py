@@ -93,12 +93,14 @@ def render_html(record: dict, record_hash: str, signatures: list[dict], plots: d
     parts.append(_table(["round", "party", "SHA-256"], sorted(rows, key=lambda x: (x[0] or 0, x[1])), (2,)))
     parts.append(f"<h2>5. Audit trail</h2><p>{len(record['audit_trail'])} entries. Filter rows: "
                  "<input id=q oninput=filt() placeholder='round, site, event type...'></p>")
-    parts.append(_table(["seq", "when (UTC)", "who", "event", "round", "site", "what", "why"],
-                        [[r["seq"], r["ts"], r["actor"], r["type"], r["round"], r["site"], r["what"], r["why"]]
-                         for r in record["audit_trail"]], ident="trail"))
+    parts.append(_table(["seq", "when (UTC)", "who", "signed by", "event", "round", "site", "what", "why"],
+                        [[r["seq"], r["ts"], r["actor"], r.get("signed_by") or "", r["type"], r["round"], r["site"],
+                          r["what"], r["why"]] for r in record["audit_trail"]], ident="trail"))
     parts.append("<h2>6. 21 CFR Part 11 matrix</h2>" + _table(
         ["requirement", "asks", "who", "control in pharmafl", "evidence"],
         [[r["requirement"], r["asks"], r["who"], r["control"], r["evidence"]] for r in record["part11"]]))
+    parts.append("<h3>Who signs what</h3>" + _table(["what", "signed by", "key", "checked by"], [
+        [r["what"], r["signed_by"], r["key"], r["checked_by"]] for r in record.get("signers", [])]))
     parts.append("<h3>ALCOA+</h3>" + _table(["attribute", "how"], [[a["attribute"], a["how"]] for a in
                                                                    record["alcoa"]]))
     parts.append(f"<footer>Record SHA-256 <span class=mono>{record_hash}</span></footer></body></html>\n")

@@ -191,10 +191,11 @@ def render_pdf(record: dict, record_hash: str, signatures: list[dict], plots: di
     pdf.h1("5. Audit trail")
     filt = record["meta"]["filter"]
     shown = ", ".join(f"{k}: {v}" for k, v in filt.items() if v) or "none (every entry)"
-    pdf.para(f"{len(trail)} entries in ledger order; who (actor), what (event and payload), when (UTC), why. "
+    pdf.para(f"{len(trail)} entries in ledger order; who (actor; 'site-01 via server': the site's signed statement "
+             "in the coordinator's entry), what (event and payload), when (UTC), why. "
              f"Filter: {shown}.")
     pdf.grid(["seq", "when (UTC)", "who", "what", "why"],
-             [[r["seq"], r["ts"].replace("T", " ")[:23], r["actor"], f"{r['type']}: {r['what']}", r["why"]]
+             [[r["seq"], r["ts"].replace("T", " ")[:23], _who(r), f"{r['type']}: {r['what']}", r["why"]]
               for r in trail], (10, 27, 20, 80, 45), size=5.8)
 
     pdf.h1("6. 21 CFR Part 11 matrix")
@@ -203,7 +204,15 @@ def render_pdf(record: dict, record_hash: str, signatures: list[dict], plots: di
     pdf.grid(["requirement", "who", "control in pharmafl", "evidence"],
              [[f"{r['requirement']}: {r['asks']}", r["who"], r["control"], r["evidence"]] for r in record["part11"]],
              (34, 18, 65, 65), size=6.2)
+    pdf.h2("Who signs what")
+    pdf.grid(["what", "signed by", "key", "checked by"],
+             [[r["what"], r["signed_by"], r["key"], r["checked_by"]] for r in record.get("signers", [])],
+             (50, 28, 60, 44), size=6.2)
     pdf.h2("ALCOA+")
     pdf.grid(["attribute", "how"], [[a["attribute"], a["how"]] for a in record["alcoa"]], (30, 152), size=6.5)
     pdf.output(str(path))
     return path
+
+
+def _who(row: dict) -> str:
+    return f"{row['signed_by']} via {row['actor']}" if row.get("signed_by") else row["actor"]

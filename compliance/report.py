@@ -2,7 +2,7 @@
 
 Steps (each a line)::
 
-    verify the ledger (else refuse, naming the first bad entry)
+    verify the ledger (else refuse, naming the first bad entry), replay its users
     build the record        report.json = canonical JSON of every section (what is signed)
     draw the plots          plots/*.png from the record's data
     render the copies       report.pdf, report.html (with the signatures on the record so far)
@@ -29,7 +29,7 @@ from pharmafl.audit.records import format_ts
 from pharmafl.audit.storage import resolve_target
 from pharmafl.compliance.access import AccessControl, Session, ledger_target
 from pharmafl.compliance.errors import ComplianceError
-from pharmafl.compliance.part11 import alcoa_rows, part11_rows
+from pharmafl.compliance.part11 import alcoa_rows, part11_rows, signer_rows
 from pharmafl.compliance.plots import draw_plots
 from pharmafl.compliance.render_html import render_html
 from pharmafl.compliance.render_pdf import render_pdf
@@ -39,7 +39,7 @@ from pharmafl.compliance.trail import TrailFilter, trail_rows
 REPORT_FORMAT = "pharmafl-report-v1"
 FORMATS = ("pdf", "html", "parquet")
 RECORD = "report.json"
-_OK = re.compile(r"OK: (\d+) entries, (\d+) checkpoints, head ([0-9a-f]{64})")
+_OK = re.compile(r"OK: (\d+) entries, (\d+) checkpoints\b.*, head ([0-9a-f]{64})")
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -96,6 +96,7 @@ def build_record(ac: AccessControl, session: Session, run_dir: Path, keep: Trail
         "lineage": lineage_section(entries, sha256_file(model) if model.is_file() else None),
         "audit_trail": trail_rows(entries, keep),
         "part11": part11_rows(),
+        "signers": signer_rows(),
         "alcoa": alcoa_rows(),
     })
 
@@ -121,7 +122,8 @@ def _tables(record: dict, out: Path) -> None:
     metrics += [{"party": s, "metric": k, "value": v} for s, m in record["summary"]["site_metrics"].items()
                 for k, v in m.items() if isinstance(v, (int, float))]
     tables = {"audit_trail": record["audit_trail"], "privacy": privacy, "lineage": lineage, "metrics": metrics,
-              "validation_curves": record["summary"]["validation_curves"], "part11": record["part11"]}
+              "validation_curves": record["summary"]["validation_curves"], "part11": record["part11"],
+              "signers": record["signers"]}
     for name, rows in tables.items():
         frame = pd.DataFrame(rows)
         frame.to_parquet(out / f"{name}.parquet", index=False)
@@ -155,6 +157,7 @@ def generate_report(ac: AccessControl, session: Session, run_dir: str | os.PathL
     run_dir, out = Path(run_dir), Path(out)
     ac.require(session, "generate_report", f"generate a report of run {run_dir.name!r}")
     record = build_record(ac, session, run_dir, keep)
+    ac.accounts()  # and its users replay as the offline verifier's does
     text = canonical_json(record, where="report record") + "\n"
     record_hash = hashlib.sha256(text.encode()).hexdigest()
     tmp = _staging(out)

@@ -11,7 +11,8 @@ role                 may
 ===================  ===================================================================
 
 Every user may log in and change their own password. Separation of duties: an admin
-cannot sign or generate reports, a QA user cannot create users. The table is data
+cannot sign or generate reports, a QA user cannot create users, nobody changes their own
+role, and no one holding admin is given a signing role (:data:`SIGNING_ROLES`). The table is data
 (:data:`PERMISSIONS`) and one pure function (:func:`may`); the standalone evidence
 verifier carries its own copy of the signing rows to re-check signatures offline.
 """
@@ -41,6 +42,10 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "export_evidence": frozenset({Role.QA, Role.REGULATOR}),
     "manage_users": frozenset({Role.ADMIN}),
 }
+
+
+SIGNING_ROLES = frozenset().union(*(roles for action, roles in PERMISSIONS.items() if action.startswith("sign:")))
+"""Roles that may sign: never given to anyone who holds admin (separation of duties)."""
 
 
 def parse_role(text: str) -> Role:

@@ -3,6 +3,10 @@
 Pure functions of the (already verified) entries; numbers that JSON cannot hold (NaN,
 infinity) become ``None``. Each returns plain JSON data that goes into the signed record
 ``report.json`` unchanged, so the PDF, HTML and Parquet copies all show the same figures.
+
+What a site asserts (its update hash, ε spent, commitment, a decline) is a statement the site
+signed, embedded in the coordinator's entry; every figure here is read through
+:func:`pharmafl.audit.records.asserted`, so it is the site's own, under the site's name.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from typing import Any
+
+from pharmafl.audit.records import asserted
 
 EPS_TOLERANCE = 1e-9
 
@@ -45,16 +51,17 @@ def privacy_section(entries: Sequence[Any]) -> dict:
     settings = settings or {}
     sites: dict[str, dict] = {}
     for e in spent:
-        d = e.data
-        s = sites.setdefault(e.actor, {"party": e.actor, "epsilon_by_round": [], "declined_rounds": []})
+        party, d = asserted(e)
+        s = sites.setdefault(party, {"party": party, "epsilon_by_round": [], "declined_rounds": []})
         s["epsilon_by_round"].append([d.get("round"), d.get("epsilon_round"), d.get("epsilon_total")])
         for key in ("delta", "accountant", "noise_multiplier", "sample_rate", "steps", "privacy_unit", "budget",
-                    "noise_source"):
+                    "noise_source", "epsilon_prior"):
             if key in d:
                 s[key] = d[key]
     for e in declined:
-        sites.setdefault(e.actor, {"party": e.actor, "epsilon_by_round": [], "declined_rounds": []})[
-            "declined_rounds"].append(e.data.get("round"))
+        party, d = asserted(e)
+        sites.setdefault(party, {"party": party, "epsilon_by_round": [], "declined_rounds": []})[
+            "declined_rounds"].append(d.get("round"))
     for s in sites.values():
         totals = [t for _, _, t in s["epsilon_by_round"] if isinstance(t, (int, float))]
         s["epsilon_total"] = max(totals) if totals else 0.0
@@ -86,17 +93,17 @@ def lineage_section(entries: Sequence[Any], model_sha256: str | None) -> dict:
     ended = _last(entries, "run_ended") or {}
     rounds: dict[int, dict] = {}
     for e in entries:
-        d = e.data
+        site, d = asserted(e)
         if e.type == "site_update":
             u = rounds.setdefault(d.get("round"), {"round": d.get("round"), "updates": {}})["updates"].setdefault(
-                e.actor, {})
+                site, {})
             u.pop("kind", None)
             u.update({"update_hash": d.get("update_hash"), "accepted": d.get("accepted", True),
                       "num_examples": d.get("num_examples")})
         elif e.type == "secure_shares":  # secure aggregation: the site's salted commitment to its plaintext update
             u = rounds.setdefault(d.get("round"), {"round": d.get("round"), "updates": {}})["updates"].setdefault(
-                e.actor, {"update_hash": d.get("commitment"), "accepted": True, "num_examples": d.get("num_examples"),
-                          "kind": "commitment (secure aggregation)"})
+                site, {"update_hash": d.get("commitment"), "accepted": True, "num_examples": d.get("num_examples"),
+                       "kind": "commitment (secure aggregation)"})
             u["commitment"] = d.get("commitment")
         elif e.type == "aggregated":
             r = rounds.setdefault(d.get("round"), {"round": d.get("round"), "updates": {}})
@@ -105,13 +112,22 @@ def lineage_section(entries: Sequence[Any], model_sha256: str | None) -> dict:
                 r["secure"] = {k: d["secure"].get(k) for k in ("parties", "sum_hash", "excluded")}
     model_hash = ended.get("model_hash")
     return clean({
-        "manifests": dict(sorted((started.get("manifests") or {}).items())),
+        "manifests": manifests_of(started),
         "config_hash": started.get("config_hash"),
         "rounds": [rounds[k] for k in sorted(rounds, key=lambda r: (r is None, r))],
         "model_hash": model_hash,
         "model_file_sha256": model_sha256,
         "model_file_matches": None if model_sha256 is None else model_sha256 == model_hash,
     })
+
+
+def manifests_of(started: dict) -> dict[str, str]:
+    """Each site's data-manifest SHA-256: from the consortium's site cards pinned in
+    ``run_started`` (each card signed by its site), else the run's own ``manifests``."""
+    cards = (started.get("consortium") or {}).get("cards") or {}
+    if cards:
+        return {site: card.get("manifest_sha256") for site, card in sorted(cards.items())}
+    return dict(sorted((started.get("manifests") or {}).items()))
 
 
 def summary_section(entries: Sequence[Any]) -> dict:
@@ -139,7 +155,7 @@ def summary_section(entries: Sequence[Any]) -> dict:
         "rounds": ended.get("rounds"), "engine": started.get("engine"), "seed": started.get("seed"),
         "git_commit": started.get("git_commit"), "config_hash": started.get("config_hash"),
         "config": flatten(started.get("config") or {}), "versions": started.get("versions") or {},
-        "sites": started.get("sites") or [],
+        "sites": started.get("sites") or sorted(manifests_of(started)),
         "global_metrics": {k: v for k, v in final.items() if k.startswith("test_")},
         "site_metrics": final.get("sites") or {},
         "global_by_round": global_by_round, "validation_curves": curves,

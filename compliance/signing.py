@@ -4,6 +4,7 @@ A record is a report folder (or its ``report.json``) generated from this run's l
 the run's final model (``model.safetensors``, whose SHA-256 ``run_ended`` holds). Steps::
 
     check the role may sign with this meaning         (refusal recorded: action_refused)
+    replay the ledger's users as the offline verifier does (enrolments, roles, lockouts)
     hash the record; it must be one this ledger knows  (11.10(f): sequencing)
     refuse a second signature by the same user with the same meaning
     sign the fields with the user's key                (unlocked by the password just typed)
@@ -61,6 +62,7 @@ def sign(ac: AccessControl, session: Session, record_path: str | Path, meaning: 
     """Sign the record at ``record_path`` as ``session``'s user; returns the e_signature payload."""
     meaning = parse_meaning(meaning)
     ac.require(session, f"sign:{meaning}", f"sign records as {meaning!r}")
+    ac.accounts()  # the users replay the offline verifier runs: no signing on a ledger it would reject
     record_hash, folder = resolve_record(Path(record_path))
     known = known_records(ac)
     if record_hash not in known:

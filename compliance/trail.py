@@ -5,6 +5,11 @@ Any event type renders: known types get a sentence for *why*, unknown ones (e.g.
 ``secure_shares`` event) a generic one; *what* is a compact, bounded summary of the
 payload's fields, hashes shortened. Rows can be filtered by round, site and event type
 (an entry with no round or site is kept only when that filter is not set).
+
+An entry that embeds a site's signed statement (written by the coordinator, ``server``)
+shows what the site asserted (:func:`pharmafl.audit.records.asserted`): ``site`` and
+``signed_by`` are that site, ``what`` its round, payload and the coordinator's own fields;
+``actor`` stays the entry's writer.
 """
 
 from __future__ import annotations
@@ -15,24 +20,28 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pharmafl.audit.records import asserted
+
 _HASH = re.compile(r"[0-9a-f]{64,128}")
 WHY_FIELDS = ("reason", "message", "meaning", "status", "error", "what")
 WHY = {
-    "actor_key": "registers {target}'s Ed25519 public key before its first entry",
+    "actor_key": "registers {target}'s Ed25519 public key before its first entry (a user's: her own enrolment)",
     "run_started": "the coordinator starts the run (config, code version, data manifests)",
     "round_started": "the coordinator opens round {round}",
-    "site_update": "the site's model update for round {round}, by hash",
-    "clip": "DP-SGD per-example gradient clipping statistics for round {round}",
+    "site_update": "the site's signed statement of its model update for round {round}, by hash",
+    "clip": "the site's signed DP-SGD per-example gradient clipping statistics for round {round}",
     "privacy_spent": "privacy accounting after round {round}",
-    "site_declined": "the site declined round {round}",
+    "site_declined": "the site declined round {round} (its signed statement)",
     "site_failed": "a site failed in round {round}",
-    "secure_shares": "the site's secret shares for round {round} (commitment and share hashes, not the update)",
+    "secure_shares": "the site's secret shares for round {round} (its signed commitment and share hashes, not the "
+                     "update)",
+    "witness_refused": "a site's witness refused to cosign a checkpoint",
     "bound_check": "the MPC check of a site's update norm bound in round {round}",
     "aggregated": "the server aggregates round {round}",
     "alarm": "a diagnostic alarm",
     "round_ended": "round {round} closes with its metrics",
     "run_ended": "the run ends; final model by hash",
-    "user_created": "an admin creates a user account",
+    "user_created": "an admin creates a user account and commits to its one-time enrolment code",
     "user_login": "the user authenticated with user id and password",
     "login_failed": "a failed login",
     "login_refused": "a login refused",
@@ -106,14 +115,16 @@ def site_of(actor: str, payload: dict) -> str | None:
 
 
 def trail_rows(entries: Iterable[Any], keep: TrailFilter = TrailFilter()) -> list[dict]:
-    """One row per entry: seq, ts (when), actor (who), type and what, why, round, site, entry_hash."""
+    """One row per entry: seq, ts (when), actor (who wrote it), signed_by (the site whose
+    statement it embeds, else None), type and what, why, round, site, entry_hash."""
     rows = []
     for e in entries:
-        data = e.data
+        who, data = asserted(e)
+        signed_by = who if who != e.actor else None
         rnd = data.get("round")
-        row = {"seq": e.seq, "ts": e.ts, "actor": e.actor, "type": e.type,
+        row = {"seq": e.seq, "ts": e.ts, "actor": e.actor, "signed_by": signed_by, "type": e.type,
                "round": rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else None,
-               "site": site_of(e.actor, data), "what": summarize(data), "why": why(e.type, data),
+               "site": signed_by or site_of(e.actor, data), "what": summarize(data), "why": why(e.type, data),
                "entry_hash": e.entry_hash}
         if keep.keeps(row):
             rows.append(row)

@@ -3,13 +3,16 @@
 ``compliance_users``   user_id (primary key) · full_name · role · status · failed_logins ·
                        password (scrypt hash, JSON) · sealed_key (JSON, null until the user
                        sets their own password) · public_key · password_set_at ·
-                       must_change · created_at · created_by
+                       must_change · created_at · created_by · created_seq (the seq of the
+                       account's ``user_created`` entry)
 ``compliance_policy``  id = 1 · policy (JSON of :class:`PasswordPolicy`)
 
 Users are mutable state (failure counters, password age, status); the ledger is the
-history: every change made here follows a ledger entry that records it
-(:mod:`pharmafl.compliance.access`). These tables are not append-only and are not what a
-regulator verifies; they hold no secret in the clear.
+history. Every change here is written **in the same transaction** as the ledger entry that
+records it: the writes take the ledger transaction's connection (``conn``, from the
+ledger's ``on_commit`` hook, :mod:`pharmafl.compliance.access`), so a crash leaves both or
+neither. These tables are not append-only and are not what a regulator verifies; they hold
+no secret in the clear.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pharmafl.audit.evidence import display_key
 from pharmafl.audit.storage import Storage
 from pharmafl.compliance.credentials import PasswordPolicy
 from pharmafl.compliance.errors import ComplianceError
 from pharmafl.compliance.roles import Role
 from sqlalchemy import Boolean, Column, Integer, String, Text, select
+from sqlalchemy.engine import Connection
 from sqlmodel import Field, SQLModel
 
 USERS = "compliance_users"
@@ -46,6 +51,7 @@ class UserRow(SQLModel, table=True):
     must_change: bool = Field(sa_column=Column(Boolean, nullable=False))
     created_at: str = Field(sa_column=Column(String(27), nullable=False))
     created_by: str = Field(sa_column=Column(String(64), nullable=False))
+    created_seq: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
 
 
 class PolicyRow(SQLModel, table=True):
@@ -74,6 +80,7 @@ class User:
     must_change: bool
     created_at: str
     created_by: str
+    created_seq: int | None = None
 
     @property
     def actor(self) -> str:
@@ -100,7 +107,8 @@ def _to_user(row: Any) -> User:
     d = dict(zip(_COLUMNS, row))
     return User(d["user_id"], d["full_name"], Role(d["role"]), d["status"], d["failed_logins"],
                 json.loads(d["password"]), json.loads(d["sealed_key"]) if d["sealed_key"] else None,
-                d["public_key"], d["password_set_at"], bool(d["must_change"]), d["created_at"], d["created_by"])
+                d["public_key"], d["password_set_at"], bool(d["must_change"]), d["created_at"], d["created_by"],
+                d["created_seq"])
 
 
 def _to_row(user: User) -> dict:
@@ -108,11 +116,13 @@ def _to_row(user: User) -> dict:
             "failed_logins": user.failed_logins, "password": json.dumps(user.password, sort_keys=True),
             "sealed_key": json.dumps(user.sealed_key, sort_keys=True) if user.sealed_key else None,
             "public_key": user.public_key, "password_set_at": user.password_set_at,
-            "must_change": user.must_change, "created_at": user.created_at, "created_by": user.created_by}
+            "must_change": user.must_change, "created_at": user.created_at, "created_by": user.created_by,
+            "created_seq": user.created_seq}
 
 
 class UserStore:
-    """CRUD on the two tables through the ledger's :class:`~pharmafl.audit.storage.Storage`."""
+    """CRUD on the two tables through the ledger's :class:`~pharmafl.audit.storage.Storage`;
+    writes take a connection whose transaction is the ledger entry's."""
 
     def __init__(self, storage: Storage):
         self.storage = storage
@@ -139,17 +149,27 @@ class UserStore:
             rows = conn.execute(select(UserRow.__table__).order_by(UserRow.__table__.c.user_id)).all()
         return [_to_user(r) for r in rows]
 
-    def insert(self, user: User) -> None:
-        with self.storage.write() as conn:
-            conn.execute(UserRow.__table__.insert(), [_to_row(user)])
-
-    def save(self, user: User) -> None:
-        """Replace the stored row of ``user.user_id`` (it must exist)."""
+    def insert(self, conn: Connection, user: User) -> None:
+        """Add ``user`` in the transaction of ``conn`` (the ledger's, through ``on_commit``);
+        refuses, inside that transaction, an id or printed name another account holds."""
         table = UserRow.__table__
-        with self.storage.write() as conn:
-            done = conn.execute(table.update().where(table.c.user_id == user.user_id).values(**_to_row(user)))
-            if done.rowcount != 1:
-                raise ComplianceError(f"user {user.user_id!r} vanished from {USERS} while being updated")
+        for row in conn.execute(select(table.c.user_id, table.c.full_name)):
+            if row[0] == user.user_id or display_key(row[1]) == display_key(user.full_name):
+                raise ComplianceError(f"user {user.user_id!r} ({user.full_name!r}) was created meanwhile, or its "
+                                      f"printed name is {row[0]!r}'s: ids and printed names are never reused")
+        conn.execute(table.insert(), [_to_row(user)])
+
+    def require_empty(self, conn: Connection) -> None:
+        """Refuse, inside the transaction of ``conn``, if any account exists (bootstrap races)."""
+        if conn.execute(select(UserRow.__table__.c.user_id)).first() is not None:
+            raise ComplianceError("users were initialised meanwhile by another `pharmafl users init`")
+
+    def save(self, conn: Connection, user: User) -> None:
+        """Replace the stored row of ``user.user_id`` (it must exist) in the transaction of ``conn``."""
+        table = UserRow.__table__
+        done = conn.execute(table.update().where(table.c.user_id == user.user_id).values(**_to_row(user)))
+        if done.rowcount != 1:
+            raise ComplianceError(f"user {user.user_id!r} vanished from {USERS} while being updated")
 
     def policy(self) -> PasswordPolicy | None:
         if not self.exists():
@@ -158,8 +178,7 @@ class UserStore:
             row = conn.execute(select(PolicyRow.__table__.c.policy).where(PolicyRow.__table__.c.id == 1)).first()
         return None if row is None else PasswordPolicy(**json.loads(row[0]))
 
-    def set_policy(self, policy: PasswordPolicy) -> None:
+    def set_policy(self, conn: Connection, policy: PasswordPolicy) -> None:
         table = PolicyRow.__table__
-        with self.storage.write() as conn:
-            conn.execute(table.delete().where(table.c.id == 1))
-            conn.execute(table.insert(), [{"id": 1, "policy": json.dumps(policy.as_dict(), sort_keys=True)}])
+        conn.execute(table.delete().where(table.c.id == 1))
+        conn.execute(table.insert(), [{"id": 1, "policy": json.dumps(policy.as_dict(), sort_keys=True)}])

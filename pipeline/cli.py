@@ -37,6 +37,8 @@ def _mount_subcommands() -> None:
     for module, name, help_text in (
         ("pharmafl.sites.data_cli", "data", "Fetch, validate and import datasets."),
         ("pharmafl.audit.cli", "ledger", "Verify, export and prove the audit ledger."),
+        ("pharmafl.sites.site_cli", "site", "A site's home: init, card, accept a consortium, audit a ledger."),
+        ("pharmafl.pipeline.cli_consortium", "consortium", "The coordinator's roster of site cards."),
     ):
         sub = __import__(module, fromlist=["app"]).app
         app.add_typer(sub, name=name, help=help_text)

@@ -34,6 +34,10 @@ class DataConfig:
         partition: ``compound`` (default), ``target-family``, ``dirichlet``, ``quantity``, ``iid``.
         alpha: Dirichlet concentration for ``dirichlet`` and ``quantity`` (default 0.5).
         val_fraction: share of each site's training rows kept for local validation.
+        benchmark: the agreed public set the coordinator scores the global model on:
+            ``test-fold`` (default: the DeepDTA test fold of a public ``dataset``, e.g. DAVIS),
+            a directory of public tables, or ``none`` (no global metrics). Never the union
+            of the sites' private data.
     """
 
     dataset: str = "davis"
@@ -41,6 +45,7 @@ class DataConfig:
     partition: Partition = "compound"
     alpha: float = 0.5
     val_fraction: float = 0.1
+    benchmark: str = "test-fold"
 
     def __post_init__(self):
         if self.sites < 1:

@@ -21,11 +21,11 @@ from pharmafl.pipeline.aggregate import State, add, site_weights
 from pharmafl.pipeline.artifacts import checkpoint_hash
 from pharmafl.pipeline.diagnostics import DriftMonitor, update_diagnostics
 from pharmafl.pipeline.events import EventBus
+from pharmafl.pipeline.statements import check_statements
 from pharmafl.pipeline.strategies.base import Strategy
 from pharmafl.sites import update as wire
+from pharmafl.sites.signed_site import CLIP_KEYS, statement_payloads
 from pharmafl.sites.site import Declined, FitResult, Instructions
-
-CLIP_KEYS = ("clip_norm", "clipped", "total", "max_norm", "mean_norm")
 
 
 class RoundAborted(Exception):
@@ -54,6 +54,10 @@ class Coordinator:
     evaluate: Callable[[State], dict] | None = None  # benchmark metrics of a global state
     model_config: dict = field(default_factory=dict)  # stored with checkpoints (their hashes)
     stop_on_decline: bool = False  # privacy.on_exhausted == "stop"
+    run_id: str = ""  # what every site statement of this run is bound to
+    site_keys: Mapping[str, bytes] = field(default_factory=dict)  # pinned in the consortium's cards
+    secure: bool = False  # results are secret-share envelopes (their statements say so)
+    _statements: dict = field(default_factory=dict, repr=False)  # site -> {type: statement}, this round
 
     def start_round(self, round: int, state: State, sites: list[str]) -> Instructions:
         self.bus.emit(ev.ROUND_STARTED, "server", round=round, sites=sorted(sites))
@@ -68,9 +72,16 @@ class Coordinator:
         declined: Mapping[str, Declined] | None = None,
     ) -> RoundOutcome:
         failed = dict(failures or {})
-        for site in sorted(declined or {}):
+        declined = dict(declined or {})
+        for site in sorted(declined):
             d = declined[site]
-            self.bus.emit(ev.SITE_DECLINED, site, round=round, reason=d.reason, **d.details)
+            stmts, problem = check_statements(d.statements, [("site_declined", {"reason": d.reason, **d.details})],
+                                              site=site, round=round, run_id=self.run_id, key=self.site_keys.get(site))
+            if problem is not None:
+                failed[site] = f"decline not accepted: {problem}"
+                del declined[site]
+                continue
+            self.bus.emit_statement(stmts["site_declined"])
         if declined and self.stop_on_decline:
             raise RoundAborted(f"round {round}: {sorted(declined)} declined ({declined[min(declined)].reason}) "
                                f"and privacy.on_exhausted is 'stop'")  # fmt: skip
@@ -89,7 +100,7 @@ class Coordinator:
         )  # fmt: skip
         spent = self.strategy.privacy_spent(round)
         if spent is not None:
-            self.bus.emit(ev.PRIVACY_SPENT, "server", round=round, **spent)
+            self.bus.emit(ev.PRIVACY_SPENT, "server", round=round, party="server", **spent)  # its own, unsigned by sites
         for alarm in self.drift.observe(diag["cosine_to_mean"]) if diag else ():
             self.bus.emit(ev.ALARM, "server", round=round, **alarm)
         round_metrics = {"sites": metrics}
@@ -116,26 +127,37 @@ class Coordinator:
     def _collect(self, round, state, results, failed):
         """Check and open each result in sorted site order."""
         updates, metrics = [], {}
+        self._statements = {}
         for site in sorted(results):
             res = results[site]
+            stmts, problem = self._signed(site, round, res)
+            if problem is not None:  # nothing the site claimed can be recorded as its statement
+                failed[site] = problem
+                continue
+            self._statements[site] = stmts
             problem = self._check(site, round, res, state)
-            self.bus.emit(
-                ev.SITE_UPDATE, site, round=round, update_hash=res.update_hash,
-                num_examples=res.num_examples, update_bytes=len(res.payload),
-                metrics=res.metrics if problem is None else {}, accepted=problem is None,
-            )  # fmt: skip
-            if res.privacy and _privacy_problem(res.privacy) is None:  # spent even if the update is rejected
-                p = res.privacy
-                self.bus.emit(ev.CLIP, site, round=round, **{k: p[k] for k in CLIP_KEYS})
-                if "epsilon_total" in p:
-                    self.bus.emit(ev.PRIVACY_SPENT, site, round=round,
-                                  **{k: v for k, v in p.items() if k not in CLIP_KEYS})  # fmt: skip
+            self.bus.emit_statement(stmts["site_update"], accepted=problem is None, problem=problem)
+            for type_ in ("clip", "privacy_spent"):  # spent even if the update is rejected
+                if type_ in stmts and _privacy_problem(res.privacy) is None:
+                    self.bus.emit_statement(stmts[type_])
             if problem is not None:
                 failed[site] = problem
                 continue
             updates.append(self._open(site, round, res))
             metrics[site] = dict(res.metrics)
         return updates, metrics
+
+    def _signed(self, site: str, round: int, res: FitResult) -> tuple[dict, str | None]:
+        """The result's statements by type, checked against the result and the pinned key."""
+        if res.site != site or res.round != round:
+            return {}, f"result is labelled {res.site} round {res.round}, expected {site} round {round}"
+        try:
+            expected = statement_payloads(res, self.secure)
+        except Exception as exc:  # an envelope that does not parse: the site's result is unusable
+            return {}, f"{type(exc).__name__}: {exc}"
+        stmts, problem = check_statements(res.statements, expected, site=site, round=round, run_id=self.run_id,
+                                          key=self.site_keys.get(site))
+        return stmts, None if problem is None else f"statement not accepted: {problem}"
 
     def _check(self, site: str, round: int, res: FitResult, state: State) -> str | None:
         return _validate(site, round, res, state, self.strategy.required_parts)

@@ -1,6 +1,8 @@
 """The in-process engine: the same site and strategy code, no processes.
 
 For tests, sweeps and 100-site simulations. Sites train one after another in sorted order;
+after every checkpoint each site's witness is asked to cosign it (as the NVFlare engine
+does through its messages);
 a site that raises is reported as failed and the round goes on without it (if at least
 ``min_sites`` remain). For the same seed and config it produces the same final model as the
 NVFlare engine.
@@ -39,6 +41,7 @@ class LocalEngine:
                 results, failures, declined = self._fit_all(sites, r, state, instructions)
                 state = coord.finish_round(r, state, results, failures, declined).state
                 done = r
+                self._witness(bus, sites)
         except RoundAborted as exc:
             status = f"stopped: {exc}"
         except Exception as exc:  # recorded and re-raised: the run ends with what it has
@@ -53,9 +56,24 @@ class LocalEngine:
                 site_metrics[sid] = {"error": repr(exc)}
         metrics = end_run(plan, coord, state, status=status, rounds=done, site_metrics=site_metrics,
                           seconds=time.perf_counter() - start)  # fmt: skip
+        self._witness(bus, sites)  # the run_ended checkpoint
         if error is not None:
             raise error
         return metrics
+
+    @staticmethod
+    def _witness(bus: EventBus, sites: dict) -> None:
+        """Deliver each site its request to cosign the latest checkpoint; hand back the answers."""
+        answers = {}
+        for sid, request in sorted(bus.witness_requests().items()):
+            if sid not in sites:
+                answers[sid] = "the site is not part of this engine"
+                continue
+            try:
+                answers[sid] = sites[sid].witness(request)
+            except Exception as exc:  # a refusal is recorded; the run goes on
+                answers[sid] = f"{type(exc).__name__}: {exc}"
+        bus.cosigned(answers)
 
     @staticmethod
     def _fit_all(sites: dict[str, Site], r: int, state, instructions: Instructions):

@@ -130,7 +130,7 @@ def build_recipe(plan: RunPlan):
         recipe = Recipe(
             name=JOB_NAME,
             min_clients=len(plan.sites),
-            num_rounds=plan.cfg.federation.rounds + 1,  # + the final evaluation round
+            num_rounds=plan.cfg.federation.rounds + 2,  # + the final evaluation, + cosigning run_ended
             train_script="client.py",
             train_args=f"--plan {plan_path}",
             aggregator=components.PharmaflAggregator(plan_path=str(plan_path)),

@@ -20,8 +20,8 @@ run_started          server     run_id, config (dict), config_hash, git_commit, 
                                 settings, what ε protects in words, and every party's plan)
 round_started        server     round, sites (list of site ids selected)
 site_update          site-XX    round, update_hash (sha256 of the serialized update exactly as
-                                sent), num_examples, update_bytes, accepted (bool), metrics
-                                (dict; empty when the update was rejected)
+                                sent), num_examples, update_bytes, metrics, accepted (bool),
+                                problem (why it was rejected, or None)
 clip                 site-XX    round, clip_norm, clipped, total, max_norm, mean_norm
 privacy_spent        site-XX    round, epsilon_round, epsilon_total, delta, budget (None:
                      or server  none), accountant, noise_multiplier, sample_rate, steps,
@@ -46,8 +46,16 @@ run_ended            server     status ("completed", "stopped: <why>" or "failed
                                 rounds, model_hash, metrics (dict)
 ===================  =========  ==============================================================
 
+Whatever a site asserts (``site_update``, ``clip``, ``privacy_spent`` of a site,
+``site_declined``, ``secure_shares``) reaches the bus as the site's own signed statement
+(:meth:`EventBus.emit_statement`, format in ``docs/trust-domains.md``): the event's payload
+is the statement's round and payload plus the coordinator's annotations, and the event
+keeps the statement verbatim for the ledger, which embeds it in the coordinator's entry.
+
 The ledger writes a signed Merkle checkpoint after every ``round_ended`` and
-``run_ended``.
+``run_ended``; an engine then asks the bus for the witness requests of that checkpoint
+(:meth:`EventBus.witness_requests`), delivers each to its site's witness and hands the
+answers back (:meth:`EventBus.cosigned`).
 """
 
 from __future__ import annotations
@@ -94,6 +102,8 @@ class Event:
     type: str
     actor: str
     payload: Mapping[str, Any] = field(default_factory=dict)
+    statement: Mapping[str, Any] | None = None  # the site's signed statement, verbatim
+    annotations: Mapping[str, Any] | None = None  # what the coordinator adds to it (e.g. accepted)
 
 
 @runtime_checkable
@@ -103,6 +113,15 @@ class Listener(Protocol):
     def on_event(self, event: Event) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Witnessed(Protocol):
+    """A listener that writes checkpoints the sites cosign (the ledger)."""
+
+    def witness_requests(self) -> dict[str, dict]: ...
+
+    def cosigned(self, responses: Mapping[str, Any]) -> dict[str, str]: ...
 
 
 class EventBus:
@@ -121,6 +140,33 @@ class EventBus:
         for listener in self._listeners:
             listener.on_event(event)
         return event
+
+    def emit_statement(self, statement: Mapping[str, Any], **annotations: Any) -> Event:
+        """Emit a site's signed statement (checked by the caller) with the coordinator's annotations."""
+        type_ = statement["type"]
+        if type_ not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {type_!r}; valid: {', '.join(EVENT_TYPES)}")
+        payload = {"round": statement["round"], **statement["payload"], **annotations}
+        event = Event(type_, statement["site"], payload, statement=statement, annotations=annotations)
+        for listener in self._listeners:
+            listener.on_event(event)
+        return event
+
+    def witness_requests(self) -> dict[str, dict]:
+        """Site id -> request to cosign the latest checkpoint (empty without a witnessed ledger)."""
+        out: dict[str, dict] = {}
+        for listener in self._listeners:
+            if isinstance(listener, Witnessed):
+                out.update(listener.witness_requests())
+        return out
+
+    def cosigned(self, responses: Mapping[str, Any]) -> dict[str, str]:
+        """Hand the sites' answers (a cosignature, or why not) to the ledger; returns refusals."""
+        refused: dict[str, str] = {}
+        for listener in self._listeners:
+            if isinstance(listener, Witnessed):
+                refused.update(listener.cosigned(responses))
+        return refused
 
     def close(self) -> None:
         """Close every listener; the first error is raised after all were tried."""

@@ -7,8 +7,11 @@ plain weights only. :class:`PharmaflAggregator` buffers every site's result in
 sorted site order. It returns the full new global weights (NVFlare replaces its global model
 with them) and the next round's instructions in the model's ``meta``.
 
-The job runs ``rounds + 1`` NVFlare rounds: the last one only asks every site to evaluate
-the final model on its own validation and test data.
+The job runs ``rounds + 2`` NVFlare rounds: round ``rounds + 1`` only asks every site to
+evaluate the final model on its own validation and test data, and the last one only asks
+the sites to cosign the ``run_ended`` checkpoint. Every model the server sends after a
+checkpoint carries the witness requests for it; the sites' cosignatures come back with
+their next results and go to the ledger (:meth:`EventBus.cosigned`).
 
 :class:`PlanPersistor` gives NVFlare the initial weights, rebuilt from the plan's model
 config and seed (no torch model class travels in the job config).
@@ -28,13 +31,20 @@ from nvflare.app_common.app_constant import AppConstants
 
 from pharmafl.pipeline.coordinator import RoundAborted
 from pharmafl.pipeline.events import EventBus
-from pharmafl.pipeline.nvflare_wire import STOP_METRIC, encode_instructions, result_from_model
+from pharmafl.pipeline.nvflare_wire import (
+    STOP_METRIC,
+    WITNESS_KEY,
+    WITNESS_ONLY,
+    encode_instructions,
+    result_from_model,
+    witness_answer,
+)
 from pharmafl.pipeline.run import RunPlan, end_run, initial_state, server_side, start_run
 from pharmafl.sites.site import Declined
 
 
 def load_plan(plan_path: str) -> RunPlan:
-    return RunPlan.from_json(Path(plan_path).read_text())
+    return RunPlan.load(Path(plan_path))
 
 
 class PlanPersistor(ModelPersistor):
@@ -78,7 +88,7 @@ class PharmaflAggregator(ModelAggregator):
         self.bus = EventBus(run_listeners(self.plan))
         self.coord = server_side(self.plan, self.bus)
         self.state = initial_state(self.plan.cfg)
-        self.rounds_done, self.stopped = 0, None
+        self.rounds_done, self.stopped, self.finished, self._asked = 0, None, False, set()
         start_run(self.plan, self.bus, engine="nvflare")
         self.instructions = self.coord.start_round(1, self.state, list(self.plan.sites))
 
@@ -91,9 +101,14 @@ class PharmaflAggregator(ModelAggregator):
     def aggregate_model(self) -> FLModel:
         r = int(self.fl_ctx.get_prop(AppConstants.CURRENT_ROUND)) + 1
         received, self._buffer = self._buffer, {}
+        self.bus.cosigned({s: a for s in self.plan.sites if (a := witness_answer(received.get(s))) is not None}
+                          | {s: "no answer from the site" for s in self._asked if s not in received})
+        if self.finished:  # the witness-only round after run_ended: the job is done
+            return FLModel(params_type=ParamsType.FULL, params=self.state, metrics={STOP_METRIC: 1.0},
+                           meta=encode_instructions(None))  # fmt: skip
         rounds = self.plan.cfg.federation.rounds
         if r > rounds or self.stopped:
-            return self._finish(received)
+            return self._finish(received, status=self.stopped)
         results, failures, declined = {}, {}, {}
         for site in self.plan.sites:
             if site not in received:
@@ -120,18 +135,25 @@ class PharmaflAggregator(ModelAggregator):
             meta = encode_instructions(self.instructions)
         else:
             meta = encode_instructions(None)  # the extra round: evaluate the final model only
-        return FLModel(params_type=ParamsType.FULL, params=self.state, metrics={STOP_METRIC: 0.0}, meta=meta)
+        return FLModel(params_type=ParamsType.FULL, params=self.state, metrics={STOP_METRIC: 0.0},
+                       meta=self._witnessed(meta))
+
+    def _witnessed(self, meta: dict) -> dict:
+        """``meta`` plus the requests to cosign the checkpoint just written (one per site)."""
+        requests = self.bus.witness_requests()
+        self._asked = set(requests)
+        return {**meta, WITNESS_KEY: requests} if requests else meta
 
     def _finish(self, received: dict[str, FLModel], status: str | None = None) -> FLModel:
         site_metrics = {}
         for site in self.plan.sites:
             m = received.get(site)
-            if m is not None:
-                site_metrics[site] = dict(m.meta.get("final_metrics", {}))
+            if m is not None and "final_metrics" in (m.meta or {}):
+                site_metrics[site] = dict(m.meta["final_metrics"])
             else:
                 site_metrics[site] = {"error": "no final evaluation (run stopped or site dropped out)"}
         end_run(self.plan, self.coord, self.state, status=status or "completed", rounds=self.rounds_done,
                 site_metrics=site_metrics, seconds=time.perf_counter() - self.started)  # fmt: skip
-        return FLModel(params_type=ParamsType.FULL, params=self.state, metrics={STOP_METRIC: 1.0},
-                       meta=encode_instructions(None))  # fmt: skip
-
+        self.finished = True  # one more exchange: the sites cosign the run_ended checkpoint
+        return FLModel(params_type=ParamsType.FULL, params=self.state, metrics={STOP_METRIC: 0.0},
+                       meta=self._witnessed({**encode_instructions(None), WITNESS_ONLY: True}))

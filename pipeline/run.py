@@ -1,8 +1,9 @@
 """A federated run from config to outputs, engine-independent parts.
 
-:func:`prepare` validates the config, partitions the dataset into site stores under
-``RUN/sites/``, verifies every store, fixes the privacy plans and writes ``RUN/plan.json``,
-all before round 1. :func:`server_side` builds what the
+:func:`prepare` simulates a consortium: it partitions the dataset, sets every site up at
+its own home under ``RUN/sites/`` (store, key, card), builds the consortium from the cards,
+fixes the privacy plans from the cards' counts and writes ``RUN/plan.json``, all before
+round 1 (:func:`plan_from_consortium` is the part that needs only the cards). :func:`server_side` builds what the
 server needs (strategy, coordinator, benchmark evaluator, initial weights) identically for
 the in-process engine and inside NVFlare's server process. :func:`start_run` and
 :func:`end_run` emit the first and last events and save the final model.
@@ -14,23 +15,26 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
+import secrets
 import shutil
 import subprocess
 import tempfile
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from pharmafl.errors import ConfigError
+from pharmafl.errors import ConfigError, DataError, Location
 from pharmafl.models.dti import DTIModel
 from pharmafl.pipeline import events as ev
 from pharmafl.pipeline.aggregate import State
 from pharmafl.pipeline.artifacts import model_state, save_state, write_bytes_atomic
 from pharmafl.pipeline.config import RunConfig
 from pharmafl.pipeline.configio import from_dict, to_dict
+from pharmafl.pipeline.consortium import init_consortium, load_consortium
 from pharmafl.pipeline.coordinator import Coordinator
 from pharmafl.pipeline.diagnostics import DriftMonitor
 from pharmafl.pipeline.secure_agg.service import key_passphrase, provision, public_keys
@@ -38,13 +42,15 @@ from pharmafl.pipeline.events import EventBus
 from pharmafl.pipeline.strategies import build_strategy
 from pharmafl.pipeline.strategies.client_dp import ClientDP
 from pharmafl.sites.csprng import SecureRandom
-from pharmafl.sites.dp_site import DPSite, UpdateClipSite, check_dp_model, store_units
+from pharmafl.sites.dp_site import DPSite, UpdateClipSite, check_dp_model
+from pharmafl.sites.home import CARD_FILE, SiteHome
 from pharmafl.sites.partition import partition
 from pharmafl.sites.privacy import PrivacyPlan, plan_privacy
 from pharmafl.sites.secure_site import SecureSite
+from pharmafl.sites.signed_site import SignedSite
 from pharmafl.sites.site import Site, featurize_dataset
-from pharmafl.sites.store import SiteStore, site_ids, write_site_stores
-from pharmafl.sites.tables import load_dataset, read_store
+from pharmafl.sites.store import site_ids
+from pharmafl.sites.tables import DTIDataset, load_dataset, read_store, save_dataset
 from pharmafl.sites.training import evaluate
 
 PACKAGES = ("pharmafl", "torch", "torch-geometric", "rdkit", "opacus", "nvflare", "crypten", "numpy", "cryptography")
@@ -52,7 +58,14 @@ PACKAGES = ("pharmafl", "torch", "torch-geometric", "rdkit", "opacus", "nvflare"
 
 @dataclass(frozen=True)
 class RunPlan:
-    """Everything a run needs to start, as plain data (it travels to NVFlare's processes)."""
+    """Everything a run needs to start, as plain data (it travels to NVFlare's processes).
+
+    Built from the consortium's site cards: the coordinator knows each site by its card
+    (public key, manifest hash, counts), never by its rows or its key. ``site_homes`` says
+    where the simulator finds each simulated site's home (relative to the run directory);
+    in a deployment each site names its own home. ``plan.json`` holds no absolute path of
+    the run: :meth:`load` takes the run directory from where the file lies.
+    """
 
     cfg: RunConfig
     run_dir: Path
@@ -62,9 +75,18 @@ class RunPlan:
     cache_dir: Path | None = None
     privacy_plans: dict | None = None  # site id (or "server") -> PrivacyPlan.as_dict(), fixed at prepare()
     secure_parties: dict | None = None  # aggregation party -> X25519 public key (hex), provisioned at prepare()
+    run_id: str = ""  # unique per run: every site statement and the witnesses' log origin are bound to it
+    consortium: dict | None = None  # {"cards": {site: card}, "roster_sha256": ...} (pipeline/consortium.py)
+    site_homes: dict | None = None  # simulation: site id -> its home, relative to run_dir (or absolute)
 
-    def site_dir(self, site: str) -> Path:
-        return self.run_dir / "sites" / site
+    def site_home(self, site: str) -> Path:
+        home = Path((self.site_homes or {}).get(site, Path("sites") / site))
+        return home if home.is_absolute() else self.run_dir / home
+
+    @property
+    def site_keys(self) -> dict[str, bytes]:
+        """Each site's pinned Ed25519 public key (raw bytes), from its card."""
+        return {s: bytes.fromhex(c["public_key"]) for s, c in (self.consortium or {}).get("cards", {}).items()}
 
     @property
     def benchmark_dir(self) -> Path:
@@ -77,20 +99,26 @@ class RunPlan:
     @property
     def secagg_context(self) -> str:
         """Bound into every share's encryption: a share cannot be replayed into another run."""
-        return f"{self.run_dir.name}:{self.config_hash[:16]}"
+        return f"{self.run_id}:{self.config_hash[:16]}"
 
     def to_json(self) -> str:
-        return json.dumps({"cfg": to_dict(self.cfg), "run_dir": str(self.run_dir), "sites": list(self.sites),
-                           "manifests": self.manifests, "config_hash": self.config_hash,
-                           "cache_dir": str(self.cache_dir) if self.cache_dir else None,
-                           "privacy_plans": self.privacy_plans, "secure_parties": self.secure_parties})  # fmt: skip
+        return json.dumps({"cfg": to_dict(self.cfg), "sites": list(self.sites), "manifests": self.manifests,
+                           "config_hash": self.config_hash, "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+                           "privacy_plans": self.privacy_plans, "secure_parties": self.secure_parties,
+                           "run_id": self.run_id, "consortium": self.consortium, "site_homes": self.site_homes})
 
     @classmethod
-    def from_json(cls, text: str) -> RunPlan:
+    def from_json(cls, text: str, run_dir: Path) -> RunPlan:
         d = json.loads(text)
-        return cls(from_dict(RunConfig, d["cfg"]), Path(d["run_dir"]), tuple(d["sites"]), d["manifests"],
-                   d["config_hash"], Path(d["cache_dir"]) if d["cache_dir"] else None,
-                   d.get("privacy_plans"), d.get("secure_parties"))  # fmt: skip
+        return cls(from_dict(RunConfig, d["cfg"]), Path(run_dir).resolve(), tuple(d["sites"]), d["manifests"],
+                   d["config_hash"], Path(d["cache_dir"]) if d["cache_dir"] else None, d.get("privacy_plans"),
+                   d.get("secure_parties"), d.get("run_id", ""), d.get("consortium"), d.get("site_homes"))
+
+    @classmethod
+    def load(cls, path: Path) -> RunPlan:
+        """The plan in ``RUN/plan.json``; the run directory is the file's folder."""
+        path = Path(path)
+        return cls.from_json(path.read_text(), path.parent)
 
 
 def config_bytes(cfg: RunConfig) -> bytes:
@@ -98,7 +126,12 @@ def config_bytes(cfg: RunConfig) -> bytes:
 
 
 def prepare(cfg: RunConfig, run_dir: Path, *, data_dir: Path | None = None, cache_dir: Path | None = None) -> RunPlan:
-    """Partition the dataset into verified site stores under ``run_dir``."""
+    """Simulate a consortium: partition the dataset, set every site up at its own home, build the run.
+
+    Each simulated site goes through the same path as a real one (:meth:`SiteHome.init`:
+    its store, its key under its own passphrase, its card; then it accepts the consortium);
+    the run is built from the cards alone (:func:`plan_from_consortium`).
+    """
     run_dir = Path(run_dir).resolve()  # other processes (NVFlare) read these paths from other cwds
     cache_dir = Path(cache_dir).resolve() if cache_dir is not None else None
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -114,28 +147,22 @@ def prepare(cfg: RunConfig, run_dir: Path, *, data_dir: Path | None = None, cach
         labels=m["label"].to_numpy(dtype=float), smiles=ds.drugs["smiles"].tolist(),
         sequences=ds.targets["sequence"].tolist(), families=families, alpha=cfg.data.alpha, seed=cfg.seed,
     )  # fmt: skip
+    site_data = split_among_sites(ds, site_of_row, cfg.data.sites, shown_as=run_dir)
     # Everything is written into a hidden sibling and renamed into place at the end: a failure
     # (a site too small for a split, a full disk) leaves no half-prepared run directory.
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.preparing-", dir=run_dir.parent))
     try:
-        blob = config_bytes(cfg)
-        write_bytes_atomic(staging / "config.yaml", blob)
-        manifests = write_site_stores(
-            ds, site_of_row, staging, n_sites=cfg.data.sites, shown_as=run_dir,
-            val_fraction=cfg.data.val_fraction, seed=cfg.seed,
-            partition={"strategy": cfg.data.partition, "sites": cfg.data.sites, "alpha": cfg.data.alpha,
-                       "seed": cfg.seed},
-        )  # fmt: skip
-        config_hash = hashlib.sha256(blob).hexdigest()
-        staged = RunPlan(cfg, staging, tuple(site_ids(cfg.data.sites)), manifests, config_hash, cache_dir)
-        verify_stores(staged)
-        plans = privacy_plans(staged)  # a budget too small for one round fails here, before any training
-        parties = None
-        if cfg.secure_aggregation.enabled:
-            parties = provision(staging / "secagg" / "keys", cfg.secure_aggregation.helpers, key_passphrase())
-        final = RunPlan(cfg, run_dir, staged.sites, manifests, config_hash, cache_dir, plans, parties)
-        write_bytes_atomic(staging / "plan.json", final.to_json().encode())
+        homes = {}
+        for k, (sid, site_ds) in enumerate(site_data.items()):
+            homes[sid] = SiteHome.init(staging / "sites" / sid, sid, site_ds, passphrase=None, simulated=True,
+                                       val_fraction=cfg.data.val_fraction, seed=cfg.seed + k)
+        consortium = load_consortium(init_consortium([h.path / CARD_FILE for h in homes.values()], staging))
+        for home in homes.values():
+            home.accept_consortium(consortium)
+        write_benchmark(cfg, ds, staging / "server" / "benchmark")
+        final = plan_from_consortium(cfg, run_dir, consortium, staging=staging, cache_dir=cache_dir,
+                                     site_homes={sid: f"sites/{sid}" for sid in homes})
         if run_dir.exists():
             run_dir.rmdir()  # empty (checked above); rename needs the name free
         os.replace(staging, run_dir)
@@ -143,6 +170,73 @@ def prepare(cfg: RunConfig, run_dir: Path, *, data_dir: Path | None = None, cach
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def plan_from_consortium(cfg: RunConfig, run_dir: Path, consortium: dict, *, staging: Path,
+                         cache_dir: Path | None = None, site_homes: dict | None = None) -> RunPlan:
+    """The run of ``consortium`` (pinned cards), written into ``staging``: config, plans, ``plan.json``."""
+    cards = consortium["cards"]
+    if len(cards) != cfg.data.sites or sorted(cards) != sorted(site_ids(cfg.data.sites)):
+        raise ConfigError(f"the consortium's sites {sorted(cards)} are not the {cfg.data.sites} sites the config "
+                          f"names ({site_ids(cfg.data.sites)[0]} .. {site_ids(cfg.data.sites)[-1]}); set data.sites")
+    blob = config_bytes(cfg)
+    write_bytes_atomic(staging / "config.yaml", blob)
+    config_hash = hashlib.sha256(blob).hexdigest()
+    run_id = f"{re.sub(r'[^A-Za-z0-9._-]', '-', run_dir.name)[:80]}-{secrets.token_hex(4)}"
+    sites = tuple(sorted(cards))
+    manifests = {s: cards[s]["manifest_sha256"] for s in sites}
+    pinned = {"cards": cards, "roster_sha256": consortium["roster_sha256"]}
+    staged = RunPlan(cfg, staging, sites, manifests, config_hash, cache_dir, None, None, run_id, pinned, site_homes)
+    plans = privacy_plans(staged)  # a budget too small for one round fails here, before any training
+    parties = None
+    if cfg.secure_aggregation.enabled:
+        parties = provision(staging / "secagg" / "keys", cfg.secure_aggregation.helpers, key_passphrase())
+    final = replace(staged, run_dir=run_dir, privacy_plans=plans, secure_parties=parties)
+    write_bytes_atomic(staging / "plan.json", final.to_json().encode())
+    return final
+
+
+def split_among_sites(ds, site_of_row: np.ndarray, n_sites: int, *, shown_as: Path) -> dict:
+    """Each simulated site's own tables (its rows, their compounds and targets, DeepDTA folds kept)."""
+    ids = site_ids(n_sites)
+    in_test = ds.measurements["fold"].eq("test").to_numpy() if "fold" in ds.measurements else None
+    out = {}
+    for k, sid in enumerate(ids):
+        rows = np.flatnonzero(site_of_row == k)
+        n_train = len(rows) - (int(in_test[rows].sum()) if in_test is not None else 0)
+        if len(rows) < 3 or n_train < 2:
+            raise DataError(
+                f"{sid} would hold {len(rows)} measurements ({n_train} outside the test fold), too few for "
+                "train/val/test", Location(shown_as / "sites" / sid),
+                "use fewer sites, another partition, or a larger alpha",
+            )  # fmt: skip
+        out[sid] = subset(ds, rows, f"{ds.name}/{sid}")
+    return out
+
+
+def subset(ds: DTIDataset, rows: np.ndarray, name: str) -> DTIDataset:
+    """Rows ``rows`` of ``ds``'s measurements with just the compounds and targets they use."""
+    m = ds.measurements.iloc[rows].reset_index(drop=True).copy()
+    drugs = ds.drugs[ds.drugs["drug_id"].isin(set(m["drug_id"]))].reset_index(drop=True)
+    targets = ds.targets[ds.targets["target_id"].isin(set(m["target_id"]))].reset_index(drop=True)
+    return DTIDataset(name=name, drugs=drugs, targets=targets, measurements=m)
+
+
+def write_benchmark(cfg: RunConfig, ds, out: Path) -> None:
+    """The agreed public set the coordinator scores the global model on (``data.benchmark``)."""
+    choice = cfg.data.benchmark
+    if choice == "none":
+        return
+    if choice == "test-fold":
+        if "fold" not in ds.measurements or not ds.measurements["fold"].eq("test").any():
+            raise ConfigError(f"data.benchmark 'test-fold': dataset {cfg.data.dataset!r} has no rows in fold 'test'; "
+                              "give data.benchmark a folder of public tables, or 'none'")
+        bench = subset(ds, np.flatnonzero(ds.measurements["fold"].eq("test").to_numpy()), f"{ds.name}/benchmark")
+    else:
+        public = load_dataset(choice)
+        bench = subset(public, np.arange(len(public.measurements)), f"{public.name}/benchmark")
+    bench.measurements["fold"] = "test"
+    save_dataset(bench, out, extra={"role": "benchmark", "source": choice})
 
 
 def privacy_plans(plan: RunPlan) -> dict | None:
@@ -154,20 +248,10 @@ def privacy_plans(plan: RunPlan) -> dict | None:
         return {"server": plan_privacy(cfg.privacy, units=len(plan.sites), rounds=fed.rounds,
                                        local_epochs=fed.local_epochs, where="privacy (client-level)").as_dict()}  # fmt: skip
     check_dp_model(DTIModel(**asdict(cfg.model)), "privacy.mode 'local'")
-    return {site: plan_privacy(cfg.privacy.for_site(site), units=store_units(SiteStore.open(plan.site_dir(site)), cfg.privacy.unit),
+    cards = plan.consortium["cards"]
+    return {site: plan_privacy(cfg.privacy.for_site(site), units=int(cards[site]["units"][cfg.privacy.unit]),
                                rounds=fed.rounds, local_epochs=fed.local_epochs, where=f"site {site}").as_dict()
             for site in plan.sites}  # fmt: skip
-
-
-def verify_stores(plan: RunPlan) -> None:
-    """Open every site store (hashes and rows checked) and match its manifest to the plan."""
-    for site in plan.sites:
-        store = SiteStore.open(plan.site_dir(site))
-        if store.manifest_sha256 != plan.manifests[site]:
-            raise ConfigError(
-                f"{plan.site_dir(site)}: manifest sha256 {store.manifest_sha256} differs from the run's "
-                f"{plan.manifests[site]}; the store changed after partitioning"
-            )
 
 
 def initial_state(cfg: RunConfig) -> State:
@@ -176,6 +260,8 @@ def initial_state(cfg: RunConfig) -> State:
 
 def benchmark_evaluator(plan: RunPlan):
     """Metrics of a global state on the benchmark store (``RUN/server/benchmark``)."""
+    if plan.cfg.data.benchmark == "none":
+        return None
     if not (plan.benchmark_dir / "manifest.json").is_file():
         raise ConfigError(f"{plan.benchmark_dir} holds no benchmark store; the run directory is incomplete")
     pairs = featurize_dataset(read_store(plan.benchmark_dir), plan.cfg.model, plan.cache_dir)
@@ -202,7 +288,8 @@ def server_side(plan: RunPlan, bus: EventBus, *, transcript_dir: Path | None = N
     common = dict(
         strategy=strategy, bus=bus, stop_on_decline=cfg.privacy.on_exhausted == "stop", weighting=cfg.federation.weighting,
         min_sites=cfg.min_sites, drift=DriftMonitor(cfg.diagnostics.drift_threshold, cfg.diagnostics.drift_rounds),
-        evaluate=benchmark_evaluator(plan), model_config=asdict(cfg.model),
+        evaluate=benchmark_evaluator(plan), model_config=asdict(cfg.model), run_id=plan.run_id,
+        site_keys=plan.site_keys,
     )  # fmt: skip
     if not cfg.secure_aggregation.enabled:
         return Coordinator(**common)
@@ -222,22 +309,29 @@ def noise_source(cfg: RunConfig, party: str) -> SecureRandom:
     return SecureRandom()
 
 
-def make_site(plan: RunPlan, site: str) -> Site | DPSite | UpdateClipSite | SecureSite:
-    """The site ``site`` as configured by the plan (every engine builds it so), wrapped in
-    its privacy mechanism and then in secret sharing when the run has them."""
+def make_site(plan: RunPlan, site: str) -> SignedSite:
+    """The site ``site`` as configured by the plan (every engine builds it so), from its own
+    home: wrapped in its privacy mechanism, then in secret sharing, then in its signature."""
     cfg = plan.cfg
-    inner = Site(SiteStore.open(plan.site_dir(site)), cfg.model, cfg.train,
+    home = SiteHome.open(plan.site_home(site))
+    pinned = (plan.consortium or {}).get("cards", {}).get(site)
+    if home.card != pinned:
+        raise ConfigError(f"the home of {site} at {home.path} holds another card than the one the run pinned "
+                          f"(fingerprint {home.card.get('fingerprint', '?')[:16]}... vs "
+                          f"{(pinned or {}).get('fingerprint', 'none')[:16]}...); use the site's own home")
+    inner = Site(home.store, cfg.model, cfg.train,
                  local_epochs=cfg.federation.local_epochs, seed=cfg.seed, cache_dir=plan.cache_dir,
                  threads=cfg.federation.site_threads,
                  keep_optimizer_state=cfg.federation.local_optimizer == "keep")  # fmt: skip
     if cfg.privacy.mode == "local":
-        inner = DPSite(inner, cfg.privacy, PrivacyPlan(**plan.privacy_plans[site]), noise_source(cfg, site))
+        inner = DPSite(inner, cfg.privacy, PrivacyPlan(**plan.privacy_plans[site]), noise_source(cfg, site),
+                       ledger=home.privacy, run_id=plan.run_id)
     elif cfg.privacy.mode == "client":
         inner = UpdateClipSite(inner, cfg.privacy)
     if cfg.secure_aggregation.enabled:  # privacy first, then sharing
-        openings = plan.site_dir(site) / "secagg" if cfg.secure_aggregation.keep_updates else None
+        openings = home.keep_dir(plan.run_id) if cfg.secure_aggregation.keep_updates else None
         inner = SecureSite(inner, public_keys(plan.secure_parties), plan.secagg_context, openings)
-    return inner
+    return SignedSite(inner, home, plan.run_id, secure=cfg.secure_aggregation.enabled)
 
 
 def _git_commit() -> str | None:
@@ -261,9 +355,9 @@ def versions() -> dict[str, str]:
 
 def start_run(plan: RunPlan, bus: EventBus, engine: str) -> None:
     bus.emit(
-        ev.RUN_STARTED, "server", run_id=plan.run_dir.name, config=to_dict(plan.cfg), config_hash=plan.config_hash,
+        ev.RUN_STARTED, "server", run_id=plan.run_id, config=to_dict(plan.cfg), config_hash=plan.config_hash,
         git_commit=_git_commit(), versions=versions(), seed=plan.cfg.seed, sites=list(plan.sites),
-        manifests=dict(plan.manifests), engine=engine,
+        manifests=dict(plan.manifests), engine=engine, consortium=plan.consortium,
         privacy={**plan.cfg.privacy.summary(), "plans": plan.privacy_plans} if plan.cfg.privacy.enabled else None,
         secure_aggregation=_secure_summary(plan),
     )  # fmt: skip

@@ -1,25 +1,27 @@
 """Privacy as a wrapper around a :class:`~pharmafl.sites.site.Site`, validated when built.
 
-* :class:`DPSite` — DP-SGD (``privacy.mode: local``): the site's own (ε, δ) budget, its
-  accountant history kept in its store (``privacy_state.json``), and before every round the
-  check that the round fits the budget; if it does not, the site declines the round with the
-  numbers (:class:`~pharmafl.sites.site.Declined`).
+* :class:`DPSite` — DP-SGD (``privacy.mode: local``): the site's own (ε, δ) budget across
+  runs. Its privacy ledger (:class:`~pharmafl.sites.home.PrivacyLedger`, in the site's home)
+  holds every run's accountant history per dataset; a run starts from what earlier runs
+  spent on the same data (``epsilon_prior``), reports the cumulative ε (``epsilon_total``),
+  and before every round checks that the round keeps the cumulative ε within the site's
+  budget (``site.json``'s ``epsilon_budget``, else the run's); if it does not, the site
+  declines the round with the numbers (:class:`~pharmafl.sites.site.Declined`).
 * :class:`UpdateClipSite` — DP-FedAvg's site half (``privacy.mode: client``): train as usual,
   clip the whole update to ``clip_norm``; the server adds the noise
   (:mod:`pharmafl.pipeline.strategies.client_dp`).
 
 Both report in :attr:`FitResult.privacy` what the ledger records: clip statistics and, for
-DP-SGD, ε this round, cumulative ε, δ, accountant, noise multiplier, sample rate, steps and
-the privacy unit. What else leaves a DP site: the noised update, the example count, and
-metrics on the site's validation split and test share (rows never trained on; not covered
-by the guarantee, see ``docs/privacy.md``). The training loss is not sent.
+DP-SGD, ε this round, cumulative ε on this data (``epsilon_prior``: the part spent before
+this run), δ, accountant, noise multiplier, sample rate, steps and the privacy unit. What
+else leaves a DP site: the noised update, the example count, and metrics on the site's
+validation split and test share (rows never trained on; not covered by the guarantee, see
+``docs/privacy.md``). The training loss is not sent.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,18 +29,15 @@ from opacus import GradSampleModule
 from opacus.validators import ModuleValidator
 
 from pharmafl.errors import ConfigError
-from pharmafl.fileio import write_bytes_atomic
 from pharmafl.models.dti import DTIModel
 from pharmafl.models.pairs import PairTensors
 from pharmafl.sites import update as wire
 from pharmafl.sites.csprng import SecureRandom
 from pharmafl.sites.dp_training import ClipStats, count_units, dp_optimizer, dp_round, quiet_hooks, wrap
-from pharmafl.sites.privacy import PrivacyConfig, PrivacyPlan, compose, epsilon_spent, round_fits
+from pharmafl.sites.privacy import History, PrivacyConfig, PrivacyPlan, compose, epsilon_spent
 from pharmafl.sites.site import Declined, FitResult, Instructions, Site, State, round_seed, state_of, torch_threads
-from pharmafl.sites.store import SiteStore
+from pharmafl.sites.store import store_units  # noqa: F401  (re-exported)
 from pharmafl.sites.training import make_optimizer
-
-STATE_FILE = "privacy_state.json"
 
 
 def check_dp_model(model: torch.nn.Module, where: str) -> None:
@@ -72,49 +71,48 @@ def check_dp_model(model: torch.nn.Module, where: str) -> None:
         )
 
 
-def store_units(store: SiteStore, unit: str) -> int:
-    """Privacy units among ``store``'s training rows: pairs, or distinct compounds."""
-    rows = store.rows("train")
-    if unit == "compound":
-        return len(set(store.dataset.measurements["drug_id"].to_numpy()[rows]))
-    return len(rows)
-
-
 class DPSite:
     """``inner`` trained with DP-SGD under ``privacy`` and the site's ``plan`` (fixed, and the
     model checked with :func:`check_dp_model`, when the run was prepared), drawing sampling
-    and noise from ``random``."""
+    and noise from ``random``.
 
-    def __init__(self, inner: Site, privacy: PrivacyConfig, plan: PrivacyPlan, random: SecureRandom):
+    ``ledger`` (the site home's :class:`~pharmafl.sites.home.PrivacyLedger`) carries the
+    budget across runs: what runs other than ``run_id`` spent on this store's data is
+    composed with this run's rounds, and the history is recorded there after every trained
+    round. Without a ledger the accounting covers this object's rounds only.
+    """
+
+    def __init__(self, inner: Site, privacy: PrivacyConfig, plan: PrivacyPlan, random: SecureRandom, *,
+                 ledger=None, run_id: str | None = None):  # fmt: skip
         self.inner, self.id = inner, inner.id
         self.cfg = privacy.for_site(inner.id)
         units = count_units(inner.train, self.cfg.unit)
         if units != plan.units or plan.unit != self.cfg.unit:
             raise ConfigError(f"site {inner.id}: the run planned DP for {plan.units} {plan.unit}s, the store holds "
                               f"{units} {self.cfg.unit}s; the store changed after the run was prepared")  # fmt: skip
-        self.plan, self.random = plan, random
-        self.state_path = Path(inner.store.path) / STATE_FILE
-        self.history = self._load_history()
+        if ledger is not None and not run_id:
+            raise ConfigError(f"site {inner.id}: a DP site with a privacy ledger needs the run id")
+        self.plan, self.random, self.ledger, self.run_id = plan, random, ledger, run_id
+        site_budget = getattr(ledger, "budget", None)
+        self.budget = site_budget if site_budget is not None else plan.budget
+        self.manifest = inner.store.manifest_sha256
+        self.prior: History = []
+        self.prior_other = 0.0  # ε of earlier runs under another accountant or δ, added
+        self.history: History = []
+        if ledger is not None:
+            self.prior, self.prior_other = ledger.prior(self.manifest, plan.accountant, plan.delta, exclude=run_id)
+            self.history = ledger.history_of(self.manifest, run_id, plan.accountant, plan.delta)
+        self.epsilon_prior = self._epsilon([])
         self._optimizer_state: dict | None = None
 
-    def _load_history(self) -> list:
-        if not self.state_path.is_file():
-            return []
-        saved = json.loads(self.state_path.read_text())
-        if saved.get("plan") != self.plan.as_dict():
-            raise ConfigError(
-                f"{self.state_path} records a different privacy plan ({saved.get('plan')}) than this run's "
-                f"({self.plan.as_dict()}); the site's spent budget cannot be carried over"
-            )
-        return [tuple(h) for h in saved["history"]]
-
-    def _save_history(self) -> None:
-        doc = {"plan": self.plan.as_dict(), "history": [list(h) for h in self.history]}
-        write_bytes_atomic(self.state_path, json.dumps(doc, indent=1).encode())
+    def _epsilon(self, history: History) -> float:
+        """Cumulative ε on this data after earlier runs and ``history`` of this run."""
+        return epsilon_spent(self.prior + list(history), self.plan.delta, self.plan.accountant) + self.prior_other
 
     @property
     def epsilon(self) -> float:
-        return epsilon_spent(self.history, self.plan.delta, self.plan.accountant)
+        """ε spent on this site's data so far, this run and the earlier ones together."""
+        return self._epsilon(self.history)
 
     def evaluate(self, state: State) -> dict[str, float]:
         return self.inner.evaluate(state)
@@ -123,22 +121,25 @@ class DPSite:
         if instructions.scaffold_control is not None:
             raise ConfigError("SCAFFOLD's control variates are exact local gradients: not private under DP-SGD")
         plan = self.plan
-        before = self.epsilon
-        fits, after = round_fits(self.history, plan.round_step, plan.delta, plan.budget, plan.accountant)
-        if not fits:
+        before, after = self.epsilon, self._epsilon(compose(self.history, plan.round_step))
+        if self.budget is not None and after > self.budget:
             return Declined(self.id, round, "privacy budget exhausted",
-                            {"epsilon_total": before, "epsilon_if_trained": after, "budget": plan.budget,
-                             "delta": plan.delta, "accountant": plan.accountant})  # fmt: skip
+                            {"epsilon_total": before, "epsilon_if_trained": after, "budget": self.budget,
+                             "epsilon_prior": self.epsilon_prior, "delta": plan.delta,
+                             "accountant": plan.accountant})  # fmt: skip
         metrics = {f"global_{k}": v for k, v in self.inner.evaluate(state).items()}
         with torch_threads(self.inner.threads):
             delta, stats = self._train(round, state, instructions)
         self.history = compose(self.history, plan.round_step)
-        self._save_history()
+        if self.ledger is not None:
+            self.ledger.record(self.run_id, self.manifest, plan.accountant, plan.delta, self.history,
+                               epsilon_spent(self.history, plan.delta, plan.accountant))  # fmt: skip
         total = self.epsilon
         n = len(self.inner.train)
         payload = wire.encode(wire.Update(self.id, round, n, {"delta": delta}))
-        privacy = {**stats.as_dict(), "epsilon_round": total - before, "epsilon_total": total, "delta": plan.delta,
-                   "budget": plan.budget, "accountant": plan.accountant, "noise_multiplier": plan.noise_multiplier,
+        privacy = {**stats.as_dict(), "epsilon_round": total - before, "epsilon_total": total,
+                   "epsilon_prior": self.epsilon_prior, "delta": plan.delta, "budget": self.budget,
+                   "accountant": plan.accountant, "noise_multiplier": plan.noise_multiplier,
                    "sample_rate": plan.sample_rate, "steps": plan.steps_per_round, "privacy_unit": plan.unit,
                    "noise_source": self.random.source}  # fmt: skip
         metrics["train_pairs"] = n

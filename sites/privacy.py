@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -179,6 +180,29 @@ def compose(history: History, step: tuple[float, float, int]) -> History:
     else:
         out.append(tuple(step))
     return out
+
+
+def split_prior(runs: Mapping[str, Mapping], accountant: str, delta: float) -> tuple[History, float]:
+    """What earlier ``runs`` on one dataset spent, as a run under ``accountant`` at ``delta`` sees it.
+
+    Runs under the same accountant and δ compose exactly: their histories are concatenated
+    (an Opacus accountant composes every mechanism of its history). Runs under another
+    accountant or δ are composed within their own group, and the groups' ε are added (basic
+    composition: :math:`(\varepsilon_1, \delta_1)` and :math:`(\varepsilon_2, \delta_2)` give
+    :math:`(\varepsilon_1 + \varepsilon_2, \delta_1 + \delta_2)`), a conservative bound.
+
+    Returns ``(history composing with this run's, ε of the other groups)``.
+    """
+    same: History = []
+    groups: dict[tuple[str, float], History] = {}
+    for rec in runs.values():
+        history = [tuple(h) for h in rec["history"]]
+        key = (rec["accountant"], float(rec["delta"]))
+        if key == (accountant, float(delta)):
+            same += history
+        else:
+            groups.setdefault(key, []).extend(history)
+    return same, sum(epsilon_spent(h, d, a) for (a, d), h in sorted(groups.items()))
 
 
 def round_fits(history: History, step: tuple[float, float, int], delta: float, budget: float | None,

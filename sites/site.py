@@ -59,6 +59,7 @@ class FitResult:
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
     privacy: dict | None = None  # DP accounting and clip statistics (sites/dp_site.py)
+    statements: tuple[dict, ...] = ()  # what the site asserts, signed at the site (sites/signed_site.py)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Declined:
     round: int
     reason: str
     details: dict = field(default_factory=dict)
+    statements: tuple[dict, ...] = ()  # the signed ``site_declined`` statement
 
 
 def state_of(model: torch.nn.Module) -> State:

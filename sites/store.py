@@ -72,6 +72,43 @@ def local_folds(measurements: pd.DataFrame, val_fraction: float, seed: int) -> n
     return folds
 
 
+def check_site_rows(ds: DTIDataset, rows: np.ndarray, site: str, where: Location, fix: str) -> None:
+    """Refuse a site whose ``rows`` of ``ds`` are too few for a train/val/test split."""
+    in_test = ds.measurements["fold"].eq("test").to_numpy() if "fold" in ds.measurements else None
+    n_train = len(rows) - (int(in_test[rows].sum()) if in_test is not None else 0)
+    if len(rows) < 3 or n_train < 2:
+        raise DataError(f"{site} would hold {len(rows)} measurements ({n_train} outside the test fold), "
+                        "too few for train/val/test", where, fix)
+
+
+def write_site_store(ds: DTIDataset, rows: np.ndarray, out: Path, *, site: str, val_fraction: float, seed: int,
+                     partition: dict | None) -> np.ndarray:
+    """Write ``rows`` of ``ds`` as ``site``'s store at ``out`` (local folds, label statistics in the
+    manifest's extras); return each row's local fold."""
+    folds = local_folds(ds.measurements.iloc[rows].reset_index(drop=True), val_fraction, seed)
+    site_ds = _subset(ds, rows, f"{ds.name}/{site}", folds)
+    labels = site_ds.measurements["label"].to_numpy(dtype=float)
+    extra = {
+        "site": site,
+        "partition": partition,
+        "splits": {s: int((folds == s).sum()) for s in LOCAL_SPLITS},
+        "label": _label_stats(labels),
+        "label_by_split": {s: _label_stats(labels[folds == s]) for s in LOCAL_SPLITS},
+        "drugs": len(site_ds.drugs),
+        "targets": len(site_ds.targets),
+    }
+    save_dataset(site_ds, out, extra=extra)
+    return folds
+
+
+def store_units(store: SiteStore, unit: str) -> int:
+    """Privacy units among ``store``'s training rows: pairs, or distinct compounds."""
+    rows = store.rows("train")
+    if unit == "compound":
+        return len(set(store.dataset.measurements["drug_id"].to_numpy()[rows]))
+    return len(rows)
+
+
 def write_site_stores(
     ds: DTIDataset,
     site_of_row: np.ndarray,
@@ -91,36 +128,17 @@ def write_site_stores(
     """
     ids = site_ids(n_sites)
     shown = Path(shown_as) if shown_as is not None else Path(run_dir)
-    in_test = ds.measurements["fold"].eq("test").to_numpy() if "fold" in ds.measurements else None
     for k, sid in enumerate(ids):
-        rows = np.flatnonzero(site_of_row == k)
-        n_train = len(rows) - (int(in_test[rows].sum()) if in_test is not None else 0)
-        if len(rows) < 3 or n_train < 2:
-            raise DataError(
-                f"{sid} would hold {len(rows)} measurements ({n_train} outside the test fold), "
-                "too few for train/val/test",
-                Location(shown / "sites" / sid),
-                "use fewer sites, another partition, or a larger alpha",
-            )
+        check_site_rows(ds, np.flatnonzero(site_of_row == k), sid, Location(shown / "sites" / sid),
+                        "use fewer sites, another partition, or a larger alpha")
     manifests = {}
     test_rows = []
     for k, sid in enumerate(ids):
         rows = np.flatnonzero(site_of_row == k)
-        folds = local_folds(ds.measurements.iloc[rows].reset_index(drop=True), val_fraction, seed + k)
-        site_ds = _subset(ds, rows, f"{ds.name}/{sid}", folds)
+        folds = write_site_store(ds, rows, run_dir / "sites" / sid, site=sid, val_fraction=val_fraction,
+                                 seed=seed + k, partition=partition)
         test_rows.append(rows[folds == "test"])
-        labels = site_ds.measurements["label"].to_numpy(dtype=float)
-        extra = {
-            "site": sid,
-            "partition": partition,
-            "splits": {s: int((folds == s).sum()) for s in LOCAL_SPLITS},
-            "label": _label_stats(labels),
-            "label_by_split": {s: _label_stats(labels[folds == s]) for s in LOCAL_SPLITS},
-            "drugs": len(site_ds.drugs),
-            "targets": len(site_ds.targets),
-        }
-        store = save_dataset(site_ds, run_dir / "sites" / sid, extra=extra)
-        manifests[sid] = file_sha256(store / MANIFEST)
+        manifests[sid] = file_sha256(run_dir / "sites" / sid / MANIFEST)
     bench_rows = np.sort(np.concatenate(test_rows))
     bench = _subset(ds, bench_rows, f"{ds.name}/benchmark", np.full(len(bench_rows), "test", dtype=object))
     save_dataset(bench, run_dir / "server" / "benchmark", extra={"role": "benchmark"})

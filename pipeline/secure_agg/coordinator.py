@@ -34,6 +34,7 @@ class SecureCoordinator(Coordinator):
     settings: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
     context: str = ""  # the run's encryption context (RunPlan.secagg_context)
     _parsed: dict = field(default_factory=dict, repr=False)
+    secure: bool = True
 
     def _check(self, site: str, round: int, res: FitResult, state: State) -> str | None:
         """Why an envelope is unusable, or None (its shares are checked by the parties)."""
@@ -61,9 +62,7 @@ class SecureCoordinator(Coordinator):
 
     def _open(self, site: str, round: int, res: FitResult):
         env = self._parsed.pop(site)
-        self.bus.emit(ev.SECURE_SHARES, site, round=round, commitment=env.header["commitment"],
-                      share_hashes=env.share_hashes(), envelope_hash=res.update_hash,
-                      num_examples=res.num_examples)  # fmt: skip
+        self.bus.emit_statement(self._statements[site]["secure_shares"])  # the site's own, checked in _signed
         return env
 
     def _combine(self, round, state, envelopes, metrics, failed):

@@ -95,3 +95,20 @@ def test_processes_racing_to_create_a_key_all_get_the_same_one(tmp_path: Path) -
         p.join(timeout=60)
     assert len(keys) == 1
     assert KeyStore(tmp_path / "keys", PASSPHRASE).actors() == ["server"]
+
+
+def test_a_restricted_store_never_creates_or_hands_out_another_actors_key(tmp_path: Path) -> None:
+    open_store = KeyStore(tmp_path / "keys", PASSPHRASE, scrypt_n=FAST_SCRYPT)
+    open_store.get_or_create("site-01")  # a site key that should never have been here
+    coordinator = KeyStore(tmp_path / "keys", PASSPHRASE, scrypt_n=FAST_SCRYPT, allowed={"server", "access-control"})
+    assert raw_public_key(coordinator.get_or_create("server")) == raw_public_key(open_store.get("server"))
+    for call in (coordinator.get_or_create, coordinator.get):
+        for actor in ("site-02", "site-01", "user:alice"):
+            with pytest.raises(LedgerError, match=f"holds keys only for access-control, server, not '{actor}'"):
+                call(actor)
+    assert coordinator.actors() == ["server", "site-01"]  # site-02 was not created
+
+
+def test_allowed_actors_must_be_valid_ids(tmp_path: Path) -> None:
+    with pytest.raises(LedgerError, match="actor id 'not valid' is not valid"):
+        KeyStore(tmp_path / "keys", PASSPHRASE, allowed={"not valid"})

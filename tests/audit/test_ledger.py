@@ -3,27 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy.exc import IntegrityError
 
 from pharmafl.audit.canonical import canonical_json
 from pharmafl.audit.errors import LedgerError
 from pharmafl.audit.keys import KeyStore, raw_public_key
 from pharmafl.audit.ledger import Ledger
-from pharmafl.audit.records import GENESIS_PREV_HASH
+from pharmafl.audit.records import GENESIS_PREV_HASH, fingerprint, key_proof_message
 from pharmafl.audit.verify import VerificationError, verify_path
 
 from .conftest import FAST_SCRYPT, PASSPHRASE
 
 
 def test_first_entry_registers_registrar_and_actor(ledger: Ledger, keystore: KeyStore) -> None:
-    entry = ledger.record("site-03", "site_update", round=1, update_hash="a" * 64)
+    entry = ledger.record("site-03", "data_access", round=1, update_hash="a" * 64)
     entries = list(ledger.entries())
     assert [(e.seq, e.actor, e.type) for e in entries] == [
-        (0, "server", "actor_key"), (1, "server", "actor_key"), (2, "site-03", "site_update")]
+        (0, "server", "actor_key"), (1, "server", "actor_key"), (2, "site-03", "data_access")]
     assert entries[0].data["actor"] == "server" and entries[1].data["actor"] == "site-03"
     assert entries[1].data["public_key"] == raw_public_key(keystore.get("site-03")).hex()
     assert entry == entries[2] and entry.data == {"round": 1, "update_hash": "a" * 64}
@@ -63,8 +67,8 @@ def test_invalid_input_refused(ledger: Ledger, actor, type_, payload, message) -
 
 
 def test_open_types_are_accepted(ledger: Ledger) -> None:
-    entry = ledger.record("user:alice", "e_signature", report="r1.pdf", meaning="approved")
-    assert entry.type == "e_signature" and entry.actor == "user:alice"
+    entry = ledger.record("site-01", "pharmacovigilance_note", report="r1.pdf", meaning="reviewed")
+    assert entry.type == "pharmacovigilance_note" and entry.actor == "site-01"
 
 
 def test_read_only_ledger_refuses_appends(ledger: Ledger) -> None:
@@ -124,9 +128,9 @@ def test_checkpoint_signs_the_head_and_is_idempotent(ledger: Ledger) -> None:
 
 def test_checkpoint_by_another_signer_registers_it_first(ledger: Ledger) -> None:
     ledger.record("server", "round_ended", round=1)
-    cp = ledger.checkpoint("user:qa")
-    assert cp.signer == "user:qa" and cp.tree_size == 3
-    assert list(ledger.entries())[-1].data["actor"] == "user:qa"
+    cp = ledger.checkpoint("access-control")
+    assert cp.signer == "access-control" and cp.tree_size == 3
+    assert list(ledger.entries())[-1].data["actor"] == "access-control"
 
 
 def _sqlite(ledger: Ledger) -> sqlite3.Connection:
@@ -160,7 +164,7 @@ def test_database_refuses_an_entry_off_the_chain(ledger: Ledger) -> None:
 
 def test_owner_who_drops_the_triggers_is_still_caught(ledger: Ledger) -> None:
     for i in range(5):
-        ledger.record("site-01", "privacy_spent", round=i, epsilon_total=0.5 * (i + 1))
+        ledger.record("server", "privacy_spent", party="server", round=i, epsilon_total=0.5 * (i + 1))
     with _sqlite(ledger) as conn:
         conn.execute("DROP TRIGGER ledger_entries_no_update")
         target = conn.execute("SELECT seq, payload FROM ledger_entries WHERE type = 'privacy_spent' "
@@ -172,3 +176,127 @@ def test_owner_who_drops_the_triggers_is_still_caught(ledger: Ledger) -> None:
     with pytest.raises(VerificationError) as err:
         verify_path(ledger.storage.url.removeprefix("sqlite:///"))
     assert err.value.seq == target[0] and "entry_hash does not match" in err.value.reason
+
+
+# -- user keys: enrolled by their owner, never registered by the registrar -----------------
+
+
+class _WithUsers:
+    """A key source: the system key store plus keys only their users hold (unlocked)."""
+
+    def __init__(self, system: KeyStore, users: dict[str, Ed25519PrivateKey]):
+        self.system, self.users = system, users
+
+    def get_or_create(self, actor: str) -> Ed25519PrivateKey:
+        return self.users[actor] if actor in self.users else self.system.get_or_create(actor)
+
+
+@pytest.mark.parametrize("attempt", [
+    lambda ledger: ledger.record("user:mallory", "e_signature", report="r1.pdf", meaning="approved"),
+    lambda ledger: ledger.register("user:mallory"),
+    lambda ledger: ledger.checkpoint("user:mallory"),
+])
+def test_registrar_cannot_register_a_user_key(ledger: Ledger, keystore: KeyStore, attempt) -> None:
+    ledger.record("server", "run_started", seed=1)
+    with pytest.raises(LedgerError, match="registrar never registers a user key.*Ledger.enrol"):
+        attempt(ledger)
+    assert len(ledger) == 2 and "user:mallory" not in ledger.registered_keys()
+    assert keystore.actors() == ["server"]  # and no key file was made for her
+
+
+def test_enrolment_is_signed_by_the_users_own_key(ledger: Ledger, keystore: KeyStore) -> None:
+    alice = Ed25519PrivateKey.generate()
+    public = raw_public_key(alice)
+    entry = ledger.enrol("user:alice", alice, {"code_commitment": "c" * 64, "proof": "p" * 64})
+    assert (entry.seq, entry.actor, entry.type) == (1, "user:alice", "actor_key")  # after the registrar's own
+    assert entry.data == {
+        "actor": "user:alice", "algorithm": "Ed25519", "enrolment": {"code_commitment": "c" * 64, "proof": "p" * 64},
+        "fingerprint": fingerprint(public), "proof": entry.data["proof"], "public_key": public.hex()}
+    alice.public_key().verify(bytes.fromhex(entry.signature), bytes.fromhex(entry.entry_hash))  # self-signed
+    alice.public_key().verify(bytes.fromhex(entry.data["proof"]), key_proof_message("user:alice", public.hex()))
+    assert ledger.registered_keys()["user:alice"]["public_key"] == public.hex()
+    assert keystore.actors() == ["server"]  # the registrar's store never saw her key
+    with Ledger.open(ledger.storage.url, _WithUsers(keystore, {"user:alice": alice})) as hers:
+        signed = hers.record("user:alice", "e_signature", report="r1.pdf", meaning="approved")
+    alice.public_key().verify(bytes.fromhex(signed.signature), bytes.fromhex(signed.entry_hash))
+
+
+def test_enrolment_is_once_per_actor(ledger: Ledger) -> None:
+    ledger.enrol("user:alice", Ed25519PrivateKey.generate(), {})
+    ledger.record("site-01", "clip", round=1)
+    before = len(ledger)
+    for actor in ("user:alice", "site-01"):
+        with pytest.raises(LedgerError, match=f"'{actor}' is already registered .*at seq"):
+            ledger.enrol(actor, Ed25519PrivateKey.generate(), {})
+    with pytest.raises(LedgerError, match="registrar"):
+        ledger.enrol("server", Ed25519PrivateKey.generate(), {})
+    assert len(ledger) == before
+
+
+# -- on_commit: the caller's rows in the same transaction -----------------------------------
+
+
+def _side_table(ledger: Ledger) -> None:
+    with ledger.storage.write() as conn:
+        conn.exec_driver_sql("CREATE TABLE users_t (actor TEXT PRIMARY KEY, seq INTEGER)")
+
+
+def _rows(ledger: Ledger) -> list[tuple]:
+    with ledger.storage.read() as conn:
+        return [tuple(r) for r in conn.exec_driver_sql("SELECT actor, seq FROM users_t ORDER BY seq")]
+
+
+def test_on_commit_writes_in_the_same_transaction(ledger: Ledger) -> None:
+    ledger.record("server", "run_started", seed=1)
+    _side_table(ledger)
+    seen = []
+
+    def hook(conn, entries) -> None:
+        seen.append([(e.seq, e.type) for e in entries])
+        for e in entries:
+            conn.exec_driver_sql("INSERT INTO users_t VALUES (?, ?)", (e.actor + "/" + e.type, e.seq))
+
+    made = ledger.append_many([("server", "user_created", {"user": "bob"}), ("site-01", "clip", {"round": 1})],
+                              on_commit=hook)
+    assert seen == [[(e.seq, e.type) for e in made]] and [e.type for e in made] == ["user_created", "clip"]
+    enrolled = ledger.enrol("user:bob", Ed25519PrivateKey.generate(), {}, on_commit=hook)
+    assert _rows(ledger) == [("server/user_created", made[0].seq), ("site-01/clip", made[1].seq),
+                             ("user:bob/actor_key", enrolled.seq)]
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("users table is full"),
+                                     IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))])
+def test_on_commit_raising_writes_nothing(ledger: Ledger, keystore: KeyStore, failure: Exception) -> None:
+    ledger.record("server", "run_started", seed=1)
+    _side_table(ledger)
+    calls = []
+
+    def hook(conn, entries) -> None:
+        calls.append(len(entries))
+        conn.exec_driver_sql("INSERT INTO users_t VALUES ('half', 1)")
+        raise failure
+
+    before = ([e.entry_hash for e in ledger.entries()], ledger.registered_keys())
+    with pytest.raises(type(failure)) as err:
+        ledger.append_many([("site-02", "clip", {"round": 1})], on_commit=hook)
+    assert err.value is failure and calls == [1]  # not retried like a lost race
+    with pytest.raises(type(failure)):
+        ledger.enrol("user:carol", Ed25519PrivateKey.generate(), {}, on_commit=hook)
+    assert ([e.entry_hash for e in ledger.entries()], ledger.registered_keys()) == before
+    assert _rows(ledger) == []
+    assert ledger.record("site-02", "clip", round=2).seq == 3  # carries on at seq 2: registration, entry
+
+
+# -- the database file ------------------------------------------------------------------------
+
+
+def test_a_new_ledger_database_is_private(tmp_path: Path, keystore: KeyStore) -> None:
+    old = os.umask(0o022)
+    try:
+        with Ledger.open(tmp_path / "run" / "ledger.db", keystore) as ledger:
+            ledger.record("server", "run_started", seed=1)
+            files = [tmp_path / "run" / name for name in ("ledger.db", "ledger.db-wal", "ledger.db-shm")]
+            assert all(f.exists() for f in files)
+            assert {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in files} == {f.name: "0o600" for f in files}
+    finally:
+        os.umask(old)

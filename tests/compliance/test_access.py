@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 from pharmafl.audit.verify import verify_path
-from pharmafl.compliance.access import ACCESS_CONTROL
+from pharmafl.compliance.access import ACCESS_CONTROL, AccessControl
 from pharmafl.compliance.credentials import PasswordPolicy
 from pharmafl.compliance.errors import AuthenticationError, AuthorityError, ComplianceError
 from pharmafl.compliance.roles import Role
+from pharmafl.compliance.users import UserStore
 
 from .conftest import PEOPLE, POLICY, entries_of, open_access, password
 
@@ -106,7 +107,7 @@ def test_expired_password_is_refused_until_changed(people, clock) -> None:
 
 def test_password_ageing_is_configurable(people, clock) -> None:
     admin = people.login("ada", password("ada"))
-    people.set_policy(admin, PasswordPolicy(max_age_days=0, max_failed_logins=3, scrypt_n=POLICY.scrypt_n))
+    people.set_policy(admin, PasswordPolicy.for_tests(max_age_days=0, max_failed_logins=3))
     clock.advance(days=3650)
     assert people.login("quinn", password("quinn")).user.user_id == "quinn"  # 0: no ageing
     assert entries_of(people, "policy_changed")[-1].data["policy"]["max_age_days"] == 0
@@ -140,8 +141,6 @@ def test_admin_manages_roles_and_every_change_is_recorded(people) -> None:
     people.disable(admin, "rita")
     with pytest.raises(AuthenticationError, match="disabled"):
         people.login("rita", password("rita"))
-    with pytest.raises(ComplianceError, match="last active admin"):
-        people.set_role(admin, "ada", "qa")
     with pytest.raises(ComplianceError, match="cannot disable themselves"):
         people.disable(admin, "ada")
     with pytest.raises(ComplianceError, match="Could not resolve role 'superuser'"):
@@ -237,3 +236,127 @@ def test_user_management_refusals_write_nothing(people) -> None:
         with pytest.raises(ComplianceError, match="no user 'nobody' \\(known users: ada, dana, quinn, rita\\)"):
             getattr(people, action)(admin, *args)
     assert len(people.ledger) == before and people.users.all() == users
+
+
+def test_printed_names_are_unique(people) -> None:
+    admin = people.login("ada", password("ada"))
+    before = len(people.ledger)
+    for name in ("Quinn Quality", "  quinn   QUALITY ", "Ｑuinn Quality"):  # case, spacing, full-width Q
+        with pytest.raises(ComplianceError, match="printed name .* is taken by 'quinn'"):
+            people.create_user(admin, "quinn2", name, "qa", "Temporary-Pass-9")
+    assert len(people.ledger) == before and people.users.get("quinn2") is None
+    assert people.create_user(admin, "quinn2", "Quinn B. Quality", "qa", "Temporary-Pass-9").user_id == "quinn2"
+
+
+def test_no_self_role_change_and_no_signing_role_for_an_admin(people) -> None:
+    ada = people.login("ada", password("ada"))
+    people.create_user(ada, "bob", "Bob Admin", "admin", "Temporary-Pass-9")
+    people.change_password("bob", "Temporary-Pass-9", "river-Moon-00042")
+    bob = people.login("bob", "river-Moon-00042")
+    before = len(people.ledger)
+    with pytest.raises(AuthorityError, match="'bob' may not change the role of 'bob' .*nobody changes their own"):
+        people.set_role(bob, "bob", "qa")
+    for role in ("qa", "data_scientist"):
+        with pytest.raises(AuthorityError, match="'ada' holds admin, and no admin is given a signing role"):
+            people.set_role(bob, "ada", role)
+    refused = [e for e in people.ledger.entries(before) if e.type != "actor_key"]
+    assert [(e.type, e.actor) for e in refused] == [("action_refused", "user:bob")] * 3
+    assert all(e.data["reason"] and e.data["action"] == "manage_users" for e in refused)
+    assert (people.users.get("ada").role, people.users.get("bob").role) == (Role.ADMIN, Role.ADMIN)
+    assert people.set_role(bob, "ada", "regulator").role == Role.REGULATOR  # a role that signs nothing: allowed
+    assert people.accounts().users["user:ada"]["role"] == "regulator"
+
+
+def test_a_crash_leaves_the_entry_and_the_table_row_together(people, monkeypatch) -> None:
+    """A crash between a user's ledger entry and the users table (issue 12): both or neither."""
+    admin = people.login("ada", password("ada"))
+    before = len(people.ledger)
+    real_insert, real_save = UserStore.insert, UserStore.save
+
+    def insert_then_crash(self, conn, user):
+        real_insert(self, conn, user)  # the row is written in the ledger's transaction ...
+        raise OSError("power cut")  # ... which never commits
+
+    def save_then_crash(self, conn, user):
+        real_save(self, conn, user)
+        raise OSError("power cut")
+
+    monkeypatch.setattr(UserStore, "insert", insert_then_crash)
+    with pytest.raises(OSError, match="power cut"):
+        people.create_user(admin, "eve", "Eve Other", "qa", "Temporary-Pass-9")
+    monkeypatch.setattr(UserStore, "insert", real_insert)
+    assert len(people.ledger) == before and people.users.get("eve") is None  # neither
+    people.create_user(admin, "eve", "Eve Other", "qa", "Temporary-Pass-9")  # the same id again: nothing spent
+    monkeypatch.setattr(UserStore, "save", save_then_crash)
+    with pytest.raises(OSError, match="power cut"):
+        people.change_password("eve", "Temporary-Pass-9", "sea-Secret-00042")  # her enrolment
+    monkeypatch.setattr(UserStore, "save", real_save)
+    assert "user:eve" not in people.ledger.registered_keys() and people.users.get("eve").sealed_key is None
+    people.change_password("eve", "Temporary-Pass-9", "sea-Secret-00042")
+    assert people.users.get("eve").public_key == people.ledger.registered_keys()["user:eve"]["public_key"]
+    assert people.accounts().users["user:eve"] == {"role": "qa", "name": "Eve Other", "status": "active"}
+
+
+CRASH = """
+import os, sys
+from pharmafl.audit.ledger import Ledger
+from pharmafl.compliance.access import AccessControl
+from pharmafl.compliance.users import UserStore
+
+run, passphrase, scrypt_n, admin_password, where = sys.argv[1:]
+ac = AccessControl.open(run, passphrase, scrypt_n=int(scrypt_n), allow_test_kdf=True)
+admin = ac.login("ada", admin_password)
+if where == "in the transaction":
+    real = UserStore.insert
+    def insert(self, conn, user):
+        real(self, conn, user)
+        os._exit(9)  # killed: the row and the entry written, not committed
+    UserStore.insert = insert
+else:
+    Ledger.checkpoint = lambda self, signer=None: os._exit(9)  # killed right after the commit
+ac.create_user(admin, "eve", "Eve Other", "qa", "Temporary-Pass-9")
+"""
+
+
+@pytest.mark.parametrize("where, written", [("in the transaction", False), ("after the commit", True)])
+def test_a_killed_process_leaves_the_entry_and_the_table_row_together(people, where, written) -> None:
+    import subprocess
+    import sys
+
+    from ..audit.conftest import FAST_SCRYPT, PASSPHRASE
+
+    run = people.ledger.storage.url.removeprefix("sqlite:///").removesuffix("/ledger.db")
+    done = subprocess.run([sys.executable, "-c", CRASH, run, PASSPHRASE, str(FAST_SCRYPT), password("ada"), where],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 9, done.stderr[-2000:]
+    created = [e for e in entries_of(people, "user_created") if e.data["user_id"] == "eve"]
+    assert (len(created), people.users.get("eve") is not None) == (int(written), written)
+    if written:
+        assert people.users.get("eve").created_seq == created[0].seq
+    people.accounts()  # the ledger's users still check either way
+
+
+def test_production_refuses_the_test_only_kdf(people) -> None:
+    from ..audit.conftest import FAST_SCRYPT, PASSPHRASE
+
+    with pytest.raises(ComplianceError, match=r"scrypt_n must be a power of two >= 2\*\*17"):
+        PasswordPolicy(scrypt_n=2**14)
+    assert PasswordPolicy().scrypt_n == 2**17 and not PasswordPolicy().test_only_kdf
+    assert entries_of(people, "user_created")[0].data["policy"]["test_only_kdf"] is True  # recorded as such
+    run = people.ledger.storage.url.removeprefix("sqlite:///").removesuffix("/ledger.db")
+    with AccessControl.open(run, PASSPHRASE, scrypt_n=FAST_SCRYPT) as production:  # as every command opens it
+        with pytest.raises(ComplianceError, match="test suite's .*refused outside tests"):
+            production.login("ada", password("ada"))
+
+
+def test_production_costs_scrypt_2_17(ledger_run) -> None:
+    """The production policy end to end: passwords, sealed key and enrolment code at n = 2**17."""
+    from ..audit.conftest import FAST_SCRYPT, PASSPHRASE
+
+    with AccessControl.open(ledger_run, PASSPHRASE, scrypt_n=FAST_SCRYPT) as ac:
+        admin = ac.init("ada", "Ada Lovelace", password("ada"), PasswordPolicy(max_failed_logins=3))
+        ac.create_user(ac.login("ada", password("ada")), "quinn", "Quinn Quality", "qa", "Temporary-Pass-1")
+        created = entries_of(ac, "user_created")[-1]
+        quinn = ac.users.get("quinn")
+    assert admin.password["n"] == admin.sealed_key["kdf"]["n"] == quinn.password["n"] == 2**17
+    assert created.data["enrolment"]["kdf"]["n"] == 2**17

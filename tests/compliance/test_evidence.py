@@ -1,7 +1,8 @@
 """Evidence packages: exported by a regulator, verified offline, every tampering caught.
 
-The package (``built``) is made once: a real DP run, report r1 authored by a data
-scientist and approved by QA, report r2 unsigned; each test attacks its own copy.
+The package (``built``) is made once: the recorded DP run (``ledger_run``: site-signed
+statements, witnessed checkpoints), report r1 authored by a data scientist and approved by
+QA, report r2 unsigned; each test attacks its own copy.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 from pharmafl.audit.canonical import canonical_json
 from pharmafl.audit.evidence import verify_package
 from pharmafl.audit.verify import VerificationError
+from pharmafl.compliance.access import AccessControl
 from pharmafl.compliance.errors import AuthorityError, ComplianceError
 from pharmafl.compliance.evidence import export_evidence
 from pharmafl.compliance.report import file_hashes, generate_report, load_report
@@ -36,10 +38,10 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def built(real_run_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Built:
+def built(ledger_run_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Built:
     root = tmp_path_factory.mktemp("evidence")
     run = root / "run"
-    shutil.copytree(real_run_template, run)
+    shutil.copytree(ledger_run_template, run)
     with open_access(run) as ac:
         enrol_people(ac)
         quinn = ac.login("quinn", password("quinn"))
@@ -193,11 +195,11 @@ def test_truncated_package_ledger_is_caught_with_the_trusted_head(built: Built, 
     fails(built.package, "truncated", trusted_head=str(head))
 
 
-def test_signature_by_a_role_not_allowed_is_caught_offline(real_run: Path, tmp_path: Path) -> None:
+def test_signature_by_a_role_not_allowed_is_caught_offline(ledger_run: Path, tmp_path: Path, monkeypatch) -> None:
     """A regulator's key writes an 'approval' straight into the ledger, around the authority check."""
-    with open_access(real_run) as ac:
+    with open_access(ledger_run) as ac:
         enrol_people(ac)
-        report = generate_report(ac, ac.login("quinn", password("quinn")), real_run, tmp_path / "r1",
+        report = generate_report(ac, ac.login("quinn", password("quinn")), ledger_run, tmp_path / "r1",
                                  formats=("parquet",))  # no human-readable copy to re-render
         rita = ac.login("rita", password("rita"))
         key = ac.keys.get_or_create(rita.actor)
@@ -205,6 +207,9 @@ def test_signature_by_a_role_not_allowed_is_caught_offline(real_run: Path, tmp_p
                                 record="report", record_hash=hashlib.sha256((report / "report.json").read_bytes())
                                 .hexdigest(), meaning="approved", signed_at="2030-01-01T00:00:00.000000Z")
         ac.ledger.record(rita.actor, "e_signature", **forged)
+        with pytest.raises(ComplianceError, match="users do not check"):  # refused when exported ...
+            export_evidence(ac, ac.login("rita", password("rita")), [report], tmp_path / "package")
+        monkeypatch.setattr(AccessControl, "accounts", lambda self: None)  # ... unless the exporter skips the replay
         package = export_evidence(ac, ac.login("rita", password("rita")), [report], tmp_path / "package")
     fails(package, "user:rita \\(role 'regulator' at seq \\d+\\) may not sign as 'approved'")
 
@@ -299,29 +304,31 @@ def test_malformed_manifest_fails_instead_of_crashing(pkg: Path) -> None:
 
 
 @pytest.mark.parametrize("actor", ["server", "user:quinn"])
-def test_rendering_recorded_apart_from_a_signature_is_rejected(real_run: Path, tmp_path: Path, actor: str) -> None:
+def test_rendering_recorded_apart_from_a_signature_is_rejected(ledger_run: Path, tmp_path: Path, actor: str,
+                                                              monkeypatch) -> None:
     """A forged PDF whose hash someone with a ledger key records as a 'rendering' of the signed report."""
     forged = b"%PDF-1.4 other figures under the same signature block"
-    with open_access(real_run) as ac:
+    with open_access(ledger_run) as ac:
         enrol_people(ac)
-        report = generate_report(ac, ac.login("quinn", password("quinn")), real_run, tmp_path / "r1",
+        report = generate_report(ac, ac.login("quinn", password("quinn")), ledger_run, tmp_path / "r1",
                                  formats=("pdf",))
         sign(ac, ac.login("quinn", password("quinn")), report, "approved")
         ac.ledger.record(actor, "report_rendered", record_hash=load_report(report)[1],
                          files={"report.pdf": hashlib.sha256(forged).hexdigest()},
                          signatures=[e.data["signature"] for e in entries_of(ac, "e_signature")])
         (report / "report.pdf").write_bytes(forged)
+        monkeypatch.setattr(AccessControl, "accounts", lambda self: None)  # an exporter that skips the replay
         package = export_evidence(ac, ac.login("rita", password("rita")), [report], tmp_path / "package")
     fails(package, f"report_rendered by '{actor}' does not follow that user's e_signature on the same record")
 
 
 @pytest.mark.parametrize("actor", ["server", "user:rita"])
-def test_report_recorded_by_a_role_that_may_not_generate_is_rejected(real_run: Path, tmp_path: Path,
-                                                                      actor: str) -> None:
+def test_report_recorded_by_a_role_that_may_not_generate_is_rejected(ledger_run: Path, tmp_path: Path,
+                                                                      actor: str, monkeypatch) -> None:
     """An edited record whose hash a system key or a regulator records as 'generated'."""
-    with open_access(real_run) as ac:
+    with open_access(ledger_run) as ac:
         enrol_people(ac)
-        genuine = generate_report(ac, ac.login("quinn", password("quinn")), real_run, tmp_path / "r1",
+        genuine = generate_report(ac, ac.login("quinn", password("quinn")), ledger_run, tmp_path / "r1",
                                   formats=("parquet",))
         forged = tmp_path / "r2"
         shutil.copytree(genuine, forged)
@@ -332,6 +339,7 @@ def test_report_recorded_by_a_role_that_may_not_generate_is_rejected(real_run: P
         ac.ledger.record(actor, "report_generated", record_hash=record_hash, run_id=record["meta"]["run_id"],
                          tree_size=record["certificate"]["tree_size"], formats=["parquet"], files=file_hashes(forged),
                          signatures=[])
+        monkeypatch.setattr(AccessControl, "accounts", lambda self: None)  # an exporter that skips the replay
         package = export_evidence(ac, ac.login("rita", password("rita")), [forged], tmp_path / "package")
     fails(package, f"report_generated by '{actor}', who may not generate reports")
 

@@ -202,3 +202,73 @@ def test_models_opacus_cannot_handle_are_refused():
     with pytest.raises(ConfigError, match="no per-sample gradients for .*att_src.* of drug encoder .gat."):
         check_dp_model(gat, "site site-01")
     check_dp_model(DTIModel(**asdict(CFG)), "site site-01")  # GIN: fine
+
+
+def test_the_budget_is_the_sites_across_runs(tmp_path, monkeypatch):
+    """Two runs on one site home: the second starts from the first's ε, declines once the
+    site's own budget (site.json) is spent, and a restart within a run keeps its ε."""
+    from pathlib import Path
+
+    from pharmafl.sites.dp_site import DPSite
+    from pharmafl.sites.home import SiteHome
+    from pharmafl.sites.privacy import PrivacyPlan
+    from pharmafl.sites.site import Declined, Instructions, Site, state_of
+    from pharmafl.sites.store import store_units
+    from pharmafl.sites.tables import load_dataset
+    from pharmafl.sites.training import TrainConfig
+
+    # q = 1, one step a round whatever the site holds: ε after k rounds is known before init
+    cfg = PrivacyConfig(mode="local", noise_multiplier=4.0, delta=1e-3, accountant="rdp", batch_size=64,
+                        noise_source="seeded")  # fmt: skip
+    eps = [epsilon_spent([(4.0, 1.0, k)], 1e-3, "rdp") for k in range(4)]
+    budget = (eps[2] + eps[3]) / 2
+    ds = load_dataset(Path(__file__).parent / "assets")
+    SiteHome.init(tmp_path / "home", "site-01", ds, simulated=True, epsilon_budget=budget, scrypt_n=2**14)
+    state = state_of(DTIModel(**asdict(CFG)))
+
+    def dp_site(run_id: str) -> DPSite:
+        home = SiteHome.open(tmp_path / "home")
+        plan = plan_privacy(cfg, units=store_units(home.store, "pair"), rounds=5, local_epochs=1, where="t")
+        site = Site(home.store, CFG, TrainConfig(batch_size=8))
+        return DPSite(site, cfg, PrivacyPlan(**plan.as_dict()), SecureRandom(seed=1), ledger=home.privacy,
+                      run_id=run_id)  # fmt: skip
+
+    first = dp_site("run-a")
+    assert first.budget == budget and first.plan.budget is None and first.epsilon_prior == 0
+    one = first.fit(1, state, Instructions()).privacy
+    assert one["epsilon_total"] == pytest.approx(eps[1]) and one["epsilon_prior"] == 0
+
+    second = dp_site("run-b")
+    assert second.epsilon_prior == pytest.approx(eps[1]) and second.epsilon == pytest.approx(eps[1])
+    two = second.fit(1, state, Instructions()).privacy
+    assert two["epsilon_total"] == pytest.approx(eps[2]) and two["epsilon_round"] == pytest.approx(eps[2] - eps[1])
+    assert two["epsilon_prior"] == pytest.approx(eps[1]) and two["budget"] == budget
+    declined = second.fit(2, state, Instructions())
+    assert isinstance(declined, Declined) and declined.reason == "privacy budget exhausted"
+    assert declined.details["epsilon_if_trained"] == pytest.approx(eps[3]) and eps[3] > budget
+    assert declined.details["epsilon_total"] == pytest.approx(eps[2])
+
+    assert dp_site("run-b").epsilon == pytest.approx(eps[2])  # the site restarted mid-run
+    assert isinstance(dp_site("run-c").fit(1, state, Instructions()), Declined)
+    runs = SiteHome.open(tmp_path / "home").privacy.runs(first.manifest)
+    assert sorted(runs) == ["run-a", "run-b"] and runs["run-b"]["history"] == [[4.0, 1.0, 1]]
+
+
+def test_without_a_ledger_a_dp_site_accounts_its_own_rounds(tmp_path):
+    from pathlib import Path
+
+    from pharmafl.sites.dp_site import DPSite
+    from pharmafl.sites.home import SiteHome
+    from pharmafl.sites.site import Site
+    from pharmafl.sites.store import store_units
+    from pharmafl.sites.tables import load_dataset
+    from pharmafl.sites.training import TrainConfig
+
+    home = SiteHome.init(tmp_path / "home", "site-01", load_dataset(Path(__file__).parent / "assets"),
+                         passphrase="pw", scrypt_n=2**14)  # fmt: skip
+    cfg = PrivacyConfig(mode="local", epsilon=5.0, accountant="rdp", batch_size=64)
+    plan = plan_privacy(cfg, units=store_units(home.store, "pair"), rounds=2, local_epochs=1, where="t")
+    site = DPSite(Site(home.store, CFG, TrainConfig(batch_size=8)), cfg, plan, SecureRandom(seed=0))
+    assert site.budget == 5.0 and site.epsilon == 0 and site.epsilon_prior == 0
+    with pytest.raises(ConfigError, match="needs the run id"):
+        DPSite(Site(home.store, CFG, TrainConfig(batch_size=8)), cfg, plan, SecureRandom(seed=0), ledger=home.privacy)
