@@ -39,14 +39,18 @@ KEYS_FORMAT = messages.KEYS_FORMAT
 _BATCH = 20_000
 
 
+class ExportRefused(LedgerError):
+    """The ledger does not verify, so no bundle was written; the message is the first failure."""
+
+
 def export(source: Ledger | str | os.PathLike, out_dir: str | os.PathLike, *, force: bool = False,
            jobs: int | None = None) -> Path:
     """Write the evidence bundle of ``source`` (a :class:`Ledger`, path, run dir or URL) to
     ``out_dir``, which must not exist or be empty; returns its path.
 
     Raises:
-        LedgerError: the target is not empty, the ledger cannot be read, or (unless ``force``)
-            the exported bundle does not verify; the message is the verifier's first failure.
+        ExportRefused: (unless ``force``) the exported bundle does not verify; the verifier's first failure.
+        LedgerError: the target is not empty, or the ledger cannot be read.
     """
     from pharmafl.audit.verify import VerificationError, verify_path
 
@@ -64,7 +68,7 @@ def export(source: Ledger | str | os.PathLike, out_dir: str | os.PathLike, *, fo
             verify_path(str(tmp), jobs=jobs)
         except VerificationError as err:
             if not force:
-                raise LedgerError(f"refusing to export a ledger that does not verify: {err}; investigate it with "
+                raise ExportRefused(f"refusing to export a ledger that does not verify: {err}; investigate it with "
                                   "`pharmafl ledger verify`, or export everything as it is with --force") from None
         if out.exists():
             out.rmdir()
@@ -90,8 +94,7 @@ def _write_bundle(ledger: Ledger, tmp: Path) -> None:
             batch.append(entry.__dict__)
             tree.append(entry.leaf_hash())
             if entry.type == ACTOR_KEY:
-                data = entry.data
-                keys.setdefault(data.get("actor"), (data.get("public_key"), entry.seq))
+                _registration(keys, entry)
             if len(batch) == _BATCH:
                 parquet.write_table(pa.Table.from_pylist(batch, schema))
                 batch = []
@@ -113,3 +116,13 @@ def _write_bundle(ledger: Ledger, tmp: Path) -> None:
 
 def _write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8", newline="\n")
+
+
+def _registration(keys: dict, entry) -> None:
+    """The first key registered for an actor, as keys.json lists it (a malformed one is left to the verifier)."""
+    try:
+        data = entry.data
+    except ValueError:
+        return
+    if isinstance(data, dict) and isinstance(data.get("actor"), str) and messages.is_hex(data.get("public_key"), 64):
+        keys.setdefault(data["actor"], (data["public_key"], entry.seq))

@@ -2,10 +2,12 @@
 
 Mounted by the main CLI as ``app.add_typer(ledger_app, name="ledger")``. Every command
 takes a ledger as a SQLite path, a run directory holding ``ledger.db``, or a
-``postgresql+psycopg://`` URL; ``verify`` also takes an exported bundle directory.
+``postgresql+psycopg://`` URL; ``verify`` also takes an exported bundle directory (a
+database is read by :mod:`pharmafl.audit.dbsource` and checked by the same functions).
 
-Exit codes: 0 success; 1 verification failed (``FAIL: seq N: why``) or a proof did not
-verify; 2 bad input (``error: ...`` on stderr, saying what to fix).
+Exit codes: 0 success; 1 verification failed (``FAIL: seq N: why``), a proof did not
+verify, or ``export`` refused a ledger that does not verify; 2 bad input (``error: ...``
+on stderr, saying what to fix).
 """
 
 from __future__ import annotations
@@ -31,17 +33,22 @@ def _fail(message: str) -> None:
 
 @app.command()
 def verify(
-    path: Annotated[str, typer.Argument(help="SQLite file, run directory, postgresql:// URL, or bundle directory")],
+    path: Annotated[str, typer.Argument(help="bundle directory, SQLite file, run directory, or postgresql:// URL")],
     trusted_head: Annotated[Optional[Path], typer.Option(help="checkpoint JSON received out of band")] = None,
     trusted_keys: Annotated[Optional[Path], typer.Option(help="keys.json (or bundle) received out of band")] = None,
+    roster: Annotated[Optional[Path], typer.Option(help="the consortium.json the sites agreed to")] = None,
+    witnesses: Annotated[Optional[int], typer.Option(
+        help="cosignatures each checkpoint of the run needs (default: a majority of the pinned sites)")] = None,
     jobs: Annotated[Optional[int], typer.Option(help="processes for signature checks (default: all cores)")] = None,
 ) -> None:
-    """Recompute every hash, link, signature and checkpoint; print OK or the first bad seq."""
-    from pharmafl.audit.verify import VerificationError, verify_path
+    """Recompute every hash, link, signature, statement, checkpoint and cosignature; print OK or the first bad seq."""
+    from pharmafl.audit.dbsource import verify_target
+    from pharmafl.audit.verify import VerificationError
 
     try:
-        typer.echo(verify_path(path, trusted_head=trusted_head and str(trusted_head),
-                               trusted_keys=trusted_keys and str(trusted_keys), jobs=jobs))
+        typer.echo(verify_target(path, trusted_head=trusted_head and str(trusted_head),
+                                 trusted_keys=trusted_keys and str(trusted_keys), roster=roster and str(roster),
+                                 witnesses=witnesses, jobs=jobs))
     except VerificationError as err:
         typer.echo(f"{'ERROR' if err.unreadable else 'FAIL'}: {err}")
         raise typer.Exit(2 if err.unreadable else 1) from None
@@ -51,17 +58,26 @@ def verify(
 def export(
     source: Source,
     out: Annotated[Path, typer.Option("--out", help="new (or empty) directory for the bundle")],
+    force: Annotated[bool, typer.Option(
+        help="export a ledger that does not verify, every row as it is (for investigation)")] = False,
 ) -> None:
-    """Write an evidence bundle: entries (JSONL, Parquet), keys, checkpoints, manifest."""
+    """Write an evidence bundle: entries (JSONL, Parquet), keys, checkpoints, cosignatures, manifest.
+
+    Refuses a ledger that does not verify (exit 1, naming the first bad seq) unless --force.
+    """
+    from pharmafl.audit.bundle import ExportRefused
     from pharmafl.audit.bundle import export as export_bundle
 
     try:
-        path = export_bundle(source, out)
+        path = export_bundle(source, out, force=force)
+    except ExportRefused as err:
+        typer.echo(f"FAIL: {err}", err=True)
+        raise typer.Exit(1) from None
     except LedgerError as err:
         _fail(str(err))
     manifest = json.loads((path / "manifest.json").read_text())
-    typer.echo(f"exported {manifest['entries']} entries, {manifest['checkpoints']} checkpoints to {path} "
-               f"(root {manifest['root_hash']})")
+    typer.echo(f"exported {manifest['entries']} entries, {manifest['checkpoints']} checkpoints, "
+               f"{manifest['cosignatures']} cosignatures to {path} (root {manifest['root_hash']})")
 
 
 @app.command()

@@ -35,11 +35,14 @@ def rows(target: str | os.PathLike) -> Iterator[tuple[Iterator[tuple], list[dict
     Raises:
         VerificationError: (unreadable) naming what could not be read and what is accepted.
     """
-    from sqlalchemy.exc import SQLAlchemyError  # the full install: only this adapter needs it
-
-    from pharmafl.audit.storage import Storage, describe, resolve_target
-
     text = os.fspath(target)
+    try:  # the full install: only this adapter needs a database driver
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from pharmafl.audit.storage import Storage, describe, resolve_target
+    except ImportError as err:
+        raise VerificationError(f"{text} is not a bundle (no manifest.json), and reading a database needs the full "
+                                f"pharmafl install ({err}); export a bundle and verify that", unreadable=True) from None
     url = re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", resolve_target(text))  # psycopg 3, not psycopg2
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise VerificationError(f"{text}: not a SQLite file, a run directory with ledger.db, a bundle with "

@@ -52,8 +52,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pharmafl.audit.messages import canonical
-from pharmafl.audit.verify import VerificationError, verify_path
+from pharmafl.audit.verify import VerificationError, canonical, verify_path
 
 SIGNATURE_DOMAIN = b"pharmafl-e-signature-v1\x00"
 SIGNED_FIELDS = ("meaning", "printed_name", "record", "record_hash", "role", "signed_at", "signer")

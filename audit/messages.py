@@ -102,9 +102,7 @@ class NotCanonical(ValueError):
 
 def canonical(value: Any) -> str:
     """The RFC 8785 text of a JSON value; :class:`NotCanonical` names what cannot be written."""
-    out: list[str] = []
-    _encode(value, out, [], 0)
-    return "".join(out)
+    return _encode(value, 0)
 
 
 def sha256_hex(data: bytes | str) -> str:
@@ -142,58 +140,68 @@ def number(x: int | float) -> str:
     return f"{sign}{digits[0]}{'.' + digits[1:] if k > 1 else ''}e{'+' if n > 1 else '-'}{abs(n - 1)}"
 
 
-def _string(s: str, path: list[str]) -> str:
+def _string(s: str) -> str:
     if not s.isascii():
         try:
             s.encode("utf-8")
         except UnicodeEncodeError as err:
             raise NotCanonical(f"contains a lone surrogate {s[err.start]!r}; JSON text must be valid Unicode "
-                               "(RFC 7493 §2.1)", "".join(path)) from None
+                               "(RFC 7493 §2.1)") from None
     return _escape(s)
 
 
-def _encode(value: Any, out: list[str], path: list[str], depth: int) -> None:
+def _float(x: float) -> str:
+    text = float.__repr__(x)  # between 1e-4 and 1e16 Python's shortest digits need no exponent, as ECMAScript's
+    if "e" in text or "n" in text or x == 0:
+        return number(x)
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _encode(value: Any, depth: int) -> str:
+    """One value; the path of a refusal is put together while the error unwinds (no cost otherwise)."""
     t = type(value)
     if t is str:
-        out.append(_string(value, path))
-    elif value is None or t is bool:
-        out.append("null" if value is None else "true" if value else "false")
-    elif t is int or t is float or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return _escape(value) if value.isascii() else _string(value)
+    if t is int:
+        return int.__repr__(value) if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else number(value)
+    if t is float:
+        return _float(value)
+    if value is None or t is bool:
+        return "null" if value is None else "true" if value else "false"
+    if isinstance(value, (Mapping, list)) and depth >= MAX_DEPTH:
+        raise NotCanonical(f"nested deeper than {MAX_DEPTH} levels; flatten it")
+    if isinstance(value, list):
         try:
-            out.append(number(value))
+            return "[" + ",".join([_encode(item, depth + 1) for item in value]) + "]"
         except NotCanonical as err:
-            raise NotCanonical(err.reason, "".join(path)) from None
-    elif isinstance(value, (Mapping, list)):
-        if depth >= MAX_DEPTH:
-            raise NotCanonical(f"nested deeper than {MAX_DEPTH} levels; flatten it", "".join(path))
-        if isinstance(value, list):
-            out.append("[")
-            for i, item in enumerate(value):
-                out.append("," if i else "")
-                path.append(f"[{i}]")
-                _encode(item, out, path, depth + 1)
-                path.pop()
-            out.append("]")
-            return
-        for name in value:
-            if not isinstance(name, str):
-                raise NotCanonical(f"object key {name!r:.40} is a {type(name).__name__}; JSON object keys must "
-                                   "be str (convert it with str(...) in the producing code)", "".join(path))
+            i = next(i for i, item in enumerate(value) if _refuses(item, depth + 1))
+            raise NotCanonical(err.reason, f"[{i}]{err.path}") from None
+    if isinstance(value, Mapping):
+        if not all(type(name) is str or isinstance(name, str) for name in value):
+            name = next(name for name in value if not isinstance(name, str))
+            raise NotCanonical(f"object key {name!r:.40} is a {type(name).__name__}; JSON object keys must be str "
+                               "(convert it with str(...) in the producing code)")
         names = sorted(value)
-        if not all(name.isascii() for name in names):
-            names.sort(key=lambda s: s.encode("utf-16-be", "surrogatepass"))
-        out.append("{")
-        for i, name in enumerate(names):
-            path.append(f"[{name!r}]")
-            out.append(("," if i else "") + _string(name, path) + ":")
-            _encode(value[name], out, path, depth + 1)
-            path.pop()
-        out.append("}")
-    else:
-        hint = "a list" if isinstance(value, (tuple, set, frozenset)) else "str, int, float, bool or None"
-        kind = f"{t.__module__}.{t.__qualname__}".removeprefix("builtins.")
-        raise NotCanonical(f"{kind} {value!r:.60} is not a JSON value; convert it to {hint} before recording it",
-                           "".join(path))
+        if not "".join(names).isascii():
+            names.sort(key=lambda s: s.encode("utf-16-be", "surrogatepass"))  # RFC 8785 §3.2.3: UTF-16 order
+        try:
+            return "{" + ",".join([_string(name) + ":" + _encode(value[name], depth + 1) for name in names]) + "}"
+        except NotCanonical as err:
+            name = next(name for name in names if _refuses(name, 0) or _refuses(value[name], depth + 1))
+            raise NotCanonical(err.reason, f"[{name!r}]{err.path}") from None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return number(value)
+    hint = "a list" if isinstance(value, (tuple, set, frozenset)) else "str, int, float, bool or None"
+    kind = f"{t.__module__}.{t.__qualname__}".removeprefix("builtins.")
+    raise NotCanonical(f"{kind} {value!r:.60} is not a JSON value; convert it to {hint} before recording it")
+
+
+def _refuses(value: Any, depth: int) -> bool:
+    try:
+        _encode(value, depth)
+        return False
+    except NotCanonical:
+        return True
 
 
 # -- the coordinator's ledger ----------------------------------------------------------------

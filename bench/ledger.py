@@ -1,8 +1,16 @@
-"""Ledger benchmarks: signed appends/s, verified entries/s, proof sizes and times.
+"""Ledger benchmarks: signed appends/s, verified entries/s (with site statements and witness
+cosignatures), proof sizes and times.
 
     .venv/bin/python bench/ledger.py            # 100k and 1M entries (several minutes)
     .venv/bin/python bench/ledger.py --quick    # 20k and 100k entries
     .venv/bin/python bench/ledger.py --write-docs   # also replace "## Ledger" in docs/benchmarks.md
+
+The verified ledger is a run as the trust domains write it (docs/trust-domains.md): a
+``run_started`` pinning a consortium of 10 site cards; every round the coordinator's
+``round_started``, each site's ``site_update``, ``clip`` and ``privacy_spent`` statement (signed
+with that site's key, embedded in the coordinator's entry), ``aggregated``, the server's own
+``privacy_spent`` and ``round_ended``; each round's checkpoint cosigned by all 10 sites. So
+verification checks about 2.2 Ed25519 signatures per entry (entry, statement, cosignatures).
 
 PostgreSQL figures need ``PHARMAFL_BENCH_PG_URL`` (or ``PHARMAFL_TEST_PG_URL``); each run
 uses a fresh schema and drops it. Prints figures only; the tests never assert timings.
@@ -21,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from multiprocessing import get_context
 from pathlib import Path
 from urllib.parse import quote
@@ -28,13 +37,17 @@ from urllib.parse import quote
 from cryptography.hazmat.backends.openssl import backend as openssl
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from pharmafl.audit import messages
 from pharmafl.audit.keys import KeyStore
 from pharmafl.audit.ledger import Ledger
-from pharmafl.audit.merkle import MerkleTree, leaf_hash
+from pharmafl.audit.merkle import CompactRange, MerkleTree, leaf_hash
+from pharmafl.audit.records import Checkpoint, Cosignature, Entry
+from pharmafl.audit.storage import Storage, resolve_target
 from pharmafl.audit.verify import verify_consistency, verify_inclusion, verify_path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 SITES = [f"site-{i:02d}" for i in range(10)]
+RUN_ID = "bench-run"
 
 
 def payload(i: int) -> dict:
@@ -45,7 +58,7 @@ def payload(i: int) -> dict:
 
 
 def items(start: int, n: int) -> list[tuple[str, str, dict]]:
-    return [(SITES[i % len(SITES)], "site_update", payload(i)) for i in range(start, start + n)]
+    return [("server", "round_metrics", payload(i)) for i in range(start, start + n)]
 
 
 def bench_appends(target: str, keys: KeyStore, single: int, batched: int, batch: int = 1000) -> tuple[float, float]:
@@ -62,12 +75,80 @@ def bench_appends(target: str, keys: KeyStore, single: int, batched: int, batch:
     return single_rate, batched_rate
 
 
-def fill(target: str, keys: KeyStore, n: int) -> None:
-    with Ledger.open(target, keys) as ledger:
-        have = len(ledger)
-        for start in range(have, n, 5000):
-            ledger.append_many(items(start, min(5000, n - start)))
-        ledger.checkpoint()
+def _key(label: str) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(f"bench:{label}".encode()).digest())
+
+
+class WitnessedRun:
+    """Writes a run of about ``n`` entries straight into ``ledger.db`` as the coordinator and the
+    sites would: server-signed chain, site-signed statements, every round's checkpoint cosigned."""
+
+    def __init__(self, target: str):
+        self.storage, self.tree, self.batch = Storage(resolve_target(target)), CompactRange(), []
+        self.storage.create_schema()
+        self.server, self.sites = _key("server"), {s: _key(s) for s in SITES}
+        self.seq, self.prev, self.t0 = 0, messages.GENESIS, datetime(2025, 1, 2, tzinfo=timezone.utc)
+
+    def ts(self) -> str:
+        return (self.t0 + timedelta(microseconds=10 * self.seq)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    def add(self, type_: str, payload: dict, actor: str = "server", key: Ed25519PrivateKey | None = None) -> None:
+        text, ts = messages.canonical(payload), self.ts()
+        entry_hash = hashlib.sha256(messages.entry_message(self.seq, ts, actor, type_, text, self.prev)).hexdigest()
+        sig = (key or self.server).sign(bytes.fromhex(entry_hash)).hex()
+        entry = Entry(self.seq, ts, actor, type_, text, self.prev, entry_hash, sig)
+        self.batch.append(entry)
+        self.tree.append(entry.leaf_hash())
+        self.seq, self.prev = self.seq + 1, entry_hash
+
+    def statement(self, site: str, type_: str, rnd: int, body: dict, **fields) -> None:
+        st = messages.make_statement(self.sites[site].sign, run_id=RUN_ID, round=rnd, site=site, type=type_,
+                                     payload=body)
+        self.add(type_, {"statement": st, **fields})
+
+    def checkpoint(self) -> None:
+        size, root, ts = self.seq, self.tree.root().hex(), self.ts()
+        cp = Checkpoint(size, root, ts, "server", self.server.sign(messages.checkpoint_message(size, root, ts,
+                                                                                               "server")).hex())
+        body = messages.checkpoint_body(messages.origin_of(RUN_ID), size, root)
+        stamp = 1735776000 + size
+        cosigs = [Cosignature(size, s, stamp, k.sign(messages.cosignature_message(body, stamp)).hex())
+                  for s, k in self.sites.items()]
+        with self.storage.write() as conn:
+            Storage.insert_entries(conn, self.batch)
+            Storage.insert_checkpoint(conn, cp)
+            Storage.insert_cosignatures(conn, cosigs)
+        self.batch = []
+
+    def write(self, n: int) -> int:
+        pk = self.server.public_key().public_bytes_raw().hex()
+        self.add("actor_key", {"actor": "server", "algorithm": "Ed25519", "fingerprint": messages.sha256_hex(
+            bytes.fromhex(pk)), "proof": self.server.sign(messages.key_proof_message("server", pk)).hex(),
+            "public_key": pk})
+        cards = {s: messages.make_card(k.sign, {"public_key": k.public_key().public_bytes_raw().hex(), "site": s,
+                                                "units": {"pair": 2000}}) for s, k in self.sites.items()}
+        self.add("run_started", {"consortium": {"cards": cards, "roster_sha256": messages.sha256_hex(
+            messages.canonical(cards))}, "run_id": RUN_ID, "sites": SITES})
+        rnd = 0
+        while self.seq + 3 * len(SITES) + 5 < n:
+            rnd += 1
+            self.add("round_started", {"round": rnd, "sites": SITES})
+            for i, site in enumerate(SITES):
+                p = payload(self.seq)
+                self.statement(site, "site_update", rnd, {k: p[k] for k in ("metrics", "num_examples", "update_hash")},
+                               accepted=True, problem=None)
+                self.statement(site, "clip", rnd, {"clip_norm": 1.0, "clipped": 100 + i, "max_norm": 3.5,
+                                                   "mean_norm": 0.9, "total": p["num_examples"]})
+                self.statement(site, "privacy_spent", rnd, {"delta": 1e-5, "epsilon_round": 0.01,
+                                                            "epsilon_total": 0.01 * rnd, "sample_rate": 0.01})
+            self.add("aggregated", {"aggregate_hash": payload(rnd)["update_hash"], "round": rnd})
+            self.add("privacy_spent", {"epsilon_total": 0.001 * rnd, "party": "server", "round": rnd})
+            self.add("round_ended", {"metrics": {"auc": 0.8}, "round": rnd})
+            self.checkpoint()
+        self.add("run_ended", {"rounds": rnd, "status": "completed"})
+        self.checkpoint()
+        self.storage.dispose()
+        return self.seq
 
 
 def bench_verify(target: str, jobs: int | None) -> tuple[int, float]:
@@ -167,8 +248,7 @@ def main() -> None:
     out()
     with tempfile.TemporaryDirectory() as tmp:
         keys = KeyStore(Path(tmp) / "keys", "bench-passphrase", scrypt_n=2**14)
-        for actor in SITES + ["server"]:
-            keys.get_or_create(actor)
+        keys.get_or_create("server")
         out("| signed appends/s | single (1 transaction each) | batched (1000 per transaction) |")
         out("|---|---|---|")
         single, batched = bench_appends(str(Path(tmp) / "appends.db"), keys, 500, sizes[0])
@@ -187,12 +267,12 @@ def main() -> None:
         else:
             out("| PostgreSQL | not run (set PHARMAFL_BENCH_PG_URL) | |")
         out()
-        out("| verify | entries | --jobs 1 | all cores |")
+        out("| verify (10 sites: statements + every round cosigned) | entries | --jobs 1 | all cores |")
         out("|---|---|---|---|")
-        db = str(Path(tmp) / "verify.db")
         best = 0.0
         for n in sizes:
-            fill(db, keys, n)
+            db = str(Path(tmp) / f"verify-{n}.db")
+            WitnessedRun(db).write(n)
             rates = []
             for jobs in (1, None):
                 count, elapsed = bench_verify(db, jobs)
@@ -205,8 +285,9 @@ def main() -> None:
                         "export(sys.argv[1], sys.argv[2])", db, str(bundle)], check=True)
         exported = time.perf_counter() - t
         count, elapsed = bench_verify(str(bundle), None)
+        best = max(best, count / elapsed)
         out(f"| exported bundle (JSONL + Parquet cross-check) | {count:,} | | {count / elapsed:,.0f} entries/s "
-            f"({elapsed:.1f} s; export took {exported:.1f} s) |")
+            f"({elapsed:.1f} s; export, which verifies before it writes, took {exported:.1f} s) |")
         out()
     out("| Merkle proofs (RFC 9162) | tree build | inclusion: hashes / bytes | generate | verify "
         "| consistency (n/3 → n): hashes / bytes | generate | verify |")
@@ -217,12 +298,15 @@ def main() -> None:
             f"| {p['incl_gen_us']:.0f} µs | {p['incl_ver_us']:.0f} µs | {p['cons_hashes']} / {32 * p['cons_hashes']} B "
             f"| {p['cons_gen_us']:.0f} µs | {p['cons_ver_us']:.0f} µs |")
     out()
+    per_entry = (1 + 3 * len(SITES) / (3 * len(SITES) + 4) + len(SITES) / (3 * len(SITES) + 4))
     out(f"Goals: ≥ 10k signed appends/s batched on SQLite: {'met' if sqlite_batched >= 10_000 else 'NOT met'} "
-        f"({sqlite_batched:,.0f}/s). ≥ 50k entries/s verified: {'met' if best >= 50_000 else 'NOT met'} "
-        f"({best:,.0f}/s). Every entry carries one Ed25519 signature and verification checks each one, so "
-        f"verification cannot beat the machine's Ed25519 verify rate, {parallel:,.0f}/s with every CPU busy "
-        f"(first line above); the remaining per-entry work (parse, canonicalise, hash, chain, Merkle) is "
-        f"done by the main process while worker processes check signatures.")
+        f"({sqlite_batched:,.0f}/s). ≥ 20k entries/s verified with cosignatures: "
+        f"{'met' if best >= 20_000 else 'NOT met'} ({best:,.0f}/s). Each entry of this run carries "
+        f"{per_entry:.2f} Ed25519 signatures on average (its own, a site statement on 30 of every 34 entries, "
+        f"10 cosignatures per 34-entry round) and verification checks every one, so it cannot beat "
+        f"{parallel:,.0f} / {per_entry:.2f} = {parallel / per_entry:,.0f} entries/s on this machine (first line "
+        f"above: Ed25519 verifies/s with every CPU busy); parsing, canonicalising, hashing and the Merkle tree "
+        f"run in the main process while worker processes check signatures.")
     out()
     if args.write_docs:
         write_section("\n".join(lines).rstrip() + "\n")

@@ -6,7 +6,8 @@ Reads and writes the run's ledger (:mod:`pharmafl.audit`); nothing in the pipeli
 ``access``          :class:`AccessControl`: users, logins, lockout, ageing, authority checks
 ``roles``           who may do what (pure table)
 ``credentials``     scrypt password hashes, signing keys sealed under the password, policy
-``users``           the user table beside the ledger
+``enrolment``       the commitment in ``user_created`` and the user's answer when she enrols her key
+``users``           the user table beside the ledger, written in its ledger entry's transaction
 ``signatures``      the e-signature message, its manifestation
 ``signing``         ``pharmafl sign``: sign a record, re-render its copies
 ``report``          ``pharmafl report``: record, plots, PDF/HTML/Parquet, ledger entry

@@ -248,8 +248,9 @@ class AccessControl:
             self.users.set_policy(conn, policy)
             self.users.insert(conn, replace(user, created_seq=entries[0].seq))
 
-        entry = self.commit([(actor, "user_created", {"user_id": admin_id, "full_name": full_name, "role": "admin",
-                                                      "created_by": "bootstrap", "policy": policy.as_dict()})], first)[0]
+        created = {"user_id": admin_id, "full_name": full_name, "role": "admin", "created_by": "bootstrap",
+                   "policy": policy.as_dict()}
+        entry = self.commit([(actor, "user_created", created)], first)[0]
         return replace(user, created_seq=entry.seq)
 
     def _check_password(self, user: User | None, user_id: str, password: str, policy: PasswordPolicy) -> User:

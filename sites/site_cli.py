@@ -99,12 +99,21 @@ def read_ledger(path: Path) -> list[dict]:
         return _entries(_jsonl(path / "entries.jsonl"), path / "entries.jsonl")
     if not path.exists():
         raise ConfigError(f"{path}: no such bundle, run directory or ledger database")
+    from pharmafl.audit.dbsource import rows  # the database adapter, outside the site's code
+    from pharmafl.audit.verify import VerificationError
+
+    fields = ("seq", "ts", "actor", "type", "payload", "prev_hash", "entry_hash", "signature")
     try:
-        from pharmafl.audit.dbsource import entries  # the database adapter, outside the site's code
-    except ImportError:
-        raise ConfigError(f"{path}: not an exported bundle (no entries.jsonl) and no database reader here; "
-                          "export a bundle with pharmafl ledger export") from None
-    return _entries(list(entries(path)), path)
+        with rows(path) as (entries, _, _):
+            found = [dict(zip(fields, r)) for r in entries]
+    except VerificationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    for row in found:
+        try:
+            row["payload"] = json.loads(row["payload"])
+        except ValueError as exc:
+            raise AuditFailure(f"{path}: entry {row['seq']}: payload is not JSON ({exc})") from None
+    return _entries(found, path)
 
 
 def _jsonl(path: Path) -> list[Any]:

@@ -9,12 +9,15 @@ import pytest
 from pharmafl.audit import proofs
 from pharmafl.audit.errors import LedgerError
 from pharmafl.audit.ledger import Ledger
-from pharmafl.audit.verify import verify_consistency, verify_inclusion
+from pharmafl.audit.rfc9162 import verify_consistency, verify_inclusion
+
+from .assets.make_fixtures import LedgerBuilder, write_db
 
 
 @pytest.fixture
-def recorded(run_dir: Path):
-    with Ledger.open(run_dir) as ledger:
+def recorded(tmp_path: Path):
+    b = LedgerBuilder().run()  # 31 entries, 4 checkpoints
+    with Ledger.open(write_db(tmp_path / "ledger.db", b.entries, b.checkpoints, b.cosignatures)) as ledger:
         yield ledger
 
 
@@ -39,7 +42,7 @@ def test_consistency_between_two_checkpoints(recorded: Ledger) -> None:
 
 
 @pytest.mark.parametrize(("call", "message"), [
-    (lambda led: proofs.inclusion(led, 99), "seq 99 is not in a tree of 24 entries"),
+    (lambda led: proofs.inclusion(led, 99), "seq 99 is not in a tree of 31 entries"),
     (lambda led: proofs.inclusion(led, 3, tree_size=40), "tree size 40 is out of range"),
     (lambda led: proofs.consistency(led, 10, 5), "0 < OLD <= NEW"),
 ])

@@ -1,7 +1,9 @@
 """``python -m pharmafl.audit.verify`` in a fresh venv with only cryptography and pyarrow.
 
-A regulator runs the verifier without torch, SQLAlchemy or the rest of pharmafl's
-dependencies; this builds exactly that environment (PyPI must be reachable).
+A regulator runs the verifier on an exported bundle without torch, SQLAlchemy or the rest of
+pharmafl's dependencies; this builds exactly that environment (PyPI must be reachable). A
+database needs the full install (it is read by :mod:`pharmafl.audit.dbsource`): there the bare
+verifier says so and exits 2.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pytest
 
 from pharmafl.audit.bundle import export
 
+from .assets.make_fixtures import LedgerBuilder, write_db
 from .conftest import ASSETS, REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -37,7 +40,7 @@ def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return python
 
 
-def run(python: Path, *args: str) -> subprocess.CompletedProcess:
+def run_bare(python: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(python), "-m", "pharmafl.audit.verify", *args], capture_output=True, text=True,
                           timeout=120)
 
@@ -49,16 +52,30 @@ def test_the_venv_really_lacks_the_heavy_dependencies(bare_python: Path) -> None
     assert out.strip() == "[]"
 
 
-def test_verifies_sqlite_and_bundles_without_torch(bare_python: Path, run_dir: Path, tmp_path: Path) -> None:
-    export(run_dir, tmp_path / "bundle")  # with entries.parquet: cross-checked through pyarrow
-    results = [run(bare_python, str(p)) for p in (run_dir, run_dir / "ledger.db", tmp_path / "bundle")]
-    assert [r.returncode for r in results] == [0, 0, 0], [r.stdout + r.stderr for r in results]
-    assert len({r.stdout for r in results}) == 1 and results[0].stdout.startswith("OK: 24 entries")
-    assert "pyarrow is not installed" not in results[2].stderr
+def test_verifies_bundles_without_torch(bare_python: Path, tmp_path: Path) -> None:
+    b = LedgerBuilder().run()
+    run = tmp_path / "run"
+    write_db(run / "ledger.db", b.entries, b.checkpoints, b.cosignatures)
+    export(run, tmp_path / "bundle")  # with entries.parquet: cross-checked through pyarrow
+    results = [run_bare(bare_python, str(p)) for p in (tmp_path / "bundle", ASSETS / "ledger_clean")]
+    assert [r.returncode for r in results] == [0, 0], [r.stdout + r.stderr for r in results]
+    assert all(r.stdout.startswith("OK: 31 entries, 4 checkpoints (3 witnessed, quorum 2 of 3 sites)") for r in results)
+    assert "pyarrow is not installed" not in results[0].stderr
+
+
+def test_a_database_needs_the_full_install(bare_python: Path, tmp_path: Path) -> None:
+    b = LedgerBuilder().run()
+    write_db(tmp_path / "ledger.db", b.entries, b.checkpoints, b.cosignatures)
+    result = run_bare(bare_python, str(tmp_path / "ledger.db"))
+    assert result.returncode == 2 and result.stdout.startswith("ERROR: ") and "export a bundle" in result.stdout
+    assert "Traceback" not in result.stderr
 
 
 def test_catches_tampering_and_truncation_without_torch(bare_python: Path) -> None:
-    bad = run(bare_python, str(ASSETS / "ledger_forged_entry_inserted"))
-    assert bad.returncode == 1 and bad.stdout.startswith("FAIL: seq 20: signature does not verify")
-    cut = run(bare_python, str(ASSETS / "ledger_truncated_tail"), "--trusted-head", str(ASSETS / "trusted_head.json"))
-    assert cut.returncode == 1 and cut.stdout.startswith("FAIL: seq 17: trusted head")
+    bad = run_bare(bare_python, str(ASSETS / "ledger_statement_forged_by_coordinator"))
+    assert bad.returncode == 1 and bad.stdout.startswith("FAIL: seq 24: site-03's statement signature does not verify")
+    cut = run_bare(bare_python, str(ASSETS / "ledger_truncated_tail"), "--trusted-head",
+                   str(ASSETS / "trusted_head.json"))
+    assert cut.returncode == 1 and cut.stdout.startswith("FAIL: seq 15: trusted head")
+    quorum = run_bare(bare_python, str(ASSETS / "ledger_checkpoint_without_quorum"))
+    assert quorum.returncode == 1 and "the witness policy needs 2" in quorum.stdout

@@ -113,7 +113,7 @@ def record_run(run: Path, witness_dir: Path, rounds: int = 2) -> None:
                                 config_hash="c" * 64, git_commit="f" * 40, versions={"pharmafl": "0.1.0"}, seed=1,
                                 engine="local", sites=list(SITES), consortium=pinned, privacy={
                                     "mode": "local", "epsilon": 8.0, "unit": "pair", "accountant": "prv",
-                                    "protects": "one measured drug-target pair", "clip_norm": 1.0}))
+                                    "protects": "one measurement (a drug-target pair's affinity)", "clip_norm": 1.0}))
         for rnd in range(1, rounds + 1):
             listener.on_event(event("round_started", "server", round=rnd, sites=list(SITES)))
             for i, site in enumerate(SITES):
@@ -132,7 +132,9 @@ def record_run(run: Path, witness_dir: Path, rounds: int = 2) -> None:
                                     checkpoint_hash="d" * 64, strategy="fedavg"))
             listener.on_event(event("round_ended", "server", round=rnd, metrics={
                 "global": {"test_mse": 0.4}, "sites": {s: {"global_val_mse": 0.3, "global_val_ci": 0.7}
-                                                       for s in SITES}}, diagnostics=None))
+                                                       for s in SITES}}, diagnostics={
+                "cosine_to_mean": {s: 0.9 - i / 10 for i, s in enumerate(SITES)}, "sites": list(SITES),
+                "cosine_matrix": [[1.0 if a == b else 0.8 for b in SITES] for a in SITES]}))
             _cosign(listener, witnesses)
         listener.on_event(event("run_ended", "server", status="completed", rounds=rounds,
                                 model_hash=hashlib.sha256(MODEL).hexdigest(), metrics={"test_mse": 0.4}))
@@ -160,6 +162,18 @@ def open_access(run: Path, clock=None) -> AccessControl:
     """The run's access control as a test suite opens it (the test-only KDF admitted)."""
     kw = {"clock": clock} if clock is not None else {}
     return AccessControl.open(run, PASSPHRASE, scrypt_n=FAST_SCRYPT, allow_test_kdf=True, **kw)
+
+
+@pytest.fixture
+def cli_admits_test_kdf(monkeypatch):
+    """The commands open access control as production does (refusing the test-only KDF);
+    this lets a test run them on a run whose users were made with :data:`POLICY`."""
+    real = AccessControl.open.__func__
+
+    def open_for_tests(cls, *args, **kwargs):
+        return real(cls, *args, **{**kwargs, "allow_test_kdf": True})
+
+    monkeypatch.setattr(AccessControl, "open", classmethod(open_for_tests))
 
 
 def enrol_people(ac: AccessControl, users=("quinn", "dana", "rita")) -> None:

@@ -68,7 +68,16 @@ def test_a_good_password_passes() -> None:
 @pytest.mark.parametrize("kwargs, message", [
     ({"min_length": 4}, "min_length must be >= 8"), ({"max_age_days": -1}, "max_age_days must be >= 0"),
     ({"max_failed_logins": 0}, "max_failed_logins must be >= 1"), ({"scrypt_n": 1000}, "power of two"),
+    ({"scrypt_n": 2**16}, r"power of two >= 2\*\*17.*for_tests\(\) allows less, in tests only"),
 ])
 def test_policy_validates_itself(kwargs: dict, message: str) -> None:
     with pytest.raises(ComplianceError, match=message):
         PasswordPolicy(**kwargs)
+
+
+def test_the_test_only_policy_is_marked_and_has_a_floor() -> None:
+    policy = PasswordPolicy.for_tests()
+    assert (policy.scrypt_n, policy.test_only_kdf, policy.as_dict()["test_only_kdf"]) == (2**14, True, True)
+    with pytest.raises(ComplianceError, match=r"power of two >= 2\*\*14"):
+        PasswordPolicy.for_tests(scrypt_n=2**13)
+    assert PasswordPolicy(**PasswordPolicy().as_dict()) == PasswordPolicy()  # round-trips through the table

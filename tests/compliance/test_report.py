@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from pharmafl.audit.keys import KeyStore
 from pharmafl.audit.ledger import Ledger
+from pharmafl.audit.records import asserted
 from pharmafl.compliance.errors import AuthorityError, ComplianceError
 from pharmafl.compliance.report import FORMATS, generate_report, load_report, parse_formats
 from pharmafl.compliance.signing import sign
@@ -17,7 +18,7 @@ from pharmafl.compliance.trail import TrailFilter, trail_rows
 from pypdf import PdfReader
 
 from ..audit.conftest import FAST_SCRYPT, PASSPHRASE
-from .conftest import entries_of
+from .conftest import entries_of, statement
 
 SECTIONS = ("1. Verification certificate", "2. Run summary", "3. Privacy statement", "4. Model lineage",
             "5. Audit trail", "6. 21 CFR Part 11 matrix")
@@ -64,11 +65,12 @@ def test_privacy_statement_matches_the_ledger(team, tmp_path) -> None:
     out = generate_report(team.ac, team.login("quinn"), team.run, tmp_path / "r1", formats=("parquet",))
     record, _ = load_report(out)
     privacy = record["privacy"]
-    spent = entries_of(team.ac, "privacy_spent")
+    spent = [asserted(e) for e in entries_of(team.ac, "privacy_spent")]  # (site, what the site signed)
     assert privacy["enabled"] and privacy["unit"] == "pair" and "measurement" in privacy["protects"]
     assert [s["party"] for s in privacy["sites"]] == ["site-01", "site-02", "site-03"]
+    assert all(e.actor == "server" and e.data["statement"]["site"] for e in entries_of(team.ac, "privacy_spent"))
     for site in privacy["sites"]:
-        mine = [e.data for e in spent if e.actor == site["party"]]
+        mine = [d for party, d in spent if party == site["party"]]
         assert site["epsilon_by_round"] == [[d["round"], d["epsilon_round"], d["epsilon_total"]] for d in mine]
         assert site["delta"] == mine[-1]["delta"] and site["accountant"] == "prv" and site["budget"] == 8
         assert site["respected"] is (max(d["epsilon_total"] for d in mine) <= 8)
@@ -80,9 +82,10 @@ def test_privacy_statement_matches_the_ledger(team, tmp_path) -> None:
 def test_lineage_links_manifests_updates_aggregates_and_the_model(team, tmp_path) -> None:
     out = generate_report(team.ac, team.login("dana"), team.run, tmp_path / "r1", formats=("html",))
     lineage = load_report(out)[0]["lineage"]
-    started = entries_of(team.ac, "run_started")[0].data
-    assert lineage["manifests"] == started["manifests"]
-    updates = {(e.data["round"], e.actor): e.data["update_hash"] for e in entries_of(team.ac, "site_update")}
+    cards = entries_of(team.ac, "run_started")[0].data["consortium"]["cards"]
+    assert lineage["manifests"] == {site: card["manifest_sha256"] for site, card in cards.items()}  # site-signed
+    updates = {(d["round"], site): d["update_hash"]
+               for site, d in map(asserted, entries_of(team.ac, "site_update"))}
     assert {(r["round"], s): u["update_hash"] for r in lineage["rounds"] for s, u in r["updates"].items()} == updates
     assert [r["aggregate_hash"] for r in lineage["rounds"]] == [
         e.data["aggregate_hash"] for e in entries_of(team.ac, "aggregated")]
@@ -109,15 +112,19 @@ def test_full_trail_lists_every_entry_in_order(team, tmp_path) -> None:
 
 
 def test_any_event_type_renders(ledger_run) -> None:
+    shares = statement("site-01", "secure_shares", 3, {"commitment": "c" * 64, "num_examples": 5})
     with Ledger.open(ledger_run, KeyStore(ledger_run / "keys", PASSPHRASE, scrypt_n=FAST_SCRYPT)) as ledger:
         ledger.record("server", "quantum_audit", round=3, site="site-02", shares=[1, 2, 3], digest="f" * 64)
-        ledger.record("site-01", "secure_shares", round=3, commitment="c" * 64, num_examples=5)
+        ledger.record("server", "secure_shares", statement=shares.statement)
         rows = trail_rows(ledger.entries())
     row = rows[-2]
-    assert (row["type"], row["round"], row["site"]) == ("quantum_audit", 3, "site-02")
+    assert (row["type"], row["round"], row["site"], row["signed_by"]) == ("quantum_audit", 3, "site-02", None)
     assert row["what"] == "digest=ffffffffffff…, round=3, shares=[1, 2, 3], site=site-02"
     assert row["why"] == "quantum_audit recorded by its actor"
-    assert rows[-1]["why"].startswith("the site's secret shares for round 3") and rows[-1]["site"] == "site-01"
+    last = rows[-1]  # what site-01 signed, shown under site-01 though the coordinator wrote the entry
+    assert last["why"].startswith("the site's secret shares for round 3")
+    assert (last["actor"], last["signed_by"], last["site"], last["round"]) == ("server", "site-01", "site-01", 3)
+    assert last["what"] == "commitment=cccccccccccc…, num_examples=5, round=3"
 
 
 def test_lineage_under_secure_aggregation_uses_the_commitments() -> None:
@@ -260,7 +267,7 @@ def test_report_of_a_secure_run(secure_run_template, tmp_path, clock) -> None:
         enrol_people(ac)
         out = generate_report(ac, ac.login("quinn", password("quinn")), run, tmp_path / "r1")
         sign(ac, ac.login("quinn", password("quinn")), out, "approved")
-        shares = entries_of(ac, "secure_shares")
+        shares = [asserted(e) for e in entries_of(ac, "secure_shares")]  # (site, what it signed)
         sums = [e.data["secure"]["sum_hash"] for e in entries_of(ac, "aggregated")]
         assert len(shares) == 6 and len(sums) == 2
         assert all(e.data["diagnostics"] is None for e in entries_of(ac, "round_ended"))
@@ -268,14 +275,27 @@ def test_report_of_a_secure_run(secure_run_template, tmp_path, clock) -> None:
     record = load_report(out)[0]
     assert record["summary"]["cosine_to_mean_by_round"] == [] and record["summary"]["cosine_last_round"] is None
     by_round = {r["round"]: r for r in record["lineage"]["rounds"]}
-    for e in shares:
-        assert by_round[e.data["round"]]["updates"][e.actor]["commitment"] == e.data["commitment"]
+    for site, d in shares:
+        assert by_round[d["round"]]["updates"][site]["commitment"] == d["commitment"]
     assert [by_round[r]["secure"]["sum_hash"] for r in (1, 2)] == sums
     trail = {r["type"]: r for r in record["audit_trail"]}
     assert trail["bound_check"]["site"] and trail["secure_shares"]["site"].startswith("site-")
     text = " ".join(pdf_pages(out / "report.pdf"))
     html = (out / "report.html").read_text()
     lineage = pd.read_parquet(out / "tables" / "lineage.parquet")
-    for digest in [*sums, *(e.data["commitment"] for e in shares)]:
+    for digest in [*sums, *(d["commitment"] for _, d in shares)]:
         assert digest in text and digest in html and digest in set(lineage.sha256)
     assert verify_package(str(package)).startswith("OK: ")
+
+
+def test_report_of_a_real_run(real_team, tmp_path) -> None:
+    """A trained run: every site figure is the site's signed statement; the model file matches."""
+    out = generate_report(real_team.ac, real_team.login("quinn"), real_team.run, tmp_path / "r1",
+                          formats=("parquet",))
+    record = load_report(out)[0]
+    spent = [asserted(e) for e in entries_of(real_team.ac, "privacy_spent") if "statement" in e.data]
+    assert spent and {s["party"] for s in record["privacy"]["sites"]} >= {site for site, _ in spent}
+    assert record["lineage"]["model_file_matches"] is True
+    rows = [r for r in record["audit_trail"] if r["type"] == "site_update"]
+    assert rows and all(r["actor"] == "server" and r["signed_by"] == r["site"] for r in rows)
+    assert [r["what"] for r in record["signers"]][0].startswith("Site statements")

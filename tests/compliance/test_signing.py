@@ -68,7 +68,7 @@ def test_data_scientist_may_author_but_not_approve(team, report) -> None:
     assert sign(team.ac, team.login("dana"), report, "authored")["role"] == "data_scientist"
 
 
-def test_sign_needs_the_password_each_time(team, report, monkeypatch) -> None:
+def test_sign_needs_the_password_each_time(team, report, monkeypatch, cli_admits_test_kdf) -> None:
     from pharmafl.pipeline.cli import main
 
     monkeypatch.setenv("PHARMAFL_KEY_PASSPHRASE", PASSPHRASE)
@@ -77,7 +77,7 @@ def test_sign_needs_the_password_each_time(team, report, monkeypatch) -> None:
     assert main(["sign", str(report), "--user", "quinn", "--meaning", "approved", "--run", str(team.run)]) == 1
     monkeypatch.delenv("PHARMAFL_PASSWORD")
     assert main(["sign", str(report), "--user", "quinn", "--meaning", "approved", "--run", str(team.run)]) == 1
-    ac = team.ac.open(team.run, PASSPHRASE)
+    ac = team.ac.open(team.run, PASSPHRASE, allow_test_kdf=True)
     try:
         assert entries_of(ac, "login_failed")[-1].data["user_id"] == "quinn"
         assert not entries_of(ac, "e_signature")

@@ -114,7 +114,8 @@ def test_secure_run_from_cli_and_a_site_proves_what_it_sent(small_davis, tmp_pat
     assert "the server saw only the sums; 0 update(s) excluded" in " ".join(capsys.readouterr().out.split())
     assert main(["prove-update", str(out), "--site", "site-02", "--round", "1"]) == 0
     assert capsys.readouterr().out.startswith("OK: site-02 round 1")
-    kept = out / "sites" / "site-02" / "secagg"
+    run_id = json.loads((out / "plan.json").read_text())["run_id"]
+    kept = out / "sites" / "site-02" / "runs" / run_id / "kept"  # in the site's own home
     doc = json.loads((kept / "round-0001.json").read_text())
     (kept / "round-0001.json").write_text(json.dumps({**doc, "salt": "00" * 32}))  # a forged opening
     assert main(["prove-update", str(out), "--site", "site-02", "--round", "1"]) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -28,15 +29,18 @@ def dp(cfg: RunConfig, **privacy) -> RunConfig:
 
 
 def test_local_dp_run_ledgers_every_clip_event_and_epsilon(small_cfg, tmp_path, monkeypatch):
-    from pharmafl.audit import Ledger, verify_path
+    from pharmafl.audit import Ledger
+    from pharmafl.audit.dbsource import verify_target
+    from pharmafl.audit.records import asserted
 
     monkeypatch.setenv("PHARMAFL_KEY_PASSPHRASE", "a test passphrase")
     cfg = replace(dp(small_cfg, epsilon=8.0, noise_source="csprng"), ledger=LedgerConfig(enabled=True))
     out = tmp_path / "run"
     metrics = run_federated(cfg, out)
     assert metrics["status"] == "completed" and np.isfinite(metrics["test_mse"])
-    assert verify_path(str(out / "ledger.db")).startswith("OK: ")
-    entries = list(Ledger.open(out / "ledger.db").entries())
+    assert verify_target(out / "ledger.db").startswith("OK: ")
+    raw = list(Ledger.open(out / "ledger.db").entries())
+    entries = [SimpleNamespace(type=e.type, actor=asserted(e)[0], data=asserted(e)[1]) for e in raw]
     started = next(e for e in entries if e.type == "run_started").data["privacy"]
     assert started["mode"] == "local" and started["unit"] == "pair" and "measurement" in started["protects"]
     assert set(started["plans"]) == set(SITES)
@@ -117,7 +121,7 @@ def test_spent_budget_survives_a_site_restart(small_cfg, tmp_path):
     assert not isinstance(res, Declined)
     spent = res.privacy["epsilon_total"]
     again = make_site(plan, "site-01")  # e.g. the site's process restarted
-    assert again.epsilon == pytest.approx(spent)
+    assert again.inner.epsilon == pytest.approx(spent)
     assert again.fit(2, state, Instructions()).privacy["epsilon_total"] > spent
 
 

@@ -51,7 +51,7 @@ def test_run_writes_outputs(small_cfg, tmp_path):
     weights = load_file(out / "model.safetensors")
     assert weights and all(np.isfinite(v).all() for v in weights.values())
     for site in ("site-01", "site-02", "site-03"):
-        manifest = json.loads((out / "sites" / site / "manifest.json").read_text())
+        manifest = json.loads((out / "sites" / site / "store" / "manifest.json").read_text())
         assert set(manifest["extra"]["splits"]) == {"train", "val", "test"}
         assert manifest["extra"]["label"]["count"] == sum(manifest["extra"]["splits"].values())
 
@@ -121,10 +121,12 @@ def test_only_updates_and_metrics_leave_a_site(small_cfg, tmp_path, privacy):
     Spy().run(plan, EventBus([]))
     ds_ids = set()
     for site in plan.sites:
-        m = pd.read_parquet(plan.site_dir(site) / "measurements.parquet")
+        m = pd.read_parquet((plan.site_home(site) / "store") / "measurements.parquet")
         ds_ids |= set(m.drug_id) | set(m.target_id)
     for res in seen:
-        assert set(vars(res)) == {"site", "round", "payload", "update_hash", "num_examples", "metrics", "privacy"}
+        assert set(vars(res)) == {"site", "round", "payload", "update_hash", "num_examples", "metrics", "privacy",
+                                  "statements"}
+        assert {s["type"] for s in res.statements} <= {"site_update", "clip", "privacy_spent"}
         assert (res.privacy is None) == (privacy is None)
         for value in (res.privacy or {}).values():  # DP accounting and clip figures: scalars and names
             assert isinstance(value, (int, float, str)) or value is None, value
@@ -134,7 +136,7 @@ def test_only_updates_and_metrics_leave_a_site(small_cfg, tmp_path, privacy):
         for value in res.metrics.values():
             assert isinstance(value, (int, float)), value  # scalars only: no rows, labels, predictions
         assert "train_loss" not in res.metrics or privacy is None  # not covered by DP: stays home
-        blob = res.payload + json.dumps(res.metrics).encode() + json.dumps(res.privacy).encode()
+        blob = res.payload + json.dumps([res.metrics, res.privacy, res.statements]).encode()
         for ident in ds_ids:
             assert str(ident).encode() not in blob, ident
 
@@ -185,10 +187,10 @@ def test_too_few_sites_stops_cleanly_keeping_outputs(small_cfg, tmp_path):
 def test_tampered_update_is_rejected(small_cfg, tmp_path):
     plan = prepare(with_federation(small_cfg, min_sites=2), tmp_path / "run")
 
-    def factory(plan, sid):
+    def factory(plan, sid):  # site-01 itself sends bytes that do not hash to what it claims
         site = make_site(plan, sid)
         if sid == "site-01":
-            real = site.fit
+            real = site.inner.fit
 
             def fit(r, state, instructions):
                 res = real(r, state, instructions)
@@ -196,7 +198,7 @@ def test_tampered_update_is_rejected(small_cfg, tmp_path):
                 forged[-1] ^= 0xFF
                 return FitResult(res.site, res.round, bytes(forged), res.update_hash, res.num_examples, res.metrics)
 
-            site.fit = fit
+            site.inner.fit = fit
         return site
 
     rec = Recorder()
@@ -214,37 +216,37 @@ def test_run_dir_must_be_new(small_cfg, tmp_path):
 
 def test_store_tampering_is_caught_before_round_1(small_cfg, tmp_path):
     plan = prepare(small_cfg, tmp_path / "run")
-    path = plan.site_dir("site-02") / "measurements.parquet"
+    path = (plan.site_home("site-02") / "store") / "measurements.parquet"
     path.write_bytes(path.read_bytes() + b"\0")
     from pharmafl.errors import DataError
-    from pharmafl.pipeline.run import verify_stores
 
-    with pytest.raises(DataError, match="site-02.*sha256"):
-        verify_stores(plan)
+    with pytest.raises(DataError, match="sha256"):
+        make_site(plan, "site-02")  # the site opens its own store and refuses it
 
 
 def test_run_leaves_a_verifiable_ledger(small_cfg, tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from pharmafl.audit import Ledger, verify_path
+    from pharmafl.audit import Ledger
+    from pharmafl.audit.dbsource import verify_target
+    from pharmafl.audit.records import asserted
     from pharmafl.pipeline.config import LedgerConfig
 
     monkeypatch.setenv("PHARMAFL_KEY_PASSPHRASE", "a test passphrase")
     out = tmp_path / "run"
     metrics = run_federated(replace(small_cfg, ledger=LedgerConfig(enabled=True)), out)
-    result = verify_path(str(out / "ledger.db"))
+    result = verify_target(out / "ledger.db")
     ledger = Ledger.open(out / "ledger.db")
     entries = list(ledger.entries())
     types = [e.type for e in entries]
     assert types.count("round_ended") == 2 and types[-1] == "run_ended"
     assert len(list(ledger.checkpoints())) == 3  # after each round_ended and run_ended
     updates = [e for e in entries if e.type == "site_update"]
-    assert {e.actor for e in updates} == {"site-01", "site-02", "site-03"}  # under each site's key
-    for site in ("site-01", "site-02", "site-03"):
-        first = next(i for i, e in enumerate(entries) if e.actor == site)
-        assert any(e.type == "actor_key" and e.data.get("actor") == site for e in entries[:first])
+    assert {asserted(e)[0] for e in updates} == {"site-01", "site-02", "site-03"}  # each site's own statement
+    assert {e.actor for e in entries} == {"server"}  # the coordinator signs the chain; no site key is registered
     run_started = entries[types.index("run_started")].data
     assert run_started["manifests"].keys() == {"site-01", "site-02", "site-03"}
+    assert run_started["consortium"]["cards"].keys() == run_started["manifests"].keys()
     assert entries[-1].data["model_hash"] == metrics["model_sha256"]
     last_agg = [e for e in entries if e.type == "aggregated"][-1].data
     assert last_agg["checkpoint_hash"] == metrics["model_sha256"]  # lineage: ledger -> model file
@@ -268,7 +270,8 @@ def test_relative_out_is_stored_absolute(small_cfg, tmp_path, monkeypatch):
     assert plan.run_dir.is_absolute() and plan.run_dir == tmp_path / "runs" / "rel"
     from pharmafl.pipeline.run import RunPlan
 
-    assert RunPlan.from_json(plan.to_json()).run_dir.is_absolute()
+    assert RunPlan.load(Path("runs/rel/plan.json")).run_dir == plan.run_dir  # plan.json holds no absolute path
+    assert "run_dir" not in json.loads(Path("runs/rel/plan.json").read_text())
 
 
 def test_scaffold_update_without_or_with_bad_control_is_a_site_failure(small_cfg, tmp_path):
@@ -277,7 +280,7 @@ def test_scaffold_update_without_or_with_bad_control_is_a_site_failure(small_cfg
 
     def factory(plan, sid):
         site = make_site(plan, sid)
-        real = site.fit
+        real = site.inner.fit
 
         def fit(r, state, instructions):
             res = real(r, state, instructions)
@@ -292,7 +295,7 @@ def test_scaffold_update_without_or_with_bad_control_is_a_site_failure(small_cfg
             payload = wire.encode(upd)
             return FitResult(res.site, res.round, payload, wire.sha256(payload), res.num_examples, res.metrics)
 
-        site.fit = fit
+        site.inner.fit = fit
         return site
 
     rec = Recorder()

@@ -113,24 +113,32 @@ def test_the_coordinator_holds_no_site_key(witnessed_run: Path) -> None:
         assert [p.relative_to(witnessed_run).parts[:3] for p in homes] == [("sites", site, "keys")]
 
 
-def test_the_in_process_coordinator_never_receives_a_site_key_object(witnessed_run: Path, monkeypatch) -> None:
-    from pharmafl.pipeline.events import EventBus
-    from pharmafl.pipeline.run import server_side
-
-    plan = RunPlan.load(witnessed_run / "plan.json")
-    sites = [make_site(plan, s) for s in plan.sites]  # the engine's side: the sites hold their keys
-    coord = server_side(plan, EventBus())
-    site_keys = [o for o in gc.get_objects() if isinstance(o, Ed25519PrivateKey)]
-    assert site_keys, "the sites' keys should be loaded"
-    seen, todo = set(), [coord]
-    while todo:  # everything reachable from the coordinator
+def reachable_keys(root) -> list[Ed25519PrivateKey]:
+    """Every Ed25519 private key reachable from ``root`` through references."""
+    found, seen, todo = [], set(), [root]
+    while todo:
         obj = todo.pop()
         if id(obj) in seen or isinstance(obj, (str, bytes, int, float, type(None))):
             continue
         seen.add(id(obj))
-        assert not isinstance(obj, Ed25519PrivateKey), "the coordinator reaches a private key"
+        if isinstance(obj, Ed25519PrivateKey):
+            found.append(obj)
         todo.extend(gc.get_referents(obj))
-    assert all(s.home.site == s.id for s in sites)
+    return found
+
+
+def test_the_in_process_coordinator_never_receives_a_site_key_object(witnessed_run: Path) -> None:
+    from pharmafl.pipeline.events import EventBus
+    from pharmafl.pipeline.run import server_side
+
+    plan = RunPlan.load(witnessed_run / "plan.json")
+    sites = {s: make_site(plan, s) for s in plan.sites}  # the engine's side: each site holds its own key
+    state = __import__("pharmafl.pipeline.run", fromlist=["initial_state"]).initial_state(plan.cfg)
+    for site in sites.values():
+        site.fit(1, state, __import__("pharmafl.sites.site", fromlist=["Instructions"]).Instructions())
+    assert all(reachable_keys(site) for site in sites.values()), "the walk finds a site's own key"
+    coord = server_side(plan, EventBus())
+    assert reachable_keys(coord) == []
 
 
 def forged_statement(plan: RunPlan, site: str, key: Ed25519PrivateKey) -> dict:

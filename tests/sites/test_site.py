@@ -21,14 +21,14 @@ def plan(small_cfg, tmp_path):
 
 
 def test_store_has_local_splits_and_whole_test_share(plan):
-    store = SiteStore.open(plan.site_dir("site-01"))
+    store = SiteStore.open((plan.site_home("site-01") / "store"))
     folds = set(store.dataset.measurements["fold"])
     assert folds == {"train", "val", "test"}
     assert len(store.rows("train")) > len(store.rows("val")) > 0
 
 
 def test_fit_returns_a_decodable_update_with_its_hash(plan):
-    site = make_site(plan, "site-02")
+    site = make_site(plan, "site-02").inner
     state = initial_state(plan.cfg)
     res = site.fit(1, state, Instructions())
     upd = wire.decode(res.payload)
@@ -51,7 +51,7 @@ def test_scaffold_control_is_adopted_only_once_the_server_accepted_it(plan):
     zero = {k: np.zeros_like(v) for k, v in state.items()}
 
     def fresh():
-        s = make_site(plan, "site-03")
+        s = make_site(plan, "site-03").inner
         s.keep_optimizer_state = False  # isolate the control variate from Adam's carried state
         return s
 
@@ -85,17 +85,17 @@ def test_scaffold_correction_adds_c_minus_c_i_to_every_gradient():
 
 
 def test_tampered_store_is_refused(plan):
-    path = plan.site_dir("site-01") / "targets.parquet"
+    path = (plan.site_home("site-01") / "store") / "targets.parquet"
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(DataError, match="sha256"):
-        SiteStore.open(plan.site_dir("site-01"))
+        SiteStore.open((plan.site_home("site-01") / "store"))
 
 
 def test_benchmark_store_is_the_union_of_test_shares(plan):
     from pharmafl.sites.tables import read_store
 
     bench = read_store(plan.benchmark_dir).measurements
-    shares = sum(len(SiteStore.open(plan.site_dir(s)).rows("test")) for s in plan.sites)
+    shares = sum(len(SiteStore.open((plan.site_home(s) / "store")).rows("test")) for s in plan.sites)
     assert len(bench) == shares and set(bench["fold"]) == {"test"}
 
 
@@ -103,7 +103,7 @@ def test_threads_are_restored_after_fit(plan):
     import torch
 
     before = torch.get_num_threads()
-    site = make_site(plan, "site-01")
+    site = make_site(plan, "site-01").inner
     site.threads = before + 1
     site.fit(1, initial_state(plan.cfg), Instructions())
     assert torch.get_num_threads() == before
@@ -119,13 +119,13 @@ def test_replace_keeps_config_frozen(small_cfg):
 
 def test_optimizer_state_is_carried_between_rounds_unless_reset(plan):
     state = initial_state(plan.cfg)
-    keep = make_site(plan, "site-02")
+    keep = make_site(plan, "site-02").inner
     keep.fit(1, state, Instructions())
     assert keep._optimizer_state is not None and keep._optimizer_state["state"]
     carried = keep.fit(2, state, Instructions())
     fresh = make_site(plan, "site-02").fit(2, state, Instructions())
     assert carried.update_hash != fresh.update_hash  # Adam's moments from round 1 shape round 2
-    reset = make_site(plan, "site-02")
+    reset = make_site(plan, "site-02").inner
     reset.keep_optimizer_state = False
     reset.fit(1, state, Instructions())
     assert reset._optimizer_state is None
