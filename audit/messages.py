@@ -157,8 +157,8 @@ def _float(x: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def _encode(value: Any, depth: int) -> str:
-    """One value; the path of a refusal is put together while the error unwinds (no cost otherwise)."""
+def _encode(value: Any, depth: int, where: bool = True) -> str:
+    """One value; the path of a refusal is found while the error unwinds (``where``), at no cost otherwise."""
     t = type(value)
     if t is str:
         return _escape(value) if value.isascii() else _string(value)
@@ -172,21 +172,28 @@ def _encode(value: Any, depth: int) -> str:
         raise NotCanonical(f"nested deeper than {MAX_DEPTH} levels; flatten it")
     if isinstance(value, list):
         try:
-            return "[" + ",".join([_encode(item, depth + 1) for item in value]) + "]"
+            return "[" + ",".join([_encode(item, depth + 1, where) for item in value]) + "]"
         except NotCanonical as err:
+            if not where:
+                raise
             i = next(i for i, item in enumerate(value) if _refuses(item, depth + 1))
             raise NotCanonical(err.reason, f"[{i}]{err.path}") from None
     if isinstance(value, Mapping):
-        if not all(type(name) is str or isinstance(name, str) for name in value):
+        try:
+            names = sorted(value)
+            ascii_names = "".join(names).isascii()  # and a TypeError unless every name is a str
+        except TypeError:
             name = next(name for name in value if not isinstance(name, str))
             raise NotCanonical(f"object key {name!r:.40} is a {type(name).__name__}; JSON object keys must be str "
-                               "(convert it with str(...) in the producing code)")
-        names = sorted(value)
-        if not "".join(names).isascii():
+                               "(convert it with str(...) in the producing code)") from None
+        if not ascii_names:
             names.sort(key=lambda s: s.encode("utf-16-be", "surrogatepass"))  # RFC 8785 §3.2.3: UTF-16 order
+        key = _escape if ascii_names else _string
         try:
-            return "{" + ",".join([_string(name) + ":" + _encode(value[name], depth + 1) for name in names]) + "}"
+            return "{" + ",".join([key(name) + ":" + _encode(value[name], depth + 1, where) for name in names]) + "}"
         except NotCanonical as err:
+            if not where:
+                raise
             name = next(name for name in names if _refuses(name, 0) or _refuses(value[name], depth + 1))
             raise NotCanonical(err.reason, f"[{name!r}]{err.path}") from None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -198,7 +205,7 @@ def _encode(value: Any, depth: int) -> str:
 
 def _refuses(value: Any, depth: int) -> bool:
     try:
-        _encode(value, depth)
+        _encode(value, depth, where=False)
         return False
     except NotCanonical:
         return True

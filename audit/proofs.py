@@ -5,8 +5,9 @@ whose root a checkpoint signed: ``ceil(log2 n)`` sibling hashes at most (RFC 916
 §2.1.3). A **consistency proof** shows that the tree of size ``old`` is a prefix of the
 tree of size ``new``, i.e. nothing before ``old`` was changed or removed when the ledger
 grew (§2.1.4). Both are computed with :class:`~pharmafl.audit.merkle.MerkleTree` and
-checked with the verifier's own functions before they are returned, and the roots are
-compared with the signed checkpoints of the same sizes when there are any.
+checked with the verifier's own functions (:mod:`pharmafl.audit.rfc9162`) before they are
+returned, and the roots are compared with the signed checkpoints of the same sizes when
+there are any.
 
 Hashes are lowercase hex; ``leaf_hash`` = SHA-256(0x00 || entry_hash || signature).
 """

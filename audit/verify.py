@@ -89,7 +89,7 @@ class Run:
         self.trusted_keys, self.roster, self.keys, self.sites, self.seen = trusted_keys, roster, {}, {}, set()
         self.registrar = self.run_id = self.started = self.ended = None
         self.entries, self.checkpoints, self.witnessed, self.quorum, self.jobs = 0, 0, 0, 0, jobs
-        self.sigs = _Signatures(jobs)
+        self.sigs, self.root = _Signatures(jobs), ""
 
     def line(self) -> str:
         return (f"OK: {self.entries} entries, {self.checkpoints} checkpoints ({self.witnessed} witnessed, quorum "

@@ -71,8 +71,16 @@ def run_command(
         typer.Option(help="Prepare the run (site stores, plan) and export the NVFlare job to this folder "
                           "for `nvflare job submit` / ProdEnv, instead of running it."),
     ] = None,
+    consortium: Annotated[
+        Path | None,
+        typer.Option(help="A consortium.json (pharmafl consortium init): run the sites that set themselves up "
+                          "with pharmafl site init instead of simulating them from data.dataset."),
+    ] = None,
+    site_homes: Annotated[
+        Path | None, typer.Option(help="With --consortium: the folder holding each site's home, named by site id.")
+    ] = None,
 ) -> None:
-    """Partition the dataset into site stores, train federated, write metrics, plots and the ledger."""
+    """Train federated (sites simulated from the dataset, or a consortium's own sites); write metrics, plots, ledger."""
     from pharmafl.pipeline.engines import export_federated, run_federated
 
     if engine is not None and engine not in ("nvflare", "local"):
@@ -93,7 +101,8 @@ def run_command(
                   f"on the {cfg.federation.engine} engine -> {out}")  # fmt: skip
     with Progress(*columns, console=console) as progress:
         listener = ProgressListener(progress, cfg.federation.rounds, cfg.data.sites)
-        metrics = run_federated(cfg, out, data_dir=data_dir, cache_dir=default_cache_dir(), listeners=[listener])
+        metrics = run_federated(cfg, out, data_dir=data_dir, cache_dir=default_cache_dir(), listeners=[listener],
+                                consortium=consortium, site_homes=site_homes)
     _summary(metrics, out)
 
 

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from pharmafl.errors import ConfigError
 from pharmafl.pipeline.config import RunConfig
 from pharmafl.pipeline.eventlog import JsonlEventLog
 from pharmafl.pipeline.events import EventBus, Listener
@@ -43,12 +44,23 @@ def run_federated(
     data_dir: Path | None = None,
     cache_dir: Path | None = None,
     listeners: Sequence[Listener] = (),
+    consortium: Path | None = None,
+    site_homes: Path | None = None,
 ) -> dict:
+    """Run ``cfg``: a simulated consortium from ``data.dataset``, or, with ``consortium`` (a
+    ``consortium.json``) and ``site_homes``, the sites that set themselves up there."""
     if cfg.ledger.enabled:
         from pharmafl.audit import passphrase_from_env
 
         passphrase_from_env()  # refuse before anything is written
-    plan = prepare(cfg, out, data_dir=data_dir, cache_dir=cache_dir)
+    if consortium is not None:
+        from pharmafl.pipeline.run import prepare_consortium
+
+        if site_homes is None:
+            raise ConfigError("--consortium needs --site-homes: the folder holding each site's home (site id = name)")
+        plan = prepare_consortium(cfg, out, consortium, site_homes, data_dir=data_dir, cache_dir=cache_dir)
+    else:
+        plan = prepare(cfg, out, data_dir=data_dir, cache_dir=cache_dir)
     if cfg.federation.engine == "local":
         from pharmafl.pipeline.engine_local import LocalEngine
 

@@ -172,6 +172,49 @@ def prepare(cfg: RunConfig, run_dir: Path, *, data_dir: Path | None = None, cach
     return final
 
 
+def prepare_consortium(cfg: RunConfig, run_dir: Path, consortium_file: Path, site_homes: Path, *,
+                       data_dir: Path | None = None, cache_dir: Path | None = None) -> RunPlan:
+    """A run of sites that set themselves up (``pharmafl site init``) and joined ``consortium_file``.
+
+    The coordinator reads only the consortium's cards. ``site_homes`` is where the simulator
+    (in-process or NVFlare's) finds each site's home on this machine, ``site_homes/<site id>``;
+    every home must have accepted this consortium. ``data.benchmark`` names the public set
+    (``test-fold`` of a public dataset such as ``davis``, or a folder of public tables).
+    """
+    run_dir = Path(run_dir).resolve()
+    cache_dir = Path(cache_dir).resolve() if cache_dir is not None else None
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"run directory {run_dir} is not empty; choose a new --out (runs are never overwritten)")
+    consortium = load_consortium(Path(consortium_file))
+    homes = {}
+    for site in sorted(consortium["cards"]):
+        home = (Path(site_homes) / site).resolve()
+        if not (home / CARD_FILE).is_file():
+            raise ConfigError(f"{home} is not the home of {site} (no {CARD_FILE}); pass --site-homes, the folder "
+                              f"holding one home per site id")
+        accepted = home / "consortia.json"
+        if consortium["roster_sha256"] not in (json.loads(accepted.read_text()).get("accepted", [])
+                                               if accepted.is_file() else []):
+            raise ConfigError(f"{site} has not accepted this consortium (roster {consortium['roster_sha256'][:16]}...);"
+                              f" at the site: pharmafl site accept {home} {consortium_file}")
+        homes[site] = str(home)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.preparing-", dir=run_dir.parent))
+    try:
+        if cfg.data.benchmark != "none":
+            source = cfg.data.dataset if cfg.data.benchmark == "test-fold" else cfg.data.benchmark
+            write_benchmark(cfg, load_dataset(source, data_dir=data_dir), staging / "server" / "benchmark")
+        write_bytes_atomic(staging / "consortium.json", Path(consortium_file).read_bytes())
+        final = plan_from_consortium(cfg, run_dir, consortium, staging=staging, cache_dir=cache_dir, site_homes=homes)
+        if run_dir.exists():
+            run_dir.rmdir()
+        os.replace(staging, run_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
 def plan_from_consortium(cfg: RunConfig, run_dir: Path, consortium: dict, *, staging: Path,
                          cache_dir: Path | None = None, site_homes: dict | None = None) -> RunPlan:
     """The run of ``consortium`` (pinned cards), written into ``staging``: config, plans, ``plan.json``."""

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from pharmafl.audit import Ledger, verify_path
+from pharmafl.audit import Ledger
+from pharmafl.audit.dbsource import verify_target
+from pharmafl.audit.records import asserted
 from pharmafl.errors import ConfigError
 from pharmafl.pipeline.config import LedgerConfig, RunConfig
 from pharmafl.pipeline.engine_local import LocalEngine
 from pharmafl.pipeline.engines import run_federated
 from pharmafl.pipeline.eventlog import JsonlEventLog
 from pharmafl.pipeline.events import EventBus
-from pharmafl.pipeline.run import initial_state, make_site, prepare
+from pharmafl.pipeline.run import initial_state, make_site, prepare, sign_site
 from pharmafl.pipeline.secure_agg.config import SecureAggregationConfig
 from pharmafl.sites import update as wire
 from pharmafl.sites.privacy import PrivacyConfig
@@ -28,8 +33,14 @@ def secure(cfg: RunConfig, **kw) -> RunConfig:
     return replace(cfg, secure_aggregation=SecureAggregationConfig(enabled=True, **kw))
 
 
+def kept_dir(run_dir, site):
+    """Where a simulated site keeps its updates: in its own home, per run."""
+    run_id = json.loads((run_dir / "plan.json").read_text())["run_id"]
+    return run_dir / "sites" / site / "runs" / run_id / "kept"
+
+
 def kept_update(run_dir, site, round):
-    return wire.decode((run_dir / "sites" / site / "secagg" / f"round-{round:04d}.update").read_bytes())
+    return wire.decode((kept_dir(run_dir, site) / f"round-{round:04d}.update").read_bytes())
 
 
 def expected_model(run_dir, cfg, rounds, participants):
@@ -50,8 +61,9 @@ def test_secure_run_records_commitments_bound_checks_and_sums(small_cfg, tmp_pat
     out = tmp_path / "secure"
     metrics = run_federated(cfg, out)
     assert metrics["status"] == "completed"
-    assert verify_path(str(out / "ledger.db")).startswith("OK: ")
-    entries = list(Ledger.open(out / "ledger.db").entries())
+    assert verify_target(out / "ledger.db").startswith("OK: ")
+    raw = list(Ledger.open(out / "ledger.db").entries())
+    entries = [SimpleNamespace(type=e.type, actor=asserted(e)[0], data=asserted(e)[1]) for e in raw]
     started = next(e for e in entries if e.type == "run_started").data["secure_aggregation"]
     assert set(started["parties"]) == {"server", "helper1"} and started["max_update_norm"] == 10.0
     sites = ["site-01", "site-02", "site-03"]
@@ -59,7 +71,7 @@ def test_secure_run_records_commitments_bound_checks_and_sums(small_cfg, tmp_pat
         for site in sites:
             shares = [e for e in entries if e.type == "secure_shares" and e.actor == site and e.data["round"] == r]
             assert len(shares) == 1
-            opened = open_commitment(out / "sites" / site / "secagg", r)  # the site proves what it sent
+            opened = open_commitment(kept_dir(out, site), r)  # the site proves what it sent
             assert shares[0].data["commitment"] == opened["commitment"]
             assert set(shares[0].data["share_hashes"]) == {"server", "helper1"}
             checks = [e for e in entries if e.type == "bound_check" and e.data["site"] == site and e.data["round"] == r]
@@ -118,7 +130,8 @@ class Faulty:
 
 
 def clear_site(plan, site):
-    return make_site(replace(plan, cfg=replace(plan.cfg, secure_aggregation=SecureAggregationConfig())), site)
+    """The site as trained in the clear, before sharing and signing."""
+    return make_site(replace(plan, cfg=replace(plan.cfg, secure_aggregation=SecureAggregationConfig())), site).inner
 
 
 def run_local(plan, factory, tmp_path):
@@ -156,11 +169,11 @@ def test_an_over_bound_update_is_excluded_and_a_share_for_the_wrong_key_dropped(
     impostor = [keys[0], PartyKey.generate("helper1")]  # a misconfigured site: the wrong helper key
 
     def factory(p, s):
-        openings = p.site_dir(s) / "secagg"
+        openings = p.site_home(s) / "runs" / p.run_id / "kept"
         if s == "site-02":
-            return SecureSite(Faulty(clear_site(p, s), factor=1e4), keys, p.secagg_context, openings)
+            return sign_site(p, s, SecureSite(Faulty(clear_site(p, s), factor=1e4), keys, p.secagg_context, openings))
         if s == "site-03":
-            return SecureSite(clear_site(p, s), impostor, p.secagg_context, openings)
+            return sign_site(p, s, SecureSite(clear_site(p, s), impostor, p.secagg_context, openings))
         return make_site(p, s)
 
     assert run_local(plan, factory, tmp_path)["status"] == "completed"

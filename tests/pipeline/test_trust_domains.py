@@ -238,3 +238,42 @@ def test_a_site_home_swapped_for_another_is_refused(witnessed_run: Path, tmp_pat
 
     with pytest.raises(PharmaflError, match="card"):
         make_site(swapped, "site-01")
+
+
+@pytest.mark.slow
+def test_ten_sites_on_the_nvflare_simulator_sign_and_witness_everything(small_davis: Path, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    """The issue's "done when": a 10-site simulator run whose every site entry carries that site's
+    own signature and every checkpoint a quorum of site cosignatures, enforced by the verifier."""
+    from pharmafl.models.dti import ModelConfig
+    from pharmafl.pipeline.config import DataConfig, FederationConfig, RunConfig
+    from pharmafl.sites.training import TrainConfig
+
+    monkeypatch.setenv("PHARMAFL_KEY_PASSPHRASE", PASSPHRASE)
+    cfg = RunConfig(name="ten", seed=3, data=DataConfig(dataset=str(small_davis), sites=10, partition="iid"),
+                    model=ModelConfig(max_len=64, embed_dim=16, kernel_size=4, latent_dim=32),
+                    train=TrainConfig(batch_size=64),
+                    federation=FederationConfig(rounds=2, engine="nvflare", nvflare_env="sim"),
+                    ledger=LedgerConfig(enabled=True))
+    out = tmp_path / "run"
+    assert run_federated(cfg, out)["status"] == "completed"
+    done = verify(out)
+    assert done.returncode == 0 and "quorum 6 of 10" in done.stdout, done.stdout + done.stderr
+    plan = RunPlan.load(out / "plan.json")
+    with Ledger.open(out / "ledger.db") as ledger:
+        entries, checkpoints, cosigs = list(ledger.entries()), ledger.checkpoints(), ledger.cosignatures()
+    stmts = [e.data["statement"] for e in entries if e.type == "site_update"]
+    assert sorted(s["site"] for s in stmts) == sorted(list(plan.sites) * 2)
+    assert {e.actor for e in entries} == {"server"} and not [e for e in entries if e.type == "witness_refused"]
+    cosigned = {cp.tree_size: {c.witness for c in cosigs if c.tree_size == cp.tree_size} for cp in checkpoints}
+    assert len(checkpoints) == 3 and all(w == set(plan.sites) for w in cosigned.values()), cosigned
+    bare = tmp_path / "one-site-short.db"  # the verifier enforces the quorum: drop cosignatures down to 5
+    copy = sqlite3.connect(bare)
+    copy.execute("ATTACH DATABASE ? AS src", (str(out / "ledger.db"),))
+    for table in ("ledger_entries", "ledger_checkpoints", "ledger_cosignatures"):
+        copy.execute(f"CREATE TABLE {table} AS SELECT * FROM src.{table}")
+    copy.execute("DELETE FROM ledger_cosignatures WHERE witness > 'site-05'")
+    copy.commit()
+    copy.close()
+    short = verify(bare)
+    assert short.returncode == 1 and "FAIL" in short.stdout, short.stdout + short.stderr
