@@ -20,7 +20,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from pharmafl.audit.verify import Run, VerificationError, load_anchors, verify, verify_path
+from pharmafl.audit.verify import Run, VerificationError, verify, verify_path
+from pharmafl.audit.verify_bundle import load_anchors
 
 __all__ = ["rows", "verify_database", "verify_target"]
 
@@ -67,7 +68,7 @@ def verify_database(target: str | os.PathLike, *, trusted_head=None, has_head: b
                     trusted_keys: dict | None = None, roster: str | None = None, witnesses: int | None = None,
                     jobs: int | None = None) -> Run:
     """:func:`~pharmafl.audit.verify.verify` over a database's rows; anchors already loaded
-    (:func:`~pharmafl.audit.verify.load_anchors`). Returns the verified :class:`Run`."""
+    (:func:`~pharmafl.audit.verify_bundle.load_anchors`). Returns the verified :class:`Run`."""
     with rows(target) as (entries, checkpoints, cosignatures):
         return verify(entries, checkpoints, cosignatures, trusted_head=trusted_head, has_head=has_head,
                       trusted_keys=trusted_keys, roster=roster, witnesses=witnesses, jobs=jobs)

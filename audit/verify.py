@@ -1,10 +1,11 @@
 """Standalone verifier of pharmafl ledger bundles: ``python -m pharmafl.audit.verify BUNDLE``.
 
-Reads a bundle with the standard library, ``cryptography`` (Ed25519, RFC 8032, on worker
-processes) and the format modules :mod:`.messages` and :mod:`.rfc9162` (``pyarrow`` only for
-``entries.parquet``); databases are adapted outside (:mod:`.dbsource`). Every check is a small
-method of :class:`Run` that raises :class:`VerificationError` at the first failure; see
-docs/trust-domains.md for who signs what. ``--trusted-head`` (a checkpoint), ``--trusted-keys``
+The verifier is five small modules, stdlib and ``cryptography`` only: this one (the checks),
+:mod:`.messages` (canonical bytes, signed messages), :mod:`.rfc9162` (Merkle proofs),
+:mod:`.signature_pool` (Ed25519 on worker processes), :mod:`.verify_bundle` (reading a bundle;
+``pyarrow`` only for ``entries.parquet``); databases are adapted outside (:mod:`.dbsource`).
+Every check is a small method of :class:`Run` raising :class:`VerificationError` at the first
+failure; docs/trust-domains.md says who signs what. ``--trusted-head`` (a checkpoint), ``--trusted-keys``
 (a keys.json) and ``--roster`` (a consortium.json) are anchors received out of band.
 Prints ``OK: N entries, M checkpoints (W witnessed, quorum K of S sites), head <root>`` (exit 0),
 ``FAIL: seq S: why`` (1) or ``ERROR: why`` (2: unreadable).
@@ -12,19 +13,13 @@ Prints ``OK: N entries, M checkpoints (W witnessed, quorum K of S sites), head <
 
 from __future__ import annotations
 
-import argparse, hashlib, itertools, json, multiprocessing, os, sys  # noqa: E401
-from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+import argparse, hashlib, json, sys  # noqa: E401
 
 from pharmafl.audit import messages as m
 from pharmafl.audit.rfc9162 import fold, push, verify_consistency, verify_inclusion  # noqa: F401 (re-exported)
+from pharmafl.audit.signature_pool import Signatures, sig_ok
 
 canonical = m.canonical
-ENTRY_FIELDS = ("actor", "entry_hash", "payload", "prev_hash", "seq", "signature", "ts", "type")
-ENTRY_ORDER = ("seq", "ts", "actor", "type", "payload", "prev_hash", "entry_hash", "signature")  # row tuples
-BUNDLE_FILES = {"checkpoints.jsonl", "cosignatures.jsonl", "entries.jsonl", "keys.json"}  # + entries.parquet
 
 
 class VerificationError(Exception):
@@ -45,43 +40,6 @@ def _shape(obj, shape: dict, where: str, seq: int | None = None) -> dict:
     return obj
 
 
-def _first_bad(chunk: list[tuple]) -> tuple[int, str] | None:
-    keys: dict[bytes, Ed25519PublicKey] = {}
-    for seq, raw, sig, msg, what in chunk:
-        try:
-            (keys.get(raw) or keys.setdefault(raw, Ed25519PublicKey.from_public_bytes(raw))).verify(sig, msg)
-        except InvalidSignature:
-            return seq, what
-    return None
-
-
-def _sig_ok(raw_key: bytes, sig: bytes, msg: bytes) -> bool:
-    return _first_bad([(0, raw_key, sig, msg, "")]) is None
-
-
-class _Signatures:
-    """Ed25519 checks in chunks on worker processes while the caller keeps hashing."""
-
-    def __init__(self, jobs: int | None):
-        self.jobs, self.todo, self.done, self.pool = jobs or os.cpu_count() or 1, [], [], None
-
-    def add(self, *item) -> None:  # (seq, raw public key, signature, message, why it fails if it does)
-        self.todo.append(item)
-        if len(self.todo) == 4000:
-            if self.pool is None and self.jobs > 1:
-                self.pool = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Pool(self.jobs)
-            self.done.append(self.pool.apply_async(_first_bad, (self.todo,)) if self.pool else _first_bad(self.todo))
-            self.todo = []
-
-    def failures(self) -> list[VerificationError]:
-        try:
-            found = [r.get() if hasattr(r, "get") else r for r in self.done] + [_first_bad(self.todo)]
-        finally:
-            if self.pool is not None:
-                self.pool.terminate()
-        return [VerificationError(why, seq) for seq, why in filter(None, found)][:1]
-
-
 class Run:
     """What the entries establish (keys, pinned sites, statements seen); the summary once verified."""
 
@@ -89,7 +47,7 @@ class Run:
         self.trusted_keys, self.roster, self.keys, self.sites, self.seen = trusted_keys, roster, {}, {}, set()
         self.registrar = self.run_id = self.started = self.ended = None
         self.entries, self.checkpoints, self.witnessed, self.quorum, self.jobs = 0, 0, 0, 0, jobs
-        self.sigs, self.root = _Signatures(jobs), ""
+        self.sigs, self.root = Signatures(jobs), ""
 
     def line(self) -> str:
         return (f"OK: {self.entries} entries, {self.checkpoints} checkpoints ({self.witnessed} witnessed, quorum "
@@ -123,7 +81,7 @@ class Run:
         self.registrar, raw = actor if i == 0 else self.registrar, bytes.fromhex(data["public_key"])
         _need(actor == who if user else actor == self.registrar and (i > 0 or who == actor), f"actor_key for {who!r} "
               f"written by {actor!r}: only the registrar {self.registrar!r} registers actors, a user only herself", i)
-        _need(data["fingerprint"] == m.sha256_hex(raw) and _sig_ok(raw, bytes.fromhex(data["proof"]),
+        _need(data["fingerprint"] == m.sha256_hex(raw) and sig_ok(raw, bytes.fromhex(data["proof"]),
               m.key_proof_message(who, data["public_key"])), f"actor_key for {who!r}: wrong fingerprint or proof", i)
         _need(self.trusted_keys is None or (self.trusted_keys.get(who) or {}).get("public_key") == data["public_key"],
               f"the key registered for {who!r} is not the one in the trusted key bundle", i)
@@ -144,7 +102,7 @@ class Run:
             pk, sig = (card.get("public_key"), card.get("signature")) if type(card) is dict else (None, None)
             raw = bytes.fromhex(pk) if m.is_hex(pk, 64) else b""
             _need(raw and m.is_hex(sig, 128) and card.get("site") == site and card.get("format") == m.CARD_FORMAT and
-                  card.get("fingerprint") == m.sha256_hex(raw) and _sig_ok(raw, bytes.fromhex(sig), m.card_message(
+                  card.get("fingerprint") == m.sha256_hex(raw) and sig_ok(raw, bytes.fromhex(sig), m.card_message(
                       card)) and self.keys.get(site, (raw,))[0] == raw, f"run_started: the card of {site!r} is "
                   "malformed, its fingerprint or self-signature does not verify, or another key is registered", i)
             self.sites[site] = raw
@@ -178,7 +136,7 @@ class Run:
             return  # an earlier failure already lies inside this prefix
         key, seq = self.keys.get(cp["signer"], (b"", size))
         _need(seq < size, f"{name}: signer {cp['signer']!r} is not registered within the entries it covers", last)
-        if not _sig_ok(key, bytes.fromhex(cp["signature"]), m.checkpoint_message(size, cp["root_hash"], cp["ts"],
+        if not sig_ok(key, bytes.fromhex(cp["signature"]), m.checkpoint_message(size, cp["root_hash"], cp["ts"],
                                                                                  cp["signer"])):
             _need(previous, f"{name} does not verify under the key registered here: the chain was rewritten under "
                   "new keys, or the trusted head is not genuine", seq)  # a head we trust: the registration lies
@@ -190,7 +148,7 @@ class Run:
 
     def witnesses(self, cps: list[dict], cosigs: list) -> int:
         """Cosignatures valid, by pinned sites; a quorum on the run's checkpoints, which cover the run."""
-        roots, count, sigs = {cp["tree_size"]: cp["root_hash"] for cp in cps}, {}, _Signatures(self.jobs)
+        roots, count, sigs = {cp["tree_size"]: cp["root_hash"] for cp in cps}, {}, Signatures(self.jobs)
         for j, c in enumerate(cosigs):
             size, who = _shape(c, m.COSIGNATURE_SHAPE, f"cosignature {j}")["tree_size"], c["witness"]
             _need(size in roots and who in self.sites, f"cosignature {j}: {who!r} cosigned tree size {size}, but only "
@@ -200,8 +158,8 @@ class Run:
                 body, c["timestamp"]), f"cosignature {j}: {who}'s cosignature of tree size {size} does not verify "
                 "(pinned key)")
             count.setdefault(size, set()).add(who)
-        for err in sigs.failures():
-            raise err
+        for seq, why in sigs.failures():
+            raise VerificationError(why, seq)
         n = self.entries
         covered = n if self.started is None else self.started
         for size in roots:  # by size: from the first after run_started to the first covering run_ended
@@ -244,7 +202,7 @@ def verify(entries, checkpoints: list, cosignatures: list = (), *, trusted_head=
     except VerificationError as err:
         failures.append(err)
     finally:
-        failures += run.sigs.failures()
+        failures += [VerificationError(why, seq) for seq, why in run.sigs.failures()]
     stop, previous = min([f.seq for f in failures] + [run.entries]), (0, "")
     for j, cp in enumerate([*checkpoints, trusted_head] if has_head else checkpoints):
         try:
@@ -262,96 +220,12 @@ def verify(entries, checkpoints: list, cosignatures: list = (), *, trusted_head=
     return run
 
 
-def _jsonl(path: Path, fields, entries: bool = False):
-    """Records of a bundle's JSONL file, each line exactly its record's canonical form."""
-    with open(path, "rb") as lines:
-        for i, line in enumerate(lines):
-            try:
-                rec = json.loads(line)
-                _need(type(rec) is dict and sorted(rec) == sorted(fields), f"expected the fields {', '.join(fields)}")
-                rec = (*(canonical(rec[k]) if k == "payload" else rec[k] for k in ENTRY_ORDER), rec["payload"]) \
-                    if entries else rec
-                _need((m.entry_line(*rec[:8]) if entries else canonical(rec)) + "\n" == line.decode(), "not canonical")
-            except (ValueError, TypeError, RecursionError, VerificationError) as err:
-                raise VerificationError(f"{path.name} line {i + 1}: {getattr(err, 'reason', err)}",
-                                        i if entries else None) from None
-            yield rec
-
-
-def read_bundle(path: Path) -> tuple:
-    """``(entry rows, checkpoint dicts)`` of a bundle; the rows are a generator (close it when done)."""
-    return _jsonl(path / "entries.jsonl", ENTRY_FIELDS, True), list(_jsonl(path / "checkpoints.jsonl",
-                                                                           m.CHECKPOINT_SHAPE))
-
-
-def check_bundle(path: Path, run: Run, cosignatures: int) -> None:
-    """The packaging: the manifest (counts, root, each file's SHA-256), keys.json, the Parquet copy."""
-    files = {p.name: m.file_sha256(p) for p in sorted(path.iterdir()) if p.name != "manifest.json"}
-    _need(set(files) in (BUNDLE_FILES, BUNDLE_FILES | {"entries.parquet"}), f"the bundle holds {sorted(files)}: "
-          f"expected {', '.join(sorted(BUNDLE_FILES))} and manifest.json (entries.parquet optional)")
-    manifest = canonical(m.bundle_manifest(run.entries, run.checkpoints, cosignatures, run.root, files))
-    _need((path / "manifest.json").read_bytes() == manifest.encode() + b"\n", "manifest.json is not the manifest "
-          f"of these files (counts, root_hash, each file's SHA-256), which is {manifest}")
-    keys = m.keys_document({actor: (key.hex(), seq) for actor, (key, seq) in run.keys.items()})
-    _need((path / "keys.json").read_bytes() == canonical(keys).encode() + b"\n", "keys.json differs from the keys "
-          "registered in the entries")
-    if "entries.parquet" in files:
-        try:
-            import pyarrow.parquet as pq  # only to cross-check the Parquet copy
-        except ImportError:
-            return print("note: pyarrow is not installed; entries.parquet checked by its SHA-256 only", file=sys.stderr)
-        table = pq.ParquetFile(path / "entries.parquet")
-        _need(tuple(table.schema_arrow.names) == ENTRY_ORDER, f"entries.parquet: columns must be {ENTRY_ORDER}")
-        rows = (tuple(r.values()) for b in table.iter_batches() for r in b.to_pylist())
-        with open(path / "entries.jsonl", "rb") as jsonl:  # already verified: compare the canonical lines
-            for i, (row, line) in enumerate(itertools.zip_longest(rows, jsonl)):
-                _need(row and line and m.entry_line(*row).encode() + b"\n" == line, "entries.parquet differs", i)
-
-
-def load_anchors(trusted_head=None, trusted_keys=None, roster=None) -> dict:
-    """The out-of-band anchors as :func:`verify` takes them; an unreadable one raises (unreadable)."""
-    def load(path, what: str, ok=lambda doc: True):
-        try:  # NaN and Infinity refused; then the document's own shape
-            doc = json.loads(Path(path).read_bytes(), parse_constant=lambda c: canonical(float(c)))
-            _need(ok(doc), f"not a {what} file")
-            return doc
-        except (OSError, ValueError, RecursionError, VerificationError) as err:
-            raise VerificationError(f"cannot read the {what} {path}: {err}", unreadable=True) from None
-    out = {"has_head": trusted_head is not None,
-           "trusted_head": None if trusted_head is None else load(trusted_head, "trusted head")}
-    if trusted_keys is not None:
-        out["trusted_keys"] = load(Path(trusted_keys) / "keys.json" if Path(trusted_keys).is_dir() else trusted_keys,
-                                   m.KEYS_FORMAT, lambda d: type(d) is dict and d.get("format") == m.KEYS_FORMAT and
-                                   type(d.get("keys")) is dict and all(type(v) is dict for v in d["keys"].values()))
-        out["trusted_keys"] = out["trusted_keys"]["keys"]
-    if roster is not None:
-        out["roster"] = load(roster, m.CONSORTIUM_FORMAT, lambda d: type(d) is dict and type(d.get("cards")) is dict
-                             and d.get("format") == m.CONSORTIUM_FORMAT and
-                             d.get("roster_sha256") == m.sha256_hex(canonical(d["cards"])))["roster_sha256"]
-    return out
-
-
 def verify_path(path, *, trusted_head=None, trusted_keys=None, roster=None, witnesses=None, jobs=None) -> str:
-    """Verify the bundle at ``path`` (a database: through :mod:`pharmafl.audit.dbsource`); the OK line."""
-    _need(witnesses is None or witnesses >= 0, f"--witnesses {witnesses}: give a count >= 0", unreadable=True)
-    p, opts = Path(path), {"witnesses": witnesses, "jobs": jobs, **load_anchors(trusted_head, trusted_keys, roster)}
-    if not (p / "manifest.json").exists():
-        from pharmafl.audit import dbsource  # not a bundle: a database, read outside this module
+    """Verify the bundle at ``path`` (:mod:`.verify_bundle`; a database: :mod:`.dbsource`); the OK line."""
+    from pharmafl.audit.verify_bundle import verify_bundle  # reading the files; packaging checks
 
-        return dbsource.verify_database(str(path), **opts).line()
-    missing, entries = sorted(BUNDLE_FILES - {f.name for f in p.iterdir()}), None
-    _need(not missing, f"bundle {path} lacks {', '.join(missing)}: it is incomplete; export it again")
-    try:
-        entries, cps = read_bundle(p)
-        cosigs = list(_jsonl(p / "cosignatures.jsonl", m.COSIGNATURE_SHAPE))
-        run = verify(entries, cps, cosigs, **opts)
-        check_bundle(p, run, len(cosigs))
-        return run.line()
-    except OSError as err:
-        raise VerificationError(f"cannot read the bundle {path}: {err}", unreadable=True) from None
-    finally:
-        if entries is not None:
-            entries.close()  # stop reading at the first failure
+    return verify_bundle(path, trusted_head=trusted_head, trusted_keys=trusted_keys, roster=roster,
+                         witnesses=witnesses, jobs=jobs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,5 +247,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # run the package's copy of this module, whose errors dbsource raises too
     from pharmafl.audit.verify import main as package_main
-
     sys.exit(package_main())

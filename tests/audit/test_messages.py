@@ -13,8 +13,8 @@ from pharmafl.audit import messages as m
 from pharmafl.audit import records
 
 # The cosignature in C2SP tlog-cosignature's example (witness.example.com/w1, time 1679315147).
-C2SP_LINE = ("\u2014 witness.example.com/w1 jWbPPwAAAABkGFDLEZMHwSRaJNiIDoe9DYn/zXcrtPHeolMI5OWXEhZCB9dlrDJsX3b2oyin1nPZ"
-             "qhf5nNo0xUe+mbIUBkBIfZ+qnA==\n")
+C2SP_LINE = ("\u2014 witness.example.com/w1 jWbPPwAAAABkGFDLEZMHwSRaJNiIDoe9DYn/zXcrtPHeolMI5OWXEhZCB9dlrDJsX3b2"
+             "oyin1nPZqhf5nNo0xUe+mbIUBkBIfZ+qnA==\n")
 C2SP_ROOT = base64.b64decode("CsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=").hex()
 
 

@@ -116,7 +116,8 @@ def test_two_sites_with_one_key_fail(tmp_path: Path) -> None:
 
 
 def test_the_roster_anchor_must_be_a_consortium_file(tmp_path: Path) -> None:
-    (tmp_path / "roster.json").write_text(json.dumps({"format": m.CONSORTIUM_FORMAT, "cards": {}, "roster_sha256": "x"}))
+    roster = {"format": m.CONSORTIUM_FORMAT, "cards": {}, "roster_sha256": "x"}
+    (tmp_path / "roster.json").write_text(json.dumps(roster))
     err = fails(str(Path(__file__).parent / "assets" / "ledger_clean"), roster=str(tmp_path / "roster.json"))
     assert err.unreadable and f"not a {m.CONSORTIUM_FORMAT} file" in err.reason
 
