@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from pharmafl.audit.canonical import canonical_bytes
 from pharmafl.audit.errors import LedgerError
 from pharmafl.audit.records import ALGORITHM, check_actor, fingerprint
+from pharmafl.fileio import fsync_dir
 
 FORMAT = "pharmafl-key-v1"
 PASSPHRASE_ENV = "PHARMAFL_KEY_PASSPHRASE"
@@ -203,12 +204,4 @@ class KeyStore:
                 pass
         finally:
             os.unlink(tmp)
-        _fsync_dir(self.path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(self.path)

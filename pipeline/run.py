@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pharmafl.errors import ConfigError, DataError, Location
+from pharmafl.audit.keys import MIN_SCRYPT_N
+from pharmafl.errors import ConfigError, Location
 from pharmafl.models.dti import DTIModel
 from pharmafl.pipeline import events as ev
 from pharmafl.pipeline.aggregate import State
@@ -49,10 +50,14 @@ from pharmafl.sites.privacy import PrivacyPlan, plan_privacy
 from pharmafl.sites.secure_site import SecureSite
 from pharmafl.sites.signed_site import SignedSite
 from pharmafl.sites.site import Site, featurize_dataset
-from pharmafl.sites.store import site_ids
-from pharmafl.sites.tables import DTIDataset, load_dataset, read_store, save_dataset
+from pharmafl.sites.store import check_site_rows, site_ids, subset
+from pharmafl.sites.tables import load_dataset, read_store, save_dataset
 from pharmafl.sites.training import evaluate
 
+# A simulated site keeps its random passphrase in its own home, beside its key: stretching that
+# passphrase protects nothing, so simulated homes use the key store's lowest cost (real sites
+# initialised with `pharmafl site init` use the default, scrypt n = 2**17).
+SIMULATED_SCRYPT_N = MIN_SCRYPT_N
 PACKAGES = ("pharmafl", "torch", "torch-geometric", "rdkit", "opacus", "nvflare", "crypten", "numpy", "cryptography")
 
 
@@ -156,7 +161,8 @@ def prepare(cfg: RunConfig, run_dir: Path, *, data_dir: Path | None = None, cach
         homes = {}
         for k, (sid, site_ds) in enumerate(site_data.items()):
             homes[sid] = SiteHome.init(staging / "sites" / sid, sid, site_ds, passphrase=None, simulated=True,
-                                       val_fraction=cfg.data.val_fraction, seed=cfg.seed + k)
+                                       val_fraction=cfg.data.val_fraction, seed=cfg.seed + k,
+                                       scrypt_n=SIMULATED_SCRYPT_N)
         consortium = load_consortium(init_consortium([h.path / CARD_FILE for h in homes.values()], staging))
         for home in homes.values():
             home.accept_consortium(consortium)
@@ -241,28 +247,13 @@ def plan_from_consortium(cfg: RunConfig, run_dir: Path, consortium: dict, *, sta
 
 def split_among_sites(ds, site_of_row: np.ndarray, n_sites: int, *, shown_as: Path) -> dict:
     """Each simulated site's own tables (its rows, their compounds and targets, DeepDTA folds kept)."""
-    ids = site_ids(n_sites)
-    in_test = ds.measurements["fold"].eq("test").to_numpy() if "fold" in ds.measurements else None
     out = {}
-    for k, sid in enumerate(ids):
+    for k, sid in enumerate(site_ids(n_sites)):
         rows = np.flatnonzero(site_of_row == k)
-        n_train = len(rows) - (int(in_test[rows].sum()) if in_test is not None else 0)
-        if len(rows) < 3 or n_train < 2:
-            raise DataError(
-                f"{sid} would hold {len(rows)} measurements ({n_train} outside the test fold), too few for "
-                "train/val/test", Location(shown_as / "sites" / sid),
-                "use fewer sites, another partition, or a larger alpha",
-            )  # fmt: skip
+        check_site_rows(ds, rows, sid, Location(shown_as / "sites" / sid),
+                        "use fewer sites, another partition, or a larger alpha")
         out[sid] = subset(ds, rows, f"{ds.name}/{sid}")
     return out
-
-
-def subset(ds: DTIDataset, rows: np.ndarray, name: str) -> DTIDataset:
-    """Rows ``rows`` of ``ds``'s measurements with just the compounds and targets they use."""
-    m = ds.measurements.iloc[rows].reset_index(drop=True).copy()
-    drugs = ds.drugs[ds.drugs["drug_id"].isin(set(m["drug_id"]))].reset_index(drop=True)
-    targets = ds.targets[ds.targets["target_id"].isin(set(m["target_id"]))].reset_index(drop=True)
-    return DTIDataset(name=name, drugs=drugs, targets=targets, measurements=m)
 
 
 def write_benchmark(cfg: RunConfig, ds, out: Path) -> None:

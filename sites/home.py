@@ -39,7 +39,7 @@ from pharmafl.audit import messages
 from pharmafl.audit.keys import DEFAULT_SCRYPT_N, KeyStore, raw_public_key
 from pharmafl.audit.witness import Witness
 from pharmafl.errors import ConfigError, DataError, Location, PharmaflError
-from pharmafl.fileio import write_bytes_atomic
+from pharmafl.fileio import fsync_dir, write_bytes_atomic
 from pharmafl.sites.privacy import History, split_prior
 from pharmafl.sites.store import LOCAL_SPLITS, SiteStore, check_site_rows, store_units, write_site_store
 from pharmafl.sites.tables import DTIDataset
@@ -126,14 +126,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def append_line(path: Path, line: str) -> None:
     """Append one line to ``path`` and fsync it before returning.
 
@@ -155,7 +147,7 @@ def append_line(path: Path, line: str) -> None:
     finally:
         os.close(fd)
     if new:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def read_lines(path: Path) -> list[dict]:
@@ -316,9 +308,9 @@ class SiteHome:
             _write_json(staging / "consortia.json", {"accepted": []})
             if simulated:
                 write_bytes_atomic(staging / PASSPHRASE_FILE, passphrase.encode())  # mkstemp: mode 0600
-            _fsync_dir(staging)
+            fsync_dir(staging)
             os.replace(staging, home)  # rename(2) may replace an empty directory
-            _fsync_dir(home.parent)
+            fsync_dir(home.parent)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

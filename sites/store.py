@@ -1,14 +1,11 @@
-"""Site data stores: one directory per site, its raw data never leaves it.
+"""Site data stores: one directory per site, in the site's home; its raw data never leaves it.
 
-``RUN/sites/<site-id>/`` is a dataset store (:func:`~pharmafl.sites.tables.save_dataset`):
-Parquet tables of the site's drugs, targets and measurements, the measurements' ``fold``
-column holding the site's local split (``train`` / ``val`` / ``test``), and a manifest with
-row counts, label statistics and the SHA-256 of every file. The manifest's own SHA-256 is
-what the run records for the site.
-
-``RUN/server/benchmark/`` holds the evaluation set the coordinator scores the global model
-on: the union of the sites' test shares, which for DAVIS and KIBA is the public DeepDTA test
-fold. A consortium on private data would place an agreed public benchmark there instead.
+``SITE_HOME/store/`` (:mod:`pharmafl.sites.home`) is a dataset store
+(:func:`~pharmafl.sites.tables.save_dataset`): Parquet tables of the site's drugs, targets
+and measurements, the measurements' ``fold`` column holding the site's local split
+(``train`` / ``val`` / ``test``), and a manifest with row counts, label statistics and the
+SHA-256 of every file. The manifest's own SHA-256 is what the site's card carries and the
+run pins.
 """
 
 from __future__ import annotations
@@ -43,9 +40,12 @@ def _label_stats(labels: np.ndarray) -> dict:
     }
 
 
-def _subset(ds: DTIDataset, rows: np.ndarray, name: str, folds: np.ndarray) -> DTIDataset:
+def subset(ds: DTIDataset, rows: np.ndarray, name: str, folds: np.ndarray | None = None) -> DTIDataset:
+    """Rows ``rows`` of ``ds``'s measurements (their ``fold`` set to ``folds`` if given) with just the
+    compounds and targets they use."""
     m = ds.measurements.iloc[rows].reset_index(drop=True).copy()
-    m["fold"] = folds
+    if folds is not None:
+        m["fold"] = folds
     drugs = ds.drugs[ds.drugs["drug_id"].isin(set(m["drug_id"]))].reset_index(drop=True)
     targets = ds.targets[ds.targets["target_id"].isin(set(m["target_id"]))].reset_index(drop=True)
     return DTIDataset(name=name, drugs=drugs, targets=targets, measurements=m)
@@ -86,7 +86,7 @@ def write_site_store(ds: DTIDataset, rows: np.ndarray, out: Path, *, site: str, 
     """Write ``rows`` of ``ds`` as ``site``'s store at ``out`` (local folds, label statistics in the
     manifest's extras); return each row's local fold."""
     folds = local_folds(ds.measurements.iloc[rows].reset_index(drop=True), val_fraction, seed)
-    site_ds = _subset(ds, rows, f"{ds.name}/{site}", folds)
+    site_ds = subset(ds, rows, f"{ds.name}/{site}", folds)
     labels = site_ds.measurements["label"].to_numpy(dtype=float)
     extra = {
         "site": site,
@@ -107,42 +107,6 @@ def store_units(store: SiteStore, unit: str) -> int:
     if unit == "compound":
         return len(set(store.dataset.measurements["drug_id"].to_numpy()[rows]))
     return len(rows)
-
-
-def write_site_stores(
-    ds: DTIDataset,
-    site_of_row: np.ndarray,
-    run_dir: Path,
-    *,
-    n_sites: int,
-    val_fraction: float,
-    seed: int,
-    partition: dict,
-    shown_as: Path | None = None,
-) -> dict[str, str]:
-    """Write every site's store and the benchmark store; return ``{site id: manifest sha256}``.
-
-    Every one of the ``n_sites`` sites must receive enough rows for a train/val split, else a
-    :class:`DataError` names the site (at ``shown_as``, the run directory the user asked for,
-    when ``run_dir`` is a staging directory) before anything is written.
-    """
-    ids = site_ids(n_sites)
-    shown = Path(shown_as) if shown_as is not None else Path(run_dir)
-    for k, sid in enumerate(ids):
-        check_site_rows(ds, np.flatnonzero(site_of_row == k), sid, Location(shown / "sites" / sid),
-                        "use fewer sites, another partition, or a larger alpha")
-    manifests = {}
-    test_rows = []
-    for k, sid in enumerate(ids):
-        rows = np.flatnonzero(site_of_row == k)
-        folds = write_site_store(ds, rows, run_dir / "sites" / sid, site=sid, val_fraction=val_fraction,
-                                 seed=seed + k, partition=partition)
-        test_rows.append(rows[folds == "test"])
-        manifests[sid] = file_sha256(run_dir / "sites" / sid / MANIFEST)
-    bench_rows = np.sort(np.concatenate(test_rows))
-    bench = _subset(ds, bench_rows, f"{ds.name}/benchmark", np.full(len(bench_rows), "test", dtype=object))
-    save_dataset(bench, run_dir / "server" / "benchmark", extra={"role": "benchmark"})
-    return manifests
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -114,16 +115,25 @@ def test_the_coordinator_holds_no_site_key(witnessed_run: Path) -> None:
 
 
 def reachable_keys(root) -> list[Ed25519PrivateKey]:
-    """Every Ed25519 private key reachable from ``root`` through references."""
+    """Every Ed25519 private key that ``root`` holds: through its attributes, containers, bound
+    methods and closures, but not through modules, classes or a function's globals (which reach
+    everything a process has loaded)."""
     found, seen, todo = [], set(), [root]
     while todo:
         obj = todo.pop()
-        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, type(None))):
+        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, type(None), type, types.ModuleType,
+                                               types.CodeType, types.BuiltinFunctionType)):
             continue
         seen.add(id(obj))
         if isinstance(obj, Ed25519PrivateKey):
             found.append(obj)
-        todo.extend(gc.get_referents(obj))
+        elif isinstance(obj, types.FunctionType):
+            todo.extend(c.cell_contents for c in obj.__closure__ or () if c.cell_contents is not None)
+            todo.extend(obj.__defaults__ or ())
+        elif isinstance(obj, types.MethodType):
+            todo.extend((obj.__self__, obj.__func__))
+        else:
+            todo.extend(gc.get_referents(obj))
     return found
 
 
@@ -139,6 +149,8 @@ def test_the_in_process_coordinator_never_receives_a_site_key_object(witnessed_r
     assert all(reachable_keys(site) for site in sites.values()), "the walk finds a site's own key"
     coord = server_side(plan, EventBus())
     assert reachable_keys(coord) == []
+    coord.strategy.leak = {"site-01": reachable_keys(sites["site-01"])[0]}  # the check would see a key it held
+    assert len(reachable_keys(coord)) == 1
 
 
 def forged_statement(plan: RunPlan, site: str, key: Ed25519PrivateKey) -> dict:
