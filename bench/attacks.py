@@ -130,7 +130,7 @@ def main() -> None:
         for eps in [None if e == float("inf") else e for e in args.epsilons]:
             name = "no DP" if eps is None else f"ε = {eps:g}"
             plan = prepare(run_config(args.rounds, eps), Path(tmp) / f"run-{eps}")
-            site = make_site(plan, args.site)
+            site = make_site(plan, args.site).inner  # below the signing wrapper
             inner = site.inner if hasattr(site, "inner") else site
             dp_plan = site.plan if hasattr(site, "plan") else None
             rng = np.random.default_rng(0)

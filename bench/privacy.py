@@ -63,7 +63,7 @@ def config(rounds: int, local_epochs: int, epsilon: float | None, batch_size: in
 
 
 def step_times(plan: RunPlan, steps: int, batch: int = 128) -> dict:
-    site = make_site(plan, "site-01")
+    site = make_site(plan, "site-01").inner  # below the signing wrapper
     site = getattr(site, "inner", site)
     rng = np.random.default_rng(0)
     models = {k: DTIModel(**asdict(plan.cfg.model)) for k in ("plain", "per-pair", "DP-SGD")}
@@ -92,11 +92,11 @@ def step_times(plan: RunPlan, steps: int, batch: int = 128) -> dict:
 
 
 def membership_auc(run_dir: Path) -> float:
-    plan = RunPlan.from_json((run_dir / "plan.json").read_text())
+    plan = RunPlan.load(run_dir / "plan.json")
     model = load_model(run_dir / "model.safetensors")
     member, other = [], []
     for sid in plan.sites:
-        site = make_site(plan, sid)
+        site = make_site(plan, sid).inner  # below the signing wrapper
         site = getattr(site, "inner", site)
         pick = np.random.default_rng(0).choice(len(site.train), len(site.val), replace=False)
         for pairs, out in ((site.train.subset(pick), member), (site.val, other)):
