@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 
 # The DAVIS/KIBA tidy tables beside the checkout are used as the data dir when present;
 # otherwise $PHARMAFL_DATA (default ~/.cache/pharmafl, filled by `pharmafl data fetch`).
-SHARED_DATA := $(firstword $(wildcard $(CURDIR)/../shared/data /work/shared/data))
+SHARED_DATA := $(firstword $(wildcard $(CURDIR)/../shared/data))
 ifneq ($(SHARED_DATA),)
 export PHARMAFL_DATA ?= $(abspath $(SHARED_DATA))
 endif
