@@ -21,6 +21,10 @@ checkpoint             ``pharmafl-ledger-checkpoint-v1\\0`` || JCS({root_hash, s
 key proof              ``pharmafl-ledger-key-v1\\0`` || JCS({actor, public_key})
 site card              ``pharmafl-site-card-v1\\0`` || JCS(card without "signature")
 site statement         ``pharmafl-site-statement-v1\\0`` || JCS({payload_sha256, round, run_id, site, type})
+party card             ``pharmafl-party-card-v1\\0`` || JCS(card without "signature")
+party statement        ``pharmafl-party-statement-v1\\0`` || JCS({payload_sha256, round, run_id, site, type})
+                       (``site`` holds the aggregation party's id)
+roster                 SHA-256 of JCS(site cards); with aggregation parties, of JCS({parties, sites})
 checkpoint body        C2SP tlog-checkpoint note text: ``<origin>\\n<size>\\n<base64 root>\\n``
 cosignature            C2SP tlog-cosignature ``cosignature/v1``: ``cosignature/v1\\ntime <t>\\n`` || body
 =====================  ==========================================================================
@@ -50,6 +54,10 @@ KEY_PROOF_DOMAIN = b"pharmafl-ledger-key-v1\x00"
 CARD_FORMAT = "pharmafl-site-card-v1"
 CARD_DOMAIN = CARD_FORMAT.encode() + b"\x00"
 STATEMENT_DOMAIN = b"pharmafl-site-statement-v1\x00"
+PARTY_CARD_FORMAT = "pharmafl-party-card-v1"
+PARTY_CARD_DOMAIN = PARTY_CARD_FORMAT.encode() + b"\x00"
+PARTY_STATEMENT_DOMAIN = b"pharmafl-party-statement-v1\x00"
+PARTY_STATEMENT_TYPES = frozenset({"party_registered", "party_round", "party_refused"})
 COSIGNATURE_HEADER = b"cosignature/v1\n"
 CONSORTIUM_FORMAT = "pharmafl-consortium-v1"
 BUNDLE_FORMAT = "pharmafl-ledger-bundle-v2"
@@ -246,9 +254,22 @@ def card_message(card: Mapping[str, Any]) -> bytes:
 
 
 def statement_message(run_id: str, round: int | None, site: str, type_: str, payload_sha256: str) -> bytes:
-    """What a site statement's signature covers (independent of ledger position)."""
+    """What a site's (or, for the party statement types, an aggregation party's) statement
+    signature covers, independent of ledger position."""
     fields = {"payload_sha256": payload_sha256, "round": round, "run_id": run_id, "site": site, "type": type_}
-    return STATEMENT_DOMAIN + canonical(fields).encode()
+    domain = PARTY_STATEMENT_DOMAIN if type_ in PARTY_STATEMENT_TYPES else STATEMENT_DOMAIN
+    return domain + canonical(fields).encode()
+
+
+def party_card_message(card: Mapping[str, Any]) -> bytes:
+    """What an aggregation party card's self-signature covers: the card without ``signature``."""
+    return PARTY_CARD_DOMAIN + canonical({k: v for k, v in card.items() if k != "signature"}).encode()
+
+
+def roster_sha256(cards: Mapping[str, Any], parties: Mapping[str, Any] | None = None) -> str:
+    """What a consortium pins: SHA-256 of JCS(site cards), or with aggregation parties of
+    JCS({"parties": party cards, "sites": site cards})."""
+    return sha256_hex(canonical({"parties": parties, "sites": cards} if parties else cards))
 
 
 def make_card(sign: Signer, fields: Mapping[str, Any]) -> dict:

@@ -1,12 +1,11 @@
 """Standalone verifier of pharmafl ledger bundles: ``python -m pharmafl.audit.verify BUNDLE``.
 
-The verifier is five small modules, stdlib and ``cryptography`` only: this one (the checks),
-:mod:`.messages` (canonical bytes, signed messages), :mod:`.rfc9162` (Merkle proofs),
-:mod:`.signature_pool` (Ed25519 on worker processes), :mod:`.verify_bundle` (reading a bundle;
-``pyarrow`` only for ``entries.parquet``); databases are adapted outside (:mod:`.dbsource`).
-Every check is a small method of :class:`Run` raising :class:`VerificationError` at the first
-failure; docs/trust-domains.md says who signs what. ``--trusted-head`` (a checkpoint), ``--trusted-keys``
-(a keys.json) and ``--roster`` (a consortium.json) are anchors received out of band.
+Five small modules, stdlib and ``cryptography`` only: this one (the checks), :mod:`.messages` (canonical
+bytes, signed messages), :mod:`.rfc9162` (Merkle proofs), :mod:`.signature_pool` (Ed25519 on worker
+processes), :mod:`.verify_bundle` (reading a bundle; ``pyarrow`` only for ``entries.parquet``); databases
+are adapted outside (:mod:`.dbsource`). Each check is a method of :class:`Run` raising
+:class:`VerificationError` at the first failure; docs/trust-domains.md says who signs what. Anchors
+received out of band: ``--trusted-head`` (a checkpoint), ``--trusted-keys``, ``--roster`` (consortium.json).
 Prints ``OK: N entries, M checkpoints (W witnessed, quorum K of S sites), head <root>`` (exit 0),
 ``FAIL: seq S: why`` (1) or ``ERROR: why`` (2: unreadable).
 """
@@ -44,9 +43,9 @@ class Run:
     """What the entries establish (keys, pinned sites, statements seen); the summary once verified."""
 
     def __init__(self, trusted_keys: dict | None = None, roster: str | None = None, jobs: int | None = None):
-        self.trusted_keys, self.roster, self.keys, self.sites, self.seen = trusted_keys, roster, {}, {}, set()
+        self.trusted_keys, self.roster, self.keys, self.sites, self.parties = trusted_keys, roster, {}, {}, {}
         self.registrar = self.run_id = self.started = self.ended = None
-        self.entries, self.checkpoints, self.witnessed, self.quorum, self.jobs = 0, 0, 0, 0, jobs
+        self.entries, self.checkpoints, self.witnessed, self.quorum, self.jobs, self.seen = 0, 0, 0, 0, jobs, set()
         self.sigs, self.root = Signatures(jobs), ""
 
     def line(self) -> str:
@@ -92,36 +91,41 @@ class Run:
         """The consortium: roster hash, each card's fingerprint and self-signature; one run per ledger."""
         _need(self.started is None, f"a second run_started (the first at seq {self.started}): one ledger, one run", i)
         cons, self.run_id, self.started = data.get("consortium"), data.get("run_id"), i
-        _need(type(self.run_id) is str and type(cons) is dict and sorted(cons) == ["cards", "roster_sha256"] and
-              type(cons["cards"]) is dict and cons["cards"], "run_started must carry run_id and consortium "
-              "{cards, roster_sha256}", i)
-        _need(cons["roster_sha256"] == m.sha256_hex(canonical(cons["cards"])), "run_started: wrong roster_sha256", i)
-        _need(self.roster in (None, cons["roster_sha256"]), f"run_started pins another roster than the trusted "
-              f"{self.roster}", i)
-        for site, card in cons["cards"].items():
-            pk, sig = (card.get("public_key"), card.get("signature")) if type(card) is dict else (None, None)
-            raw = bytes.fromhex(pk) if m.is_hex(pk, 64) else b""
-            _need(raw and m.is_hex(sig, 128) and card.get("site") == site and card.get("format") == m.CARD_FORMAT and
-                  card.get("fingerprint") == m.sha256_hex(raw) and sig_ok(raw, bytes.fromhex(sig), m.card_message(
-                      card)) and self.keys.get(site, (raw,))[0] == raw, f"run_started: the card of {site!r} is "
-                  "malformed, its fingerprint or self-signature does not verify, or another key is registered", i)
-            self.sites[site] = raw
-        _need(len(set(self.sites.values())) == len(self.sites), "run_started: two sites share one key", i)
+        _need(type(self.run_id) is str and type(cons) is dict and sorted(set(cons) - {"parties"}) == ["cards",
+              "roster_sha256"] and type(cons["cards"]) is dict and cons["cards"] and type(cons.get("parties", {}))
+              is dict, "run_started must carry run_id and consortium {cards, [parties,] roster_sha256}", i)
+        roster = cons["roster_sha256"]
+        _need(roster == m.roster_sha256(cons["cards"], cons.get("parties")), "run_started: wrong roster_sha256", i)
+        _need(self.roster in (None, roster), f"run_started pins another roster than the trusted {self.roster}", i)
+        for kind, cards, fmt, message, into in (("site", cons["cards"], m.CARD_FORMAT, m.card_message, self.sites), (
+                "party", cons.get("parties", {}), m.PARTY_CARD_FORMAT, m.party_card_message, self.parties)):
+            for name, card in cards.items():
+                pk, sig = (card.get("public_key"), card.get("signature")) if type(card) is dict else (None, None)
+                raw = bytes.fromhex(pk) if m.is_hex(pk, 64) else b""
+                _need(raw and m.is_hex(sig, 128) and card.get(kind) == name and card.get("format") == fmt and card.get(
+                      "fingerprint") == m.sha256_hex(raw) and sig_ok(raw, bytes.fromhex(sig), message(card)) and
+                      self.keys.get(name, (raw,))[0] == raw and name not in self.sites, f"run_started: the {kind} card"
+                      f" of {name!r} is malformed, its fingerprint or self-signature does not verify, or the id or "
+                      "another key is taken", i)
+                into[name] = raw
+        _need(len(set(k := [*self.sites.values(), *self.parties.values()])) == len(k), "run_started: two sites or "
+              "parties share one key", i)
 
     def statement(self, i: int, type_: str, data: dict) -> None:
-        """A site's signed statement, embedded verbatim; its signature goes to the workers."""
+        """A site's (or aggregation party's) signed statement, embedded verbatim; its signature goes to the workers."""
         st = data.get("statement")
         if st is None and type_ == "privacy_spent" and data.get("party") == "server":
             return  # the coordinator's own client-level accounting
-        site, rnd = _shape(st, m.STATEMENT_SHAPE, f"{type_} entry: its site statement", i)["site"], st["round"]
-        _need(site in self.sites, f"statement by {site!r}, which is not a site pinned by run_started", i)
-        _need((st["type"], st["run_id"]) == (type_, self.run_id), f"a {st['type']} statement of run "
-              f"{st['run_id']!r} in a {type_} entry of run {self.run_id!r}", i)
-        _need(st["payload_sha256"] == m.sha256_hex(canonical(st["payload"])), "statement payload_sha256 is not the "
-              "payload's: altered", i)
-        _need((site, type_, rnd) not in self.seen, f"{site}'s {type_} statement of round {rnd} again: replayed", i)
-        self.seen.add((site, type_, rnd))
-        self.sigs.add(i, self.sites[site], bytes.fromhex(st["signature"]), m.statement_message(
+        site, rnd = _shape(st, m.STATEMENT_SHAPE, f"{type_} entry: its statement", i)["site"], st["round"]
+        signers, who = (self.parties, "party") if type_ in m.PARTY_STATEMENT_TYPES else (self.sites, "site")
+        _need(site in signers, f"statement by {site!r}, which is not a {who} pinned by run_started", i)
+        _need((st["type"], st["run_id"]) == (type_, self.run_id), f"a {st['type']} statement of run {st['run_id']!r}"
+              f" in a {type_} entry of run {self.run_id!r}", i)
+        _need(st["payload_sha256"] == m.sha256_hex(canonical(st["payload"])), "statement payload altered", i)
+        seen = (site, type_, rnd, st["payload_sha256"] if type_ == "party_refused" else "")  # refusals may repeat
+        _need(seen not in self.seen, f"{site}'s {type_} statement of round {rnd} again: replayed", i)
+        self.seen.add(seen)
+        self.sigs.add(i, signers[site], bytes.fromhex(st["signature"]), m.statement_message(
             self.run_id, rnd, site, type_, st["payload_sha256"]), f"{site}'s statement signature does not verify "
             "under its pinned key")
 
@@ -187,7 +191,7 @@ def verify(entries, checkpoints: list, cosignatures: list = (), *, trusted_head=
                 run.registration(i, actor, data)
             elif type_ == "run_started":
                 run.run_started(i, data)
-            elif type_ in m.STATEMENT_TYPES:
+            elif type_ in m.STATEMENT_TYPES or type_ in m.PARTY_STATEMENT_TYPES:
                 run.statement(i, type_, data)
             elif type_ == "run_ended" and run.started is not None and run.ended is None:
                 run.ended = i
@@ -220,12 +224,10 @@ def verify(entries, checkpoints: list, cosignatures: list = (), *, trusted_head=
     return run
 
 
-def verify_path(path, *, trusted_head=None, trusted_keys=None, roster=None, witnesses=None, jobs=None) -> str:
-    """Verify the bundle at ``path`` (:mod:`.verify_bundle`; a database: :mod:`.dbsource`); the OK line."""
+def verify_path(path, **anchors) -> str:
+    """Verify the bundle at ``path`` with :func:`.verify_bundle.verify_bundle`'s anchors and policy; the OK line."""
     from pharmafl.audit.verify_bundle import verify_bundle  # reading the files; packaging checks
-
-    return verify_bundle(path, trusted_head=trusted_head, trusted_keys=trusted_keys, roster=roster,
-                         witnesses=witnesses, jobs=jobs)
+    return verify_bundle(path, **anchors)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,11 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, help="processes for signature checks (default: all cores)")
     args = vars(parser.parse_args(argv))
     try:
-        print(verify_path(args.pop("path"), **args))
-        return 0
+        return print(verify_path(args.pop("path"), **args)) or 0
     except VerificationError as err:
-        print(f"{'ERROR' if err.unreadable else 'FAIL'}: {err}")
-        return 2 if err.unreadable else 1
+        return print(f"{'ERROR' if err.unreadable else 'FAIL'}: {err}") or (2 if err.unreadable else 1)
 
 
 if __name__ == "__main__":  # run the package's copy of this module, whose errors dbsource raises too

@@ -87,7 +87,7 @@ def load_anchors(trusted_head=None, trusted_keys=None, roster=None) -> dict:
     if roster is not None:
         out["roster"] = load(roster, m.CONSORTIUM_FORMAT, lambda d: type(d) is dict and type(d.get("cards")) is dict
                              and d.get("format") == m.CONSORTIUM_FORMAT and
-                             d.get("roster_sha256") == m.sha256_hex(canonical(d["cards"])))["roster_sha256"]
+                             d.get("roster_sha256") == m.roster_sha256(d["cards"], d.get("parties")))["roster_sha256"]
     return out
 
 

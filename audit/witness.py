@@ -176,7 +176,7 @@ class Witness:
             raise WitnessError("run_started pins no consortium (consortium.cards): nothing for this witness to check")
         cards, roster = consortium["cards"], consortium.get("roster_sha256")
         try:
-            computed = hashlib.sha256(messages.canonical(cards).encode()).hexdigest()
+            computed = messages.roster_sha256(cards, consortium.get("parties"))
         except Exception as err:  # noqa: BLE001 - as above
             raise WitnessError(f"the pinned cards have no canonical JSON form ({err})") from None
         if roster != computed:

@@ -39,6 +39,7 @@ def _mount_subcommands() -> None:
         ("pharmafl.audit.cli", "ledger", "Verify, export and prove the audit ledger."),
         ("pharmafl.sites.site_cli", "site", "A site's home: init, card, accept a consortium, audit a ledger."),
         ("pharmafl.pipeline.cli_consortium", "consortium", "The coordinator's roster of site cards."),
+        ("pharmafl.pipeline.secure_agg.cli_party", "party", "An aggregation party: init, card, accept, serve."),
     ):
         sub = __import__(module, fromlist=["app"]).app
         app.add_typer(sub, name=name, help=help_text)

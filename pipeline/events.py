@@ -47,7 +47,9 @@ run_ended            server     status ("completed", "stopped: <why>" or "failed
 ===================  =========  ==============================================================
 
 Whatever a site asserts (``site_update``, ``clip``, ``privacy_spent`` of a site,
-``site_declined``, ``secure_shares``) reaches the bus as the site's own signed statement
+``site_declined``, ``secure_shares``) — and what an aggregation party asserts
+(``party_registered``, ``party_round``, ``party_refused``: the party's id is the
+statement's ``site``) — reaches the bus as its signer's own signed statement
 (:meth:`EventBus.emit_statement`, format in ``docs/trust-domains.md``): the event's payload
 is the statement's round and payload plus the coordinator's annotations, and the event
 keeps the statement verbatim for the ledger, which embeds it in the coordinator's entry.
@@ -77,6 +79,9 @@ AGGREGATED = "aggregated"
 ALARM = "alarm"
 ROUND_ENDED = "round_ended"
 RUN_ENDED = "run_ended"
+PARTY_REGISTERED = "party_registered"
+PARTY_ROUND = "party_round"
+PARTY_REFUSED = "party_refused"
 
 EVENT_TYPES = (
     RUN_STARTED,
@@ -92,6 +97,9 @@ EVENT_TYPES = (
     ALARM,
     ROUND_ENDED,
     RUN_ENDED,
+    PARTY_REGISTERED,
+    PARTY_ROUND,
+    PARTY_REFUSED,
 )
 
 

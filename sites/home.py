@@ -40,6 +40,7 @@ from pharmafl.audit.keys import DEFAULT_SCRYPT_N, KeyStore, raw_public_key
 from pharmafl.audit.witness import Witness
 from pharmafl.errors import ConfigError, DataError, Location, PharmaflError
 from pharmafl.fileio import fsync_dir, write_bytes_atomic
+from pharmafl.sites.party_card import check_parties
 from pharmafl.sites.privacy import History, split_prior
 from pharmafl.sites.store import LOCAL_SPLITS, SiteStore, check_site_rows, store_units, write_site_store
 from pharmafl.sites.tables import DTIDataset
@@ -103,9 +104,9 @@ def check_card(card: Any, where: str) -> dict:
     return card
 
 
-def roster_sha256(cards: dict) -> str:
-    """SHA-256 of the canonical JSON of ``{site: card}``: what a consortium pins."""
-    return hashlib.sha256(messages.canonical(cards).encode()).hexdigest()
+def roster_sha256(cards: dict, parties: dict | None = None) -> str:
+    """What a consortium pins (:func:`pharmafl.audit.messages.roster_sha256`)."""
+    return messages.roster_sha256(cards, parties)
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -392,17 +393,29 @@ class SiteHome:
             check_card(card, f"{where}: card {name!r}")
             if card["site"] != name:
                 raise ConfigError(f"{where}: card listed as {name!r} is {card['site']!r}'s")
+        check_parties(consortium.get("parties") or {}, where)
         mine = cards.get(self.site)
         if mine is None or messages.canonical(mine) != messages.canonical(self.card):
             raise ConfigError(f"{where}: {'does not hold' if mine is None else 'holds an altered copy of'} this "
                               f"site's card (fingerprint {self.fingerprint}); do not accept it")
-        digest = roster_sha256(cards)
+        digest = roster_sha256(cards, consortium.get("parties"))
         if consortium.get("roster_sha256") != digest:
             raise ConfigError(f"{where}: roster_sha256 {consortium.get('roster_sha256')!r} is not the cards' {digest}")
         accepted = self.accepted_rosters()
         if digest not in accepted:
             _write_json(self.path / "consortia.json", {"accepted": [*accepted, digest]})
         return digest
+
+    def check_accepted(self, consortium: dict) -> None:
+        """Raise unless ``consortium`` (cards and party cards) is one this site accepted: what a
+        site checks before it seals a share to a party key the coordinator hands it."""
+        try:
+            digest = roster_sha256(consortium["cards"], consortium.get("parties"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.site}: the run's consortium is malformed ({exc})") from None
+        if digest not in self.accepted_rosters():
+            raise ConfigError(f"{self.site} did not accept the run's consortium (roster {digest[:16]}...): it seals "
+                              f"shares only to the parties of a roster it accepted (pharmafl site accept)")
 
     def witness(self) -> Witness:
         """The site's witness of run logs (``home/witness``), cosigning with the site key; it

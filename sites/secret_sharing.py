@@ -1,4 +1,4 @@
-"""A site's update as additive secret shares in CrypTen's ring, encrypted to each party.
+"""A site's update as additive secret shares in CrypTen's ring, encrypted to each party with HPKE.
 
 The math (CrypTen's arithmetic sharing, https://arxiv.org/abs/2109.00984, sec. 3): the
 update vector :math:`x \\in \\mathbb{R}^P` is encoded in fixed point in the ring
@@ -10,16 +10,28 @@ aggregation parties :math:`0..h` as
     s_j = \\mathrm{ChaCha20}(k_j)\\ (j \\ge 1), \\qquad s_0 = \\bar x - \\sum_{j \\ge 1} s_j
 
 with each seed :math:`k_j` 32 bytes from ``os.urandom``. Helper :math:`j` receives only its
-seed and expands it; party 0 (the server) receives :math:`s_0`, a uniformly distributed ring
-element whatever :math:`x` is. Each piece is encrypted to its recipient (X25519 ECDH with an
-ephemeral key, HKDF-SHA256, ChaCha20-Poly1305 with the run, round, site and party as
-associated data), so the coordinator that relays them reads neither.
+seed and expands it; party 0 (the server's party) receives :math:`s_0`, a uniformly
+distributed ring element whatever :math:`x` is.
 
-What leaves the site is an *envelope*: a canonical JSON header (site, round, example count,
-parameter layout, the salted commitment to the plaintext update, and per party the
-ciphertext's SHA-256) followed by the ciphertexts. The commitment
-:math:`H(\\texttt{tag} \\| salt \\| H(update))` lets the site later prove what it sent by
-revealing ``salt`` and the update bytes (:func:`commitment`).
+Each piece :math:`m_j = r_j \\| \\mathrm{body}_j` (a fresh 32-byte salt, then the share or the
+seed) is sealed to its recipient with HPKE (RFC 9180, base mode,
+DHKEM(X25519, HKDF-SHA256) / HKDF-SHA256 / ChaCha20-Poly1305) whose ``info`` names the run
+context, round, site and party: a piece replayed into another run, round, site or party
+does not open. The header commits to each piece, :math:`c_j = H(\\texttt{tag} \\| info_j \\| m_j)`
+(hiding: the salt), which the recipient checks after opening, and the envelope's commitment
+binds the update to its pieces:
+
+.. math::
+    C = H(\\texttt{tag} \\| salt \\| H(update) \\| c_0 \\| \\dots \\| c_h)
+
+so a site that later reveals ``salt``, the update, the seeds and the salts proves both what
+it trained and what the parties summed (:func:`commitment`, ``pharmafl prove-update``).
+
+What leaves the site is an *envelope*: the header (canonical JSON: site, round, run context,
+example count, parameter layout, :math:`C`, and per party the ciphertext's SHA-256, its
+recipient's key fingerprint and :math:`c_j`) followed by the ciphertexts. The site signs
+the header's hash in its ``secure_shares`` statement; a party checks that signature before
+it opens anything.
 """
 
 from __future__ import annotations
@@ -27,27 +39,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import (
-    X25519PrivateKey,
-    X25519PublicKey,
-)
+from cryptography.hazmat.primitives import hpke, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pharmafl.errors import PharmaflError
 
-FORMAT = "pharmafl-secagg/1"
-MAGIC = b"PFLSA1\n"
+FORMAT = "pharmafl-secagg/2"
+MAGIC = b"PFLSA2\n"
 PRECISION_BITS = 16  # CrypTen's default fixed-point precision
 MAX_ABS = float(2**40)  # |x| beyond this cannot be summed over many sites without leaving the ring
-SERVER = "server"
+MAX_HEADER = 1 << 24  # bytes: a header larger than this is refused before it is parsed
+SERVER_ROLE = "server"  # the party whose share is the vector (rank 0, it receives the sum)
+SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
+SHARE_TAG = b"pharmafl-share/2\0"
+COMMIT_TAG = b"pharmafl-commit/2\0"
+SALT = 32
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 class ShareError(PharmaflError):
@@ -87,13 +100,18 @@ def expand_seed(seed: bytes, n: int) -> np.ndarray:
 def split(x_enc: np.ndarray, helpers: int) -> tuple[np.ndarray, list[bytes]]:
     """Party 0's share and one fresh seed per helper, with ``s_0 + sum(expand(seed)) == x_enc`` mod 2^64."""
     if helpers < 1:
-        raise ShareError(f"secure aggregation needs at least one helper party besides the server, got {helpers}")
+        raise ShareError(f"secure aggregation needs at least one helper party besides the server's, got {helpers}")
     seeds = [os.urandom(32) for _ in range(helpers)]
+    return server_share(x_enc, seeds), seeds
+
+
+def server_share(x_enc: np.ndarray, seeds: Sequence[bytes]) -> np.ndarray:
+    """:math:`s_0 = \\bar x - \\sum_j \\mathrm{expand}(k_j)` in the ring."""
     s0 = np.array(x_enc, dtype=np.int64, copy=True)
     with np.errstate(over="ignore"):
         for seed in seeds:
             s0 -= expand_seed(seed, s0.size)  # wraps modulo 2^64, as the ring does
-    return s0, seeds
+    return s0
 
 
 # ---------------------------------------------------------------- keys and encryption
@@ -101,7 +119,7 @@ def split(x_enc: np.ndarray, helpers: int) -> tuple[np.ndarray, list[bytes]]:
 
 @dataclass(frozen=True)
 class PartyKey:
-    """An aggregation party's X25519 key pair (private part only where the party runs)."""
+    """An aggregation party's X25519 HPKE key pair (private part only at the party)."""
 
     name: str
     public: bytes  # raw 32 bytes
@@ -129,49 +147,49 @@ class PartyKey:
         try:
             key = serialization.load_pem_private_key(pem, passphrase.encode() if passphrase else None)
         except (ValueError, TypeError) as exc:
-            raise ShareError(f"cannot load the {name!r} party key: {exc} (wrong $PHARMAFL_KEY_PASSPHRASE?)") from None
+            raise ShareError(f"cannot load the {name!r} party key: {exc} (wrong passphrase?)") from None
         if not isinstance(key, X25519PrivateKey):
             raise ShareError(f"the {name!r} party key is a {type(key).__name__}, expected X25519")
         return cls(name, key.public_key().public_bytes_raw(), key)
 
 
-def _aead_key(shared: bytes, eph_public: bytes, recipient: bytes) -> bytes:
-    return HKDF(hashes.SHA256(), 32, salt=None, info=b"pharmafl-secagg/1" + eph_public + recipient).derive(shared)
+def info(context: str, round: int, site: str, party: str) -> bytes:
+    """HPKE ``info`` (and commitment context) of one piece: run context, round, site, party."""
+    return f"{FORMAT}|{context}|{round}|{site}|{party}".encode()
 
 
-def seal(plaintext: bytes, recipient: PartyKey, aad: bytes) -> tuple[bytes, bytes]:
-    """(ephemeral public key, ciphertext) of ``plaintext`` for ``recipient`` only."""
-    eph = X25519PrivateKey.generate()
-    eph_public = eph.public_key().public_bytes_raw()
-    key = _aead_key(eph.exchange(X25519PublicKey.from_public_bytes(recipient.public)), eph_public, recipient.public)
-    return eph_public, ChaCha20Poly1305(key).encrypt(b"\0" * 12, plaintext, aad)  # fresh key per message
+def seal(plaintext: bytes, recipient: PartyKey, info_: bytes) -> bytes:
+    """HPKE base-mode ciphertext (``enc || ct``) of ``plaintext`` for ``recipient`` only."""
+    return SUITE.encrypt(plaintext, X25519PublicKey.from_public_bytes(recipient.public), info=info_)
 
 
-def unseal(ciphertext: bytes, eph_public: bytes, me: PartyKey, aad: bytes) -> bytes:
-    key = _aead_key(me.private.exchange(X25519PublicKey.from_public_bytes(eph_public)), eph_public, me.public)
+def unseal(ciphertext: bytes, me: PartyKey, info_: bytes) -> bytes:
     try:
-        return ChaCha20Poly1305(key).decrypt(b"\0" * 12, ciphertext, aad)
-    except InvalidTag:
-        raise ShareError(f"share for party {me.name!r} fails authentication: corrupted, truncated, or "
-                         f"not encrypted to this party") from None  # fmt: skip
+        return SUITE.decrypt(ciphertext, me.private, info=info_)
+    except Exception:  # InvalidTag, or a malformed / low-order encapsulated key (ValueError)
+        raise ShareError(f"share for party {me.name!r} does not open: corrupted, truncated, encrypted to another "
+                         f"key, or sealed for another run, round or site") from None  # fmt: skip
+
+
+def piece_commitment(info_: bytes, plaintext: bytes) -> str:
+    """:math:`c_j`: the hiding commitment to one piece (its salt is the first 32 bytes)."""
+    return hashlib.sha256(SHARE_TAG + struct.pack("<I", len(info_)) + info_ + plaintext).hexdigest()
 
 
 # ---------------------------------------------------------------- commitments and envelopes
 
 
-def commitment(salt: bytes, update_hash: str) -> str:
-    """Salted commitment to an update: hiding (random 32-byte salt), binding (SHA-256)."""
-    return hashlib.sha256(b"pharmafl-commit/1\0" + salt + bytes.fromhex(update_hash)).hexdigest()
-
-
-def aad(context: str, round: int, site: str, party: str) -> bytes:
-    return f"{FORMAT}|{context}|{round}|{site}|{party}".encode()
+def commitment(salt: bytes, update_hash: str, pieces: Mapping[str, str]) -> str:
+    """:math:`C`: binds the update (its SHA-256) to every party's piece commitment, hidden by ``salt``."""
+    body = b"".join(p.encode() + b"\0" + bytes.fromhex(pieces[p]) for p in sorted(pieces))
+    return hashlib.sha256(COMMIT_TAG + salt + bytes.fromhex(update_hash) + body).hexdigest()
 
 
 @dataclass(frozen=True)
 class Envelope:
     header: dict
     blobs: dict[str, bytes]  # party -> ciphertext
+    header_bytes: bytes = b""  # exactly as sent: the site signs their hash
 
     @property
     def site(self) -> str:
@@ -184,6 +202,10 @@ class Envelope:
     @property
     def layout(self) -> list[tuple[str, tuple[int, ...]]]:
         return [(k, tuple(s)) for k, s in self.header["layout"]]
+
+    @property
+    def header_sha256(self) -> str:
+        return hashlib.sha256(self.header_bytes).hexdigest()
 
     def share_hashes(self) -> dict[str, str]:
         return {p: d["sha256"] for p, d in self.header["parties"].items()}
@@ -212,58 +234,118 @@ def unflatten(vec: np.ndarray, layout: Sequence[tuple[str, tuple[int, ...]]]) ->
     return out
 
 
-def seal_update(*, site: str, round: int, num_examples: int, parts, update_hash: str, salt: bytes,
-                parties: Sequence[PartyKey], context: str) -> bytes:  # fmt: skip
-    """The envelope bytes for one update (``parties[0]`` is the server)."""
-    if not parties or parties[0].name != SERVER:
-        raise ShareError(f"the first aggregation party must be {SERVER!r}, got {[p.name for p in parties]}")
+@dataclass(frozen=True)
+class Sealed:
+    """An envelope and what the site keeps to open its commitment later."""
+
+    envelope: bytes
+    opening: dict  # salt, the helpers' seeds and every piece's salt (hex), the commitment
+
+
+def seal_update(*, site: str, round: int, num_examples: int, parts, update_hash: str, parties: Sequence[PartyKey],
+                context: str) -> Sealed:  # fmt: skip
+    """The envelope of one update; ``parties[0]`` is the server's party (it gets the vector share)."""
+    if len(parties) < 2:
+        raise ShareError(f"secure aggregation needs the server's party and at least one helper, got "
+                         f"{[p.name for p in parties]}")  # fmt: skip
     layout = layout_of(parts)
     s0, seeds = split(encode_fixed(flatten(parts)), helpers=len(parties) - 1)
-    plain = {SERVER: s0.astype("<i8").tobytes(), **{p.name: seed for p, seed in zip(parties[1:], seeds)}}
-    header = {"format": FORMAT, "site": site, "round": int(round), "num_examples": int(num_examples),
-              "precision_bits": PRECISION_BITS, "layout": [[k, list(s)] for k, s in layout],
-              "commitment": commitment(salt, update_hash), "context": context, "parties": {}}  # fmt: skip
-    blobs = []
-    offset = 0
-    for p in parties:
-        eph, ct = seal(plain[p.name], p, aad(context, round, site, p.name))
-        header["parties"][p.name] = {"kind": "share" if p.name == SERVER else "seed", "ephemeral": eph.hex(),
-                                     "offset": offset, "size": len(ct), "sha256": hashlib.sha256(ct).hexdigest(),
-                                     "recipient": p.fingerprint}  # fmt: skip
+    bodies = {parties[0].name: s0.astype("<i8").tobytes(), **{p.name: k for p, k in zip(parties[1:], seeds)}}
+    salt, entries, blobs, pieces, salts, offset = os.urandom(SALT), {}, [], {}, {}, 0
+    for rank, p in enumerate(parties):
+        salts[p.name] = os.urandom(SALT)
+        plain, info_ = salts[p.name] + bodies[p.name], info(context, round, site, p.name)
+        pieces[p.name] = piece_commitment(info_, plain)
+        ct = seal(plain, p, info_)
+        entries[p.name] = {"kind": "share" if rank == 0 else "seed", "offset": offset, "size": len(ct),
+                           "sha256": hashlib.sha256(ct).hexdigest(), "recipient": p.fingerprint,
+                           "piece": pieces[p.name]}  # fmt: skip
         blobs.append(ct)
         offset += len(ct)
+    header = {"format": FORMAT, "site": site, "round": int(round), "num_examples": int(num_examples),
+              "precision_bits": PRECISION_BITS, "layout": [[k, list(s)] for k, s in layout],
+              "commitment": commitment(salt, update_hash, pieces), "context": context, "parties": entries}  # fmt: skip
     head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    return MAGIC + struct.pack("<Q", len(head)) + head + b"".join(blobs)
+    opening = {"salt": salt.hex(), "seeds": {p.name: k.hex() for p, k in zip(parties[1:], seeds)},
+               "piece_salts": {k: v.hex() for k, v in salts.items()}, "server_party": parties[0].name,
+               "context": context, "commitment": header["commitment"]}  # fmt: skip
+    return Sealed(MAGIC + struct.pack("<Q", len(head)) + head + b"".join(blobs), opening)
+
+
+def open_commitment(opening: Mapping, update_payload_hash: str, x_enc: np.ndarray, *, site: str, round: int) -> str:
+    """Recompute :math:`C` from what a site kept: the pieces follow from the update and the seeds."""
+    seeds = {p: bytes.fromhex(k) for p, k in opening["seeds"].items()}
+    bodies = {opening["server_party"]: server_share(x_enc, list(seeds.values())).astype("<i8").tobytes(), **seeds}
+    pieces = {p: piece_commitment(info(opening["context"], round, site, p), bytes.fromhex(opening["piece_salts"][p])
+                                  + body) for p, body in bodies.items()}  # fmt: skip
+    return commitment(bytes.fromhex(opening["salt"]), update_payload_hash, pieces)
+
+
+def _hex(v, n: int) -> bool:
+    return type(v) is str and len(v) == n and bool(_HEX.fullmatch(v))
+
+
+def check_header(header, *, where: str = "envelope") -> dict:
+    """``header`` if every field has its type and form, else one :class:`ShareError`."""
+    want = ["commitment", "context", "format", "layout", "num_examples", "parties", "precision_bits", "round", "site"]
+    if type(header) is not dict or sorted(header) != want:
+        raise ShareError(f"{where}: header fields {sorted(header) if type(header) is dict else type(header).__name__}"
+                         f", expected exactly {want}")  # fmt: skip
+    if header["format"] != FORMAT or header["precision_bits"] != PRECISION_BITS:
+        raise ShareError(f"{where}: format {header['format']!r} / precision {header['precision_bits']!r}, expected "
+                         f"{FORMAT!r} / {PRECISION_BITS}")  # fmt: skip
+    ok = (type(header["site"]) is str and type(header["context"]) is str and type(header["round"]) is int
+          and type(header["num_examples"]) is int and _hex(header["commitment"], 64)
+          and type(header["layout"]) is list and type(header["parties"]) is dict and header["parties"])  # fmt: skip
+    ok = ok and all(type(e) is list and len(e) == 2 and type(e[0]) is str and type(e[1]) is list
+                    and all(type(d) is int and 0 <= d < 2**31 for d in e[1]) for e in header["layout"])  # fmt: skip
+    fields = ["kind", "offset", "piece", "recipient", "sha256", "size"]
+    for party, d in header["parties"].items() if ok else ():
+        ok = (type(party) is str and type(d) is dict and sorted(d) == fields and d["kind"] in ("share", "seed")
+              and type(d["offset"]) is int and type(d["size"]) is int and 0 <= d["offset"] and 0 < d["size"] < 2**40
+              and all(_hex(d[k], 64) for k in ("piece", "recipient", "sha256")))  # fmt: skip
+        if not ok:
+            raise ShareError(f"{where}: the header's entry for party {party!r} is malformed (fields {fields}: kind "
+                             f"share|seed, offset/size integers, piece/recipient/sha256 64 lowercase hex)")  # fmt: skip
+    if not ok:
+        raise ShareError(f"{where}: a header field has the wrong type (site/context text, round/num_examples "
+                         f"integers, commitment hex, layout [[name, [dims]]], parties a non-empty map)")  # fmt: skip
+    return header
 
 
 def parse_envelope(data: bytes) -> Envelope:
     """Header and ciphertexts of envelope bytes; any malformation is one :class:`ShareError`."""
+    if type(data) is not bytes or not data.startswith(MAGIC) or len(data) < len(MAGIC) + 8:
+        raise ShareError(f"not a {FORMAT} envelope (first bytes {bytes(data[:8]) if isinstance(data, bytes) else data!r})")
+    (n,) = struct.unpack("<Q", data[len(MAGIC) : len(MAGIC) + 8])
+    if n > MAX_HEADER or len(MAGIC) + 8 + n > len(data):
+        raise ShareError(f"envelope header claims {n} bytes, the envelope holds {len(data) - len(MAGIC) - 8}")
+    start = len(MAGIC) + 8 + n
+    head = data[len(MAGIC) + 8 : start]
+    header = parse_header(head)
+    blobs = {}
+    for party, d in header["parties"].items():
+        blob = data[start + d["offset"] : start + d["offset"] + d["size"]]
+        if len(blob) != d["size"] or hashlib.sha256(blob).hexdigest() != d["sha256"]:
+            raise ShareError(f"the ciphertext for party {party!r} is truncated or altered "
+                             f"({len(blob)} of {d['size']} bytes, hash mismatch)")  # fmt: skip
+        blobs[party] = blob
+    return Envelope(header, blobs, head)
+
+
+def parse_header(head: bytes, where: str = "envelope") -> dict:
+    """The checked header of its exact bytes."""
     try:
-        if not data.startswith(MAGIC):
-            raise ShareError(f"not a {FORMAT} envelope (first bytes {data[:8]!r})")
-        (n,) = struct.unpack("<Q", data[len(MAGIC) : len(MAGIC) + 8])
-        start = len(MAGIC) + 8 + n
-        header = json.loads(data[len(MAGIC) + 8 : start])
-        if header.get("format") != FORMAT:
-            raise ShareError(f"envelope format {header.get('format')!r}, expected {FORMAT!r}")
-        blobs = {}
-        for party, d in header["parties"].items():
-            blob = data[start + d["offset"] : start + d["offset"] + d["size"]]
-            if len(blob) != d["size"] or hashlib.sha256(blob).hexdigest() != d["sha256"]:
-                raise ShareError(f"the ciphertext for party {party!r} is truncated or altered "
-                                 f"({len(blob)} of {d['size']} bytes, hash mismatch)")  # fmt: skip
-            blobs[party] = blob
-        return Envelope(header, blobs)
-    except ShareError:
-        raise
-    except (ValueError, KeyError, TypeError, struct.error) as exc:
-        raise ShareError(f"envelope bytes are malformed: {type(exc).__name__}: {exc}") from None
+        header = json.loads(head)
+    except (ValueError, RecursionError) as exc:
+        raise ShareError(f"{where}: header is not JSON: {exc}") from None
+    return check_header(header, where=where)
 
 
 def open_share(env: Envelope, me: PartyKey, length: int, *, context: str, round: int) -> np.ndarray:
     """This party's share (int64, ``length`` values) of the envelope's update, for the run
     ``context`` and ``round`` the party is aggregating (bound into the encryption: a share
-    sealed for another run or round does not open)."""
+    sealed for another run, round or site does not open); its piece commitment is checked."""
     if env.header.get("context") != context or env.round != round:
         raise ShareError(f"envelope from {env.site} is for {env.header.get('context')!r} round {env.round}, "
                          f"expected {context!r} round {round}")  # fmt: skip
@@ -273,9 +355,17 @@ def open_share(env: Envelope, me: PartyKey, length: int, *, context: str, round:
     if d["recipient"] != me.fingerprint:
         raise ShareError(f"envelope from {env.site} was encrypted to key {d['recipient'][:16]}…, "
                          f"not party {me.name!r}'s key {me.fingerprint[:16]}…")  # fmt: skip
-    plain = unseal(env.blobs[me.name], bytes.fromhex(d["ephemeral"]), me, aad(context, round, env.site, me.name))
+    blob = env.blobs[me.name]
+    if hashlib.sha256(blob).hexdigest() != d["sha256"]:
+        raise ShareError(f"the ciphertext from {env.site} for {me.name!r} does not match its header hash")
+    info_ = info(context, round, env.site, me.name)
+    plain = unseal(blob, me, info_)
+    if piece_commitment(info_, plain) != d["piece"]:
+        raise ShareError(f"the share from {env.site} opens, but not to the piece its header commits to: the site "
+                         f"committed to something else than it sent")  # fmt: skip
+    body = plain[SALT:]
     if d["kind"] == "seed":
-        return expand_seed(plain, length)
-    if len(plain) != 8 * length:
-        raise ShareError(f"share from {env.site} holds {len(plain) // 8} values, expected {length}")
-    return np.frombuffer(bytearray(plain), dtype="<i8")
+        return expand_seed(body, length)
+    if len(body) != 8 * length:
+        raise ShareError(f"share from {env.site} holds {len(body) // 8} values, expected {length}")
+    return np.frombuffer(bytearray(body), dtype="<i8")

@@ -9,7 +9,7 @@ with the key in its home (:meth:`pharmafl.sites.home.SiteHome.sign_statement`; f
 ``site_update``     update_hash, num_examples, update_bytes, metrics
 ``clip``            the DP clip statistics (DP-SGD or client-level update clipping)
 ``privacy_spent``   ε this round and in total on this data (DP-SGD only)
-``secure_shares``   commitment, share hashes, envelope hash (secure aggregation)
+``secure_shares``   commitment, share and header hashes, envelope hash (secure aggregation)
 ``site_declined``   reason and its numbers (a round the budget cannot pay for)
 ==================  ==============================================================
 
@@ -69,7 +69,8 @@ def statement_payloads(res: FitResult, secure: bool) -> list[tuple[str, dict]]:
     if secure:
         env = parse_envelope(res.payload)
         out.append(("secure_shares", {"commitment": env.header["commitment"], "share_hashes": env.share_hashes(),
-                                      "envelope_hash": res.update_hash, "num_examples": res.num_examples}))
+                                      "header_sha256": env.header_sha256, "envelope_hash": res.update_hash,
+                                      "num_examples": res.num_examples}))
     return out
 
 

@@ -1,170 +1,261 @@
-"""The aggregation service: start the parties and the dealer, hand them a round, get the sum.
+"""An aggregation party as a long-lived service: ``pharmafl party serve HOME --listen HOST:PORT``.
 
-The coordinator (the server's orchestration process) never opens a share: it relays each
-party's ciphertexts (:class:`~pharmafl.sites.secret_sharing.Envelope`) over a pipe to that
-party's process and receives back the pass/fail bits and — from the server's own party,
-rank 0 — the revealed weighted sum. Party key pairs are provisioned at preparation
-(:func:`provision`), like NVFlare provisions its participants; each party process loads only
-its own private key.
+The service holds the party's keys (its home, :mod:`.party_home`) and listens on TLS 1.3
+with its card's certificate (:mod:`.wire`). A coordinator opens one connection per run and
+sends, in order:
+
+``register``  the run's terms (:func:`.checks.check_terms`, against a consortium the party
+              accepted): fixed at the first registration, refused if they ever change. The
+              service starts the run's MPC worker (and, at the dealer's party, the dealer)
+              and answers with their mesh ports and a signed ``party_registered`` statement.
+``start``     every rank's mesh address: the workers join the TLS mesh (peers pinned from
+              the consortium's party cards, never from this request).
+``round``     per site the signed ``secure_shares`` statement, the envelope header and this
+              party's ciphertext. The party records that it begins the round (fsynced;
+              a round it began before, or an earlier one, is refused), checks and opens
+              every envelope (:func:`.checks.open_site`), and runs the round with the
+              other parties (:mod:`.party`). It answers with a signed ``party_round``
+              statement (sites used, excluded and why, bound-check bits, weights, whether
+              the sum was revealed and, at the server's party, the sum's hash) and — the
+              server's party only — the sum.
+``close``     the run's workers stop.
+
+Every refusal is a signed ``party_refused`` statement in the answer; the coordinator puts
+party statements into the ledger, and the party keeps its own copy of each in its home.
+A malformed request is answered with an error and never stops the service.
 """
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
-import os
 import socket
+import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from pharmafl.errors import PharmaflError
-from pharmafl.fileio import write_bytes_atomic
-from pharmafl.sites.secret_sharing import SERVER, Envelope, PartyKey
+import numpy as np
 
-KEY_PASSPHRASE_ENV = "PHARMAFL_KEY_PASSPHRASE"  # the run's key-store passphrase also encrypts the party keys
+from pharmafl.audit.messages import canonical
+from pharmafl.errors import PharmaflError
+from pharmafl.pipeline.secure_agg import wire
+from pharmafl.pipeline.secure_agg.checks import check_terms, layout_length, open_site
+from pharmafl.pipeline.secure_agg.party_home import PartyHome, PartyRefusal
+from pharmafl.sites.party_card import ranked
+from pharmafl.sites.secret_sharing import ShareError
+
 START_TIMEOUT_S = 120.0
+OTHER_PARTY = "another party could not open its share"
 ROUND_TIMEOUT_S = 1800.0
 
 
-class SecureAggregationError(PharmaflError):
-    """The aggregation parties could not start or could not finish a round."""
+class Session:
+    """One coordinator connection: at most one run, its workers, its rounds."""
 
+    def __init__(self, service: PartyService, sock):
+        self.service, self.home, self.sock = service, service.home, sock
+        self.terms = self.consortium = None
+        self.workers: list[tuple[object, object]] = []  # (process, pipe)
 
-def key_passphrase() -> str | None:
-    """The passphrase the party keys are encrypted under at rest (none: files are mode 0600)."""
-    return os.environ.get(KEY_PASSPHRASE_ENV) or None
+    def serve(self) -> None:
+        try:
+            while True:
+                try:
+                    doc, blobs = wire.recv(self.sock)
+                except wire.WireError:
+                    return  # the coordinator went away (or sent garbage): end the session
+                op = doc.get("op")
+                if op == "close":
+                    wire.send(self.sock, {"ok": True})
+                    return
+                handler = {"register": self.register, "start": self.start, "round": self.round}.get(op)
+                try:
+                    if handler is None:
+                        raise PartyRefusal(f"unknown request {op!r}; valid: register, start, round, close")
+                    reply, out = handler(doc, blobs)
+                except (PartyRefusal, wire.WireError, PharmaflError) as exc:
+                    reply, out = self.refusal(doc, str(exc)), []
+                except Exception as exc:  # noqa: BLE001 - a request must never take the service down
+                    reply, out = self.refusal(doc, f"internal error: {type(exc).__name__}: {exc}"), []
+                wire.send(self.sock, reply, out)
+        finally:
+            self.stop_workers()
+            self.sock.close()
 
+    def refusal(self, doc: dict, why: str) -> dict:
+        """A signed ``party_refused`` statement, when the request names a run this party can sign for."""
+        run_id = (self.terms or {}).get("run_id") or ((doc.get("terms") or {}).get("run_id")
+                                                     if type(doc.get("terms")) is dict else None)  # fmt: skip
+        rnd = doc.get("round") if type(doc.get("round")) is int else None
+        stmt = None
+        try:
+            if type(run_id) is str:
+                stmt = self.home.sign_statement(run_id, rnd, "party_refused", {"request": str(doc.get("op")),
+                                                                               "reason": why})  # fmt: skip
+        except PharmaflError:
+            stmt = None  # a run id that cannot name a folder: answered, not signed
+        return {"ok": False, "error": why, "statement": stmt}
 
-def party_names(helpers: int) -> list[str]:
-    return [SERVER, *(f"helper{j}" for j in range(1, helpers + 1))]
+    # --- register ---------------------------------------------------------------------------
 
+    def register(self, doc: dict, blobs) -> tuple[dict, list]:
+        if self.terms is not None:
+            raise PartyRefusal("this connection already registered a run; open a new one per run")
+        terms = doc.get("terms")
+        if type(terms) is not dict:
+            raise PartyRefusal("register needs the run's terms")
+        consortium = self.home.consortium(terms.get("roster_sha256"))
+        check_terms(terms, consortium, self.home.party)
+        self.home.fix_terms(terms["run_id"], terms)
+        self.terms, self.consortium = terms, consortium
+        order = ranked(consortium["parties"])
+        rank, n = order.index(self.home.party), len(order)
+        certs = {i: consortium["parties"][p]["tls_cert"].encode() for i, p in enumerate(order)}
+        certs[n] = consortium["parties"][terms["dealer"]]["tls_cert"].encode()
+        ports = {"party": self._spawn(rank, n, certs, self.home.party)}
+        if terms["dealer"] == self.home.party:
+            ports["dealer"] = self._spawn(n, n, certs, f"{self.home.party}-dealer")
+        stmt = self.home.sign_statement(terms["run_id"], None, "party_registered", {
+            "terms_sha256": hashlib.sha256(canonical(terms).encode()).hexdigest(), "rank": rank,
+            "dealer": terms["dealer"] == self.home.party})  # fmt: skip
+        return {"ok": True, "statement": stmt, "rank": rank, "host": self.service.host, "ports": ports}, []
 
-def provision(key_dir: Path, helpers: int, passphrase: str | None) -> dict[str, str]:
-    """Create every party's X25519 key (``key_dir/<party>.pem``); return name -> public key hex.
+    def _spawn(self, rank: int, n: int, certs: dict, name: str) -> int:
+        from pharmafl.pipeline.secure_agg.party import worker_main
 
-    In production each helper generates its key at its own organisation and hands over only
-    the public key; here one process writes them all, as ``nvflare provision`` does.
-    """
-    key_dir.mkdir(parents=True, exist_ok=True)
-    public = {}
-    for name in party_names(helpers):
-        key = PartyKey.generate(name)
-        write_bytes_atomic(key_dir / f"{name}.pem", key.private_pem(passphrase))
-        os.chmod(key_dir / f"{name}.pem", 0o600)
-        public[name] = key.public.hex()
-    return public
+        mine, theirs = mp.get_context("spawn").Pipe()
+        identity = (self.home.tls_cert_pem, self.home.tls_key_pem)
+        transcript = str(self.service.transcript_dir) if self.service.transcript_dir else None
+        p = mp.get_context("spawn").Process(target=worker_main, name=f"pharmafl-{name}", daemon=True,
+                                            args=(rank, n, self.service.host, identity, certs, theirs, transcript,
+                                                  name))  # fmt: skip
+        p.start()
+        self.workers.append((p, mine))
+        return self._reply(mine, START_TIMEOUT_S, f"{name} to bind its mesh port")["port"]
 
-
-def public_keys(public: Mapping[str, str]) -> list[PartyKey]:
-    """Party keys (public halves) in rank order, server first."""
-    names = sorted(public, key=lambda n: (n != SERVER, n))
-    return [PartyKey(n, bytes.fromhex(public[n])) for n in names]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass(frozen=True)
-class RoundResult:
-    usable: list[str]  # sites whose shares every party opened
-    unopened: dict[str, str]  # site -> why a party could not open its share
-    passed: dict[str, bool]  # bound check, per usable site
-    total: object  # float64 vector: sum of weight * update over passing sites (None if none passed)
-    sketch_seed: str
-    seconds: dict[str, float]
-
-
-class AggregationService:
-    """The parties and the dealer as local processes meeting over TCP on ``host``."""
-
-    def __init__(self, key_dir: Path, names: Sequence[str], passphrase: str | None, *, host: str = "127.0.0.1",
-                 transcript_dir: Path | None = None):  # fmt: skip
-        ctx = mp.get_context("spawn")
-        from pharmafl.pipeline.secure_agg.party import dealer_main, party_main
-
-        self.names = list(names)
-        address = f"tcp://{host}:{_free_port()}"
-        transcript = str(transcript_dir) if transcript_dir else None
-        self.procs, self.conns = [], []
-        n = len(self.names)
-        for rank, name in enumerate(self.names):
-            pem = (Path(key_dir) / f"{name}.pem").read_bytes()
-            mine, theirs = ctx.Pipe()
-            p = ctx.Process(target=party_main, args=(rank, n, address, pem, passphrase, theirs, transcript),
-                            name=f"pharmafl-party-{name}", daemon=True)  # fmt: skip
-            p.start()
-            self.procs.append(p)
-            self.conns.append(mine)
-        dealer = ctx.Process(target=dealer_main, args=(n, address, transcript), name="pharmafl-dealer", daemon=True)
-        dealer.start()
-        self.procs.append(dealer)
-        self.address = address
-        self.fingerprints = {}
-        for name, conn in zip(self.names, self.conns):
-            msg = self._recv(conn, START_TIMEOUT_S, f"party {name} to start")
-            self.fingerprints[msg["ready"]] = msg["fingerprint"]
-
-    def _recv(self, conn, timeout: float, what: str) -> dict:
+    def _reply(self, conn, timeout: float, what: str) -> dict:
         if not conn.poll(timeout):
-            self.close()
-            raise SecureAggregationError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise PartyRefusal(f"timed out after {timeout:.0f} s waiting for {what}")
         try:
             msg = conn.recv()
         except EOFError:
-            self.close()
-            raise SecureAggregationError(f"the process died while waiting for {what}") from None
+            raise PartyRefusal(f"the worker died while {what}") from None
         if "error" in msg:
-            self.close()
-            raise SecureAggregationError(f"{msg['error']}\n{msg.get('trace', '')}")
+            raise PartyRefusal(msg["error"])
         return msg
 
-    def run_round(self, round: int, envelopes: Mapping[str, Envelope], weights: Mapping[str, int], *,
-                  context: str, length: int, max_norm: float, slack: float, sketches: int,
-                  buckets: int) -> RoundResult:  # fmt: skip
-        """Bound-check and sum ``envelopes`` (sorted by site) of run ``context``; each party gets
-        only its own ciphertexts."""
-        sites = sorted(envelopes)
-        common = {"round": round, "context": context, "sites": sites, "length": length, "max_norm": max_norm, "slack": slack,
-                  "sketches": sketches, "buckets": buckets, "weights": {s: int(weights[s]) for s in sites},
-                  "share_hashes": {s: "".join(sorted(envelopes[s].share_hashes().values())) for s in sites}}  # fmt: skip
-        for name, conn in zip(self.names, self.conns):
-            mine = {s: (_header_for(envelopes[s], name), envelopes[s].blobs.get(name, b"")) for s in sites}
-            conn.send({**common, "envelopes": mine})
-        replies = [self._recv(conn, ROUND_TIMEOUT_S, f"party {name}, round {round}")
-                   for name, conn in zip(self.names, self.conns)]  # fmt: skip
-        first = replies[0]
-        for other in replies[1:]:  # the parties must have agreed on everything public
-            if (other["usable"], other["passed"], other["sketch_seed"]) != (first["usable"], first["passed"], first["sketch_seed"]):
-                raise SecureAggregationError(f"round {round}: parties disagree ({first['party']} vs {other['party']})")
-        unopened = {}
-        for r in replies:
-            unopened.update({s: f"{r['party']}: {why}" for s, why in r["unopened"].items()})
-        seconds = {k: max(r["seconds"][k] for r in replies) for k in first["seconds"]}
-        return RoundResult(first["usable"], unopened, first["passed"], first["sum"], first["sketch_seed"], seconds)
+    # --- start ------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        for conn in self.conns:
+    def start(self, doc: dict, blobs) -> tuple[dict, list]:
+        if self.terms is None or not self.workers:
+            raise PartyRefusal("start before register")
+        n = len(self.consortium["parties"])
+        addresses = doc.get("addresses")
+        ok = type(addresses) is dict and sorted(addresses) == sorted(str(i) for i in range(n + 1)) and all(
+            type(a) is list and len(a) == 2 and type(a[0]) is str and type(a[1]) is int for a in addresses.values())
+        if not ok:
+            raise PartyRefusal(f"start needs the mesh address [host, port] of every rank 0..{n}")
+        for _, conn in self.workers:
+            conn.send({"addresses": addresses, "timeout": START_TIMEOUT_S})
+        for _, conn in self.workers:
+            self._reply(conn, START_TIMEOUT_S + 10, "joining the parties' mesh")
+        return {"ok": True}, []
+
+    # --- round ------------------------------------------------------------------------------
+
+    def round(self, doc: dict, blobs) -> tuple[dict, list]:
+        if self.terms is None or not self.workers:
+            raise PartyRefusal("round before register and start")
+        terms, r, items = self.terms, doc.get("round"), doc.get("sites")
+        refused = None  # a refused round still joins the parties' agreement step, so that all abort
+        if type(r) is not int or type(items) is not dict or not all(type(s) is str for s in items):
+            refused, r, items = "round needs round (an integer) and sites {site: {statement, header, blob}}", \
+                r if type(r) is int else 0, {}  # fmt: skip
+        sites = sorted(items)
+        try:
+            if refused is None:
+                self.home.begin_round(terms["run_id"], r)
+        except PartyRefusal as exc:
+            refused = str(exc)
+        length = layout_length(terms["layout"])
+        shares, weights, headers, excluded = {}, {}, {}, {}
+        for site in sites if refused is None else ():
+            item = items[site]
+            try:
+                relayed = {"statement": item.get("statement"), "header": wire.blob(blobs, item.get("header")),
+                           "blob": wire.blob(blobs, item.get("blob"))} if type(item) is dict else None  # fmt: skip
+                headers[site] = hashlib.sha256(relayed["header"]).hexdigest() if relayed else ""
+                shares[site], weights[site] = open_site(site, relayed, terms=terms, consortium=self.consortium,
+                                                        me=self.home.hpke, round=r, length=length)  # fmt: skip
+            except (ShareError, wire.WireError, TypeError, AttributeError) as exc:
+                excluded[site] = f"{self.home.party}: {exc}"
+        task = {"round": r, "accepted": refused is None, "sites": sites, "headers": headers, "shares": shares,
+                "weights": weights, "length": length, "min_sites": terms["min_sites"],
+                "max_norm": terms["max_update_norm"], "slack": terms["slack"], "sketches": terms["sketches"],
+                "buckets": terms["buckets"]}  # fmt: skip
+        _, conn = self.workers[0]
+        conn.send(task)
+        res = self._reply(conn, ROUND_TIMEOUT_S, f"round {r} with the other parties")
+        if refused is not None:
+            raise PartyRefusal(refused)
+        for site in sites:
+            if site not in excluded and site not in res["usable"] and res["aborted"] is None:
+                excluded[site] = OTHER_PARTY
+            elif site in res["passed"] and not res["passed"][site]:
+                excluded[site] = f"update over the agreed norm bound {terms['max_update_norm']} (MPC check)"
+        total = res["sum"]
+        weights = {s: weights[s] for s in res["usable"]}  # the sites every party opened
+        payload = {"sites": sites, "excluded": excluded, "passed": res["passed"], "weights": weights,
+                   "sketch_seed": res["sketch_seed"], "revealed": res["revealed"], "aborted": res["aborted"],
+                   "min_sites": terms["min_sites"],
+                   "sum_sha256": hashlib.sha256(np.asarray(total, "<f8").tobytes()).hexdigest()
+                   if total is not None else None}  # fmt: skip
+        stmt = self.home.sign_statement(terms["run_id"], r, "party_round", payload)
+        reply = {"ok": True, "statement": stmt, "seconds": res["seconds"], "sum": 0 if total is not None else None}
+        return reply, ([np.asarray(total, "<f8").tobytes()] if total is not None else [])
+
+    def stop_workers(self) -> None:
+        for _, conn in self.workers:
             try:
                 conn.send(None)
-            except (OSError, ValueError):
+            except (OSError, ValueError, BrokenPipeError):
                 pass
         deadline = time.monotonic() + 20
-        for p in self.procs:
+        for p, conn in self.workers:
             p.join(max(0.1, deadline - time.monotonic()))
             if p.is_alive():
                 p.terminate()
                 p.join(5)
-        for conn in self.conns:
             conn.close()
-        self.conns = []
+        self.workers = []
 
 
-def _header_for(env: Envelope, party: str) -> dict:
-    """The header with only ``party``'s entry: a party learns nothing about the others' ciphertexts."""
-    h = dict(env.header)
-    h["parties"] = {party: env.header["parties"][party]} if party in env.header["parties"] else {}
-    return h
+class PartyService:
+    """Accept coordinator connections on ``host:port`` (TLS with the party's certificate)."""
+
+    def __init__(self, home: PartyHome, host: str = "127.0.0.1", port: int = 0, *, transcript_dir: Path | None = None):
+        self.home, self.host, self.transcript_dir = home, host, transcript_dir
+        self.context = wire.server_context(home.tls_cert_pem, home.tls_key_pem)
+        self.sock = socket.create_server((host, port))
+        self.port = self.sock.getsockname()[1]
+        self._stopping = False
+
+    def serve_forever(self) -> None:
+        while not self._stopping:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._session, args=(raw,), daemon=True).start()
+
+    def _session(self, raw) -> None:
+        try:
+            sock = self.context.wrap_socket(raw, server_side=True)
+        except (OSError, Exception):  # noqa: BLE001 - a failed handshake is the client's problem
+            raw.close()
+            return
+        Session(self, sock).serve()
+
+    def shutdown(self) -> None:
+        self._stopping = True
+        self.sock.close()

@@ -22,6 +22,7 @@ from pharmafl.pipeline.run import initial_state, make_site, prepare, sign_site
 from pharmafl.pipeline.secure_agg.config import SecureAggregationConfig
 from pharmafl.sites import update as wire
 from pharmafl.sites.privacy import PrivacyConfig
+from pharmafl.sites.party_card import party_keys
 from pharmafl.sites.secret_sharing import PartyKey
 from pharmafl.sites.secure_site import SecureSite, open_commitment
 from safetensors.numpy import load_file
@@ -65,7 +66,13 @@ def test_secure_run_records_commitments_bound_checks_and_sums(small_cfg, tmp_pat
     raw = list(Ledger.open(out / "ledger.db").entries())
     entries = [SimpleNamespace(type=e.type, actor=asserted(e)[0], data=asserted(e)[1]) for e in raw]
     started = next(e for e in entries if e.type == "run_started").data["secure_aggregation"]
-    assert set(started["parties"]) == {"server", "helper1"} and started["max_update_norm"] == 10.0
+    assert set(started["parties"]) == {"server-party", "helper-1"} and started["max_update_norm"] == 10.0
+    assert started["terms"]["min_sites"] == 3 and started["terms"]["dealer"] == "helper-1"
+    signed = {(e.type, e.actor) for e in entries if e.type.startswith("party_")}
+    assert signed == {(t, p) for t in ("party_registered", "party_round") for p in ("server-party", "helper-1")}
+    rounds = [e.data for e in entries if e.type == "party_round" and e.actor == "server-party"]
+    agg_hashes = [e.data["secure"]["sum_hash"] for e in entries if e.type == "aggregated"]
+    assert [r["sum_sha256"] for r in rounds] == agg_hashes  # the sum the server used is the one its party signed
     sites = ["site-01", "site-02", "site-03"]
     for r in (1, 2):
         for site in sites:
@@ -73,7 +80,7 @@ def test_secure_run_records_commitments_bound_checks_and_sums(small_cfg, tmp_pat
             assert len(shares) == 1
             opened = open_commitment(kept_dir(out, site), r)  # the site proves what it sent
             assert shares[0].data["commitment"] == opened["commitment"]
-            assert set(shares[0].data["share_hashes"]) == {"server", "helper1"}
+            assert set(shares[0].data["share_hashes"]) == {"server-party", "helper-1"}
             checks = [e for e in entries if e.type == "bound_check" and e.data["site"] == site and e.data["round"] == r]
             assert len(checks) == 1 and checks[0].data["passed"] is True
         agg = next(e for e in entries if e.type == "aggregated" and e.data["round"] == r).data
@@ -165,8 +172,8 @@ def test_an_over_bound_update_is_excluded_and_a_share_for_the_wrong_key_dropped(
     cfg = secure(with_federation(replace(small_cfg, data=replace(small_cfg.data, sites=4)), min_sites=2, rounds=1),
                  max_update_norm=5.0)  # fmt: skip
     plan = prepare(cfg, tmp_path / "run")
-    keys = [PartyKey(n, bytes.fromhex(h)) for n, h in sorted(plan.secure_parties.items(), key=lambda kv: kv[0] != "server")]
-    impostor = [keys[0], PartyKey.generate("helper1")]  # a misconfigured site: the wrong helper key
+    keys = party_keys(plan.consortium)
+    impostor = [keys[0], PartyKey.generate("helper-1")]  # a misconfigured site: the wrong helper key
 
     def factory(p, s):
         openings = p.site_home(s) / "runs" / p.run_id / "kept"
@@ -182,7 +189,7 @@ def test_an_over_bound_update_is_excluded_and_a_share_for_the_wrong_key_dropped(
     agg = events(plan.run_dir, "aggregated")[0]["payload"]
     assert agg["participants"] == ["site-01", "site-04"]
     assert "norm bound" in agg["secure"]["excluded"]["site-02"]
-    assert "could not be opened" in agg["secure"]["excluded"]["site-03"]
+    assert "was encrypted to key" in agg["secure"]["excluded"]["site-03"]
     model = load_file(plan.run_dir / "model.safetensors")
     want = expected_model(plan.run_dir, cfg, 1, {1: ["site-01", "site-04"]})
     assert max(float(np.abs(model[k] - want[k]).max()) for k in model) <= 1e-4
@@ -261,7 +268,7 @@ def test_in_a_real_run_no_party_receives_a_site_update(small_cfg, tmp_path):
     secrets = {s: encode_fixed(flatten(u.parts)) for s, u in ups.items()}
     with np.errstate(over="ignore"):
         revealed = sum(np.int64(u.num_examples) * secrets[s] for s, u in ups.items())
-    for party in ("server", "helper1"):
+    for party in ("server-party", "helper-1"):
         received = np.load(tmp_path / "transcripts" / f"{party}-round0001.npz")
         assert sum(":share." in k for k in received.files) == 3
         for key in received.files:
@@ -271,7 +278,7 @@ def test_in_a_real_run_no_party_receives_a_site_update(small_cfg, tmp_path):
             if arr.size != revealed.size:
                 continue
             if np.array_equal(arr, revealed):
-                assert party == "server" and key.endswith("comm.reduce")
+                assert party == "server-party" and key.endswith("comm.reduce")
                 continue
             for s, secret in secrets.items():
                 assert np.mean(arr == secret) < 0.01, f"{party}'s {key} matches {s}'s update"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -14,11 +15,13 @@ from pharmafl.sites import update as wire
 from pharmafl.sites.secret_sharing import (
     PartyKey,
     ShareError,
+    check_header,
     commitment,
     decode_fixed,
     encode_fixed,
     expand_seed,
     flatten,
+    open_commitment,
     open_share,
     parse_envelope,
     seal_update,
@@ -59,17 +62,17 @@ def test_a_server_share_is_uniform_whatever_the_update():
     assert abs(np.corrcoef(s0.astype(np.float64), x)[0, 1]) < 0.02
 
 
-def _envelope(x: np.ndarray, round: int = 1, salt: bytes = b"s" * 32, parties=PARTIES):
+def _envelope(x: np.ndarray, round: int = 1, parties=PARTIES):
     parts = {"delta": {"a": x[:6].reshape(2, 3).astype(np.float32), "b": x[6:].astype(np.float32)}}
     payload = wire.encode(wire.Update("site-01", round, 10, parts))
-    env = seal_update(site="site-01", round=round, num_examples=10, parts=parts, update_hash=wire.sha256(payload),
-                      salt=salt, parties=parties, context="run-1")
-    return parts, payload, env
+    sealed = seal_update(site="site-01", round=round, num_examples=10, parts=parts, update_hash=wire.sha256(payload),
+                         parties=parties, context="run-1")  # fmt: skip
+    return parts, payload, sealed.envelope, sealed.opening
 
 
 def test_each_party_opens_only_its_share_and_the_shares_sum_to_the_update():
     x = np.random.default_rng(1).normal(0, 0.1, 1000)
-    parts, _, data = _envelope(x)
+    parts, _, data, _ = _envelope(x)
     env = parse_envelope(data)
     n = len(x)
     shares = [open_share(env, p, n, context="run-1", round=1) for p in PARTIES]
@@ -87,7 +90,7 @@ def test_each_party_opens_only_its_share_and_the_shares_sum_to_the_update():
 
 def test_the_envelope_holds_no_plaintext():
     x = np.random.default_rng(2).normal(0, 0.1, 4006)
-    parts, payload, data = _envelope(x)
+    parts, payload, data, _ = _envelope(x)
     raw = parts["delta"]["b"].tobytes()
     for start in range(0, len(raw) - 32, 997):  # no 32-byte run of the float32 update appears
         assert raw[start : start + 32] not in data
@@ -96,7 +99,7 @@ def test_the_envelope_holds_no_plaintext():
 
 def test_tampered_truncated_or_replayed_envelopes_are_refused():
     x = np.random.default_rng(3).normal(0, 0.1, 500)
-    _, _, data = _envelope(x)
+    _, _, data, _ = _envelope(x)
     with pytest.raises(ShareError, match="truncated or altered"):
         parse_envelope(data[:-10])
     flipped = bytearray(data)
@@ -109,31 +112,78 @@ def test_tampered_truncated_or_replayed_envelopes_are_refused():
     with pytest.raises(ShareError, match="expected 'run-2' round 1"):  # another run's shares
         open_share(env, PARTIES[0], 500, context="run-2", round=1)
     replay = type(env)({**env.header, "round": 2}, env.blobs)  # the same shares relabelled for another round
-    with pytest.raises(ShareError, match="fails authentication"):
+    with pytest.raises(ShareError, match="does not open"):
         open_share(replay, PARTIES[0], 500, context="run-1", round=2)
     forged = type(env)({**env.header, "context": "run-2"}, env.blobs)  # ...or for another run
-    with pytest.raises(ShareError, match="fails authentication"):
+    with pytest.raises(ShareError, match="does not open"):
         open_share(forged, PARTIES[0], 500, context="run-2", round=1)
+    moved = type(env)({**env.header, "site": "site-02"}, env.blobs)  # ...or as another site's
+    with pytest.raises(ShareError, match="does not open"):
+        open_share(moved, PARTIES[0], 500, context="run-1", round=1)
 
 
-def test_the_commitment_binds_the_update_and_hides_it():
+@pytest.mark.parametrize("enc", [bytes(32), b"\xff" * 32, bytes([1] + [0] * 31)])
+def test_a_bad_encapsulated_key_is_one_share_error(enc):
+    """HPKE's ephemeral key leads the ciphertext: all-zero, all-ones or a low-order point
+    never escapes as anything but ShareError (it used to be a ValueError past the handler)."""
+    x = np.random.default_rng(5).normal(0, 0.1, 50)
+    _, _, data, _ = _envelope(x)
+    env = parse_envelope(data)
+    blob = enc + env.blobs["helper1"][32:]
+    header = {**env.header, "parties": {**env.header["parties"], "helper1": {
+        **env.header["parties"]["helper1"], "sha256": hashlib.sha256(blob).hexdigest()}}}  # fmt: skip
+    with pytest.raises(ShareError, match="does not open"):
+        open_share(type(env)(header, {"helper1": blob}), PARTIES[1], 50, context="run-1", round=1)
+
+
+def test_the_commitment_binds_the_update_and_the_shares_and_hides_them():
     x = np.random.default_rng(4).normal(0, 0.1, 100)
-    salt = os.urandom(32)
-    _, payload, data = _envelope(x, salt=salt)
+    parts, payload, data, opening = _envelope(x)
     header = parse_envelope(data).header
-    assert header["commitment"] == commitment(salt, wire.sha256(payload))
-    assert header["commitment"] != commitment(os.urandom(32), wire.sha256(payload))  # salted: not guessable
-    other = wire.encode(wire.Update("site-01", 1, 10, {"delta": {"a": np.zeros((2, 3), np.float32),
-                                                                "b": np.zeros(94, np.float32)}}))  # fmt: skip
-    assert header["commitment"] != commitment(salt, wire.sha256(other))
+    x_enc = encode_fixed(flatten(parts))
+    assert header["commitment"] == open_commitment(opening, wire.sha256(payload), x_enc, site="site-01", round=1)
+    assert header["commitment"] != open_commitment({**opening, "salt": os.urandom(32).hex()}, wire.sha256(payload),
+                                                   x_enc, site="site-01", round=1)  # salted: not guessable
+    other = x_enc.copy()
+    other[0] += 1  # another update under the same seeds: the server's share would differ
+    assert header["commitment"] != open_commitment(opening, wire.sha256(payload), other, site="site-01", round=1)
+    seeds = {"helper1": os.urandom(32).hex()}  # the same update, claimed to be shared under other seeds
+    assert header["commitment"] != open_commitment({**opening, "seeds": seeds}, wire.sha256(payload), x_enc,
+                                                   site="site-01", round=1)  # fmt: skip
+    pieces = {p: d["piece"] for p, d in header["parties"].items()}
+    assert header["commitment"] == commitment(bytes.fromhex(opening["salt"]), wire.sha256(payload), pieces)
 
 
-def test_sealing_needs_the_server_first_and_a_helper():
+def test_a_party_detects_a_share_that_is_not_the_committed_piece():
+    x = np.random.default_rng(6).normal(0, 0.1, 40)
+    _, _, data, _ = _envelope(x)
+    env = parse_envelope(data)
+    entry = {**env.header["parties"]["helper1"], "piece": "0" * 64}
+    lying = type(env)({**env.header, "parties": {**env.header["parties"], "helper1": entry}}, env.blobs)
+    with pytest.raises(ShareError, match="not to the piece its header commits to"):
+        open_share(lying, PARTIES[1], 40, context="run-1", round=1)
+
+
+def test_sealing_needs_the_server_party_and_a_helper():
     x = np.zeros(10)
-    with pytest.raises(ShareError, match="first aggregation party"):
-        _envelope(x, parties=[PARTIES[1], PARTIES[0]])
     with pytest.raises(ShareError, match="at least one helper"):
         _envelope(x, parties=[PARTIES[0]])
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda h: h.pop("round"), "header fields"),
+    (lambda h: h.update(round="1"), "wrong type"),
+    (lambda h: h["parties"]["helper1"].update(recipient="zz" * 32), "malformed"),
+    (lambda h: h["parties"]["helper1"].pop("piece"), "malformed"),
+    (lambda h: h.update(format="pharmafl-secagg/1"), "format"),
+    (lambda h: h.update(layout=[["delta/a", [-1]]]), "wrong type"),
+])  # fmt: skip
+def test_a_malformed_header_is_one_share_error(change, match):
+    _, _, data, _ = _envelope(np.zeros(10))
+    header = json.loads(parse_envelope(data).header_bytes)
+    change(header)
+    with pytest.raises(ShareError, match=match):
+        check_header(header)
 
 
 def test_party_keys_roundtrip_encrypted_at_rest():
@@ -141,5 +191,5 @@ def test_party_keys_roundtrip_encrypted_at_rest():
     pem = key.private_pem("pass phrase")
     assert b"ENCRYPTED" in pem
     assert PartyKey.from_pem("helper1", pem, "pass phrase").public == key.public
-    with pytest.raises(ShareError, match="wrong \\$PHARMAFL_KEY_PASSPHRASE"):
+    with pytest.raises(ShareError, match="wrong passphrase"):
         PartyKey.from_pem("helper1", pem, "another")
