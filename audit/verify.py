@@ -104,9 +104,9 @@ class Run:
                 raw = bytes.fromhex(pk) if m.is_hex(pk, 64) else b""
                 _need(raw and m.is_hex(sig, 128) and card.get(kind) == name and card.get("format") == fmt and card.get(
                       "fingerprint") == m.sha256_hex(raw) and sig_ok(raw, bytes.fromhex(sig), message(card)) and
-                      self.keys.get(name, (raw,))[0] == raw and name not in self.sites, f"run_started: the {kind} card"
-                      f" of {name!r} is malformed, its fingerprint or self-signature does not verify, or the id or "
-                      "another key is taken", i)
+                      self.keys.get(name, (raw,))[0] == raw and name not in self.sites, f"run_started: the card of "
+                      f"{name!r} ({kind}) is malformed, its fingerprint or self-signature does not verify, or its "
+                      "id or key is taken", i)
                 into[name] = raw
         _need(len(set(k := [*self.sites.values(), *self.parties.values()])) == len(k), "run_started: two sites or "
               "parties share one key", i)
@@ -116,12 +116,12 @@ class Run:
         st = data.get("statement")
         if st is None and type_ == "privacy_spent" and data.get("party") == "server":
             return  # the coordinator's own client-level accounting
-        site, rnd = _shape(st, m.STATEMENT_SHAPE, f"{type_} entry: its statement", i)["site"], st["round"]
         signers, who = (self.parties, "party") if type_ in m.PARTY_STATEMENT_TYPES else (self.sites, "site")
+        site, rnd = _shape(st, m.STATEMENT_SHAPE, f"{type_} entry: its {who} statement", i)["site"], st["round"]
         _need(site in signers, f"statement by {site!r}, which is not a {who} pinned by run_started", i)
         _need((st["type"], st["run_id"]) == (type_, self.run_id), f"a {st['type']} statement of run {st['run_id']!r}"
               f" in a {type_} entry of run {self.run_id!r}", i)
-        _need(st["payload_sha256"] == m.sha256_hex(canonical(st["payload"])), "statement payload altered", i)
+        _need(st["payload_sha256"] == m.sha256_hex(canonical(st["payload"])), "payload_sha256 wrong: altered", i)
         seen = (site, type_, rnd, st["payload_sha256"] if type_ == "party_refused" else "")  # refusals may repeat
         _need(seen not in self.seen, f"{site}'s {type_} statement of round {rnd} again: replayed", i)
         self.seen.add(seen)

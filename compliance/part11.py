@@ -19,6 +19,13 @@ SIGNERS = [
      "pinned by fingerprint in run_started's consortium cards. The coordinator embeds each statement verbatim and "
      "holds no site key.",
      "audit/verify.py: the statement's signature under the pinned key, its type, run and round, never repeated"),
+    ("Aggregation party statements: party_registered (the run's terms), party_round (sites summed, excluded and "
+     "why, bound-check bits, weights, whether a sum was revealed and its hash), party_refused",
+     "each aggregation party (the server's party and every helper)",
+     "the party's own Ed25519 key, made at `pharmafl party init` and kept in PARTY_HOME under the party's "
+     "passphrase; pinned by fingerprint in run_started's consortium party cards. The coordinator holds party "
+     "cards only.",
+     "audit/verify.py: the statement's signature under the pinned party key, its type, run and round"),
     ("Ledger chain: every entry the coordinator writes (run_started, rounds, aggregates, the entries embedding site "
      "statements, registrations of system actors) and every checkpoint",
      "the coordinator (actor server)",

@@ -21,7 +21,7 @@ from pharmafl.sites.training import TrainConfig
 Partition = Literal["compound", "target-family", "dirichlet", "quantity", "iid"]
 Weighting = Literal["examples", "uniform", "quality"]
 Engine = Literal["nvflare", "local"]
-NVFlareEnv = Literal["sim", "poc"]
+NVFlareEnv = Literal["sim", "poc", "prod"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,15 @@ class FederationConfig:
         min_sites: a round completes if at least this many sites return an update; else the
             run stops cleanly, keeping everything so far (default: all sites).
         engine: ``nvflare`` (default) or ``local`` (in-process).
-        nvflare_env: ``sim`` (simulator, default) or ``poc`` (separate processes, mutual TLS).
+        nvflare_env: ``sim`` (simulator, default), ``poc`` (separate processes, mutual TLS, on
+            this machine) or ``prod``: submit the job to a provisioned, running NVFlare system
+            (``pharmafl consortium init --nvflare-server``) with NVFlare's ``ProdEnv``. The job
+            carries the plan and no path; each site's kit names its home, the server's kit the
+            folder its runs live in (``pharmafl site nvflare-config``, ``pharmafl consortium
+            nvflare-config``), and the run directory (``--out``) must be in that folder.
+        nvflare_admin_kit: with ``prod``, required: the admin's startup kit folder (holding
+            ``startup/fed_admin.json``), absolute or relative to the working directory; the job
+            is submitted as that kit's admin. Checked when the run starts.
         site_threads: torch threads per site while it trains (default 1). Float sums depend
             on the thread count, so both engines use this one value and agree exactly.
         local_optimizer: ``keep`` (default) carries each site's Adam state from round to
@@ -84,6 +92,7 @@ class FederationConfig:
     min_sites: int | None = None
     engine: Engine = "nvflare"
     nvflare_env: NVFlareEnv = "sim"
+    nvflare_admin_kit: str | None = None
     site_threads: int = 1
     local_optimizer: Literal["keep", "reset"] = "keep"
 
@@ -96,6 +105,20 @@ class FederationConfig:
             raise ConfigError(f"federation.local_epochs must be >= 1, got {self.local_epochs}")
         if self.min_sites is not None and self.min_sites < 1:
             raise ConfigError(f"federation.min_sites must be >= 1, got {self.min_sites}")
+        if self.nvflare_env == "prod" and not self.nvflare_admin_kit:
+            raise ConfigError("federation.nvflare_env 'prod' needs federation.nvflare_admin_kit: the admin's NVFlare "
+                              "startup kit the job is submitted with (pharmafl consortium init prints where it is)")
+
+    def admin_kit(self) -> Path:
+        """The admin's startup kit of ``nvflare_env: prod``, checked to be one (absolute)."""
+        from pharmafl.sites.kit import check_kit
+
+        if not self.nvflare_admin_kit:
+            raise ConfigError("federation.nvflare_admin_kit is not set; give the admin's NVFlare startup kit")
+        try:
+            return check_kit(Path(self.nvflare_admin_kit), "admin")
+        except ConfigError as exc:
+            raise ConfigError(f"federation.nvflare_admin_kit: {exc}") from None
 
 
 @dataclass(frozen=True)

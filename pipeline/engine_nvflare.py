@@ -5,8 +5,16 @@ The job is NVFlare 2.9's ``FedAvgRecipe`` with two pharmafl components on the se
 and :class:`~pharmafl.pipeline.nvflare_server.PlanPersistor`) and
 :mod:`pharmafl.pipeline.nvflare_client` as every site's Client API script. ``sim`` runs it in
 ``SimEnv`` (each site a process), ``poc`` in ``PocEnv`` (separate server and client processes
-talking over mutual TLS on this machine), and :func:`export_job` writes the same job for
-``ProdEnv`` / ``nvflare job submit``.
+talking over mutual TLS on this machine), ``prod`` in ``ProdEnv`` (a provisioned, running
+system, :mod:`pharmafl.pipeline.provision`), and :func:`export_job` writes that job for
+``nvflare job submit``.
+
+The job for a provisioned system (``portable``) names no path of any machine and holds no
+site data: the plan travels in every site's app (``custom/pharmafl_plan.json``, the plan as
+:func:`site_view` gives it), each site finds its home through its own kit's local config
+(:func:`pharmafl.pipeline.nvflare_client.plan_at_site`), and the server finds the run
+directory by its name in the runs folder its kit names. It is deployed to the consortium's
+sites by name (one app per site), never to ``@ALL``.
 
 The server process owns the run's listeners (ledger, outputs) and also writes
 ``RUN/events.jsonl``, which this driver follows to show progress.
@@ -21,6 +29,7 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from pharmafl.errors import ConfigError, PharmaflError
@@ -30,6 +39,7 @@ from pharmafl.pipeline.nvflare_wire import STOP_METRIC
 from pharmafl.pipeline.run import RunPlan
 
 JOB_NAME = "pharmafl"
+JOB_PLAN = "pharmafl_plan.json"
 SHIM_MODULE = "pharmafl_nvflare"
 SHIM = '''"""pharmafl's NVFlare server components, as NVFlare's job config names them.
 
@@ -102,11 +112,35 @@ def _load_shim(job_dir: Path):
     return module
 
 
-def build_recipe(plan: RunPlan):
-    """The job, with the plan written to ``RUN/plan.json`` and the client script beside it."""
+def _name_only(value: str) -> str:
+    return Path(value).name if "/" in value or os.sep in value else value
+
+
+def site_view(plan: RunPlan) -> RunPlan:
+    """The plan as a provisioned job carries it to the sites: what they need, no path.
+
+    No site homes and no cache folder (each site's kit names its own), no ledger URL (the
+    coordinator's, credentials and all), the dataset, benchmark and admin kit by their last
+    path component only (the sites never use them; the server reads its own ``plan.json``).
+    """
+    cfg, fed = plan.cfg, plan.cfg.federation
+    admin_kit = _name_only(fed.nvflare_admin_kit) if fed.nvflare_admin_kit else None
+    data = replace(cfg.data, dataset=_name_only(cfg.data.dataset), benchmark=_name_only(cfg.data.benchmark))
+    cfg = replace(cfg, data=data, ledger=replace(cfg.ledger, url=None),
+                  federation=replace(fed, nvflare_admin_kit=admin_kit))
+    return replace(plan, cfg=cfg, site_homes=None, cache_dir=None)
+
+
+def build_recipe(plan: RunPlan, *, portable: bool = False):
+    """The job, with the plan written to ``RUN/plan.json`` and the client script beside it.
+
+    ``portable``: the job for a provisioned system (module docstring), else the simulator's
+    and POC's, which name the plan by its absolute path on this machine.
+    """
     from nvflare.client.config import ExchangeFormat, TransferType
     from nvflare.fuel.utils.constants import FrameworkType
     from nvflare.recipe import FedAvgRecipe
+    from nvflare.recipe.utils import set_per_site_config
 
     from pharmafl.pipeline import nvflare_client
 
@@ -119,6 +153,11 @@ def build_recipe(plan: RunPlan):
     plan_path.write_text(plan.to_json())
     shutil.copyfile(nvflare_client.__file__, job_dir / "client.py")
     components = _load_shim(job_dir)
+    if portable:
+        (job_dir / JOB_PLAN).write_text(site_view(plan).to_json())
+        server_plan, train_args = f"{plan.run_dir.name}/plan.json", f"--job-plan {JOB_PLAN}"
+    else:
+        server_plan, train_args = str(plan_path), f"--plan {plan_path}"
 
     class Recipe(FedAvgRecipe):
         def _get_controller_kwargs(self):
@@ -132,9 +171,9 @@ def build_recipe(plan: RunPlan):
             min_clients=len(plan.sites),
             num_rounds=plan.cfg.federation.rounds + 2,  # + the final evaluation, + cosigning run_ended
             train_script="client.py",
-            train_args=f"--plan {plan_path}",
-            aggregator=components.PharmaflAggregator(plan_path=str(plan_path)),
-            model_persistor=components.PlanPersistor(plan_path=str(plan_path)),
+            train_args=train_args,
+            aggregator=components.PharmaflAggregator(plan_path=server_plan),
+            model_persistor=components.PlanPersistor(plan_path=server_plan),
             framework=FrameworkType.NUMPY,
             server_expected_format=ExchangeFormat.NUMPY,
             params_transfer_type=TransferType.FULL,
@@ -142,15 +181,18 @@ def build_recipe(plan: RunPlan):
             key_metric_mode="max",
             stop_cond=f"{STOP_METRIC} >= 1",
         )
+        if portable:  # the consortium's sites by name, never @ALL; then the plan into each site's app
+            set_per_site_config(recipe, {site: {} for site in plan.sites})
+            recipe.add_client_file(JOB_PLAN)
     recipe.add_server_config({"server": {"task_request_interval": 0.1}})
     return recipe
 
 
 def export_job(plan: RunPlan, job_dir: Path) -> Path:
-    """Write the job for ``nvflare job submit`` / ``ProdEnv`` (absolute paths: the run
-    directory and its site stores must exist at the same path at each site)."""
+    """Write the job for ``nvflare job submit`` to a provisioned system (``portable``: no
+    path of any machine in it; the server must hold ``plan.run_dir`` in its kit's runs folder)."""
     job_dir = Path(job_dir).resolve()
-    recipe = build_recipe(plan)
+    recipe = build_recipe(plan, portable=True)
     with _cwd(plan.run_dir / "nvflare"):
         recipe.export(str(job_dir))
     return Path(job_dir) / JOB_NAME
@@ -158,7 +200,10 @@ def export_job(plan: RunPlan, job_dir: Path) -> Path:
 
 class NVFlareEngine:
     def run(self, plan: RunPlan, listeners: Sequence[Listener] = ()) -> dict:
-        recipe = build_recipe(plan)
+        prod = plan.cfg.federation.nvflare_env == "prod"
+        if prod:
+            plan.cfg.federation.admin_kit()  # a bad admin kit is refused before the job is built
+        recipe = build_recipe(plan, portable=prod)
         env = self._env(plan)
 
         def deliver(event):
@@ -179,6 +224,11 @@ class NVFlareEngine:
             for listener in listeners:
                 listener.close()
         metrics_path = plan.run_dir / "metrics.json"
+        if not metrics_path.is_file() and prod:
+            raise NVFlareRunError(f"the NVFlare job ended without results in {plan.run_dir} ({error!r}); the server "
+                                  f"writes them to <runs>/{plan.run_dir.name}, <runs> as its kit's "
+                                  "local/pharmafl.json names it, which must be this folder's parent; see the server's "
+                                  "log, SERVER_KIT/<job id>/log.txt")  # fmt: skip
         if not metrics_path.is_file():
             logs = sorted(str(p) for p in (plan.run_dir / "nvflare").rglob("log.txt"))
             raise NVFlareRunError(f"the NVFlare job ended without results ({error!r}); see the logs: {logs[:3]}")
@@ -186,9 +236,14 @@ class NVFlareEngine:
 
     @staticmethod
     def _env(plan: RunPlan):
-        from nvflare.recipe import PocEnv, SimEnv
+        from nvflare.recipe import PocEnv, ProdEnv, SimEnv
 
         job_dir = plan.run_dir / "nvflare"
+        if plan.cfg.federation.nvflare_env == "prod":
+            from pharmafl.pipeline.provision import admin_name
+
+            kit = plan.cfg.federation.admin_kit()
+            return ProdEnv(startup_kit_location=str(kit), username=admin_name(kit))
         if plan.cfg.federation.nvflare_env == "poc":
             return PocEnv(clients=list(plan.sites))
         return SimEnv(clients=list(plan.sites), num_threads=len(plan.sites),

@@ -53,6 +53,8 @@ def run_federated(
         from pharmafl.audit import passphrase_from_env
 
         passphrase_from_env()  # refuse before anything is written
+    if cfg.federation.engine == "nvflare" and cfg.federation.nvflare_env == "prod":
+        cfg.federation.admin_kit()  # likewise: the admin kit the job will be submitted with
     if consortium is not None:
         from pharmafl.pipeline.run import prepare_consortium
 

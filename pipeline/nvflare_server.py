@@ -15,6 +15,11 @@ their next results and go to the ledger (:meth:`EventBus.cosigned`).
 
 :class:`PlanPersistor` gives NVFlare the initial weights, rebuilt from the plan's model
 config and seed (no torch model class travels in the job config).
+
+Both read the run's plan from the coordinator's run directory: ``plan_path`` is absolute in
+the simulator and in POC; in a job for a provisioned system it is ``<run name>/plan.json``,
+relative to the runs folder the server kit's ``local/pharmafl.json`` names
+(:func:`pharmafl.pipeline.provision.runs_of_kit`), so the job names no path of the server.
 """
 
 from __future__ import annotations
@@ -43,8 +48,19 @@ from pharmafl.pipeline.run import RunPlan, end_run, initial_state, server_side, 
 from pharmafl.sites.site import Declined
 
 
-def load_plan(plan_path: str) -> RunPlan:
-    return RunPlan.load(Path(plan_path))
+def load_plan(plan_path: str, fl_ctx=None) -> RunPlan:
+    """The plan at ``plan_path``: absolute, or relative to the server kit's runs folder."""
+    path = Path(plan_path)
+    if not path.is_absolute():
+        from pharmafl.errors import ConfigError
+        from pharmafl.pipeline.provision import runs_of_kit
+
+        runs = runs_of_kit(Path(fl_ctx.get_workspace().get_root_dir()))
+        path = runs / path
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such plan; the server's runs folder {runs} holds no run "
+                              f"{path.parent.name!r}: prepare it there (pharmafl run --out {path.parent} ...)")
+    return RunPlan.load(path)
 
 
 class PlanPersistor(ModelPersistor):
@@ -55,7 +71,7 @@ class PlanPersistor(ModelPersistor):
         self.plan_path = plan_path
 
     def load_model(self, fl_ctx) -> ModelLearnable:
-        return make_model_learnable(initial_state(load_plan(self.plan_path).cfg), {})
+        return make_model_learnable(initial_state(load_plan(self.plan_path, fl_ctx).cfg), {})
 
     def save_model(self, model_learnable: ModelLearnable, fl_ctx) -> None:
         """Nothing to do: ``RUN/model.safetensors`` is written once, at the end of the run."""
@@ -73,17 +89,17 @@ class PharmaflAggregator(ModelAggregator):
     def handle_event(self, event_type: str, fl_ctx) -> None:
         super().handle_event(event_type, fl_ctx)
         if event_type == EventType.START_RUN:
-            self._start()
+            self._start(fl_ctx)
         elif event_type == EventType.END_RUN and self.plan is not None:
             try:
                 self.coord.close()
             finally:
                 self.bus.close()
 
-    def _start(self) -> None:
+    def _start(self, fl_ctx) -> None:
         from pharmafl.pipeline.engines import run_listeners
 
-        self.plan = load_plan(self.plan_path)
+        self.plan = load_plan(self.plan_path, fl_ctx)
         self.started = time.perf_counter()
         self.bus = EventBus(run_listeners(self.plan))
         self.coord = server_side(self.plan, self.bus)

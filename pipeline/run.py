@@ -36,9 +36,9 @@ from pharmafl.pipeline.artifacts import model_state, save_state, write_bytes_ato
 from pharmafl.pipeline.config import RunConfig
 from pharmafl.pipeline.configio import from_dict, to_dict
 from pharmafl.pipeline.consortium import init_consortium, load_consortium
+from pharmafl.pipeline.consortium import pinned as pinned_consortium
 from pharmafl.pipeline.coordinator import Coordinator
 from pharmafl.pipeline.diagnostics import DriftMonitor
-from pharmafl.pipeline.secure_agg.service import key_passphrase, provision, public_keys
 from pharmafl.pipeline.events import EventBus
 from pharmafl.pipeline.strategies import build_strategy
 from pharmafl.pipeline.strategies.client_dp import ClientDP
@@ -47,6 +47,7 @@ from pharmafl.sites.dp_site import DPSite, UpdateClipSite, check_dp_model
 from pharmafl.sites.home import CARD_FILE, SiteHome
 from pharmafl.sites.partition import partition
 from pharmafl.sites.privacy import PrivacyPlan, plan_privacy
+from pharmafl.sites.party_card import party_keys
 from pharmafl.sites.secure_site import SecureSite
 from pharmafl.sites.signed_site import SignedSite
 from pharmafl.sites.site import Site, featurize_dataset
@@ -79,10 +80,19 @@ class RunPlan:
     config_hash: str
     cache_dir: Path | None = None
     privacy_plans: dict | None = None  # site id (or "server") -> PrivacyPlan.as_dict(), fixed at prepare()
-    secure_parties: dict | None = None  # aggregation party -> X25519 public key (hex), provisioned at prepare()
+    party_homes: dict | None = None  # simulation: aggregation party id -> its home, relative to run_dir
     run_id: str = ""  # unique per run: every site statement and the witnesses' log origin are bound to it
     consortium: dict | None = None  # {"cards": {site: card}, "roster_sha256": ...} (pipeline/consortium.py)
     site_homes: dict | None = None  # simulation: site id -> its home, relative to run_dir (or absolute)
+
+    def party_home(self, party: str) -> Path:
+        home = Path((self.party_homes or {})[party])
+        return home if home.is_absolute() else self.run_dir / home
+
+    @property
+    def party_keys(self) -> dict[str, bytes]:
+        """Each aggregation party's pinned Ed25519 public key (raw bytes), from its card."""
+        return {p: bytes.fromhex(c["public_key"]) for p, c in (self.consortium or {}).get("parties", {}).items()}
 
     def site_home(self, site: str) -> Path:
         home = Path((self.site_homes or {}).get(site, Path("sites") / site))
@@ -98,10 +108,6 @@ class RunPlan:
         return self.run_dir / "server" / "benchmark"
 
     @property
-    def secagg_key_dir(self) -> Path:
-        return self.run_dir / "secagg" / "keys"
-
-    @property
     def secagg_context(self) -> str:
         """Bound into every share's encryption: a share cannot be replayed into another run."""
         return f"{self.run_id}:{self.config_hash[:16]}"
@@ -109,7 +115,7 @@ class RunPlan:
     def to_json(self) -> str:
         return json.dumps({"cfg": to_dict(self.cfg), "sites": list(self.sites), "manifests": self.manifests,
                            "config_hash": self.config_hash, "cache_dir": str(self.cache_dir) if self.cache_dir else None,
-                           "privacy_plans": self.privacy_plans, "secure_parties": self.secure_parties,
+                           "privacy_plans": self.privacy_plans, "party_homes": self.party_homes,
                            "run_id": self.run_id, "consortium": self.consortium, "site_homes": self.site_homes})
 
     @classmethod
@@ -117,7 +123,7 @@ class RunPlan:
         d = json.loads(text)
         return cls(from_dict(RunConfig, d["cfg"]), Path(run_dir).resolve(), tuple(d["sites"]), d["manifests"],
                    d["config_hash"], Path(d["cache_dir"]) if d["cache_dir"] else None, d.get("privacy_plans"),
-                   d.get("secure_parties"), d.get("run_id", ""), d.get("consortium"), d.get("site_homes"))
+                   d.get("party_homes"), d.get("run_id", ""), d.get("consortium"), d.get("site_homes"))
 
     @classmethod
     def load(cls, path: Path) -> RunPlan:
@@ -163,12 +169,15 @@ def prepare(cfg: RunConfig, run_dir: Path, *, data_dir: Path | None = None, cach
             homes[sid] = SiteHome.init(staging / "sites" / sid, sid, site_ds, passphrase=None, simulated=True,
                                        val_fraction=cfg.data.val_fraction, seed=cfg.seed + k,
                                        scrypt_n=SIMULATED_SCRYPT_N)
-        consortium = load_consortium(init_consortium([h.path / CARD_FILE for h in homes.values()], staging))
-        for home in homes.values():
+        parties = simulated_parties(cfg, staging / "parties")
+        consortium = load_consortium(init_consortium([h.path / CARD_FILE for h in homes.values()], staging,
+                                                     [p.path / "party-card.json" for p in parties.values()]))  # fmt: skip
+        for home in [*homes.values(), *parties.values()]:
             home.accept_consortium(consortium)
         write_benchmark(cfg, ds, staging / "server" / "benchmark")
         final = plan_from_consortium(cfg, run_dir, consortium, staging=staging, cache_dir=cache_dir,
-                                     site_homes={sid: f"sites/{sid}" for sid in homes})
+                                     site_homes={sid: f"sites/{sid}" for sid in homes},
+                                     party_homes={p: f"parties/{p}" for p in parties} or None)  # fmt: skip
         if run_dir.exists():
             run_dir.rmdir()  # empty (checked above); rename needs the name free
         os.replace(staging, run_dir)
@@ -221,8 +230,21 @@ def prepare_consortium(cfg: RunConfig, run_dir: Path, consortium_file: Path, sit
     return final
 
 
+def simulated_parties(cfg: RunConfig, root: Path) -> dict:
+    """Simulation: the aggregation parties' homes (``pharmafl party init`` for each), under
+    ``root``: the server's party and ``secure_aggregation.helpers`` helpers."""
+    if not cfg.secure_aggregation.enabled:
+        return {}
+    from pharmafl.pipeline.secure_agg.party_home import PartyHome
+
+    names = {"server-party": "server", **{f"helper-{j}": "helper" for j in range(1, cfg.secure_aggregation.helpers + 1)}}
+    return {p: PartyHome.init(root / p, p, role=role, simulated=True, scrypt_n=SIMULATED_SCRYPT_N)
+            for p, role in names.items()}  # fmt: skip
+
+
 def plan_from_consortium(cfg: RunConfig, run_dir: Path, consortium: dict, *, staging: Path,
-                         cache_dir: Path | None = None, site_homes: dict | None = None) -> RunPlan:
+                         cache_dir: Path | None = None, site_homes: dict | None = None,
+                         party_homes: dict | None = None) -> RunPlan:  # fmt: skip
     """The run of ``consortium`` (pinned cards), written into ``staging``: config, plans, ``plan.json``."""
     cards = consortium["cards"]
     if len(cards) != cfg.data.sites or sorted(cards) != sorted(site_ids(cfg.data.sites)):
@@ -234,13 +256,14 @@ def plan_from_consortium(cfg: RunConfig, run_dir: Path, consortium: dict, *, sta
     run_id = f"{re.sub(r'[^A-Za-z0-9._-]', '-', run_dir.name)[:80]}-{secrets.token_hex(4)}"
     sites = tuple(sorted(cards))
     manifests = {s: cards[s]["manifest_sha256"] for s in sites}
-    pinned = {"cards": cards, "roster_sha256": consortium["roster_sha256"]}
-    staged = RunPlan(cfg, staging, sites, manifests, config_hash, cache_dir, None, None, run_id, pinned, site_homes)
+    if cfg.secure_aggregation.enabled and not consortium.get("parties"):
+        raise ConfigError("secure_aggregation is enabled but the consortium lists no aggregation party: create the "
+                          "parties (pharmafl party init), add their cards (pharmafl consortium init --party-card), "
+                          "and let every site and party accept the new roster")  # fmt: skip
+    staged = RunPlan(cfg, staging, sites, manifests, config_hash, cache_dir, None, party_homes, run_id,
+                     pinned_consortium(consortium), site_homes)  # fmt: skip
     plans = privacy_plans(staged)  # a budget too small for one round fails here, before any training
-    parties = None
-    if cfg.secure_aggregation.enabled:
-        parties = provision(staging / "secagg" / "keys", cfg.secure_aggregation.helpers, key_passphrase())
-    final = replace(staged, run_dir=run_dir, privacy_plans=plans, secure_parties=parties)
+    final = replace(staged, run_dir=run_dir, privacy_plans=plans)
     write_bytes_atomic(staging / "plan.json", final.to_json().encode())
     return final
 
@@ -327,13 +350,37 @@ def server_side(plan: RunPlan, bus: EventBus, *, transcript_dir: Path | None = N
     )  # fmt: skip
     if not cfg.secure_aggregation.enabled:
         return Coordinator(**common)
+    from pharmafl.pipeline.secure_agg.client import AggregationService, LocalParties
     from pharmafl.pipeline.secure_agg.coordinator import SecureCoordinator
-    from pharmafl.pipeline.secure_agg.service import AggregationService
 
-    names = [k.name for k in public_keys(plan.secure_parties)]
-    service = AggregationService(plan.secagg_key_dir, names, key_passphrase(), host=cfg.secure_aggregation.host,
-                                 transcript_dir=transcript_dir)  # fmt: skip
-    return SecureCoordinator(**common, service=service, settings=cfg.secure_aggregation, context=plan.secagg_context)
+    local, endpoints = None, cfg.secure_aggregation.endpoint_map()
+    if plan.party_homes:  # the simulator runs the parties' services itself, each in its own process
+        local = LocalParties({p: plan.party_home(p) for p in plan.party_homes}, host=cfg.secure_aggregation.host,
+                             transcript_dir=transcript_dir)  # fmt: skip
+        endpoints = local.endpoints
+    try:
+        service = AggregationService(plan.consortium["parties"], endpoints, secure_terms(plan))
+    except BaseException:
+        if local is not None:
+            local.close()
+        raise
+    return SecureCoordinator(**common, service=service, settings=cfg.secure_aggregation, context=plan.secagg_context,
+                             local_parties=local, party_keys=plan.party_keys)  # fmt: skip
+
+
+def secure_terms(plan: RunPlan) -> dict:
+    """What every aggregation party must agree to before it takes part in the run."""
+    from pharmafl.sites.party_card import ranked
+
+    cfg, parties = plan.cfg.secure_aggregation, plan.consortium["parties"]
+    order = ranked(parties)
+    dealer = cfg.dealer or order[1]
+    layout = [[f"delta/{k}", list(np.shape(v))] for k, v in sorted(initial_state(plan.cfg).items())]
+    return {"run_id": plan.run_id, "context": plan.secagg_context, "roster_sha256": plan.consortium["roster_sha256"],
+            "parties": order, "dealer": dealer, "min_sites": plan.cfg.min_sites,
+            "weighting": plan.cfg.federation.weighting, "max_examples": cfg.max_examples,
+            "max_update_norm": cfg.max_update_norm, "slack": cfg.slack, "sketches": cfg.sketches,
+            "buckets": cfg.buckets, "layout": layout}  # fmt: skip
 
 
 def noise_source(cfg: RunConfig, party: str) -> SecureRandom:
@@ -362,9 +409,10 @@ def make_site(plan: RunPlan, site: str) -> SignedSite:
                        ledger=home.privacy, run_id=plan.run_id)
     elif cfg.privacy.mode == "client":
         inner = UpdateClipSite(inner, cfg.privacy)
-    if cfg.secure_aggregation.enabled:  # privacy first, then sharing
+    if cfg.secure_aggregation.enabled:  # privacy first, then sharing, to the parties the site agreed to
+        home.check_accepted(plan.consortium)
         openings = home.keep_dir(plan.run_id) if cfg.secure_aggregation.keep_updates else None
-        inner = SecureSite(inner, public_keys(plan.secure_parties), plan.secagg_context, openings)
+        inner = SecureSite(inner, party_keys(plan.consortium), plan.secagg_context, openings)
     return SignedSite(inner, home, plan.run_id, secure=cfg.secure_aggregation.enabled)
 
 
@@ -406,9 +454,11 @@ def _secure_summary(plan: RunPlan) -> dict | None:
     """The settings and every party's key fingerprint, so shares can be tied to their recipients."""
     if not plan.cfg.secure_aggregation.enabled:
         return None
-    keys = public_keys(plan.secure_parties)
-    return {**plan.cfg.secure_aggregation.summary(), "parties": {k.name: k.fingerprint for k in keys},
-            "context": plan.secagg_context}  # fmt: skip
+    parties = plan.consortium["parties"]
+    return {**plan.cfg.secure_aggregation.summary(), "context": plan.secagg_context, "terms": secure_terms(plan),
+            "parties": {p: {k: c[k] for k in ("role", "fingerprint", "tls_fingerprint")} | {
+                "hpke_fingerprint": hashlib.sha256(bytes.fromhex(c["hpke_key"])).hexdigest()}
+                for p, c in parties.items()}}  # fmt: skip
 
 
 def end_run(plan: RunPlan, coord: Coordinator, state: State, *, status: str, rounds: int,

@@ -1,5 +1,6 @@
 """``pharmafl site``: what a site runs at the site: set up its home, show its card, agree to a
-consortium, and audit a run's ledger against what it signed and what its witness saw.
+consortium, name its home in its NVFlare startup kit (``nvflare-config``, sites/kit.py), and
+audit a run's ledger against what it signed and what its witness saw.
 
 Mounted by the main CLI as ``pharmafl site ...``. The passphrase of the site key comes from
 ``$PHARMAFL_SITE_PASSPHRASE``. Bad input prints one ``error: ...`` line and exits 1; so does
@@ -80,6 +81,18 @@ def accept_command(home: Home, consortium: Annotated[Path, typer.Argument(help="
     site = SiteHome.open(home)
     digest = site.accept_consortium(read_json(consortium, "consortium"))
     typer.echo(f"{site.site} accepted roster {digest}")
+
+
+@app.command("nvflare-config")
+def nvflare_config_command(
+    home: Annotated[Path, typer.Option("--home", help="this site's home (pharmafl site init --home)")],
+    kit: Annotated[Path, typer.Option("--kit", help="this site's NVFlare startup kit (from the coordinator)")],
+    cache_dir: Annotated[Path | None, typer.Option(help="folder for the featurization cache (default: none)")] = None,
+) -> None:
+    """Name this site's home in its own NVFlare startup kit (KIT/local/pharmafl.json, sites/kit.py)."""
+    from pharmafl.sites.kit import write_site_config
+
+    typer.echo(f"wrote {write_site_config(kit, home, cache_dir)}")
 
 
 @app.command("audit")

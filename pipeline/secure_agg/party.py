@@ -94,6 +94,7 @@ def worker_main(rank: int, parties: int, host: str, identity: tuple[bytes, bytes
                 transcript_dir: str | None, name: str) -> None:  # fmt: skip
     """Bind, report the mesh port, join the mesh when told, then serve rounds (or deal)."""
     from pharmafl.pipeline.secure_agg import mesh
+    from pharmafl.pipeline.secure_agg.crypten_link import install, tls_communicator
 
     dealer = rank == parties
     try:
@@ -107,11 +108,11 @@ def worker_main(rank: int, parties: int, host: str, identity: tuple[bytes, bytes
         link = mesh.Mesh.connect(rank, addresses, listener, identity[0], identity[1],
                                  {int(r): c for r, c in peer_certs.items() if int(r) != rank},
                                  timeout=float(start["timeout"]))  # fmt: skip
-        comm = mesh.tls_communicator(crypten, link)
+        comm = tls_communicator(crypten, link)
         transcript = Transcript(Path(transcript_dir), name) if transcript_dir and not dealer else None
         if transcript is not None:
             _record_communication(comm, transcript)
-        mesh.install(crypten, comm)
+        install(crypten, comm)
         if dealer:
             from crypten.mpc.provider.ttp_provider import TTPServer
 

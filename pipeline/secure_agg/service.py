@@ -68,7 +68,8 @@ class Session:
                 if op == "close":
                     wire.send(self.sock, {"ok": True})
                     return
-                handler = {"register": self.register, "start": self.start, "round": self.round}.get(op)
+                ops = {"register": self.register, "start": self.start, "round": self.round}
+                handler = ops.get(op) if type(op) is str else None  # a list or dict op is unhashable
                 try:
                     if handler is None:
                         raise PartyRefusal(f"unknown request {op!r}; valid: register, start, round, close")
@@ -92,7 +93,7 @@ class Session:
             if type(run_id) is str:
                 stmt = self.home.sign_statement(run_id, rnd, "party_refused", {"request": str(doc.get("op")),
                                                                                "reason": why})  # fmt: skip
-        except PharmaflError:
+        except (PharmaflError, ValueError):  # ValueError: NotCanonical, a round beyond 2**53
             stmt = None  # a run id that cannot name a folder: answered, not signed
         return {"ok": False, "error": why, "statement": stmt}
 

@@ -112,7 +112,7 @@ def test_two_sites_with_one_key_fail(tmp_path: Path) -> None:
         b.keys.public = lambda actor: ATTACKER.public("shared")
         cons["cards"] = {s: b.card(s) for s in SITES}
         cons["roster_sha256"] = m.sha256_hex(m.canonical(cons["cards"]))
-    assert "two sites share one key" in consortium_run(tmp_path, edit).reason
+    assert "two sites or parties share one key" in consortium_run(tmp_path, edit).reason
 
 
 def test_the_roster_anchor_must_be_a_consortium_file(tmp_path: Path) -> None:
@@ -265,3 +265,79 @@ def test_the_command_line_never_prints_a_traceback(tmp_path: Path, capsys) -> No
     assert main([str(tmp_path / "nope")]) == 2
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("FAIL: seq 0: trusted head") and out[1].startswith("ERROR: ")
+
+
+# -- aggregation parties ----------------------------------------------------------------------
+
+PARTIES = ("server-party", "helper-1")
+
+
+def party_card(b: LedgerBuilder, party: str) -> dict:
+    card = {"created": "2025-01-01T00:00:00.000000Z", "format": m.PARTY_CARD_FORMAT, "hpke_key": "ab" * 32,
+            "party": party, "public_key": b.keys.public(party), "role": "server" if party == "server-party" else
+            "helper", "tls_cert": "-----BEGIN CERTIFICATE-----", "tls_fingerprint": "cd" * 32,
+            "fingerprint": m.sha256_hex(bytes.fromhex(b.keys.public(party)))}  # fmt: skip
+    return {**card, "signature": b.keys.get(party).sign(m.party_card_message(card)).hex()}
+
+
+def secure_run(b: LedgerBuilder, edit=lambda cons: None) -> LedgerBuilder:
+    parties = {p: party_card(b, p) for p in PARTIES}
+    cons = {"cards": b.cards, "parties": parties, "roster_sha256": m.roster_sha256(b.cards, parties)}
+    edit(cons)
+    b.append("server", "run_started", {"consortium": cons, "run_id": b.run_id})
+    for p in PARTIES:
+        b.site_entry(p, "party_registered", None, {"terms_sha256": "00" * 32, "rank": PARTIES.index(p)})
+    return b
+
+
+def test_signed_party_statements_verify(tmp_path: Path) -> None:
+    b = secure_run(LedgerBuilder())
+    b.site_entry("helper-1", "party_round", 1, {"revealed": True, "sum_sha256": None})
+    b.site_entry("helper-1", "party_refused", 2, {"reason": "already aggregated round 1"})
+    b.site_entry("helper-1", "party_refused", 2, {"reason": "already aggregated round 1", "request": "round"})
+    b.checkpoint()
+    assert verify_path(saved(tmp_path, b), jobs=1).startswith("OK: ")
+
+
+def test_a_party_statement_forged_by_the_coordinator_fails(tmp_path: Path) -> None:
+    """The coordinator claims the helper revealed a round's sum; it holds no party key."""
+    b = secure_run(LedgerBuilder())
+    n = len(b.entries)
+    forged = b.statement("helper-1", "party_round", 1, {"revealed": True}, key=ATTACKER.get("helper-1"))
+    b.append("server", "party_round", {"statement": forged})
+    b.checkpoint()
+    err = fails(saved(tmp_path, b))
+    assert err.seq == n and "helper-1's statement signature does not verify" in err.reason
+
+
+def test_a_site_key_cannot_sign_as_a_party_nor_a_party_as_a_site(tmp_path: Path) -> None:
+    b = secure_run(LedgerBuilder())
+    b.site_entry("site-01", "party_round", 1, {"revealed": True})  # a site posing as a party
+    assert "not a party pinned by run_started" in fails(saved(tmp_path / "a", b)).reason
+    b = secure_run(LedgerBuilder())
+    b.site_entry("helper-1", "site_update", 1, {"update_hash": "00" * 32})
+    assert "not a site pinned by run_started" in fails(saved(tmp_path / "b", b)).reason
+
+
+def test_a_party_round_replayed_fails(tmp_path: Path) -> None:
+    b = secure_run(LedgerBuilder())
+    entry = b.site_entry("helper-1", "party_round", 1, {"revealed": True})
+    b.append("server", "party_round", {"statement": entry["payload"]["statement"]})
+    assert "again: replayed" in fails(saved(tmp_path, b)).reason
+
+
+def _rehash(cons: dict) -> None:
+    cons["roster_sha256"] = m.roster_sha256(cons["cards"], cons["parties"])
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: c["parties"]["helper-1"].update(hpke_key="ef" * 32) or _rehash(c), "the card of 'helper-1' (party)"),
+    (lambda c: c["parties"]["helper-1"].update(hpke_key="ef" * 32), "wrong roster_sha256"),
+    (lambda c: c.update(roster_sha256=m.roster_sha256(c["cards"])), "wrong roster_sha256"),  # parties left out
+    (lambda c: c["parties"].update({"site-01": c["parties"].pop("helper-1")}) or _rehash(c),
+     "the card of 'site-01' (party)"),
+])  # fmt: skip
+def test_a_party_card_swapped_or_left_out_of_the_roster_fails(tmp_path: Path, edit, match) -> None:
+    """A coordinator that substitutes a helper's key (to open both shares) breaks the card or the roster."""
+    err = fails(saved(tmp_path, secure_run(LedgerBuilder(), edit)))
+    assert match in err.reason

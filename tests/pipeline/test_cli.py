@@ -117,7 +117,8 @@ def test_secure_run_from_cli_and_a_site_proves_what_it_sent(small_davis, tmp_pat
     run_id = json.loads((out / "plan.json").read_text())["run_id"]
     kept = out / "sites" / "site-02" / "runs" / run_id / "kept"  # in the site's own home
     doc = json.loads((kept / "round-0001.json").read_text())
-    (kept / "round-0001.json").write_text(json.dumps({**doc, "salt": "00" * 32}))  # a forged opening
+    seeds = {p: "11" * 32 for p in doc["seeds"]}  # the update is real, but not what was shared
+    (kept / "round-0001.json").write_text(json.dumps({**doc, "seeds": seeds}))  # a forged opening
     assert main(["prove-update", str(out), "--site", "site-02", "--round", "1"]) == 1
     assert "FAIL: site-02 round 1" in capsys.readouterr().out
     assert main(["prove-update", str(out), "--site", "site-02", "--round", "7"]) == 1
@@ -138,8 +139,8 @@ def test_shipped_configs_load_and_plan(name, tmp_path, shared_data_dir):
         for p in plan.privacy_plans.values():
             assert p["budget"] == 8.0 and 0 < p["noise_multiplier"] < 10 and p["delta"] < 1 / p["units"]
     if cfg.secure_aggregation.enabled:
-        assert set(plan.secure_parties) == {"server", "helper1"}
-        assert sorted(p.name for p in (tmp_path / "run" / "secagg" / "keys").iterdir()) == ["helper1.pem", "server.pem"]
+        assert set(plan.party_homes) == set(plan.consortium["parties"]) == {"server-party", "helper-1"}
+        assert not (tmp_path / "run" / "secagg").exists()  # the coordinator holds no party key
 
 
 def test_a_failing_command_exits_non_zero_through_main(tmp_path, capsys):

@@ -106,13 +106,14 @@ def test_export_job_for_submission(small_cfg, tmp_path):
     from pharmafl.pipeline.engines import export_federated
 
     job = export_federated(small_cfg, tmp_path / "run", tmp_path / "job")
-    server = json.loads((job / "app" / "config" / "config_fed_server.json").read_text())
+    server = json.loads((job / "app_server" / "config" / "config_fed_server.json").read_text())
     text = json.dumps(server)
-    assert "pharmafl_nvflare.PharmaflAggregator" in text and str(tmp_path / "run" / "plan.json") in text
-    assert (job / "app" / "custom" / "client.py").is_file()
-    assert (job / "app" / "custom" / "pharmafl_nvflare.py").is_file()
-    client = json.loads((job / "app" / "config" / "config_fed_client.json").read_text())
-    assert "--plan" in json.dumps(client)
+    assert "pharmafl_nvflare.PharmaflAggregator" in text and '"run/plan.json"' in text  # in the server kit's runs
+    assert (job / "app_server" / "custom" / "pharmafl_nvflare.py").is_file()
+    for site in ("site-01", "site-02", "site-03"):  # deployed to the sites by name (tests/pipeline/test_provision.py)
+        assert (job / f"app_{site}" / "custom" / "client.py").is_file()
+        client = json.loads((job / f"app_{site}" / "config" / "config_fed_client.json").read_text())
+        assert "--job-plan pharmafl_plan.json" in json.dumps(client)
     assert json.loads((tmp_path / "run" / "plan.json").read_text())["sites"] == ["site-01", "site-02", "site-03"]
 
 
