@@ -6,7 +6,6 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from pharmafl.errors import ConfigError
 from pharmafl.pipeline.config import RunConfig
 from pharmafl.pipeline.eventlog import JsonlEventLog
 from pharmafl.pipeline.events import EventBus, Listener
@@ -58,8 +57,6 @@ def run_federated(
     if consortium is not None:
         from pharmafl.pipeline.run import prepare_consortium
 
-        if site_homes is None:
-            raise ConfigError("--consortium needs --site-homes: the folder holding each site's home (site id = name)")
         plan = prepare_consortium(cfg, out, consortium, site_homes, data_dir=data_dir, cache_dir=cache_dir)
     else:
         plan = prepare(cfg, out, data_dir=data_dir, cache_dir=cache_dir)

@@ -187,22 +187,32 @@ def prepare(cfg: RunConfig, run_dir: Path, *, data_dir: Path | None = None, cach
     return final
 
 
-def prepare_consortium(cfg: RunConfig, run_dir: Path, consortium_file: Path, site_homes: Path, *,
+def prepare_consortium(cfg: RunConfig, run_dir: Path, consortium_file: Path, site_homes: Path | None, *,
                        data_dir: Path | None = None, cache_dir: Path | None = None) -> RunPlan:
     """A run of sites that set themselves up (``pharmafl site init``) and joined ``consortium_file``.
 
     The coordinator reads only the consortium's cards. ``site_homes`` is where the simulator
     (in-process or NVFlare's) finds each site's home on this machine, ``site_homes/<site id>``;
-    every home must have accepted this consortium. ``data.benchmark`` names the public set
-    (``test-fold`` of a public dataset such as ``davis``, or a folder of public tables).
+    every home must have accepted this consortium. On a provisioned system
+    (``nvflare_env: prod``) there is none: each site names its home in its own kit, and
+    refuses (its witness, its sealing) a roster it did not accept. ``data.benchmark`` names
+    the public set (``test-fold`` of a public dataset such as ``davis``, or a folder of
+    public tables).
     """
+    prod = cfg.federation.engine == "nvflare" and cfg.federation.nvflare_env == "prod"
+    if site_homes is None and not prod:
+        raise ConfigError("--consortium needs --site-homes (the folder holding each site's home) unless the run "
+                          "goes to a provisioned system (federation.engine nvflare, nvflare_env prod)")
+    if site_homes is not None and prod:
+        raise ConfigError("--site-homes is for simulation: on a provisioned system (nvflare_env prod) each site "
+                          "names its own home in its startup kit (pharmafl site nvflare-config); drop --site-homes")
     run_dir = Path(run_dir).resolve()
     cache_dir = Path(cache_dir).resolve() if cache_dir is not None else None
     if run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"run directory {run_dir} is not empty; choose a new --out (runs are never overwritten)")
     consortium = load_consortium(Path(consortium_file))
     homes = {}
-    for site in sorted(consortium["cards"]):
+    for site in sorted(consortium["cards"]) if site_homes is not None else ():
         home = (Path(site_homes) / site).resolve()
         if not (home / CARD_FILE).is_file():
             raise ConfigError(f"{home} is not the home of {site} (no {CARD_FILE}); pass --site-homes, the folder "
@@ -220,7 +230,8 @@ def prepare_consortium(cfg: RunConfig, run_dir: Path, consortium_file: Path, sit
             source = cfg.data.dataset if cfg.data.benchmark == "test-fold" else cfg.data.benchmark
             write_benchmark(cfg, load_dataset(source, data_dir=data_dir), staging / "server" / "benchmark")
         write_bytes_atomic(staging / "consortium.json", Path(consortium_file).read_bytes())
-        final = plan_from_consortium(cfg, run_dir, consortium, staging=staging, cache_dir=cache_dir, site_homes=homes)
+        final = plan_from_consortium(cfg, run_dir, consortium, staging=staging, cache_dir=cache_dir,
+                                     site_homes=homes or None)  # fmt: skip
         if run_dir.exists():
             run_dir.rmdir()
         os.replace(staging, run_dir)

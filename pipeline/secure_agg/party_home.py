@@ -216,6 +216,13 @@ class PartyHome:
             fsync_dir(path.parent)
             return True
 
+    def registered(self, run_id: str) -> bool:
+        """Whether ``run_id`` was registered here (its terms fixed); False for an invalid id."""
+        try:
+            return (self.run_dir(run_id) / "terms.json").is_file()
+        except PharmaflError:
+            return False
+
     def terms(self, run_id: str) -> dict:
         path = self.run_dir(run_id) / "terms.json"
         if not path.is_file():

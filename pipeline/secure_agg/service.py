@@ -47,6 +47,9 @@ from pharmafl.sites.secret_sharing import ShareError
 START_TIMEOUT_S = 120.0
 OTHER_PARTY = "another party could not open its share"
 ROUND_TIMEOUT_S = 1800.0
+HANDSHAKE_TIMEOUT_S = 30.0
+IDLE_TIMEOUT_S = 24 * 3600.0  # a run's connection waits through its sites' training between rounds
+MAX_SESSIONS = 32
 
 
 class Session:
@@ -55,6 +58,7 @@ class Session:
     def __init__(self, service: PartyService, sock):
         self.service, self.home, self.sock = service, service.home, sock
         self.terms = self.consortium = None
+        self.started = False
         self.workers: list[tuple[object, object]] = []  # (process, pipe)
 
     def serve(self) -> None:
@@ -84,13 +88,14 @@ class Session:
             self.sock.close()
 
     def refusal(self, doc: dict, why: str) -> dict:
-        """A signed ``party_refused`` statement, when the request names a run this party can sign for."""
+        """The refusal, with a signed ``party_refused`` statement when it concerns a run registered
+        here (anyone else gets the reason unsigned: a stranger cannot make the party write)."""
         run_id = (self.terms or {}).get("run_id") or ((doc.get("terms") or {}).get("run_id")
                                                      if type(doc.get("terms")) is dict else None)  # fmt: skip
         rnd = doc.get("round") if type(doc.get("round")) is int else None
         stmt = None
         try:
-            if type(run_id) is str:
+            if type(run_id) is str and self.home.registered(run_id):
                 stmt = self.home.sign_statement(run_id, rnd, "party_refused", {"request": str(doc.get("op")),
                                                                                "reason": why})  # fmt: skip
         except (PharmaflError, ValueError):  # ValueError: NotCanonical, a round beyond 2**53
@@ -150,22 +155,30 @@ class Session:
     def start(self, doc: dict, blobs) -> tuple[dict, list]:
         if self.terms is None or not self.workers:
             raise PartyRefusal("start before register")
+        if self.started:
+            raise PartyRefusal("the parties' mesh is already started for this run")
         n = len(self.consortium["parties"])
         addresses = doc.get("addresses")
         ok = type(addresses) is dict and sorted(addresses) == sorted(str(i) for i in range(n + 1)) and all(
-            type(a) is list and len(a) == 2 and type(a[0]) is str and type(a[1]) is int for a in addresses.values())
+            type(a) is list and len(a) == 2 and type(a[0]) is str and 0 < len(a[0]) < 256 and type(a[1]) is int
+            and 0 < a[1] < 65536 for a in addresses.values())  # fmt: skip
         if not ok:
-            raise PartyRefusal(f"start needs the mesh address [host, port] of every rank 0..{n}")
+            raise PartyRefusal(f"start needs the mesh address [host, port] (port 1..65535) of every rank 0..{n}")
         for _, conn in self.workers:
             conn.send({"addresses": addresses, "timeout": START_TIMEOUT_S})
-        for _, conn in self.workers:
-            self._reply(conn, START_TIMEOUT_S + 10, "joining the parties' mesh")
+        try:
+            for _, conn in self.workers:
+                self._reply(conn, START_TIMEOUT_S + 10, "joining the parties' mesh")
+        except PartyRefusal:
+            self.stop_workers()  # a mesh that failed to form cannot be retried: register again
+            raise
+        self.started = True
         return {"ok": True}, []
 
     # --- round ------------------------------------------------------------------------------
 
     def round(self, doc: dict, blobs) -> tuple[dict, list]:
-        if self.terms is None or not self.workers:
+        if self.terms is None or not self.workers or not self.started:
             raise PartyRefusal("round before register and start")
         terms, r, items = self.terms, doc.get("round"), doc.get("sites")
         refused = None  # a refused round still joins the parties' agreement step, so that all abort
@@ -239,7 +252,7 @@ class PartyService:
         self.context = wire.server_context(home.tls_cert_pem, home.tls_key_pem)
         self.sock = socket.create_server((host, port))
         self.port = self.sock.getsockname()[1]
-        self._stopping = False
+        self._stopping, self._sessions, self._slots = False, 0, threading.Lock()
 
     def serve_forever(self) -> None:
         while not self._stopping:
@@ -250,13 +263,28 @@ class PartyService:
             threading.Thread(target=self._session, args=(raw,), daemon=True).start()
 
     def _session(self, raw) -> None:
+        with self._slots:
+            if self._sessions >= MAX_SESSIONS:
+                raw.close()  # a flood of connections cannot exhaust the party's threads
+                return
+            self._sessions += 1
         try:
-            sock = self.context.wrap_socket(raw, server_side=True)
-        except (OSError, Exception):  # noqa: BLE001 - a failed handshake is the client's problem
-            raw.close()
-            return
-        Session(self, sock).serve()
+            raw.settimeout(HANDSHAKE_TIMEOUT_S)
+            try:
+                sock = self.context.wrap_socket(raw, server_side=True)
+            except Exception:  # noqa: BLE001 - a failed or stalled handshake is the client's problem
+                raw.close()
+                return
+            sock.settimeout(IDLE_TIMEOUT_S)
+            Session(self, sock).serve()
+        finally:
+            with self._slots:
+                self._sessions -= 1
 
     def shutdown(self) -> None:
         self._stopping = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
         self.sock.close()

@@ -25,6 +25,7 @@ from pharmafl.errors import PharmaflError
 MAX_JSON = 64 << 20
 MAX_BLOB = 1 << 34
 MAX_BLOBS = 1 << 16
+MAX_FRAME = 1 << 35  # all binary parts of one frame together
 
 
 class WireError(PharmaflError):
@@ -55,7 +56,7 @@ def recv(sock) -> tuple[dict, list[bytes]]:
         if n > MAX_JSON:
             raise WireError(f"frame announces {n} bytes of JSON, more than {MAX_JSON}")
         try:
-            doc = json.loads(_exact(sock, n))
+            doc = json.loads(_exact(sock, n).decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique)
         except (ValueError, RecursionError) as exc:
             raise WireError(f"frame JSON is malformed: {exc}") from None
         if type(doc) is not dict:
@@ -63,15 +64,28 @@ def recv(sock) -> tuple[dict, list[bytes]]:
         (count,) = struct.unpack("<I", _exact(sock, 4))
         if count > MAX_BLOBS:
             raise WireError(f"frame announces {count} binary parts, more than {MAX_BLOBS}")
-        blobs = []
+        blobs, total = [], 0
         for _ in range(count):
             (size,) = struct.unpack("<Q", _exact(sock, 8))
-            if size > MAX_BLOB:
-                raise WireError(f"frame announces a binary part of {size} bytes, more than {MAX_BLOB}")
+            total += size
+            if size > MAX_BLOB or total > MAX_FRAME:
+                raise WireError(f"frame announces a binary part of {size} bytes ({total} in all), more than "
+                                f"{MAX_BLOB} ({MAX_FRAME} per frame)")  # fmt: skip
             blobs.append(_exact(sock, size))
         return doc, blobs
     except (OSError, ssl.SSLError) as exc:
         raise WireError(f"the channel broke: {type(exc).__name__}: {exc}") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unique(pairs):
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("a JSON object repeats a key")
+    return out
 
 
 def blob(blobs: list[bytes], ref) -> bytes:
@@ -105,7 +119,11 @@ def client_context(pinned_cert_pem: str) -> ssl.SSLContext:
 
 
 def connect(host: str, port: int, pinned_cert_pem: str, timeout: float) -> ssl.SSLSocket:
-    raw = socket.create_connection((host, port), timeout=timeout)
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise WireError(f"cannot reach the party at {host}:{port}: {exc} (is pharmafl party serve running "
+                        f"there?)") from None  # fmt: skip
     try:
         return client_context(pinned_cert_pem).wrap_socket(raw)
     except (OSError, ssl.SSLError) as exc:

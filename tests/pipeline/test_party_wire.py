@@ -236,11 +236,14 @@ def _ask(sock, doc: dict, blobs=()) -> dict:
     return reply
 
 
-def _signable(run_id, rnd) -> bool:
-    """Whether the party can sign a refusal for ``run_id`` (a valid id) and ``rnd`` (JSON-exact)."""
+def _signable(party: Party, run_id, rnd) -> bool:
+    """Whether the party signs a refusal for ``run_id`` (a valid id of a run registered there: a
+    stranger cannot make it write) and ``rnd`` (JSON-exact)."""
     try:
         check_id(run_id, "run id")
     except PharmaflError:
+        return False
+    if not party.service.home.registered(run_id):
         return False
     try:
         canonical({"round": rnd})
@@ -254,7 +257,7 @@ def _assert_refused(party: Party, reply: dict, doc: dict, *, run_id: str | None 
     assert reply.get("ok") is False and type(reply.get("error")) is str and reply["error"], reply
     assert needle in reply["error"], reply["error"]
     rnd = doc.get("round") if type(doc.get("round")) is int else None
-    if run_id is None or not _signable(run_id, rnd):
+    if run_id is None or not _signable(party, run_id, rnd):
         assert reply["statement"] is None, reply
         return
     problem = statement_problem(reply["statement"], site=ME, round=rnd, run_id=run_id, type_="party_refused",
@@ -385,6 +388,9 @@ def test_a_registered_run_refuses_a_second_register_bad_starts_and_changed_terms
         for addresses in bad_starts:
             doc = {"op": "start", "addresses": addresses}
             _assert_refused(party, _ask(sock, doc), doc, run_id=RUN, needle="needs the mesh address")
+        early = {"op": "round", "round": 1, "sites": {}}  # registered, but the mesh is not up: nothing recorded
+        _assert_refused(party, _ask(sock, early), early, run_id=RUN, needle="round before register and start")
+        assert not (party.service.home.run_dir(RUN) / "rounds.jsonl").exists()
         assert _ask(sock, {"op": "close"}) == {"ok": True}
     finally:
         sock.close()
@@ -459,3 +465,12 @@ def test_a_client_pinning_another_certificate_cannot_connect(party):
         with pytest.raises(wire.WireError, match="TLS to the party at 127.0.0.1"):
             party.dial(cert)
     _assert_still_serves(party)
+
+
+def test_a_stranger_cannot_make_the_party_write(party):
+    """Refusals about runs the party never registered are answered unsigned: nothing lands on its disk."""
+    before = sorted(p.name for p in (party.service.home.path / "runs").glob("*"))
+    docs_ = [{"op": "round", "round": 1, "terms": {"run_id": f"junk-{i}"}} for i in range(5)]
+    replies, outcome = _session(party, docs_)
+    assert outcome == "ended" and all(r["ok"] is False and r["statement"] is None for r in replies)
+    assert sorted(p.name for p in (party.service.home.path / "runs").glob("*")) == before
