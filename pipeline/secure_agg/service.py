@@ -193,6 +193,7 @@ class Session:
             refused = str(exc)
         length = layout_length(terms["layout"])
         shares, weights, headers, excluded = {}, {}, {}, {}
+        t0 = time.perf_counter()
         for site in sites if refused is None else ():
             item = items[site]
             try:
@@ -203,6 +204,7 @@ class Session:
                                                         me=self.home.hpke, round=r, length=length)  # fmt: skip
             except (ShareError, wire.WireError, TypeError, AttributeError) as exc:
                 excluded[site] = f"{self.home.party}: {exc}"
+        checks = time.perf_counter() - t0  # signatures, labels, caps, HPKE opening, piece commitments
         task = {"round": r, "accepted": refused is None, "sites": sites, "headers": headers, "shares": shares,
                 "weights": weights, "length": length, "min_sites": terms["min_sites"],
                 "max_norm": terms["max_update_norm"], "slack": terms["slack"], "sketches": terms["sketches"],
@@ -225,7 +227,8 @@ class Session:
                    "sum_sha256": hashlib.sha256(np.asarray(total, "<f8").tobytes()).hexdigest()
                    if total is not None else None}  # fmt: skip
         stmt = self.home.sign_statement(terms["run_id"], r, "party_round", payload)
-        reply = {"ok": True, "statement": stmt, "seconds": res["seconds"], "sum": 0 if total is not None else None}
+        reply = {"ok": True, "statement": stmt, "seconds": {**res["seconds"], "checks": checks},
+                 "sum": 0 if total is not None else None}  # fmt: skip
         return reply, ([np.asarray(total, "<f8").tobytes()] if total is not None else [])
 
     def stop_workers(self) -> None:
