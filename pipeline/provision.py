@@ -24,6 +24,7 @@ with :func:`write_server_config` (``pharmafl consortium nvflare-config``).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -165,12 +166,43 @@ def admin_name(kit: Path) -> str:
 
 
 def write_server_config(kit: Path, runs: Path) -> Path:
-    """Name ``runs``, the folder holding the coordinator's run directories, in the server kit."""
+    """Name ``runs``, the folder holding the coordinator's run directories, in the server kit;
+    and keep the server's job and snapshot stores in the kit (:func:`keep_storage_in_kit`)."""
     runs = Path(runs).absolute()
     if not runs.is_dir():
         raise ConfigError(f"{runs}: no such directory; create the folder the coordinator's runs live in "
                           "(pharmafl run --out RUNS/<name>)")
-    return write_local_config(check_kit(kit, "server"), {"format": LOCAL_FORMAT, "role": "server", "runs": str(runs)})
+    kit = check_kit(kit, "server")
+    keep_storage_in_kit(kit)
+    return write_local_config(kit, {"format": LOCAL_FORMAT, "role": "server", "runs": str(runs)})
+
+
+def keep_storage_in_kit(kit: Path) -> Path:
+    """Write ``KIT/local/resources.json``: NVFlare's server resources with the job store and the
+    snapshot store in ``KIT/storage/`` (0700); return that folder.
+
+    NVFlare's provisioned default (``local/resources.json.default``) keeps every submitted job
+    and every run snapshot in ``/tmp/nvflare/{jobs,snapshot}-storage``: one machine-wide,
+    world-readable folder, which the first user to run a server owns (another user's server
+    then fails to store a job: ``StorageException``). NVFlare reads ``resources.json`` before
+    ``resources.json.default``; the paths are absolute, as this machine resolves the kit.
+    """
+    default = kit / "local" / "resources.json.default"
+    doc = read_json(default, "NVFlare server resources")
+    storage = kit / "storage"
+    try:
+        snapshot = doc["snapshot_persistor"]["args"]["storage"]["args"]
+        (manager,) = [c for c in doc["components"] if c.get("id") == "job_manager"]
+        snapshot["root_dir"] = str(storage / "snapshot-storage")
+        manager["args"]["uri_root"] = str(storage / "jobs-storage")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ConfigError(f"{default}: not the server resources NVFlare's provisioner writes (no snapshot_persistor "
+                          "storage or job_manager component); provision the kit again") from None
+    for folder in (storage, storage / "snapshot-storage", storage / "jobs-storage"):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        folder.chmod(0o700)
+    write_bytes_atomic(kit / "local" / "resources.json", (json.dumps(doc, indent=2) + "\n").encode())
+    return storage
 
 
 def runs_of_kit(kit: Path) -> Path:

@@ -134,7 +134,7 @@ def test_nvflare_poc_separate_processes(small_cfg, tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("env", ["sim", "poc"])
 def test_secure_aggregation_on_nvflare_matches_the_local_engine(small_cfg, tmp_path, monkeypatch, env):
-    """The parties run beside NVFlare's server (their own processes and torch.distributed group);
+    """The parties run beside NVFlare's server (party services, each its own process, TLS between them);
     shares travel inside the sites' results. The fixed-point sum is exact, so the models agree bit for bit."""
     from dataclasses import replace
 
@@ -149,4 +149,4 @@ def test_secure_aggregation_on_nvflare_matches_the_local_engine(small_cfg, tmp_p
     lines = (tmp_path / "nvflare" / "events.jsonl").read_text().splitlines()
     agg = [json.loads(line)["payload"] for line in lines if json.loads(line)["type"] == "aggregated"]
     assert [a["participants"] for a in agg] == [["site-01", "site-02"]] * cfg.federation.rounds
-    assert all(a["secure"]["parties"] == ["server", "helper1"] for a in agg)
+    assert all(a["secure"]["parties"] == ["server-party", "helper-1"] for a in agg)
