@@ -19,7 +19,8 @@ and NVFlare's default builders (workspace, static files, certificates, signature
 Each kit is handed to its participant, who runs ``startup/start.sh`` as its own user. Nothing
 pharmafl needs at run time is in a kit until its owner writes the kit's local config
 (:mod:`pharmafl.sites.kit`): a site with ``pharmafl site nvflare-config``, the coordinator
-with :func:`write_server_config` (``pharmafl consortium nvflare-config``).
+with :func:`write_server_config` (``pharmafl consortium nvflare-config``), which also moves the
+server's job and snapshot stores from NVFlare's machine-wide ``/tmp/nvflare`` into the kit.
 """
 
 from __future__ import annotations

@@ -208,3 +208,17 @@ def test_prod_needs_an_admin_kit(kits, tmp_path):
     env = NVFlareEngine._env(SimpleNamespace(cfg=SimpleNamespace(federation=fed), run_dir=tmp_path))
     assert type(env).__name__ == "ProdEnv" and env.username == "admin@coordinator.org"
     assert env.startup_kit_location == str(kits["admin@coordinator.org"])
+
+
+def test_the_server_kit_keeps_its_job_and_snapshot_stores_in_the_kit(kits, tmp_path):
+    """NVFlare's default stores every job in the machine-wide /tmp/nvflare; the owner's config moves them."""
+    server = kits["localhost"]
+    default = json.loads((server / "local" / "resources.json.default").read_text())
+    assert "/tmp/nvflare/jobs-storage" in json.dumps(default)  # what NVFlare provisions
+    write_server_config(server, tmp_path)
+    doc = json.loads((server / "local" / "resources.json").read_text())  # NVFlare reads it before the default
+    assert doc["snapshot_persistor"]["args"]["storage"]["args"]["root_dir"] == str(server / "storage" /
+                                                                                  "snapshot-storage")  # fmt: skip
+    assert [c["args"]["uri_root"] for c in doc["components"] if c["id"] == "job_manager"] == [
+        str(server / "storage" / "jobs-storage")]  # fmt: skip
+    assert "/tmp/" not in json.dumps(doc) and (server / "storage").stat().st_mode & 0o077 == 0
