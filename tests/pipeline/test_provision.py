@@ -221,4 +221,4 @@ def test_the_server_kit_keeps_its_job_and_snapshot_stores_in_the_kit(kits, tmp_p
                                                                                   "snapshot-storage")  # fmt: skip
     assert [c["args"]["uri_root"] for c in doc["components"] if c["id"] == "job_manager"] == [
         str(server / "storage" / "jobs-storage")]  # fmt: skip
-    assert "/tmp/" not in json.dumps(doc) and (server / "storage").stat().st_mode & 0o077 == 0
+    assert "/tmp/nvflare" not in json.dumps(doc) and (server / "storage").stat().st_mode & 0o077 == 0
