@@ -434,7 +434,8 @@ def sign_site(plan: RunPlan, site: str, inner) -> SignedSite:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+        here = Path(__file__).resolve().parent  # safe.directory: a checkout owned by another user (a deployment)
+        out = subprocess.run(["git", "-c", f"safe.directory={here.parent}", "rev-parse", "HEAD"], cwd=here,
                              capture_output=True, text=True, timeout=5, check=False)  # fmt: skip
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
