@@ -72,7 +72,7 @@ def config(sites: int, rounds: int, dp: bool, secure: bool) -> RunConfig:
     cfg = RunConfig(
         name="bench-secure", seed=0, data=DataConfig(dataset="davis", sites=sites, partition="compound"),
         model=ModelConfig(label_offset=5.0), train=TrainConfig(batch_size=512, lr=5e-4),
-        federation=FederationConfig(rounds=rounds, local_epochs=1, engine="local", min_sites=max(1, sites - 2)),
+        federation=FederationConfig(rounds=rounds, local_epochs=1, engine="local", min_sites=max(2, sites - 2)),
         ledger=LedgerConfig(enabled=False), secure_aggregation=SecureAggregationConfig(enabled=secure),
     )  # fmt: skip
     if dp:

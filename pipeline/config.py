@@ -210,6 +210,12 @@ class RunConfig:
                 "federation.weighting 'quality' cannot run under secure_aggregation: its weights depend on "
                 "per-site losses the parties would have to scale shares by; use 'examples' or 'uniform'"
             )
+        if self.min_sites < 2:
+            raise ConfigError(
+                f"federation.min_sites {self.min_sites} cannot run under secure_aggregation: a sum over one site "
+                "is that site's update, and the aggregation parties never reveal one; set min_sites >= 2 (and "
+                "data.sites >= 2)"
+            )
 
     @property
     def min_sites(self) -> int:

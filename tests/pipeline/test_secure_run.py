@@ -216,6 +216,7 @@ def test_client_level_dp_noises_the_revealed_mean(small_cfg, tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"strategy": "scaffold"}, "scaffold' cannot run under secure_aggregation"),
     ({"weighting": "quality"}, "quality' cannot run under secure_aggregation"),
+    ({"min_sites": 1}, "min_sites 1 cannot run under secure_aggregation"),
 ])  # fmt: skip
 def test_strategies_that_need_individual_updates_are_refused(small_cfg, change, message):
     with pytest.raises(ConfigError, match=message):
@@ -226,6 +227,8 @@ def test_strategies_that_need_individual_updates_are_refused(small_cfg, change, 
     ({"max_update_norm": 5000.0}, "too large to check"),
     ({"helpers": 0}, "helpers must be in 1..4"),
     ({"buckets": 8}, "buckets in 64..4096"),
+    ({"max_examples": 0}, "max_examples must be an integer"),
+    ({"endpoints": {"helper-1": "no-port"}}, "is not host:port"),
 ])  # fmt: skip
 def test_bad_secure_settings_are_one_clear_error(kw, message):
     with pytest.raises(ConfigError, match=message):
