@@ -228,9 +228,9 @@ class PrivacyLedger:
         _write_json(self.path, doc)
 
 
-def _passphrase(home: Path, given: str | None) -> str:
+def home_passphrase(home: Path, given: str | None, env: str = PASSPHRASE_ENV, what: str = "the site key") -> str:
     """``given``, else a simulated home's own ``passphrase`` file (its random passphrase is the
-    only right one, whatever the environment says), else ``$PHARMAFL_SITE_PASSPHRASE``."""
+    only right one, whatever the environment says), else ``$env`` (a site's or a party's home)."""
     if given:
         return given
     file = home / PASSPHRASE_FILE
@@ -239,9 +239,9 @@ def _passphrase(home: Path, given: str | None) -> str:
             raise ConfigError(f"{file}: readable by others (mode {stat.S_IMODE(file.stat().st_mode):o}); "
                               "chmod 600 it")
         return file.read_text(encoding="utf-8").strip()
-    if os.environ.get(PASSPHRASE_ENV):
-        return os.environ[PASSPHRASE_ENV]
-    raise ConfigError(f"{home}: no passphrase for the site key: set ${PASSPHRASE_ENV} to the site's passphrase")
+    if os.environ.get(env):
+        return os.environ[env]
+    raise ConfigError(f"{home}: no passphrase for {what}: set ${env} to its passphrase")
 
 
 class SiteHome:
@@ -327,7 +327,7 @@ class SiteHome:
         if not isinstance(config, dict) or config.get("format") != SITE_FORMAT:
             raise ConfigError(f"{home / SITE_FILE}: not a {SITE_FORMAT} file; create the home with pharmafl site init")
         site = check_id(config.get("site"), f"{home / SITE_FILE}: site")
-        secret = _passphrase(home, passphrase)
+        secret = home_passphrase(home, passphrase)
         keys = KeyStore(home / "keys", secret, allowed={site})
         if keys.actors() != [site]:
             raise ConfigError(f"{home / 'keys'}: holds keys of {keys.actors()}, expected exactly {site}'s")

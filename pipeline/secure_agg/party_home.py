@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import stat
 import tempfile
 import threading
 from datetime import datetime, timezone
@@ -33,7 +32,16 @@ from pharmafl.audit.keys import DEFAULT_SCRYPT_N, KeyStore, raw_public_key
 from pharmafl.errors import ConfigError, PharmaflError
 from pharmafl.fileio import fsync_dir, write_bytes_atomic
 from pharmafl.pipeline.secure_agg.mesh import make_tls_identity
-from pharmafl.sites.home import _write_json, append_line, check_card, check_id, read_json, read_lines
+from pharmafl.sites.home import (
+    PASSPHRASE_FILE,
+    _write_json,
+    append_line,
+    check_card,
+    check_id,
+    home_passphrase,
+    read_json,
+    read_lines,
+)
 from pharmafl.sites.party_card import ROLES, check_parties, check_party_card, make_party_card
 from pharmafl.sites.secret_sharing import PartyKey
 
@@ -41,25 +49,11 @@ PARTY_FORMAT = "pharmafl-party-v1"
 PARTY_FILE = "party.json"
 CARD_FILE = "party-card.json"
 PASSPHRASE_ENV = "PHARMAFL_PARTY_PASSPHRASE"
-PASSPHRASE_FILE = "passphrase"
 STATEMENTS = "statements.jsonl"
 
 
 class PartyRefusal(PharmaflError):
     """A request this party will not serve; its message is what the signed refusal says."""
-
-
-def _passphrase(home: Path, given: str | None) -> str:
-    if given:
-        return given
-    file = home / PASSPHRASE_FILE
-    if file.is_file():
-        if stat.S_IMODE(file.stat().st_mode) & 0o077:
-            raise ConfigError(f"{file}: readable by others; chmod 600 it")
-        return file.read_text(encoding="utf-8").strip()
-    if os.environ.get(PASSPHRASE_ENV):
-        return os.environ[PASSPHRASE_ENV]
-    raise ConfigError(f"{home}: no passphrase for the party's keys: set ${PASSPHRASE_ENV}")
 
 
 def _now() -> str:
@@ -134,7 +128,7 @@ class PartyHome:
         if not isinstance(config, dict) or config.get("format") != PARTY_FORMAT:
             raise ConfigError(f"{home / PARTY_FILE}: not a {PARTY_FORMAT} file; create it with pharmafl party init")
         party = check_id(config.get("party"), f"{home / PARTY_FILE}: party")
-        secret = _passphrase(home, passphrase)
+        secret = home_passphrase(home, passphrase, PASSPHRASE_ENV, "the party's keys")
         keys = KeyStore(home / "keys", secret, allowed={party})
         try:
             key = keys.get(party)
