@@ -13,7 +13,7 @@ ifneq ($(SHARED_DATA),)
 export PHARMAFL_DATA ?= $(abspath $(SHARED_DATA))
 endif
 
-.PHONY: help install test demo demo-dp demo-secure demo-sign bench clean
+.PHONY: help install lint format test demo demo-dp demo-secure demo-sign bench clean
 
 help:
 	@echo "make demo    run the 10-site federated DAVIS demo (installs first)"
@@ -21,6 +21,7 @@ help:
 	@echo "make demo-secure DP-SGD plus secure aggregation (the server sees only sums)"
 	@echo "make demo-sign   after make demo: users, QA signs the report, regulator verifies the package"
 	@echo "make test    run the test suite (installs first)"
+	@echo "make lint    ruff format --check and ruff check (make format rewrites)"
 	@echo "make bench   run the benchmarks in bench/"
 	@echo "make install create .venv and install pharmafl with pinned dependencies"
 
@@ -36,6 +37,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	# its real runtime needs (onnx, onnxscript, omegaconf, pyyaml) are project deps.
 	$(BIN)/python -m pip install -q --no-deps crypten==0.4.1
 	touch $@
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 test: install
 	$(BIN)/python -m pytest -q

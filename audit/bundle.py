@@ -43,8 +43,9 @@ class ExportRefused(LedgerError):
     """The ledger does not verify, so no bundle was written; the message is the first failure."""
 
 
-def export(source: Ledger | str | os.PathLike, out_dir: str | os.PathLike, *, force: bool = False,
-           jobs: int | None = None) -> Path:
+def export(
+    source: Ledger | str | os.PathLike, out_dir: str | os.PathLike, *, force: bool = False, jobs: int | None = None
+) -> Path:
     """Write the evidence bundle of ``source`` (a :class:`Ledger`, path, run dir or URL) to
     ``out_dir``, which must not exist or be empty; returns its path.
 
@@ -68,8 +69,10 @@ def export(source: Ledger | str | os.PathLike, out_dir: str | os.PathLike, *, fo
             verify_path(str(tmp), jobs=jobs)
         except VerificationError as err:
             if not force:
-                raise ExportRefused(f"refusing to export a ledger that does not verify: {err}; investigate it with "
-                                  "`pharmafl ledger verify`, or export everything as it is with --force") from None
+                raise ExportRefused(
+                    f"refusing to export a ledger that does not verify: {err}; investigate it with "
+                    "`pharmafl ledger verify`, or export everything as it is with --force"
+                ) from None
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -86,8 +89,11 @@ def _write_bundle(ledger: Ledger, tmp: Path) -> None:
 
     schema = pa.schema([("seq", pa.int64())] + [(c, pa.string()) for c in ENTRY_COLUMNS[1:]])
     tree, keys, n = CompactRange(), {}, 0
-    with ledger.storage.read() as conn, open(tmp / "entries.jsonl", "w", encoding="utf-8", newline="\n") as jsonl, \
-            pq.ParquetWriter(tmp / "entries.parquet", schema) as parquet:
+    with (
+        ledger.storage.read() as conn,
+        open(tmp / "entries.jsonl", "w", encoding="utf-8", newline="\n") as jsonl,
+        pq.ParquetWriter(tmp / "entries.parquet", schema) as parquet,
+    ):
         batch: list[dict] = []
         for entry in Storage.entries(conn):
             jsonl.write(entry.to_json_line() + "\n")

@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from pharmafl.audit.errors import LedgerError
 
-app = typer.Typer(name="ledger", help="Verify, export and prove the audit ledger.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    name="ledger",
+    help="Verify, export and prove the audit ledger.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 Source = Annotated[str, typer.Argument(help="ledger.db path, run directory, or postgresql+psycopg:// URL")]
 
@@ -34,21 +39,30 @@ def _fail(message: str) -> None:
 @app.command()
 def verify(
     path: Annotated[str, typer.Argument(help="bundle directory, SQLite file, run directory, or postgresql:// URL")],
-    trusted_head: Annotated[Optional[Path], typer.Option(help="checkpoint JSON received out of band")] = None,
-    trusted_keys: Annotated[Optional[Path], typer.Option(help="keys.json (or bundle) received out of band")] = None,
-    roster: Annotated[Optional[Path], typer.Option(help="the consortium.json the sites agreed to")] = None,
-    witnesses: Annotated[Optional[int], typer.Option(
-        help="cosignatures each checkpoint of the run needs (default: a majority of the pinned sites)")] = None,
-    jobs: Annotated[Optional[int], typer.Option(help="processes for signature checks (default: all cores)")] = None,
+    trusted_head: Annotated[Path | None, typer.Option(help="checkpoint JSON received out of band")] = None,
+    trusted_keys: Annotated[Path | None, typer.Option(help="keys.json (or bundle) received out of band")] = None,
+    roster: Annotated[Path | None, typer.Option(help="the consortium.json the sites agreed to")] = None,
+    witnesses: Annotated[
+        int | None,
+        typer.Option(help="cosignatures each checkpoint of the run needs (default: a majority of the pinned sites)"),
+    ] = None,
+    jobs: Annotated[int | None, typer.Option(help="processes for signature checks (default: all cores)")] = None,
 ) -> None:
     """Recompute every hash, link, signature, statement, checkpoint and cosignature; print OK or the first bad seq."""
     from pharmafl.audit.dbsource import verify_target
     from pharmafl.audit.verify import VerificationError
 
     try:
-        typer.echo(verify_target(path, trusted_head=trusted_head and str(trusted_head),
-                                 trusted_keys=trusted_keys and str(trusted_keys), roster=roster and str(roster),
-                                 witnesses=witnesses, jobs=jobs))
+        typer.echo(
+            verify_target(
+                path,
+                trusted_head=trusted_head and str(trusted_head),
+                trusted_keys=trusted_keys and str(trusted_keys),
+                roster=roster and str(roster),
+                witnesses=witnesses,
+                jobs=jobs,
+            )
+        )
     except VerificationError as err:
         typer.echo(f"{'ERROR' if err.unreadable else 'FAIL'}: {err}")
         raise typer.Exit(2 if err.unreadable else 1) from None
@@ -58,15 +72,15 @@ def verify(
 def export(
     source: Source,
     out: Annotated[Path, typer.Option("--out", help="new (or empty) directory for the bundle")],
-    force: Annotated[bool, typer.Option(
-        help="export a ledger that does not verify, every row as it is (for investigation)")] = False,
+    force: Annotated[
+        bool, typer.Option(help="export a ledger that does not verify, every row as it is (for investigation)")
+    ] = False,
 ) -> None:
     """Write an evidence bundle: entries (JSONL, Parquet), keys, checkpoints, cosignatures, manifest.
 
     Refuses a ledger that does not verify (exit 1, naming the first bad seq) unless --force.
     """
-    from pharmafl.audit.bundle import ExportRefused
-    from pharmafl.audit.bundle import export as export_bundle
+    from pharmafl.audit.bundle import ExportRefused, export as export_bundle
 
     try:
         path = export_bundle(source, out, force=force)
@@ -76,18 +90,22 @@ def export(
     except LedgerError as err:
         _fail(str(err))
     manifest = json.loads((path / "manifest.json").read_text())
-    typer.echo(f"exported {manifest['entries']} entries, {manifest['checkpoints']} checkpoints, "
-               f"{manifest['cosignatures']} cosignatures to {path} (root {manifest['root_hash']})")
+    typer.echo(
+        f"exported {manifest['entries']} entries, {manifest['checkpoints']} checkpoints, "
+        f"{manifest['cosignatures']} cosignatures to {path} (root {manifest['root_hash']})"
+    )
 
 
 @app.command()
 def prove(
     source: Source,
-    inclusion: Annotated[Optional[int], typer.Option(help="prove entry SEQ is in the tree", metavar="SEQ")] = None,
-    consistency: Annotated[Optional[tuple[int, int]], typer.Option(
-        help="prove tree OLD is a prefix of tree NEW", metavar="OLD NEW")] = None,
-    tree_size: Annotated[Optional[int], typer.Option(
-        help="tree size for --inclusion (default: latest checkpoint covering SEQ)")] = None,
+    inclusion: Annotated[int | None, typer.Option(help="prove entry SEQ is in the tree", metavar="SEQ")] = None,
+    consistency: Annotated[
+        tuple[int, int] | None, typer.Option(help="prove tree OLD is a prefix of tree NEW", metavar="OLD NEW")
+    ] = None,
+    tree_size: Annotated[
+        int | None, typer.Option(help="tree size for --inclusion (default: latest checkpoint covering SEQ)")
+    ] = None,
 ) -> None:
     """Print an RFC 9162 inclusion or consistency proof as JSON, verified."""
     from pharmafl.audit import proofs
@@ -97,8 +115,11 @@ def prove(
         _fail("give exactly one of --inclusion SEQ or --consistency OLD NEW")
     try:
         with Ledger.open(source) as ledger:
-            proof = (proofs.inclusion(ledger, inclusion, tree_size) if inclusion is not None
-                     else proofs.consistency(ledger, *consistency))
+            proof = (
+                proofs.inclusion(ledger, inclusion, tree_size)
+                if inclusion is not None
+                else proofs.consistency(ledger, *consistency)
+            )
     except LedgerError as err:
         _fail(str(err))
     typer.echo(json.dumps(proof, indent=2))
@@ -110,7 +131,7 @@ def prove(
 @app.command()
 def head(
     source: Source,
-    out: Annotated[Optional[Path], typer.Option(help="write the checkpoint here (else stdout)")] = None,
+    out: Annotated[Path | None, typer.Option(help="write the checkpoint here (else stdout)")] = None,
 ) -> None:
     """The latest signed checkpoint, to hand to a regulator as --trusted-head."""
     from pharmafl.audit.ledger import Ledger
@@ -133,7 +154,7 @@ def head(
 @app.command()
 def keys(
     keystore: Annotated[Path, typer.Argument(help="key-store directory (e.g. RUN/keys)")],
-    ledger: Annotated[Optional[str], typer.Option(help="also show where each key is registered in this ledger")] = None,
+    ledger: Annotated[str | None, typer.Option(help="also show where each key is registered in this ledger")] = None,
 ) -> None:
     """List the actors in a key store with their public-key fingerprints (no passphrase needed)."""
     from pharmafl.audit.keys import FORMAT
@@ -158,6 +179,11 @@ def keys(
         where = ""
         if ledger is not None:
             reg = registered.get(actor)
-            where = ("  not registered" if reg is None else f"  registered at seq {reg['seq']}"
-                     if reg["fingerprint"] == fp else f"  MISMATCH: ledger has {reg['fingerprint']}")
+            where = (
+                "  not registered"
+                if reg is None
+                else f"  registered at seq {reg['seq']}"
+                if reg["fingerprint"] == fp
+                else f"  MISMATCH: ledger has {reg['fingerprint']}"
+            )
         typer.echo(f"{actor}\t{fp}{where}")

@@ -42,45 +42,87 @@ def rows(target: str | os.PathLike) -> Iterator[tuple[Iterator[tuple], list[dict
 
         from pharmafl.audit.storage import Storage, describe, resolve_target
     except ImportError as err:
-        raise VerificationError(f"{text} is not a bundle (no manifest.json), and reading a database needs the full "
-                                f"pharmafl install ({err}); export a bundle and verify that", unreadable=True) from None
+        raise VerificationError(
+            f"{text} is not a bundle (no manifest.json), and reading a database needs the full "
+            f"pharmafl install ({err}); export a bundle and verify that",
+            unreadable=True,
+        ) from None
     url = re.sub(r"^postgres(ql)?://", "postgresql+psycopg://", resolve_target(text))  # psycopg 3, not psycopg2
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise VerificationError(f"{text}: not a SQLite file, a run directory with ledger.db, a bundle with "
-                                "manifest.json, or a postgresql:// URL", unreadable=True)
+        raise VerificationError(
+            f"{text}: not a SQLite file, a run directory with ledger.db, a bundle with "
+            "manifest.json, or a postgresql:// URL",
+            unreadable=True,
+        )
     storage = Storage(url)
     try:
         if not storage.exists():
             raise VerificationError(f"{describe(url)} holds no ledger (no ledger_entries table)", unreadable=True)
         with storage.read() as conn:
             cosignatures = getattr(Storage, "cosignatures", lambda _: [])(conn)
-            yield ((e.seq, e.ts, e.actor, e.type, e.payload, e.prev_hash, e.entry_hash, e.signature)
-                   for e in Storage.entries(conn)), \
-                [c.__dict__ for c in Storage.checkpoints(conn)], [c.__dict__ for c in cosignatures]
+            yield (
+                (
+                    (e.seq, e.ts, e.actor, e.type, e.payload, e.prev_hash, e.entry_hash, e.signature)
+                    for e in Storage.entries(conn)
+                ),
+                [c.__dict__ for c in Storage.checkpoints(conn)],
+                [c.__dict__ for c in cosignatures],
+            )
     except SQLAlchemyError as err:
-        raise VerificationError(f"cannot read a ledger from {describe(url)}: {getattr(err, 'orig', err)}",
-                                unreadable=True) from None
+        raise VerificationError(
+            f"cannot read a ledger from {describe(url)}: {getattr(err, 'orig', err)}", unreadable=True
+        ) from None
     finally:
         storage.dispose()
 
 
-def verify_database(target: str | os.PathLike, *, trusted_head=None, has_head: bool = False,
-                    trusted_keys: dict | None = None, roster: str | None = None, witnesses: int | None = None,
-                    jobs: int | None = None) -> Run:
+def verify_database(
+    target: str | os.PathLike,
+    *,
+    trusted_head=None,
+    has_head: bool = False,
+    trusted_keys: dict | None = None,
+    roster: str | None = None,
+    witnesses: int | None = None,
+    jobs: int | None = None,
+) -> Run:
     """:func:`~pharmafl.audit.verify.verify` over a database's rows; anchors already loaded
     (:func:`~pharmafl.audit.verify_bundle.load_anchors`). Returns the verified :class:`Run`."""
     with rows(target) as (entries, checkpoints, cosignatures):
-        return verify(entries, checkpoints, cosignatures, trusted_head=trusted_head, has_head=has_head,
-                      trusted_keys=trusted_keys, roster=roster, witnesses=witnesses, jobs=jobs)
+        return verify(
+            entries,
+            checkpoints,
+            cosignatures,
+            trusted_head=trusted_head,
+            has_head=has_head,
+            trusted_keys=trusted_keys,
+            roster=roster,
+            witnesses=witnesses,
+            jobs=jobs,
+        )
 
 
-def verify_target(target: str | os.PathLike, *, trusted_head: str | None = None, trusted_keys: str | None = None,
-                  roster: str | None = None, witnesses: int | None = None, jobs: int | None = None) -> str:
+def verify_target(
+    target: str | os.PathLike,
+    *,
+    trusted_head: str | None = None,
+    trusted_keys: str | None = None,
+    roster: str | None = None,
+    witnesses: int | None = None,
+    jobs: int | None = None,
+) -> str:
     """Verify a bundle directory or a database; anchors are file paths. Returns the ``OK: ...`` line."""
     if (Path(target) / "manifest.json").exists():
-        return verify_path(str(target), trusted_head=trusted_head, trusted_keys=trusted_keys, roster=roster,
-                           witnesses=witnesses, jobs=jobs)
+        return verify_path(
+            str(target),
+            trusted_head=trusted_head,
+            trusted_keys=trusted_keys,
+            roster=roster,
+            witnesses=witnesses,
+            jobs=jobs,
+        )
     if witnesses is not None and witnesses < 0:
         raise VerificationError(f"--witnesses {witnesses}: give a count >= 0", unreadable=True)
-    return verify_database(target, **load_anchors(trusted_head, trusted_keys, roster), witnesses=witnesses,
-                           jobs=jobs).line()
+    return verify_database(
+        target, **load_anchors(trusted_head, trusted_keys, roster), witnesses=witnesses, jobs=jobs
+    ).line()

@@ -52,6 +52,7 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from pharmafl.audit.verify import VerificationError, canonical, verify_path
 
 SIGNATURE_DOMAIN = b"pharmafl-e-signature-v1\x00"
@@ -81,8 +82,12 @@ def _canonical_file(path: Path, fmt: str, fields: tuple) -> dict:
         obj = json.loads(raw)
     except (OSError, ValueError) as err:
         raise _fail(f"{path.name}: unreadable ({err})") from None
-    if not isinstance(obj, dict) or tuple(sorted(obj)) != fields or obj.get("format") != fmt \
-            or raw != canonical(obj).encode() + b"\n":
+    if (
+        not isinstance(obj, dict)
+        or tuple(sorted(obj)) != fields
+        or obj.get("format") != fmt
+        or raw != canonical(obj).encode() + b"\n"
+    ):
         raise _fail(f"{path.name}: not a canonical {fmt} document with the fields {', '.join(fields)}")
     return obj
 
@@ -92,11 +97,14 @@ def _sha256(path: Path) -> str:
 
 
 def check_files(root: Path) -> dict:
-    manifest = _canonical_file(root / "MANIFEST.json", "pharmafl-evidence-v1",
-                               ("files", "format", "ledger", "reports", "run_id"))
+    manifest = _canonical_file(
+        root / "MANIFEST.json", "pharmafl-evidence-v1", ("files", "format", "ledger", "reports", "run_id")
+    )
     present = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {"MANIFEST.json"}
-    if not all(isinstance(manifest[k], dict) and all(isinstance(n, str) and isinstance(h, str)
-                                                      for n, h in manifest[k].items()) for k in ("files", "reports")):
+    if not all(
+        isinstance(manifest[k], dict) and all(isinstance(n, str) and isinstance(h, str) for n, h in manifest[k].items())
+        for k in ("files", "reports")
+    ):
         raise _fail("MANIFEST.json: files and reports must each map names to SHA-256 hex digests")
     listed = set(manifest["files"])
     if present != listed:
@@ -113,8 +121,10 @@ def check_coverage(root: Path, manifest: dict) -> None:
     prefixes = tuple(name + "/" for name in manifest["reports"])
     loose = sorted(f for f in manifest["files"] if f not in PACKAGE_FILES and not f.startswith(("ledger/", *prefixes)))
     if loose:
-        raise _fail(f"the package holds files outside the ledger export and the listed reports {loose}: nothing "
-                    "vouches for them (foreign or forged)")
+        raise _fail(
+            f"the package holds files outside the ledger export and the listed reports {loose}: nothing "
+            "vouches for them (foreign or forged)"
+        )
     if "head.json" in manifest["files"]:
         head = (root / "head.json").read_bytes()
         if head not in (root / "ledger" / "checkpoints.jsonl").read_bytes().splitlines(keepends=True):
@@ -123,8 +133,9 @@ def check_coverage(root: Path, manifest: dict) -> None:
 
 def enrolment_message(actor: str, public_key: str, user_created: int) -> bytes:
     """What an enrolment MAC covers: the account, the key it enrols, the user_created it answers."""
-    return ENROLMENT_DOMAIN + canonical({"actor": actor, "public_key": public_key,
-                                         "user_created": user_created}).encode()
+    return (
+        ENROLMENT_DOMAIN + canonical({"actor": actor, "public_key": public_key, "user_created": user_created}).encode()
+    )
 
 
 def enrolment_mac(code_key: bytes, actor: str, public_key: str, user_created: int) -> str:
@@ -192,8 +203,12 @@ class Accounts:
     # -- the replay ------------------------------------------------------------------------
 
     def _apply(self, seq: int, actor: str, type_: str, d: dict, previous: tuple) -> None:
-        if actor.startswith(USER) and actor not in self.users and type_ != "actor_key" and not (
-                type_ == "user_created" and d.get("created_by") == "bootstrap"):
+        if (
+            actor.startswith(USER)
+            and actor not in self.users
+            and type_ != "actor_key"
+            and not (type_ == "user_created" and d.get("created_by") == "bootstrap")
+        ):
             raise VerificationError(f"{type_} by {actor!r}, which has no account (no user_created before it)", seq)
         handler = _HANDLERS.get(type_)
         if handler is not None:
@@ -206,41 +221,70 @@ class Accounts:
             return
         e = d.get("enrolment")
         if actor != who or not isinstance(e, dict):
-            raise VerificationError(f"the key of {who!r} is registered by {actor!r}, not enrolled by its owner: a "
-                                    "user's key counts only when she enrols it herself", seq)
+            raise VerificationError(
+                f"the key of {who!r} is registered by {actor!r}, not enrolled by its owner: a "
+                "user's key counts only when she enrols it herself",
+                seq,
+            )
         if e == {"method": "bootstrap"}:
             if self.users or self.created:
-                raise VerificationError(f"{who!r} self-enrols as the bootstrap admin after accounts exist: only "
-                                        "the first admin enrols without an admin's commitment", seq)
+                raise VerificationError(
+                    f"{who!r} self-enrols as the bootstrap admin after accounts exist: only "
+                    "the first admin enrols without an admin's commitment",
+                    seq,
+                )
             self.bootstrap.add(who)
             return
-        if sorted(e) != ["code_key", "mac", "method", "user_created"] or e["method"] != ENROLMENT_METHOD \
-                or type(e["user_created"]) is not int or not _hexstr(e["code_key"], 64) or not _hexstr(e["mac"], 64):
-            raise VerificationError(f"enrolment of {who!r} is malformed (expected method {ENROLMENT_METHOD!r}, "
-                                    "user_created seq, code_key, mac)", seq)
+        if (
+            sorted(e) != ["code_key", "mac", "method", "user_created"]
+            or e["method"] != ENROLMENT_METHOD
+            or type(e["user_created"]) is not int
+            or not _hexstr(e["code_key"], 64)
+            or not _hexstr(e["mac"], 64)
+        ):
+            raise VerificationError(
+                f"enrolment of {who!r} is malformed (expected method {ENROLMENT_METHOD!r}, "
+                "user_created seq, code_key, mac)",
+                seq,
+            )
         created = self.created.get(who)
         if created is None or created[0] != e["user_created"]:
-            raise VerificationError(f"enrolment of {who!r} answers user_created at seq {e['user_created']}, which "
-                                    "is not the entry that created this account", seq)
+            raise VerificationError(
+                f"enrolment of {who!r} answers user_created at seq {e['user_created']}, which "
+                "is not the entry that created this account",
+                seq,
+            )
         code_key = bytes.fromhex(e["code_key"])
         if not hmac.compare_digest(hashlib.sha256(code_key).hexdigest(), created[1]["code_key_sha256"]):
-            raise VerificationError(f"enrolment of {who!r}: the code key does not open the commitment of its "
-                                    f"user_created (seq {created[0]}): not made with the temporary password", seq)
+            raise VerificationError(
+                f"enrolment of {who!r}: the code key does not open the commitment of its "
+                f"user_created (seq {created[0]}): not made with the temporary password",
+                seq,
+            )
         if not hmac.compare_digest(enrolment_mac(code_key, who, str(d.get("public_key")), created[0]), e["mac"]):
             raise VerificationError(f"enrolment of {who!r}: the MAC does not bind this key to the account", seq)
 
     def _commitment(self, seq: int, target: str, c: object) -> dict:
         kdf = c.get("kdf") if isinstance(c, dict) else None
-        if not isinstance(kdf, dict) or sorted(c) != ["code_key_sha256", "format", "kdf"] \
-                or c["format"] != COMMITMENT_FORMAT or not _hexstr(c["code_key_sha256"], 64) \
-                or sorted(kdf) != ["n", "name", "p", "r", "salt"] or kdf["name"] != "scrypt" \
-                or not all(type(kdf[k]) is int and kdf[k] > 0 for k in "npr") or kdf["n"] & (kdf["n"] - 1) \
-                or kdf["r"] < 8 or not _hexstr(kdf["salt"], 32):
+        if (
+            not isinstance(kdf, dict)
+            or sorted(c) != ["code_key_sha256", "format", "kdf"]
+            or c["format"] != COMMITMENT_FORMAT
+            or not _hexstr(c["code_key_sha256"], 64)
+            or sorted(kdf) != ["n", "name", "p", "r", "salt"]
+            or kdf["name"] != "scrypt"
+            or not all(type(kdf[k]) is int and kdf[k] > 0 for k in "npr")
+            or kdf["n"] & (kdf["n"] - 1)
+            or kdf["r"] < 8
+            or not _hexstr(kdf["salt"], 32)
+        ):
             raise VerificationError(f"user_created for {target!r}: malformed enrolment commitment", seq)
         if kdf["n"] < MIN_KDF_N:
             if not (self.policy.get("test_only_kdf") is True and kdf["n"] >= TEST_KDF_N):
-                raise VerificationError(f"user_created for {target!r}: the enrolment commitment's scrypt cost "
-                                        f"n={kdf['n']} is below 2**17", seq)
+                raise VerificationError(
+                    f"user_created for {target!r}: the enrolment commitment's scrypt cost n={kdf['n']} is below 2**17",
+                    seq,
+                )
             self.test_kdf = True
         return c
 
@@ -255,14 +299,18 @@ class Accounts:
         if not ok or target in self.users:
             raise VerificationError(f"user_created for {target!r} by {actor!r}, who may not create it", seq)
         if display_key(d.get("full_name")) in self.names:
-            raise VerificationError(f"user_created for {target!r}: printed name {d.get('full_name')!r} is "
-                                    "already another account's (names are unique)", seq)
+            raise VerificationError(
+                f"user_created for {target!r}: printed name {d.get('full_name')!r} is "
+                "already another account's (names are unique)",
+                seq,
+            )
         if bootstrap:
             self.policy = d.get("policy") if isinstance(d.get("policy"), dict) else {}
         else:
             if target in self.keys:
-                raise VerificationError(f"user_created for {target!r}: a key was registered for it before the "
-                                        "account existed", seq)
+                raise VerificationError(
+                    f"user_created for {target!r}: a key was registered for it before the account existed", seq
+                )
             self.created[target] = (seq, self._commitment(seq, target, d.get("enrolment")))
         self.names.add(display_key(d.get("full_name")))
         self.users[target] = {"role": d.get("role"), "name": d.get("full_name"), "status": "active"}
@@ -271,9 +319,12 @@ class Accounts:
         self._admin(seq, actor, "user_role_changed")
         target, user = self._user(seq, actor, d)
         if target == actor or d.get("role") not in ROLES or (user["role"] == "admin" and d.get("role") in SIGNING):
-            raise VerificationError(f"user_role_changed of {target!r} ({user['role']} -> {d.get('role')!r}) by "
-                                    f"{actor!r}: no one changes their own role, and no admin is given a signing "
-                                    "role", seq)
+            raise VerificationError(
+                f"user_role_changed of {target!r} ({user['role']} -> {d.get('role')!r}) by "
+                f"{actor!r}: no one changes their own role, and no admin is given a signing "
+                "role",
+                seq,
+            )
         user["role"] = d["role"]
 
     def _on_user_disabled(self, seq: int, actor: str, d: dict, _previous: tuple) -> None:
@@ -304,10 +355,12 @@ class Accounts:
 
     def _on_report_rendered(self, seq: int, actor: str, d: dict, previous: tuple) -> None:
         prev_seq, prev_actor, prev_type, prev = previous  # written with, right after, the signer's e_signature
-        if (prev_seq, prev_actor, prev_type) != (seq - 1, actor, "e_signature") or \
-                prev.get("record_hash") != d.get("record_hash"):
-            raise VerificationError(f"report_rendered by {actor!r} does not follow that user's e_signature on "
-                                    "the same record", seq)
+        if (prev_seq, prev_actor, prev_type) != (seq - 1, actor, "e_signature") or prev.get("record_hash") != d.get(
+            "record_hash"
+        ):
+            raise VerificationError(
+                f"report_rendered by {actor!r} does not follow that user's e_signature on the same record", seq
+            )
         self.renderings.setdefault(d.get("record_hash"), []).append(d)
 
     def _on_e_signature(self, seq: int, actor: str, d: dict, _previous: tuple) -> None:
@@ -317,8 +370,11 @@ class Accounts:
             hint = "" if user.get("status") == "active" else f", account {user.get('status')}"
             raise VerificationError(f"{actor} (role {role!r} at seq {seq}{hint}) may not sign as {meaning!r}", seq)
         if d.get("signer") != actor or d.get("printed_name") != user["name"]:
-            raise VerificationError(f"e_signature by {actor}: signer {d.get('signer')!r} / printed name "
-                                    f"{d.get('printed_name')!r} are not the account's ({user['name']!r})", seq)
+            raise VerificationError(
+                f"e_signature by {actor}: signer {d.get('signer')!r} / printed name "
+                f"{d.get('printed_name')!r} are not the account's ({user['name']!r})",
+                seq,
+            )
         self.signatures[seq] = (actor, d)
 
     def _on_evidence_exported(self, seq: int, actor: str, d: dict, _previous: tuple) -> None:
@@ -345,14 +401,15 @@ def check_report(root: Path, name: str, record_hash: str, manifest: dict, ledger
     if generated is None:
         raise _fail(f"{name}: record {record_hash[:16]}... has no report_generated entry in the ledger")
     if generated.get("run_id") != manifest["run_id"]:
-        raise _fail(f"MANIFEST.json names run {manifest['run_id']!r}, but {name} is a report of run "
-                    f"{generated.get('run_id')!r}")
+        raise _fail(
+            f"MANIFEST.json names run {manifest['run_id']!r}, but {name} is a report of run {generated.get('run_id')!r}"
+        )
     on_record = {d["signature"] for _, d in ledger.signatures.values() if d.get("record_hash") == record_hash}
     prefix = name + "/"
     for path, digest in sorted(files.items()):
         if not path.startswith(prefix):
             continue
-        rel = path[len(prefix):]
+        rel = path[len(prefix) :]
         if rel == "report.json":
             continue
         if rel not in COPIES:
@@ -364,8 +421,10 @@ def check_report(root: Path, name: str, record_hash: str, manifest: dict, ledger
             raise _fail(f"{path}: not a rendering of this report recorded in the ledger (altered or foreign copy)")
         missing = on_record - set(shown[-1].get("signatures", []))
         if missing:
-            raise _fail(f"{path}: this copy does not show {len(missing)} of the record's e-signatures; "
-                        "every human-readable copy must show them (21 CFR 11.50): export the re-rendered report")
+            raise _fail(
+                f"{path}: this copy does not show {len(missing)} of the record's e-signatures; "
+                "every human-readable copy must show them (21 CFR 11.50): export the re-rendered report"
+            )
 
 
 def check_signatures(root: Path, manifest: dict, ledger: Accounts) -> int:
@@ -373,16 +432,22 @@ def check_signatures(root: Path, manifest: dict, ledger: Accounts) -> int:
     seen = set()
     for i, item in enumerate(doc["signatures"]):
         where = f"signatures.json item {i}"
-        if not isinstance(item, dict) or not set(SIGNED_FIELDS) | {"signature", "report", "seq"} <= set(item) \
-                or not isinstance(item["report"], str) or type(item["seq"]) is not int:
+        if (
+            not isinstance(item, dict)
+            or not set(SIGNED_FIELDS) | {"signature", "report", "seq"} <= set(item)
+            or not isinstance(item["report"], str)
+            or type(item["seq"]) is not int
+        ):
             raise _fail(f"{where}: malformed")
         report, seq = item["report"], item["seq"]
         if report not in manifest["reports"]:
             raise _fail(f"{where}: names {report!r}, not a report in this package")
         if item["record_hash"] != manifest["reports"][report]:
-            raise _fail(f"{where}: the signature by {item['signer']} was made on record {item['record_hash'][:16]}..., "
-                        f"not on {report} ({manifest['reports'][report][:16]}...): a signature cannot be copied onto "
-                        "another record (21 CFR 11.70)")
+            raise _fail(
+                f"{where}: the signature by {item['signer']} was made on record {item['record_hash'][:16]}..., "
+                f"not on {report} ({manifest['reports'][report][:16]}...): a signature cannot be copied onto "
+                "another record (21 CFR 11.70)"
+            )
         actor, recorded = ledger.signatures.get(seq, (None, None))
         payload = {k: v for k, v in item.items() if k not in ("report", "seq")}
         if recorded != payload or actor != item["signer"]:
@@ -414,16 +479,19 @@ def verify_package(path: str, *, trusted_head: str | None = None, jobs: int | No
     for name, record_hash in sorted(manifest["reports"].items()):
         check_report(root, name, record_hash, manifest, ledger)
     n = check_signatures(root, manifest, ledger)
-    return (f"OK: evidence package of run {manifest['run_id']}: {len(manifest['files'])} files, "
-            f"{len(manifest['reports'])} report(s), {n} e-signature(s); ledger {line[4:]}"
-            + (TEST_KDF_NOTE if ledger.test_kdf else ""))
+    return (
+        f"OK: evidence package of run {manifest['run_id']}: {len(manifest['files'])} files, "
+        f"{len(manifest['reports'])} report(s), {n} e-signature(s); ledger {line[4:]}"
+        + (TEST_KDF_NOTE if ledger.test_kdf else "")
+    )
 
 
 def replay_bundle(bundle: Path) -> Accounts:
     """:class:`Accounts` of a ledger bundle that :func:`verify_path` has verified."""
     with open(bundle / "entries.jsonl", "rb") as lines:
-        return Accounts((e["seq"], e["ts"], e["actor"], e["type"], canonical(e["payload"]))
-                        for e in map(json.loads, lines))
+        return Accounts(
+            (e["seq"], e["ts"], e["actor"], e["type"], canonical(e["payload"])) for e in map(json.loads, lines)
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

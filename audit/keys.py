@@ -78,8 +78,14 @@ class KeyStore:
         allowed: the only actors whose keys this store may create or hand out (None: any).
     """
 
-    def __init__(self, path: str | os.PathLike, passphrase: str, *, scrypt_n: int = DEFAULT_SCRYPT_N,
-                 allowed: set[str] | frozenset[str] | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        passphrase: str,
+        *,
+        scrypt_n: int = DEFAULT_SCRYPT_N,
+        allowed: set[str] | frozenset[str] | None = None,
+    ):
         if not isinstance(passphrase, str) or not passphrase:
             raise LedgerError(
                 f"empty key-store passphrase for {path}; pass a non-empty passphrase "
@@ -164,8 +170,9 @@ class KeyStore:
             if kdf.get("name") != "scrypt" or kdf["n"] < MIN_SCRYPT_N:
                 raise LedgerError(f"{file}: unsupported or too weak KDF {kdf!r}; re-create the key")
             aes = AESGCM(self._kdf(kdf))
-            raw = aes.decrypt(bytes.fromhex(record["cipher"]["nonce"]), bytes.fromhex(record["ciphertext"]),
-                              self._aad(record))
+            raw = aes.decrypt(
+                bytes.fromhex(record["cipher"]["nonce"]), bytes.fromhex(record["ciphertext"]), self._aad(record)
+            )
             key = Ed25519PrivateKey.from_private_bytes(raw)
         except InvalidTag:
             raise LedgerError(
@@ -183,13 +190,16 @@ class KeyStore:
         public = raw_public_key(key)
         kdf = {"name": "scrypt", "n": self._scrypt_n, "r": 8, "p": 1, "salt": secrets.token_bytes(16).hex()}
         record = {
-            "format": FORMAT, "actor": actor, "algorithm": ALGORITHM, "public_key": public.hex(),
-            "fingerprint": fingerprint(public), "kdf": kdf,
+            "format": FORMAT,
+            "actor": actor,
+            "algorithm": ALGORITHM,
+            "public_key": public.hex(),
+            "fingerprint": fingerprint(public),
+            "kdf": kdf,
             "cipher": {"name": "AES-256-GCM", "nonce": secrets.token_bytes(12).hex()},
         }
         raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        ciphertext = AESGCM(self._kdf(kdf)).encrypt(bytes.fromhex(record["cipher"]["nonce"]), raw,
-                                                     self._aad(record))
+        ciphertext = AESGCM(self._kdf(kdf)).encrypt(bytes.fromhex(record["cipher"]["nonce"]), raw, self._aad(record))
         record["ciphertext"] = ciphertext.hex()
         target = self.file_for(actor)
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".tmp-", suffix=_SUFFIX)

@@ -38,7 +38,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from hashlib import sha256
 from typing import Any, Protocol
 
@@ -84,7 +84,7 @@ class KeySource(Protocol):
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -115,8 +115,14 @@ class Ledger:
     Open it with :meth:`open`; without ``keys`` it is read-only.
     """
 
-    def __init__(self, storage: Storage, keys: KeySource | None = None, *,
-                 registrar: str | None = None, clock: Callable[[], datetime] = utc_now):
+    def __init__(
+        self,
+        storage: Storage,
+        keys: KeySource | None = None,
+        *,
+        registrar: str | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ):
         self.storage = storage
         self.keys = keys
         self.clock = clock
@@ -133,8 +139,14 @@ class Ledger:
         self.registrar = check_actor(founder or registrar or DEFAULT_REGISTRAR)
 
     @classmethod
-    def open(cls, target: str | os.PathLike, keys: KeySource | None = None, *,
-             registrar: str | None = None, clock: Callable[[], datetime] = utc_now) -> Ledger:
+    def open(
+        cls,
+        target: str | os.PathLike,
+        keys: KeySource | None = None,
+        *,
+        registrar: str | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> Ledger:
         """Open the ledger at a SQLite path, a run directory (``ledger.db``) or a database URL.
 
         With ``keys`` the tables are created if missing and the ledger accepts appends;
@@ -158,8 +170,9 @@ class Ledger:
         """``append(actor, type, payload)`` with the payload as keyword arguments."""
         return self.append(actor, type, payload)
 
-    def append_many(self, items: Iterable[tuple[str, str, Mapping[str, Any]]], *,
-                    on_commit: OnCommit | None = None) -> list[Entry]:
+    def append_many(
+        self, items: Iterable[tuple[str, str, Mapping[str, Any]]], *, on_commit: OnCommit | None = None
+    ) -> list[Entry]:
         """Append a batch in one transaction (the fast path); returns one entry per item.
 
         ``on_commit(conn, entries)`` (see :data:`OnCommit`) writes the caller's own rows in
@@ -180,8 +193,9 @@ class Ledger:
         made, _ = self._write([], keys, also=[actor])
         return made[-1] if made else None
 
-    def enrol(self, actor: str, key: Ed25519PrivateKey, enrolment: Mapping[str, Any], *,
-              on_commit: OnCommit | None = None) -> Entry:
+    def enrol(
+        self, actor: str, key: Ed25519PrivateKey, enrolment: Mapping[str, Any], *, on_commit: OnCommit | None = None
+    ) -> Entry:
         """Register ``actor``'s own key with an ``actor_key`` entry signed by that key.
 
         The payload is ``{actor, algorithm, enrolment, fingerprint, proof, public_key}``:
@@ -191,17 +205,25 @@ class Ledger:
         ``on_commit`` as in :meth:`append_many`. Returns the entry.
         """
         if check_actor(actor) == self.registrar:
-            raise LedgerError(f"{actor!r} is this ledger's registrar, which registers itself at entry 0; "
-                              "enrol users and other actors under their own ids")
+            raise LedgerError(
+                f"{actor!r} is this ledger's registrar, which registers itself at entry 0; "
+                "enrol users and other actors under their own ids"
+            )
         if not isinstance(key, Ed25519PrivateKey):
             raise LedgerError(f"enrolment of {actor!r}: key must be an Ed25519PrivateKey, got {type(key).__name__}")
         if not isinstance(enrolment, Mapping):
-            raise LedgerError(f"enrolment of {actor!r}: enrolment must be a mapping (a JSON object), "
-                              f"got {type(enrolment).__name__}")
+            raise LedgerError(
+                f"enrolment of {actor!r}: enrolment must be a mapping (a JSON object), got {type(enrolment).__name__}"
+            )
         public = raw_public_key(key).hex()
-        payload = {"actor": actor, "algorithm": ALGORITHM, "enrolment": dict(enrolment),
-                   "fingerprint": fingerprint(bytes.fromhex(public)),
-                   "proof": key.sign(key_proof_message(actor, public)).hex(), "public_key": public}
+        payload = {
+            "actor": actor,
+            "algorithm": ALGORITHM,
+            "enrolment": dict(enrolment),
+            "fingerprint": fingerprint(bytes.fromhex(public)),
+            "proof": key.sign(key_proof_message(actor, public)).hex(),
+            "public_key": public,
+        }
         text = canonical_json(payload, where=f"enrolment of {actor!r}")
         keys = self._keys_for({self.registrar})
         keys[actor] = key
@@ -226,11 +248,15 @@ class Ledger:
             raise LedgerError(f"batch item {index}: expected (actor, type, payload), got {item!r:.80}") from None
         check_actor(actor)
         if check_type(type_) == ACTOR_KEY:
-            raise LedgerError(f"batch item {index}: 'actor_key' entries are written by the ledger itself; "
-                              "call Ledger.register(actor) instead")
+            raise LedgerError(
+                f"batch item {index}: 'actor_key' entries are written by the ledger itself; "
+                "call Ledger.register(actor) instead"
+            )
         if not isinstance(payload, Mapping):
-            raise LedgerError(f"batch item {index} ({type_!r} by {actor!r}): payload must be a mapping "
-                              f"(a JSON object), got {type(payload).__name__}")
+            raise LedgerError(
+                f"batch item {index} ({type_!r} by {actor!r}): payload must be a mapping "
+                f"(a JSON object), got {type(payload).__name__}"
+            )
         return actor, type_, canonical_json(payload, where=f"payload of {type_!r} by {actor!r}")
 
     def _writable(self) -> None:
@@ -254,10 +280,16 @@ class Ledger:
             _check_key(actor, key, self._view.registered)
         return keys
 
-    def _write(self, prepared: list[tuple[str, str, str]], keys: dict[str, Ed25519PrivateKey],
-               also: Iterable[str] = (), checkpoint_signer: str | None = None, *,
-               enrol: tuple[str, str] | None = None, on_commit: OnCommit | None = None,
-               ) -> tuple[list[Entry], Checkpoint | None]:
+    def _write(
+        self,
+        prepared: list[tuple[str, str, str]],
+        keys: dict[str, Ed25519PrivateKey],
+        also: Iterable[str] = (),
+        checkpoint_signer: str | None = None,
+        *,
+        enrol: tuple[str, str] | None = None,
+        on_commit: OnCommit | None = None,
+    ) -> tuple[list[Entry], Checkpoint | None]:
         """One write transaction, rebuilt on the new head and retried if a writer raced us."""
         for attempt in range(MAX_ATTEMPTS):
             view = self._view.copy()
@@ -268,8 +300,7 @@ class Ledger:
                     made = self._build(size, prev, last_ts, prepared, keys, also, view.registered, enrol)
                     Storage.insert_entries(conn, made)
                     if on_commit is not None:
-                        _run_hook(on_commit, conn, made[-1:] if enrol else
-                                  [e for e in made if e.type != ACTOR_KEY])
+                        _run_hook(on_commit, conn, made[-1:] if enrol else [e for e in made if e.type != ACTOR_KEY])
                     if view.tree.size == size:
                         for entry in made:
                             view.tree.append(entry.leaf_hash())
@@ -292,9 +323,17 @@ class Ledger:
                 time.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
         raise AssertionError("unreachable")
 
-    def _build(self, seq: int, prev: str, last_ts: str | None, prepared: list[tuple[str, str, str]],
-               keys: dict[str, Ed25519PrivateKey], also: Iterable[str],
-               registered: dict[str, tuple[str, int]], enrol: tuple[str, str] | None = None) -> list[Entry]:
+    def _build(
+        self,
+        seq: int,
+        prev: str,
+        last_ts: str | None,
+        prepared: list[tuple[str, str, str]],
+        keys: dict[str, Ed25519PrivateKey],
+        also: Iterable[str],
+        registered: dict[str, tuple[str, int]],
+        enrol: tuple[str, str] | None = None,
+    ) -> list[Entry]:
         """Entries for ``prepared`` on top of the head, registrations inserted where due;
         with ``enrol=(actor, payload)``, that actor's self-signed ``actor_key`` entry."""
         now = format_ts(self.clock())
@@ -317,8 +356,13 @@ class Ledger:
                 ensure(self.registrar)
             public = raw_public_key(keys[actor]).hex()
             proof = keys[actor].sign(key_proof_message(actor, public)).hex()
-            payload = {"actor": actor, "algorithm": ALGORITHM, "fingerprint": fingerprint(bytes.fromhex(public)),
-                       "proof": proof, "public_key": public}
+            payload = {
+                "actor": actor,
+                "algorithm": ALGORITHM,
+                "fingerprint": fingerprint(bytes.fromhex(public)),
+                "proof": proof,
+                "public_key": public,
+            }
             registered[actor] = (public, seq)
             add(self.registrar, ACTOR_KEY, canonical_json(payload))
 
@@ -340,8 +384,9 @@ class Ledger:
             add(actor, type_, payload)
         return made
 
-    def _checkpoint(self, conn: Any, tree: CompactRange, last_ts: str | None, signer: str,
-                    key: Ed25519PrivateKey) -> Checkpoint:
+    def _checkpoint(
+        self, conn: Any, tree: CompactRange, last_ts: str | None, signer: str, key: Ed25519PrivateKey
+    ) -> Checkpoint:
         existing = Storage.checkpoints(conn)
         if existing and existing[-1].tree_size == tree.size:
             return existing[-1]
@@ -372,8 +417,9 @@ class Ledger:
         with self.storage.read() as conn:
             return Storage.cosignatures(conn)
 
-    def add_cosignatures(self, items: Iterable[Mapping[str, Any]], *, witness_keys: Mapping[str, bytes],
-                         origin: str) -> dict[str, str]:
+    def add_cosignatures(
+        self, items: Iterable[Mapping[str, Any]], *, witness_keys: Mapping[str, bytes], origin: str
+    ) -> dict[str, str]:
         """Check witnesses' answers and store the valid ones, in one transaction.
 
         Each item is ``{"witness", "tree_size", "timestamp", "signature"}`` (what
@@ -400,16 +446,18 @@ class Ledger:
                     continue
                 have = stored.get((cosig.tree_size, cosig.witness))
                 if have is not None and have != cosig:
-                    refused.setdefault(name, f"{name} already has a different cosignature of tree size "
-                                             f"{cosig.tree_size} in the ledger (timestamp {have.timestamp})")
+                    refused.setdefault(
+                        name,
+                        f"{name} already has a different cosignature of tree size "
+                        f"{cosig.tree_size} in the ledger (timestamp {have.timestamp})",
+                    )
                 elif have is None:
                     stored[(cosig.tree_size, cosig.witness)] = cosig
                     fresh.append(cosig)
             Storage.insert_cosignatures(conn, fresh)
         return refused
 
-    def witness_request(self, old_size: int, *, origin: str, log_signer: str,
-                        anchor_seq: int | None) -> dict[str, Any]:
+    def witness_request(self, old_size: int, *, origin: str, log_signer: str, anchor_seq: int | None) -> dict[str, Any]:
         """What a witness needs to cosign the latest checkpoint (docs/trust-domains.md).
 
         ``{"origin", "checkpoint", "log_key", "old_size", "proof"}``: the checkpoint as
@@ -425,40 +473,54 @@ class Ledger:
                 raise LedgerError(f"{self!r} has no checkpoint to witness yet; call checkpoint() first")
             cp = checkpoints[-1]
             if cp.signer != log_signer:
-                raise LedgerError(f"the latest checkpoint (tree size {cp.tree_size}) is signed by {cp.signer!r}, "
-                                  f"not the log signer {log_signer!r}; witnesses cosign only the log's checkpoints")
+                raise LedgerError(
+                    f"the latest checkpoint (tree size {cp.tree_size}) is signed by {cp.signer!r}, "
+                    f"not the log signer {log_signer!r}; witnesses cosign only the log's checkpoints"
+                )
             self._view.catch_up(conn, cp.tree_size)
             if log_signer not in self._view.registered:
                 raise LedgerError(f"log signer {log_signer!r} has no registered key in {self!r}")
             if isinstance(old_size, bool) or not isinstance(old_size, int) or not 0 <= old_size <= cp.tree_size:
-                raise LedgerError(f"old_size {old_size!r} must be an int within 0..{cp.tree_size} "
-                                  "(the size the witness last cosigned)")
-            if anchor_seq is not None and (isinstance(anchor_seq, bool) or not isinstance(anchor_seq, int)
-                                           or not 0 <= anchor_seq < cp.tree_size):
-                raise LedgerError(f"anchor_seq {anchor_seq!r} must be an entry under the checkpoint "
-                                  f"(0..{cp.tree_size - 1})")
+                raise LedgerError(
+                    f"old_size {old_size!r} must be an int within 0..{cp.tree_size} "
+                    "(the size the witness last cosigned)"
+                )
+            if anchor_seq is not None and (
+                isinstance(anchor_seq, bool) or not isinstance(anchor_seq, int) or not 0 <= anchor_seq < cp.tree_size
+            ):
+                raise LedgerError(
+                    f"anchor_seq {anchor_seq!r} must be an entry under the checkpoint (0..{cp.tree_size - 1})"
+                )
             for entry in Storage.entries(conn, len(self._merkle), cp.tree_size):
                 self._merkle.append(entry.leaf_hash())
             anchor = None if anchor_seq is None else next(Storage.entries(conn, anchor_seq, anchor_seq + 1))
         if self._merkle.root(cp.tree_size).hex() != cp.root_hash:
-            raise LedgerError(f"the entries of {self!r} no longer hash to the root of checkpoint "
-                              f"{cp.tree_size}; the ledger was altered: run `pharmafl ledger verify`")
+            raise LedgerError(
+                f"the entries of {self!r} no longer hash to the root of checkpoint "
+                f"{cp.tree_size}; the ledger was altered: run `pharmafl ledger verify`"
+            )
         request: dict[str, Any] = {
-            "origin": origin, "checkpoint": json.loads(cp.to_json_line()),
-            "log_key": self._view.registered[log_signer][0], "old_size": old_size,
+            "origin": origin,
+            "checkpoint": json.loads(cp.to_json_line()),
+            "log_key": self._view.registered[log_signer][0],
+            "old_size": old_size,
             "proof": [h.hex() for h in self._merkle.consistency_proof(old_size, cp.tree_size)],
         }
         if anchor is not None:
-            request["anchor"] = {"entry": json.loads(anchor.to_json_line()),
-                                 "proof": [h.hex() for h in self._merkle.inclusion_proof(anchor_seq, cp.tree_size)]}
+            request["anchor"] = {
+                "entry": json.loads(anchor.to_json_line()),
+                "proof": [h.hex() for h in self._merkle.inclusion_proof(anchor_seq, cp.tree_size)],
+            }
         return request
 
     def registered_keys(self) -> dict[str, dict[str, Any]]:
         """``actor -> {public_key, fingerprint, seq}`` as registered in the ledger."""
         with self.storage.read() as conn:
             self._view.catch_up(conn, Storage.head(conn)[0])
-        return {actor: {"public_key": pk, "fingerprint": fingerprint(bytes.fromhex(pk)), "seq": seq}
-                for actor, (pk, seq) in sorted(self._view.registered.items())}
+        return {
+            actor: {"public_key": pk, "fingerprint": fingerprint(bytes.fromhex(pk)), "seq": seq}
+            for actor, (pk, seq) in sorted(self._view.registered.items())
+        }
 
     def close(self) -> None:
         self.storage.dispose()
@@ -494,8 +556,9 @@ def _user_not_enrolled(actor: str) -> LedgerError:
     )
 
 
-def _check_cosignature(item: Any, witness_keys: Mapping[str, bytes], origin: str,
-                       roots: Mapping[int, str]) -> Cosignature:
+def _check_cosignature(
+    item: Any, witness_keys: Mapping[str, bytes], origin: str, roots: Mapping[int, str]
+) -> Cosignature:
     """The item as a :class:`Cosignature` if it verifies; :class:`LedgerError` saying why not."""
     if not isinstance(item, Mapping) or set(item) != {"witness", "tree_size", "timestamp", "signature"}:
         got = sorted(item) if isinstance(item, Mapping) else type(item).__name__
@@ -513,8 +576,9 @@ def _check_cosignature(item: Any, witness_keys: Mapping[str, bytes], origin: str
     try:
         Ed25519PublicKey.from_public_bytes(bytes(witness_keys[witness])).verify(bytes.fromhex(signature), message)
     except (InvalidSignature, ValueError):
-        raise LedgerError(f"{witness}: cosignature of tree size {size} does not verify under its pinned key "
-                          f"for origin {origin!r}") from None
+        raise LedgerError(
+            f"{witness}: cosignature of tree size {size} does not verify under its pinned key for origin {origin!r}"
+        ) from None
     return Cosignature(size, witness, stamp, signature)
 
 

@@ -72,8 +72,10 @@ class _Run:
             if not isinstance(run_id, str) or not all(type(s) is str and len(k) == 32 for s, k in keys.items()):
                 raise ValueError(run_id)
         except (AttributeError, KeyError, TypeError, ValueError):
-            raise LedgerError("run_started pins a consortium, so it needs a run_id string and consortium.cards "
-                              "mapping each site to a card with its 32-byte public_key in hex") from None
+            raise LedgerError(
+                "run_started pins a consortium, so it needs a run_id string and consortium.cards "
+                "mapping each site to a card with its 32-byte public_key in hex"
+            ) from None
         return cls(run_id, origin_of(run_id), keys, seq)
 
 
@@ -97,8 +99,9 @@ class LedgerListener:
         self._looked_up = False  # the last run_started already searched for in the ledger
 
     @classmethod
-    def for_run(cls, run_dir: str | os.PathLike, passphrase: str, *, registrar: str = "server",
-                scrypt_n: int = DEFAULT_SCRYPT_N) -> LedgerListener:
+    def for_run(
+        cls, run_dir: str | os.PathLike, passphrase: str, *, registrar: str = "server", scrypt_n: int = DEFAULT_SCRYPT_N
+    ) -> LedgerListener:
         """Open (or create) ``run_dir/ledger.db`` with keys in ``run_dir/keys/``, a key store
         that holds the coordinator's system actors only (``registrar``, ``access-control``)."""
         run = Path(run_dir)
@@ -136,8 +139,12 @@ class LedgerListener:
             return {}
         last = self._last_cosigned(run)
         return {
-            site: self.ledger.witness_request(last.get(site, 0), origin=run.origin, log_signer=self.checkpoint_signer,
-                                              anchor_seq=None if site in last else run.anchor_seq)
+            site: self.ledger.witness_request(
+                last.get(site, 0),
+                origin=run.origin,
+                log_signer=self.checkpoint_signer,
+                anchor_seq=None if site in last else run.anchor_seq,
+            )
             for site in sorted(run.witness_keys)
         }
 
@@ -165,14 +172,15 @@ class LedgerListener:
                 refused[site] = f"the cosignature names witness {answer.get('witness')!r}, not {site!r}"
             else:
                 items.append((site, answer))
-        stored = self.ledger.add_cosignatures([a for _, a in items], witness_keys=run.witness_keys,
-                                              origin=run.origin)
+        stored = self.ledger.add_cosignatures([a for _, a in items], witness_keys=run.witness_keys, origin=run.origin)
         refused.update({site: stored[site] for site, _ in items if site in stored})
         if refused:
-            self.ledger.append_many([
-                (self.ledger.registrar, WITNESS_REFUSED, {"site": site, "tree_size": size, "reason": reason})
-                for site, reason in sorted(refused.items())
-            ])
+            self.ledger.append_many(
+                [
+                    (self.ledger.registrar, WITNESS_REFUSED, {"site": site, "tree_size": size, "reason": reason})
+                    for site, reason in sorted(refused.items())
+                ]
+            )
         return dict(sorted(refused.items()))
 
     def _current_run(self) -> _Run | None:
@@ -180,8 +188,8 @@ class LedgerListener:
         if self._run is None and not self._looked_up:
             with self.ledger.storage.read() as conn:
                 last = None
-                for last in Storage.entries(conn, type_=RUN_STARTED):
-                    pass
+                for entry in Storage.entries(conn, type_=RUN_STARTED):
+                    last = entry
             self._looked_up = True
             if last is not None:
                 self._run = _Run.of(last.data, last.seq)
@@ -189,8 +197,11 @@ class LedgerListener:
 
     def _last_cosigned(self, run: _Run) -> dict[str, int]:
         """Site -> the largest tree size it cosigned in this run."""
-        return {c.witness: c.tree_size for c in self.ledger.cosignatures()
-                if c.witness in run.witness_keys and c.tree_size > run.anchor_seq}
+        return {
+            c.witness: c.tree_size
+            for c in self.ledger.cosignatures()
+            if c.witness in run.witness_keys and c.tree_size > run.anchor_seq
+        }
 
     def close(self) -> None:
         """Idempotent; closes the ledger if this listener owns it."""

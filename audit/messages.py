@@ -81,17 +81,35 @@ def _is(*types: type) -> Callable[[Any], bool]:
 
 
 # The JSON records that cross a boundary: field -> what its value must be (see :func:`fits`).
-CHECKPOINT_SHAPE = {"root_hash": lambda v: is_hex(v, 64), "signature": lambda v: is_hex(v, 128),
-                    "signer": lambda v: type(v) is str and ACTOR.fullmatch(v) is not None,
-                    "tree_size": lambda v: type(v) is int and v > 0,
-                    "ts": lambda v: type(v) is str and TS.fullmatch(v) is not None}
-COSIGNATURE_SHAPE = {"signature": lambda v: is_hex(v, 128), "timestamp": lambda v: type(v) is int and 0 <= v < 2**63,
-                     "tree_size": lambda v: type(v) is int and v > 0, "witness": _is(str)}
-KEY_SHAPE = {"actor": CHECKPOINT_SHAPE["signer"], "algorithm": lambda v: v == "Ed25519",
-             "fingerprint": lambda v: is_hex(v, 64), "proof": lambda v: is_hex(v, 128),
-             "public_key": lambda v: is_hex(v, 64)}  # a user's enrolment adds "enrolment": an object
-STATEMENT_SHAPE = {"payload": _is(dict), "payload_sha256": lambda v: is_hex(v, 64), "round": _is(int, type(None)),
-                   "run_id": _is(str), "signature": lambda v: is_hex(v, 128), "site": _is(str), "type": _is(str)}
+CHECKPOINT_SHAPE = {
+    "root_hash": lambda v: is_hex(v, 64),
+    "signature": lambda v: is_hex(v, 128),
+    "signer": lambda v: type(v) is str and ACTOR.fullmatch(v) is not None,
+    "tree_size": lambda v: type(v) is int and v > 0,
+    "ts": lambda v: type(v) is str and TS.fullmatch(v) is not None,
+}
+COSIGNATURE_SHAPE = {
+    "signature": lambda v: is_hex(v, 128),
+    "timestamp": lambda v: type(v) is int and 0 <= v < 2**63,
+    "tree_size": lambda v: type(v) is int and v > 0,
+    "witness": _is(str),
+}
+KEY_SHAPE = {
+    "actor": CHECKPOINT_SHAPE["signer"],
+    "algorithm": lambda v: v == "Ed25519",
+    "fingerprint": lambda v: is_hex(v, 64),
+    "proof": lambda v: is_hex(v, 128),
+    "public_key": lambda v: is_hex(v, 64),
+}  # a user's enrolment adds "enrolment": an object
+STATEMENT_SHAPE = {
+    "payload": _is(dict),
+    "payload_sha256": lambda v: is_hex(v, 64),
+    "round": _is(int, type(None)),
+    "run_id": _is(str),
+    "signature": lambda v: is_hex(v, 128),
+    "site": _is(str),
+    "type": _is(str),
+}
 STATEMENT_FIELDS = tuple(sorted(STATEMENT_SHAPE))
 
 
@@ -125,12 +143,15 @@ def number(x: int | float) -> str:
             return int.__repr__(x)
         if abs(x) >= 2**1024 or number(float(x)) != int.__repr__(x):
             shown = int.__repr__(x)[:40] if abs(x) < 2**1024 else f"of {x.bit_length()} bits"
-            raise NotCanonical(f"integer {shown} would not read back unchanged: JSON numbers are IEEE-754 doubles, "
-                               "exact only within ±(2**53 - 1) (RFC 7493 §2.2); record it as a string")
+            raise NotCanonical(
+                f"integer {shown} would not read back unchanged: JSON numbers are IEEE-754 doubles, "
+                "exact only within ±(2**53 - 1) (RFC 7493 §2.2); record it as a string"
+            )
         return int.__repr__(x)
     if not math.isfinite(x):
-        raise NotCanonical(f"{float.__repr__(x)} has no JSON form (RFC 8785 §3.2.2.3); record null or a string "
-                           "such as 'nan' instead")
+        raise NotCanonical(
+            f"{float.__repr__(x)} has no JSON form (RFC 8785 §3.2.2.3); record null or a string such as 'nan' instead"
+        )
     if x == 0:
         return "0"
     mantissa, _, exp = float.__repr__(abs(x)).partition("e")
@@ -153,8 +174,9 @@ def _string(s: str) -> str:
         try:
             s.encode("utf-8")
         except UnicodeEncodeError as err:
-            raise NotCanonical(f"contains a lone surrogate {s[err.start]!r}; JSON text must be valid Unicode "
-                               "(RFC 7493 §2.1)") from None
+            raise NotCanonical(
+                f"contains a lone surrogate {s[err.start]!r}; JSON text must be valid Unicode (RFC 7493 §2.1)"
+            ) from None
     return _escape(s)
 
 
@@ -192,8 +214,10 @@ def _encode(value: Any, depth: int, where: bool = True) -> str:
             ascii_names = "".join(names).isascii()  # and a TypeError unless every name is a str
         except TypeError:
             name = next(name for name in value if not isinstance(name, str))
-            raise NotCanonical(f"object key {name!r:.40} is a {type(name).__name__}; JSON object keys must be str "
-                               "(convert it with str(...) in the producing code)") from None
+            raise NotCanonical(
+                f"object key {name!r:.40} is a {type(name).__name__}; JSON object keys must be str "
+                "(convert it with str(...) in the producing code)"
+            ) from None
         if not ascii_names:
             names.sort(key=lambda s: s.encode("utf-16-be", "surrogatepass"))  # RFC 8785 §3.2.3: UTF-16 order
         key = _escape if ascii_names else _string
@@ -221,24 +245,37 @@ def _refuses(value: Any, depth: int) -> bool:
 
 # -- the coordinator's ledger ----------------------------------------------------------------
 
+
 def entry_message(seq: int, ts: str, actor: str, type_: str, payload: str, prev_hash: str) -> bytes:
     """What ``entry_hash`` hashes; ``payload`` is already canonical text, the names are ASCII."""
-    return ENTRY_DOMAIN + (f'{{"actor":{_escape(actor)},"payload":{payload},"prev_hash":{_escape(prev_hash)},'
-                           f'"seq":{seq},"ts":{_escape(ts)},"type":{_escape(type_)}}}').encode("utf-8")
+    return (
+        ENTRY_DOMAIN
+        + (
+            f'{{"actor":{_escape(actor)},"payload":{payload},"prev_hash":{_escape(prev_hash)},'
+            f'"seq":{seq},"ts":{_escape(ts)},"type":{_escape(type_)}}}'
+        ).encode()
+    )
 
 
-def entry_line(seq: int, ts: str, actor: str, type_: str, payload: str, prev_hash: str, entry_hash: str,
-               signature: str) -> str:
+def entry_line(
+    seq: int, ts: str, actor: str, type_: str, payload: str, prev_hash: str, entry_hash: str, signature: str
+) -> str:
     """An entry's canonical JSON line in a bundle's ``entries.jsonl`` (payload embedded as an object)."""
-    return (f'{{"actor":{_escape(actor)},"entry_hash":{_escape(entry_hash)},"payload":{payload},'
-            f'"prev_hash":{_escape(prev_hash)},"seq":{seq},"signature":{_escape(signature)},"ts":{_escape(ts)},'
-            f'"type":{_escape(type_)}}}')
+    return (
+        f'{{"actor":{_escape(actor)},"entry_hash":{_escape(entry_hash)},"payload":{payload},'
+        f'"prev_hash":{_escape(prev_hash)},"seq":{seq},"signature":{_escape(signature)},"ts":{_escape(ts)},'
+        f'"type":{_escape(type_)}}}'
+    )
 
 
 def checkpoint_message(tree_size: int, root_hash: str, ts: str, signer: str) -> bytes:
     """What the coordinator's checkpoint signature covers."""
-    return CHECKPOINT_DOMAIN + (f'{{"root_hash":{_escape(root_hash)},"signer":{_escape(signer)},'
-                                f'"tree_size":{tree_size},"ts":{_escape(ts)}}}').encode("utf-8")
+    return (
+        CHECKPOINT_DOMAIN
+        + (
+            f'{{"root_hash":{_escape(root_hash)},"signer":{_escape(signer)},"tree_size":{tree_size},"ts":{_escape(ts)}}}'
+        ).encode()
+    )
 
 
 def key_proof_message(actor: str, public_key_hex: str) -> bytes:
@@ -247,6 +284,7 @@ def key_proof_message(actor: str, public_key_hex: str) -> bytes:
 
 
 # -- what a site signs ------------------------------------------------------------------------
+
 
 def card_message(card: Mapping[str, Any]) -> bytes:
     """What a site card's self-signature covers: the card without ``signature``."""
@@ -279,16 +317,25 @@ def make_card(sign: Signer, fields: Mapping[str, Any]) -> dict:
     return {**card, "signature": sign(card_message(card)).hex()}
 
 
-def make_statement(sign: Signer, *, run_id: str, round: int | None, site: str, type: str,
-                   payload: Mapping[str, Any]) -> dict:
+def make_statement(
+    sign: Signer, *, run_id: str, round: int | None, site: str, type: str, payload: Mapping[str, Any]
+) -> dict:
     """A site statement over ``payload``, signed with ``sign`` (the site's key)."""
     digest = sha256_hex(canonical(payload))
     signature = sign(statement_message(run_id, round, site, type, digest)).hex()
-    return {"payload": dict(payload), "payload_sha256": digest, "round": round, "run_id": run_id,
-            "signature": signature, "site": site, "type": type}
+    return {
+        "payload": dict(payload),
+        "payload_sha256": digest,
+        "round": round,
+        "run_id": run_id,
+        "signature": signature,
+        "site": site,
+        "type": type,
+    }
 
 
 # -- C2SP checkpoints and cosignatures ------------------------------------------------------
+
 
 def origin_of(run_id: str) -> str:
     """The C2SP log origin of a run's ledger."""
@@ -317,17 +364,33 @@ def cosignature_line(name: str, key_id: bytes, timestamp: int, signature: bytes)
 
 # -- an exported bundle -----------------------------------------------------------------------
 
+
 def keys_document(keys: Mapping[str, tuple[str, int]]) -> dict:
     """``keys.json`` of a bundle from ``{actor: (public key hex, registration seq)}``."""
-    return {"format": KEYS_FORMAT, "keys": {
-        actor: {"algorithm": "Ed25519", "fingerprint": sha256_hex(bytes.fromhex(pk)), "public_key": pk,
-                "registered_seq": seq} for actor, (pk, seq) in keys.items()}}
+    return {
+        "format": KEYS_FORMAT,
+        "keys": {
+            actor: {
+                "algorithm": "Ed25519",
+                "fingerprint": sha256_hex(bytes.fromhex(pk)),
+                "public_key": pk,
+                "registered_seq": seq,
+            }
+            for actor, (pk, seq) in keys.items()
+        },
+    }
 
 
 def bundle_manifest(entries: int, checkpoints: int, cosignatures: int, root_hex: str, files: Mapping[str, str]) -> dict:
     """``manifest.json`` of a bundle: counts, the Merkle root of all entries, ``{file: sha256}``."""
-    return {"checkpoints": checkpoints, "cosignatures": cosignatures, "entries": entries, "files": dict(files),
-            "format": BUNDLE_FORMAT, "root_hash": root_hex}
+    return {
+        "checkpoints": checkpoints,
+        "cosignatures": cosignatures,
+        "entries": entries,
+        "files": dict(files),
+        "format": BUNDLE_FORMAT,
+        "root_hash": root_hex,
+    }
 
 
 def file_sha256(path: Any) -> str:

@@ -27,8 +27,9 @@ from pharmafl.audit.rfc9162 import verify_consistency, verify_inclusion
 def _tree(ledger: Ledger, size: int) -> tuple[MerkleTree, list]:
     entries = list(ledger.entries(0, size))
     if len(entries) < size:
-        raise LedgerError(f"the ledger has {len(entries)} entries; tree size {size} is out of range "
-                          f"(choose 1..{len(entries)})")
+        raise LedgerError(
+            f"the ledger has {len(entries)} entries; tree size {size} is out of range (choose 1..{len(entries)})"
+        )
     return MerkleTree(e.leaf_hash() for e in entries), entries
 
 
@@ -45,17 +46,28 @@ def inclusion(ledger: Ledger, seq: int, tree_size: int | None = None) -> dict[st
         covering = [c.tree_size for c in checkpoints if c.tree_size > seq]
         tree_size = covering[-1] if covering else len(ledger)
     if not 0 <= seq < tree_size:
-        raise LedgerError(f"seq {seq} is not in a tree of {tree_size} entries; choose a seq in 0..{tree_size - 1} "
-                          "or a larger --tree-size")
+        raise LedgerError(
+            f"seq {seq} is not in a tree of {tree_size} entries; choose a seq in 0..{tree_size - 1} "
+            "or a larger --tree-size"
+        )
     tree, entries = _tree(ledger, tree_size)
     path, root = tree.inclusion_proof(seq, tree_size), tree.root(tree_size)
     leaf = tree.levels[0][seq]
     signed = _signed(checkpoints, tree_size)
     verified = verify_inclusion(seq, tree_size, leaf, path, root) and (
-        signed is None or signed["root_hash"] == root.hex())
-    return {"kind": "inclusion", "seq": seq, "tree_size": tree_size, "entry": json.loads(entries[seq].to_json_line()),
-            "leaf_hash": leaf.hex(), "proof": [h.hex() for h in path], "root_hash": root.hex(),
-            "checkpoint": signed, "verified": verified}
+        signed is None or signed["root_hash"] == root.hex()
+    )
+    return {
+        "kind": "inclusion",
+        "seq": seq,
+        "tree_size": tree_size,
+        "entry": json.loads(entries[seq].to_json_line()),
+        "leaf_hash": leaf.hex(),
+        "proof": [h.hex() for h in path],
+        "root_hash": root.hex(),
+        "checkpoint": signed,
+        "verified": verified,
+    }
 
 
 def consistency(ledger: Ledger, old_size: int, new_size: int | None = None) -> dict[str, Any]:
@@ -69,7 +81,16 @@ def consistency(ledger: Ledger, old_size: int, new_size: int | None = None) -> d
     checkpoints = ledger.checkpoints()
     old_cp, new_cp = _signed(checkpoints, old_size), _signed(checkpoints, new_size)
     verified = verify_consistency(old_size, new_size, old_root, new_root, path) and all(
-        cp is None or cp["root_hash"] == root.hex() for cp, root in ((old_cp, old_root), (new_cp, new_root)))
-    return {"kind": "consistency", "old_size": old_size, "new_size": new_size, "old_root": old_root.hex(),
-            "new_root": new_root.hex(), "proof": [h.hex() for h in path], "old_checkpoint": old_cp,
-            "new_checkpoint": new_cp, "verified": verified}
+        cp is None or cp["root_hash"] == root.hex() for cp, root in ((old_cp, old_root), (new_cp, new_root))
+    )
+    return {
+        "kind": "consistency",
+        "old_size": old_size,
+        "new_size": new_size,
+        "old_root": old_root.hex(),
+        "new_root": new_root.hex(),
+        "proof": [h.hex() for h in path],
+        "old_checkpoint": old_cp,
+        "new_checkpoint": new_cp,
+        "verified": verified,
+    }

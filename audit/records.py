@@ -44,7 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pharmafl.audit.errors import LedgerError
@@ -105,7 +105,7 @@ def format_ts(moment: datetime) -> str:
             f"timestamp {moment!r} has no time zone; the ledger clock must return aware "
             "datetimes, e.g. datetime.now(timezone.utc)"
         )
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def fingerprint(public_key: bytes) -> str:
@@ -137,8 +137,9 @@ class Entry:
 
     def to_json_line(self) -> str:
         """The canonical JSONL form used in exports (payload embedded as an object)."""
-        return entry_line(self.seq, self.ts, self.actor, self.type, self.payload, self.prev_hash, self.entry_hash,
-                          self.signature)
+        return entry_line(
+            self.seq, self.ts, self.actor, self.type, self.payload, self.prev_hash, self.entry_hash, self.signature
+        )
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,10 @@ class Cosignature:
 
     def to_json_line(self) -> str:
         """Canonical JSON, one line of a bundle's ``cosignatures.jsonl``."""
-        return (f'{{"signature":"{self.signature}","timestamp":{self.timestamp},'
-                f'"tree_size":{self.tree_size},"witness":{_escape(self.witness)}}}')
+        return (
+            f'{{"signature":"{self.signature}","timestamp":{self.timestamp},'
+            f'"tree_size":{self.tree_size},"witness":{_escape(self.witness)}}}'
+        )
 
 
 def asserted(entry: Entry) -> tuple[str, dict[str, Any]]:

@@ -103,7 +103,8 @@ _ACTOR_KEY_INDEX = f"CREATE INDEX IF NOT EXISTS {ENTRIES}_actor_keys ON {ENTRIES
 _SQLITE_GUARDS = [
     f"""CREATE TRIGGER IF NOT EXISTS {t}_no_{op.lower()} BEFORE {op} ON {t}
         BEGIN SELECT RAISE(ABORT, 'pharmafl ledger: {t} is append-only; {op} refused'); END"""
-    for t in _APPEND_ONLY for op in ("UPDATE", "DELETE")
+    for t in _APPEND_ONLY
+    for op in ("UPDATE", "DELETE")
 ] + [
     f"""CREATE TRIGGER IF NOT EXISTS {ENTRIES}_chain BEFORE INSERT ON {ENTRIES}
         WHEN NEW.seq IS NOT (SELECT COALESCE(MAX(seq), -1) + 1 FROM {ENTRIES})  -- also stops INSERT OR REPLACE
@@ -122,12 +123,13 @@ _SQLITE_GUARDS = [
     _ACTOR_KEY_INDEX,
 ]
 
-_PG_GUARDS = [
-    _ACTOR_KEY_INDEX,
-    """CREATE OR REPLACE FUNCTION ledger_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+_PG_GUARDS = (
+    [
+        _ACTOR_KEY_INDEX,
+        """CREATE OR REPLACE FUNCTION ledger_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
        BEGIN RAISE EXCEPTION 'pharmafl ledger: % is append-only; % refused', TG_TABLE_NAME, TG_OP;
        END $$""",
-    f"""CREATE OR REPLACE FUNCTION ledger_check_chain() RETURNS trigger LANGUAGE plpgsql AS $$
+        f"""CREATE OR REPLACE FUNCTION ledger_check_chain() RETURNS trigger LANGUAGE plpgsql AS $$
        BEGIN
          IF NEW.seq < 0 OR NEW.prev_hash IS DISTINCT FROM (CASE WHEN NEW.seq = 0 THEN '{GENESIS_PREV_HASH}'
               ELSE (SELECT entry_hash FROM {ENTRIES} WHERE seq = NEW.seq - 1) END) THEN
@@ -136,7 +138,7 @@ _PG_GUARDS = [
          END IF;
          RETURN NEW;
        END $$""",
-    f"""CREATE OR REPLACE FUNCTION ledger_check_checkpoint() RETURNS trigger LANGUAGE plpgsql AS $$
+        f"""CREATE OR REPLACE FUNCTION ledger_check_checkpoint() RETURNS trigger LANGUAGE plpgsql AS $$
        BEGIN
          IF NEW.tree_size > (SELECT COALESCE(MAX(seq), -1) + 1 FROM {ENTRIES}) THEN
            RAISE EXCEPTION 'pharmafl ledger: checkpoint covers missing entries'
@@ -144,7 +146,7 @@ _PG_GUARDS = [
          END IF;
          RETURN NEW;
        END $$""",
-    f"""CREATE OR REPLACE FUNCTION ledger_check_cosignature() RETURNS trigger LANGUAGE plpgsql AS $$
+        f"""CREATE OR REPLACE FUNCTION ledger_check_cosignature() RETURNS trigger LANGUAGE plpgsql AS $$
        BEGIN
          IF NOT EXISTS (SELECT 1 FROM {CHECKPOINTS} WHERE tree_size = NEW.tree_size) THEN
            RAISE EXCEPTION 'pharmafl ledger: cosignature of a missing checkpoint %', NEW.tree_size
@@ -152,29 +154,32 @@ _PG_GUARDS = [
          END IF;
          RETURN NEW;
        END $$""",
-] + [
-    stmt
-    for t in _APPEND_ONLY
-    for stmt in (
-        f"DROP TRIGGER IF EXISTS {t}_append_only ON {t}",
-        f"""CREATE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE ON {t}
+    ]
+    + [
+        stmt
+        for t in _APPEND_ONLY
+        for stmt in (
+            f"DROP TRIGGER IF EXISTS {t}_append_only ON {t}",
+            f"""CREATE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE ON {t}
             FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change()""",
-        f"DROP TRIGGER IF EXISTS {t}_no_truncate ON {t}",
-        f"""CREATE TRIGGER {t}_no_truncate BEFORE TRUNCATE ON {t}
+            f"DROP TRIGGER IF EXISTS {t}_no_truncate ON {t}",
+            f"""CREATE TRIGGER {t}_no_truncate BEFORE TRUNCATE ON {t}
             FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()""",
-        f"REVOKE UPDATE, DELETE, TRUNCATE ON {t} FROM PUBLIC",
-    )
-] + [
-    f"DROP TRIGGER IF EXISTS {ENTRIES}_chain ON {ENTRIES}",
-    f"""CREATE TRIGGER {ENTRIES}_chain BEFORE INSERT ON {ENTRIES}
+            f"REVOKE UPDATE, DELETE, TRUNCATE ON {t} FROM PUBLIC",
+        )
+    ]
+    + [
+        f"DROP TRIGGER IF EXISTS {ENTRIES}_chain ON {ENTRIES}",
+        f"""CREATE TRIGGER {ENTRIES}_chain BEFORE INSERT ON {ENTRIES}
         FOR EACH ROW EXECUTE FUNCTION ledger_check_chain()""",
-    f"DROP TRIGGER IF EXISTS {CHECKPOINTS}_covered ON {CHECKPOINTS}",
-    f"""CREATE TRIGGER {CHECKPOINTS}_covered BEFORE INSERT ON {CHECKPOINTS}
+        f"DROP TRIGGER IF EXISTS {CHECKPOINTS}_covered ON {CHECKPOINTS}",
+        f"""CREATE TRIGGER {CHECKPOINTS}_covered BEFORE INSERT ON {CHECKPOINTS}
         FOR EACH ROW EXECUTE FUNCTION ledger_check_checkpoint()""",
-    f"DROP TRIGGER IF EXISTS {COSIGNATURES}_checkpointed ON {COSIGNATURES}",
-    f"""CREATE TRIGGER {COSIGNATURES}_checkpointed BEFORE INSERT ON {COSIGNATURES}
+        f"DROP TRIGGER IF EXISTS {COSIGNATURES}_checkpointed ON {COSIGNATURES}",
+        f"""CREATE TRIGGER {COSIGNATURES}_checkpointed BEFORE INSERT ON {COSIGNATURES}
         FOR EACH ROW EXECUTE FUNCTION ledger_check_cosignature()""",
-]
+    ]
+)
 
 
 def resolve_target(target: str | os.PathLike) -> str:
@@ -251,9 +256,7 @@ class Storage:
     @staticmethod
     def head(conn: Connection) -> tuple[int, str, str | None]:
         """``(size, last entry_hash, last ts)``; ``(0, GENESIS_PREV_HASH, None)`` when empty."""
-        row = conn.exec_driver_sql(
-            f"SELECT seq, entry_hash, ts FROM {ENTRIES} ORDER BY seq DESC LIMIT 1"
-        ).first()
+        row = conn.exec_driver_sql(f"SELECT seq, entry_hash, ts FROM {ENTRIES} ORDER BY seq DESC LIMIT 1").first()
         return (0, GENESIS_PREV_HASH, None) if row is None else (row[0] + 1, row[1], row[2])
 
     @staticmethod
@@ -272,8 +275,9 @@ class Storage:
             conn.execute(LedgerCosignatureRow.__table__.insert(), rows)
 
     @staticmethod
-    def entries(conn: Connection, start: int = 0, stop: int | None = None,
-                type_: str | None = None, chunk: int = 10_000) -> Iterator[Entry]:
+    def entries(
+        conn: Connection, start: int = 0, stop: int | None = None, type_: str | None = None, chunk: int = 10_000
+    ) -> Iterator[Entry]:
         """Entries with ``start <= seq < stop`` (optionally of one type), in order, chunked."""
         cols = ", ".join(ENTRY_COLUMNS)
         where = " AND type = :type" if type_ else ""

@@ -29,32 +29,45 @@ def _jsonl(path: Path, fields, entries: bool = False):
             try:
                 rec = json.loads(line)
                 _need(type(rec) is dict and sorted(rec) == sorted(fields), f"expected the fields {', '.join(fields)}")
-                rec = (*(canonical(rec[k]) if k == "payload" else rec[k] for k in ENTRY_ORDER), rec["payload"]) \
-                    if entries else rec
+                rec = (
+                    (*(canonical(rec[k]) if k == "payload" else rec[k] for k in ENTRY_ORDER), rec["payload"])
+                    if entries
+                    else rec
+                )
                 _need((m.entry_line(*rec[:8]) if entries else canonical(rec)) + "\n" == line.decode(), "not canonical")
             except (ValueError, TypeError, RecursionError, VerificationError) as err:
-                raise VerificationError(f"{path.name} line {i + 1}: {getattr(err, 'reason', err)}",
-                                        i if entries else None) from None
+                raise VerificationError(
+                    f"{path.name} line {i + 1}: {getattr(err, 'reason', err)}", i if entries else None
+                ) from None
             yield rec
 
 
 def read_bundle(path: Path) -> tuple:
     """``(entry rows, checkpoint dicts)`` of a bundle; the rows are a generator (close it when done)."""
-    return _jsonl(path / "entries.jsonl", ENTRY_FIELDS, True), list(_jsonl(path / "checkpoints.jsonl",
-                                                                           m.CHECKPOINT_SHAPE))
+    return _jsonl(path / "entries.jsonl", ENTRY_FIELDS, True), list(
+        _jsonl(path / "checkpoints.jsonl", m.CHECKPOINT_SHAPE)
+    )
 
 
 def check_bundle(path: Path, run: Run, cosignatures: int) -> None:
     """The packaging: the manifest (counts, root, each file's SHA-256), keys.json, the Parquet copy."""
     files = {p.name: m.file_sha256(p) for p in sorted(path.iterdir()) if p.name != "manifest.json"}
-    _need(set(files) in (BUNDLE_FILES, BUNDLE_FILES | {"entries.parquet"}), f"the bundle holds {sorted(files)}: "
-          f"expected {', '.join(sorted(BUNDLE_FILES))} and manifest.json (entries.parquet optional)")
+    _need(
+        set(files) in (BUNDLE_FILES, BUNDLE_FILES | {"entries.parquet"}),
+        f"the bundle holds {sorted(files)}: "
+        f"expected {', '.join(sorted(BUNDLE_FILES))} and manifest.json (entries.parquet optional)",
+    )
     manifest = canonical(m.bundle_manifest(run.entries, run.checkpoints, cosignatures, run.root, files))
-    _need((path / "manifest.json").read_bytes() == manifest.encode() + b"\n", "manifest.json is not the manifest "
-          f"of these files (counts, root_hash, each file's SHA-256), which is {manifest}")
+    _need(
+        (path / "manifest.json").read_bytes() == manifest.encode() + b"\n",
+        "manifest.json is not the manifest "
+        f"of these files (counts, root_hash, each file's SHA-256), which is {manifest}",
+    )
     keys = m.keys_document({actor: (key.hex(), seq) for actor, (key, seq) in run.keys.items()})
-    _need((path / "keys.json").read_bytes() == canonical(keys).encode() + b"\n", "keys.json differs from the keys "
-          "registered in the entries")
+    _need(
+        (path / "keys.json").read_bytes() == canonical(keys).encode() + b"\n",
+        "keys.json differs from the keys registered in the entries",
+    )
     if "entries.parquet" in files:
         try:
             import pyarrow.parquet as pq  # only to cross-check the Parquet copy
@@ -70,6 +83,7 @@ def check_bundle(path: Path, run: Run, cosignatures: int) -> None:
 
 def load_anchors(trusted_head=None, trusted_keys=None, roster=None) -> dict:
     """The out-of-band anchors as :func:`verify` takes them; an unreadable one raises (unreadable)."""
+
     def load(path, what: str, ok=lambda doc: True):
         try:  # NaN and Infinity refused; then the document's own shape
             doc = json.loads(Path(path).read_bytes(), parse_constant=lambda c: canonical(float(c)))
@@ -77,17 +91,34 @@ def load_anchors(trusted_head=None, trusted_keys=None, roster=None) -> dict:
             return doc
         except (OSError, ValueError, RecursionError, VerificationError) as err:
             raise VerificationError(f"cannot read the {what} {path}: {err}", unreadable=True) from None
-    out = {"has_head": trusted_head is not None,
-           "trusted_head": None if trusted_head is None else load(trusted_head, "trusted head")}
+
+    out = {
+        "has_head": trusted_head is not None,
+        "trusted_head": None if trusted_head is None else load(trusted_head, "trusted head"),
+    }
     if trusted_keys is not None:
-        out["trusted_keys"] = load(Path(trusted_keys) / "keys.json" if Path(trusted_keys).is_dir() else trusted_keys,
-                                   m.KEYS_FORMAT, lambda d: type(d) is dict and d.get("format") == m.KEYS_FORMAT and
-                                   type(d.get("keys")) is dict and all(type(v) is dict for v in d["keys"].values()))
+        out["trusted_keys"] = load(
+            Path(trusted_keys) / "keys.json" if Path(trusted_keys).is_dir() else trusted_keys,
+            m.KEYS_FORMAT,
+            lambda d: (
+                type(d) is dict
+                and d.get("format") == m.KEYS_FORMAT
+                and type(d.get("keys")) is dict
+                and all(type(v) is dict for v in d["keys"].values())
+            ),
+        )
         out["trusted_keys"] = out["trusted_keys"]["keys"]
     if roster is not None:
-        out["roster"] = load(roster, m.CONSORTIUM_FORMAT, lambda d: type(d) is dict and type(d.get("cards")) is dict
-                             and d.get("format") == m.CONSORTIUM_FORMAT and
-                             d.get("roster_sha256") == m.roster_sha256(d["cards"], d.get("parties")))["roster_sha256"]
+        out["roster"] = load(
+            roster,
+            m.CONSORTIUM_FORMAT,
+            lambda d: (
+                type(d) is dict
+                and type(d.get("cards")) is dict
+                and d.get("format") == m.CONSORTIUM_FORMAT
+                and d.get("roster_sha256") == m.roster_sha256(d["cards"], d.get("parties"))
+            ),
+        )["roster_sha256"]
     return out
 
 

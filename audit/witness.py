@@ -79,9 +79,16 @@ class Witness:
         clock: seconds since the epoch, for the cosignature's timestamp.
     """
 
-    def __init__(self, directory: str | os.PathLike, name: str, sign: Callable[[bytes], bytes],
-                 public_key: bytes, *, accepted_rosters: Callable[[], set[str]] | set[str] | frozenset[str],
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        name: str,
+        sign: Callable[[bytes], bytes],
+        public_key: bytes,
+        *,
+        accepted_rosters: Callable[[], set[str]] | set[str] | frozenset[str],
+        clock: Callable[[], float] = time.time,
+    ):
         if not isinstance(name, str) or not name or not name.isprintable() or " " in name:
             raise WitnessError(f"witness name {name!r} must be a non-empty printable string without spaces")
         if not isinstance(public_key, bytes) or len(public_key) != 32:
@@ -109,53 +116,78 @@ class Witness:
             state = self._load(origin)
             if state is None:
                 if old_size != 0:
-                    raise WitnessError(f"{self.name} has cosigned nothing for {origin}, not size {old_size}: "
-                                       "send old_size 0 with the run_started anchor", current_size=0)
+                    raise WitnessError(
+                        f"{self.name} has cosigned nothing for {origin}, not size {old_size}: "
+                        "send old_size 0 with the run_started anchor",
+                        current_size=0,
+                    )
                 if proof:
                     raise WitnessError("the consistency proof must be empty when old_size is 0")
                 if anchor is None:
-                    raise WitnessError(f"{self.name} does not know origin {origin}: the first request needs "
-                                       "the run_started entry as anchor")
+                    raise WitnessError(
+                        f"{self.name} does not know origin {origin}: the first request needs "
+                        "the run_started entry as anchor"
+                    )
                 pinned = self._check_anchor(origin, anchor, size, root)
                 state = {"format": STATE_FORMAT, "origin": origin, "log_key": log_key.hex(), **pinned}
             else:
                 self._extend(state, origin, log_key, old_size, size, root, proof)
             stamp = max(int(self.clock()), state.get("timestamp", 0))
-            signature = self._cosign(messages.cosignature_message(
-                messages.checkpoint_body(origin, size, cp["root_hash"]), stamp))
+            signature = self._cosign(
+                messages.cosignature_message(messages.checkpoint_body(origin, size, cp["root_hash"]), stamp)
+            )
             state.update(tree_size=size, root_hash=cp["root_hash"], timestamp=stamp, checkpoint=cp)
             self._store(origin, state)
         return {"witness": self.name, "tree_size": size, "timestamp": stamp, "signature": signature.hex()}
 
     # -- the checks ------------------------------------------------------------------------
 
-    def _extend(self, state: dict, origin: str, log_key: bytes, old_size: int, size: int, root: bytes,
-                proof: list[bytes]) -> None:
+    def _extend(
+        self, state: dict, origin: str, log_key: bytes, old_size: int, size: int, root: bytes, proof: list[bytes]
+    ) -> None:
         have, have_root = state["tree_size"], bytes.fromhex(state["root_hash"])
         if log_key.hex() != state["log_key"]:
-            raise WitnessError(f"log key {log_key.hex()[:16]}... is not the key {self.name} pinned for {origin} "
-                               f"({state['log_key'][:16]}...)")
+            raise WitnessError(
+                f"log key {log_key.hex()[:16]}... is not the key {self.name} pinned for {origin} "
+                f"({state['log_key'][:16]}...)"
+            )
         if size < have:
-            raise WitnessError(f"tree size {size} is smaller than the head {have} {self.name} cosigned for "
-                               f"{origin}: a log never shrinks (rollback refused)", current_size=have)
+            raise WitnessError(
+                f"tree size {size} is smaller than the head {have} {self.name} cosigned for "
+                f"{origin}: a log never shrinks (rollback refused)",
+                current_size=have,
+            )
         if old_size != have:
-            raise WitnessError(f"old_size {old_size} is not the size {self.name} last cosigned for {origin}: "
-                               f"{have}; send a consistency proof from {have}", current_size=have)
+            raise WitnessError(
+                f"old_size {old_size} is not the size {self.name} last cosigned for {origin}: "
+                f"{have}; send a consistency proof from {have}",
+                current_size=have,
+            )
         if size == have:
             if root != have_root or proof:
-                raise WitnessError(f"a different root (or a proof) for tree size {size}, which {self.name} "
-                                   f"cosigned with root {state['root_hash']}: split view refused",
-                                   current_size=have)
+                raise WitnessError(
+                    f"a different root (or a proof) for tree size {size}, which {self.name} "
+                    f"cosigned with root {state['root_hash']}: split view refused",
+                    current_size=have,
+                )
             return
         if not _safe(rfc9162.verify_consistency, have, size, have_root, root, proof):
-            raise WitnessError(f"the consistency proof from {have} to {size} does not verify against the head "
-                               f"{self.name} cosigned for {origin}: the log is not an extension of it")
+            raise WitnessError(
+                f"the consistency proof from {have} to {size} does not verify against the head "
+                f"{self.name} cosigned for {origin}: the log is not an extension of it"
+            )
 
     def _check_anchor(self, origin: str, anchor: dict, size: int, root: bytes) -> dict[str, Any]:
         entry, proof = anchor["entry"], anchor["proof"]
         try:
-            message = messages.entry_message(entry["seq"], entry["ts"], entry["actor"], entry["type"],
-                                             messages.canonical(entry["payload"]), entry["prev_hash"])
+            message = messages.entry_message(
+                entry["seq"],
+                entry["ts"],
+                entry["actor"],
+                entry["type"],
+                messages.canonical(entry["payload"]),
+                entry["prev_hash"],
+            )
         except Exception as err:  # noqa: BLE001 - a payload with no canonical form, said as one error
             raise WitnessError(f"anchor entry payload has no canonical JSON form ({err})") from None
         if hashlib.sha256(message).hexdigest() != entry["entry_hash"]:
@@ -185,12 +217,15 @@ class Witness:
         if not isinstance(own, dict):
             raise WitnessError(f"the pinned roster has no card for {self.name}")
         if own.get("public_key") != self.public_key.hex():
-            raise WitnessError(f"the pinned roster carries another key for {self.name} "
-                               f"({str(own.get('public_key'))[:16]}...), not its own ({self.public_key.hex()[:16]}...)")
+            raise WitnessError(
+                f"the pinned roster carries another key for {self.name} "
+                f"({str(own.get('public_key'))[:16]}...), not its own ({self.public_key.hex()[:16]}...)"
+            )
         accepted = self._accepted() if callable(self._accepted) else self._accepted
         if roster not in accepted:
-            raise WitnessError(f"{self.name} did not accept roster {roster}: the run pins a consortium this "
-                               "site never agreed to")
+            raise WitnessError(
+                f"{self.name} did not accept roster {roster}: the run pins a consortium this site never agreed to"
+            )
         return {"run_id": run_id, "roster_sha256": roster, "anchor_seq": entry["seq"]}
 
     def _cosign(self, message: bytes) -> bytes:
@@ -198,8 +233,9 @@ class Witness:
         try:
             self._verifier.verify(signature, message)
         except (InvalidSignature, TypeError, ValueError):
-            raise WitnessError(f"the signing key of {self.name} does not match its public key; check the "
-                               "site's key store") from None
+            raise WitnessError(
+                f"the signing key of {self.name} does not match its public key; check the site's key store"
+            ) from None
         return signature
 
     # -- state on disk -------------------------------------------------------------------
@@ -214,8 +250,10 @@ class Witness:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as err:
-            raise WitnessError(f"{file}: unreadable witness state ({err}); a witness that lost its state must "
-                               "not cosign again for this origin: restore it from backup") from None
+            raise WitnessError(
+                f"{file}: unreadable witness state ({err}); a witness that lost its state must "
+                "not cosign again for this origin: restore it from backup"
+            ) from None
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or state.get("origin") != origin:
             raise WitnessError(f"{file}: not a {STATE_FORMAT} state for {origin}; restore it from backup")
         return state
@@ -238,8 +276,9 @@ class Witness:
             finally:
                 os.close(dir_fd)
         except OSError as err:
-            raise WitnessError(f"could not persist the new head of {origin} in {self.directory} ({err}); "
-                               "no cosignature given") from None
+            raise WitnessError(
+                f"could not persist the new head of {origin} in {self.directory} ({err}); no cosignature given"
+            ) from None
         finally:
             if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
@@ -273,8 +312,9 @@ def _check_log_signature(cp: dict, log_key: bytes) -> None:
     try:
         Ed25519PublicKey.from_public_bytes(log_key).verify(bytes.fromhex(cp["signature"]), message)
     except (InvalidSignature, ValueError):
-        raise WitnessError(f"the checkpoint of size {cp['tree_size']} is not signed by log key "
-                           f"{log_key.hex()[:16]}...") from None
+        raise WitnessError(
+            f"the checkpoint of size {cp['tree_size']} is not signed by log key {log_key.hex()[:16]}..."
+        ) from None
 
 
 # -- the request format, checked field by field --------------------------------------------
@@ -319,9 +359,11 @@ def _fields(value: Any, required: set[str], optional: set[str], what: str) -> No
         raise WitnessError(f"{what} must be a JSON object, got {type(value).__name__}")
     keys = set(value)
     if not required <= keys or not keys <= required | optional:
-        raise WitnessError(f"{what} must have the fields {sorted(required)}"
-                           + (f" (optional: {sorted(optional)})" if optional else "")
-                           + f", got {sorted(map(str, keys))}")
+        raise WitnessError(
+            f"{what} must have the fields {sorted(required)}"
+            + (f" (optional: {sorted(optional)})" if optional else "")
+            + f", got {sorted(map(str, keys))}"
+        )
 
 
 def _size(value: Any, what: str) -> int:

@@ -54,10 +54,16 @@ def auc(scores: np.ndarray, truth: np.ndarray) -> float:
 
 def run_config(rounds: int, epsilon: float | None) -> RunConfig:
     privacy = PrivacyConfig() if epsilon is None else PrivacyConfig(mode="local", epsilon=epsilon)
-    return RunConfig(name="attacks", seed=0, data=DataConfig(dataset="davis", sites=10, partition="compound"),
-                     model=ModelConfig(label_offset=5.0), train=TrainConfig(lr=1e-3),
-                     federation=FederationConfig(rounds=rounds, engine="local", site_threads=2),
-                     ledger=LedgerConfig(enabled=False), privacy=privacy)  # fmt: skip
+    return RunConfig(
+        name="attacks",
+        seed=0,
+        data=DataConfig(dataset="davis", sites=10, partition="compound"),
+        model=ModelConfig(label_offset=5.0),
+        train=TrainConfig(lr=1e-3),
+        federation=FederationConfig(rounds=rounds, engine="local", site_threads=2),
+        ledger=LedgerConfig(enabled=False),
+        privacy=privacy,
+    )
 
 
 def single_pair_gradients(site, k: int, rng) -> list[tuple[dict, dict]]:
@@ -74,8 +80,11 @@ def single_pair_gradients(site, k: int, rng) -> list[tuple[dict, dict]]:
         grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
         graph = site.train.graphs[int(site.train.drug[int(i)])]
         tokens = site.train.tokens[int(site.train.target[int(i)])]
-        truth = {"x": captured["x"][0].clone(), "atoms": np.asarray(graph.x).sum(axis=0) > 0,
-                 "residues": np.isin(np.arange(model.protein.embed.num_embeddings), tokens.numpy())}  # fmt: skip
+        truth = {
+            "x": captured["x"][0].clone(),
+            "atoms": np.asarray(graph.x).sum(axis=0) > 0,
+            "residues": np.isin(np.arange(model.protein.embed.num_embeddings), tokens.numpy()),
+        }
         out.append((grads, truth))
     return out
 
@@ -97,8 +106,11 @@ def invert(seen: dict, truth: dict) -> dict:
     rel = float((x_hat - x).norm() / x.norm())
     atoms = seen["drug.layers.0.mlp.0.weight"].norm(dim=0).numpy()
     residues = seen["protein.embed.weight"].norm(dim=1).numpy()[1:]  # row 0 is padding
-    return {"head_input_rel_error": rel, "atom_feature_auc": auc(atoms, truth["atoms"]),
-            "residue_auc": auc(residues, truth["residues"][1:])}  # fmt: skip
+    return {
+        "head_input_rel_error": rel,
+        "atom_feature_auc": auc(atoms, truth["atoms"]),
+        "residue_auc": auc(residues, truth["residues"][1:]),
+    }
 
 
 def membership(site, rounds: int) -> float:
@@ -119,12 +131,13 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--site", default="site-01")
-    ap.add_argument("--epsilons", type=float, nargs="+", default=[float("inf"), 8.0, 3.0, 1.0],
-                    help="inf = no DP")
+    ap.add_argument("--epsilons", type=float, nargs="+", default=[float("inf"), 8.0, 3.0, 1.0], help="inf = no DP")
     ap.add_argument("--no-mia", action="store_true", help="gradient inversion only (seconds)")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for eps in [None if e == float("inf") else e for e in args.epsilons]:
@@ -134,22 +147,34 @@ def main() -> None:
             inner = site.inner if hasattr(site, "inner") else site
             dp_plan = site.plan if hasattr(site, "plan") else None
             rng = np.random.default_rng(0)
-            attacks = [invert(privatize(g, dp_plan, SecureRandom(seed=i)), t)
-                       for i, (g, t) in enumerate(single_pair_gradients(inner, args.examples, rng))]  # fmt: skip
+            attacks = [
+                invert(privatize(g, dp_plan, SecureRandom(seed=i)), t)
+                for i, (g, t) in enumerate(single_pair_gradients(inner, args.examples, rng))
+            ]
             t0 = time.perf_counter()
             mia = float("nan") if args.no_mia else membership(site, args.rounds)
             row = {k: float(np.mean([a[k] for a in attacks])) for k in attacks[0]}
-            row.update(mia_auc=mia, train_seconds=time.perf_counter() - t0,
-                       sigma=dp_plan.noise_multiplier if dp_plan else 0.0, units=len(inner.train))  # fmt: skip
+            row.update(
+                mia_auc=mia,
+                train_seconds=time.perf_counter() - t0,
+                sigma=dp_plan.noise_multiplier if dp_plan else 0.0,
+                units=len(inner.train),
+            )
             rows[name] = row
             print(name, {k: round(v, 4) for k, v in row.items()}, flush=True)
-    print(f"\n{args.site} of DAVIS/10 sites (compound split), {args.examples} single-pair gradients, "
-          f"membership after {args.rounds} local epochs")  # fmt: skip
-    print(f"{'setting':8s} {'σ':>6} {'head input rel. err':>20} {'atom-feature AUC':>17} {'residue AUC':>12} "
-          f"{'MIA AUC':>8} {'train s':>8}")  # fmt: skip
+    print(
+        f"\n{args.site} of DAVIS/10 sites (compound split), {args.examples} single-pair gradients, "
+        f"membership after {args.rounds} local epochs"
+    )
+    print(
+        f"{'setting':8s} {'σ':>6} {'head input rel. err':>20} {'atom-feature AUC':>17} {'residue AUC':>12} "
+        f"{'MIA AUC':>8} {'train s':>8}"
+    )
     for name, r in rows.items():
-        print(f"{name:8s} {r['sigma']:6.3f} {r['head_input_rel_error']:20.4g} {r['atom_feature_auc']:17.3f} "
-              f"{r['residue_auc']:12.3f} {r['mia_auc']:8.3f} {r['train_seconds']:8.0f}")  # fmt: skip
+        print(
+            f"{name:8s} {r['sigma']:6.3f} {r['head_input_rel_error']:20.4g} {r['atom_feature_auc']:17.3f} "
+            f"{r['residue_auc']:12.3f} {r['mia_auc']:8.3f} {r['train_seconds']:8.0f}"
+        )
 
 
 if __name__ == "__main__":

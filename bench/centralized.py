@@ -92,13 +92,18 @@ def main() -> None:
     if args.skip_accuracy:
         return
 
-    print(f"\n== accuracy: {args.epochs} epochs, {args.batching} batching, cosine learning rate, "
-          "epoch kept on validation ==")
+    print(
+        f"\n== accuracy: {args.epochs} epochs, {args.batching} batching, cosine learning rate, "
+        "epoch kept on validation =="
+    )
     print(f"{'epoch':>5} {'sec':>6} {'val MSE':>8} {'val CI':>7} {'test MSE':>9} {'test CI':>8}")
 
     def show(r):
-        print(f"{r['epoch']:5d} {r['seconds']:6.0f} {r['val_mse']:8.4f} {r['val_ci']:7.4f} "
-              f"{r['test_mse']:9.4f} {r['test_ci']:8.4f}", flush=True)  # fmt: skip
+        print(
+            f"{r['epoch']:5d} {r['seconds']:6.0f} {r['val_mse']:8.4f} {r['val_ci']:7.4f} "
+            f"{r['test_mse']:9.4f} {r['test_ci']:8.4f}",
+            flush=True,
+        )
 
     cfg = CentralConfig(epochs=args.epochs, train=TrainConfig(batching=args.batching))
     out = args.out

@@ -53,8 +53,7 @@ def main() -> int:
         print("set PHARMAFL_DATA to the folder of the DAVIS tidy tables", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="bench-deployment-") as tmp:
-        tables = davis_tables(shared, Path(tmp) / "davis", drugs=args.sites * args.drugs_per_site,
-                              targets=args.targets)  # fmt: skip
+        tables = davis_tables(shared, Path(tmp) / "davis", drugs=args.sites * args.drugs_per_site, targets=args.targets)
         started = time.perf_counter()
         with Deployment(args.sites, tables, rounds=args.rounds, log=lambda line: print(line, flush=True)) as d:
             d.set_up()
@@ -64,18 +63,23 @@ def main() -> int:
             verified = d.verify()
             rounds = d.round_seconds(verified["bundle"])
             entries = [json.loads(x) for x in (verified["bundle"] / "entries.jsonl").read_text().splitlines()]
-            parties = {e["payload"]["round"]: e["payload"]["secure"]["seconds"] for e in entries
-                       if e["type"] == "aggregated"}  # fmt: skip
-            pairs = sum(json.loads((p.home / "site" / "site-card.json").read_text())["counts"]["pairs"]
-                        for p in d.site_parties.values())  # fmt: skip
+            parties = {
+                e["payload"]["round"]: e["payload"]["secure"]["seconds"] for e in entries if e["type"] == "aggregated"
+            }
+            pairs = sum(
+                json.loads((p.home / "site" / "site-card.json").read_text())["counts"]["pairs"]
+                for p in d.site_parties.values()
+            )
             users = len(d.everyone)
         wall = time.perf_counter() - started  # with the teardown
     if metrics["status"] != "completed":
         print(f"the run did not complete: {metrics['status']}", file=sys.stderr)
         return 1
-    print(f"\nmulti-user deployment: {args.sites} sites ({pairs} pairs in all), {users} Unix users, "
-          f"{args.rounds} rounds, DP-SGD + secure aggregation, NVFlare prod on 127.0.0.1, "
-          f"{os.cpu_count()} CPU cores")  # fmt: skip
+    print(
+        f"\nmulti-user deployment: {args.sites} sites ({pairs} pairs in all), {users} Unix users, "
+        f"{args.rounds} rounds, DP-SGD + secure aggregation, NVFlare prod on 127.0.0.1, "
+        f"{os.cpu_count()} CPU cores"
+    )
     for phase, seconds in d.seconds.items():
         print(f"  {phase:<13} {seconds:>7.1f} s")
     print(f"  {'total':<13} {sum(d.seconds.values()):>7.1f} s   (wall with teardown {wall:.1f} s)")

@@ -1,15 +1,15 @@
 """Federated DAVIS/KIBA benchmarks; every figure printed side by side from one invocation.
 
-    python bench/federated.py accuracy [--rounds 20 --local-epochs 2]
-        DAVIS, 10 sites, compound split: centralized vs FedAvg vs FedProx vs SCAFFOLD at equal
-        total local epochs (rounds x local epochs); test CI/MSE and federated/centralized CI;
-        plus FedAvg with the local optimizer reset every round, and FedAvg on an iid split.
-    python bench/federated.py scale [--sites 10 50 100]
-        in-process engine on KIBA (compound split): seconds per round and peak RSS, each size
-        in a fresh process.
-    python bench/federated.py nvflare [--sites 3 10]
-        NVFlare simulator vs in-process engine on the same small job: start-up and per-round
-        overhead.
+python bench/federated.py accuracy [--rounds 20 --local-epochs 2]
+    DAVIS, 10 sites, compound split: centralized vs FedAvg vs FedProx vs SCAFFOLD at equal
+    total local epochs (rounds x local epochs); test CI/MSE and federated/centralized CI;
+    plus FedAvg with the local optimizer reset every round, and FedAvg on an iid split.
+python bench/federated.py scale [--sites 10 50 100]
+    in-process engine on KIBA (compound split): seconds per round and peak RSS, each size
+    in a fresh process.
+python bench/federated.py nvflare [--sites 3 10]
+    NVFlare simulator vs in-process engine on the same small job: start-up and per-round
+    overhead.
 """
 
 from __future__ import annotations
@@ -34,14 +34,17 @@ from pharmafl.sites.training import TrainConfig
 def accuracy(args) -> None:
     epochs = args.rounds * args.local_epochs
     base = RunConfig(
-        name="bench", seed=0, data=DataConfig(dataset="davis", sites=10, partition="compound"),
-        federation=FederationConfig(rounds=args.rounds, local_epochs=args.local_epochs, engine="local",
-                                    site_threads=args.threads),
+        name="bench",
+        seed=0,
+        data=DataConfig(dataset="davis", sites=10, partition="compound"),
+        federation=FederationConfig(
+            rounds=args.rounds, local_epochs=args.local_epochs, engine="local", site_threads=args.threads
+        ),
         ledger=LedgerConfig(enabled=False),
-    )  # fmt: skip
+    )
     runs = [  # (row, partition, strategy, options, train config)
         ("FedAvg", "compound", "fedavg", {}, TrainConfig()),
-        ("FedProx (mu=%g)" % args.mu, "compound", "fedprox", {"mu": args.mu}, TrainConfig()),
+        (f"FedProx (mu={args.mu:g})", "compound", "fedprox", {"mu": args.mu}, TrainConfig()),
         ("SCAFFOLD", "compound", "scaffold", {}, TrainConfig()),
         ("FedAvg, local Adam reset each round", "compound", "fedavg", {}, TrainConfig()),
         ("FedAvg, iid split, site batch 64", "iid", "fedavg", {}, TrainConfig(batch_size=64, group_size=8)),
@@ -56,16 +59,22 @@ def accuracy(args) -> None:
         rows["centralized (best validation epoch)"] = (central["test_mse"], central["test_ci"], central["seconds"])
         print(f"centralized {epochs} epochs: {rows['centralized (last epoch)']}", flush=True)
         for k, (row, part, strategy, options, train) in enumerate(runs):
-            fed = replace(base.federation, strategy=strategy, strategy_options=options,
-                          local_optimizer="reset" if "reset" in row else "keep")  # fmt: skip
+            fed = replace(
+                base.federation,
+                strategy=strategy,
+                strategy_options=options,
+                local_optimizer="reset" if "reset" in row else "keep",
+            )
             cfg = replace(base, data=replace(base.data, partition=part), train=train, federation=fed)
             t0 = time.perf_counter()
             m = run_federated(cfg, Path(tmp) / f"run{k}")
             rows[row] = (m["test_mse"], m["test_ci"], time.perf_counter() - t0)
             print(f"{row}: {rows[row]}", flush=True)
     ref = rows["centralized (last epoch)"][1]
-    print(f"\nDAVIS, 10 sites, {args.rounds} rounds x {args.local_epochs} local epochs = {epochs} epochs; "
-          f"centralized {epochs} epochs; same optimizer (Adam 5e-4, constant)")  # fmt: skip
+    print(
+        f"\nDAVIS, 10 sites, {args.rounds} rounds x {args.local_epochs} local epochs = {epochs} epochs; "
+        f"centralized {epochs} epochs; same optimizer (Adam 5e-4, constant)"
+    )
     print(f"{'run':40s} {'test MSE':>9} {'test CI':>8} {'CI / central':>13} {'seconds':>8}")
     for name, (mse, ci, sec) in rows.items():
         print(f"{name:40s} {mse:9.4f} {ci:8.4f} {ci / ref:13.3f} {sec:8.0f}")
@@ -73,10 +82,12 @@ def accuracy(args) -> None:
 
 def _scale_child(sites: int, rounds: int, out: str) -> None:
     cfg = RunConfig(
-        name="scale", seed=0, data=DataConfig(dataset="kiba", sites=sites, partition="compound"),
+        name="scale",
+        seed=0,
+        data=DataConfig(dataset="kiba", sites=sites, partition="compound"),
         federation=FederationConfig(rounds=rounds, local_epochs=1, engine="local", min_sites=1),
         ledger=LedgerConfig(enabled=False),
-    )  # fmt: skip
+    )
     t0 = time.perf_counter()
     run_federated(cfg, Path(out))
     total = time.perf_counter() - t0
@@ -94,8 +105,10 @@ def scale(args) -> None:
             r1 = _child(["scale-child", str(n), "1", f"{tmp}/r1"])
             r2 = _child(["scale-child", str(n), "2", f"{tmp}/r2"])
         per_round = r2["seconds"] - r1["seconds"]  # set-up (partition, featurize) cancels out
-        print(f"{n:5d} {per_round:8.1f} {r2['seconds']:8.1f} {max(r1['peak_rss_mb'], r2['peak_rss_mb']):12.0f}",
-              flush=True)  # fmt: skip
+        print(
+            f"{n:5d} {per_round:8.1f} {r2['seconds']:8.1f} {max(r1['peak_rss_mb'], r2['peak_rss_mb']):12.0f}",
+            flush=True,
+        )
 
 
 def _child(argv: list[str]) -> dict:
@@ -105,17 +118,21 @@ def _child(argv: list[str]) -> dict:
 
 def nvflare(args) -> None:
     small = RunConfig(
-        name="overhead", seed=0, data=DataConfig(dataset="davis", partition="iid"),
-        model=ModelConfig(max_len=128, embed_dim=32, latent_dim=32), train=TrainConfig(batch_size=256),
+        name="overhead",
+        seed=0,
+        data=DataConfig(dataset="davis", partition="iid"),
+        model=ModelConfig(max_len=128, embed_dim=32, latent_dim=32),
+        train=TrainConfig(batch_size=256),
         ledger=LedgerConfig(enabled=False),
-    )  # fmt: skip
+    )
     print(f"{'sites':>5} {'engine':>8} {'1 round s':>10} {'3 rounds s':>11} {'s/round':>8}")
     for n in args.sites:
         times = {}
         for engine in ("local", "nvflare"):
             for rounds in (1, 3):
-                cfg = replace(small, data=replace(small.data, sites=n),
-                              federation=FederationConfig(rounds=rounds, engine=engine))  # fmt: skip
+                cfg = replace(
+                    small, data=replace(small.data, sites=n), federation=FederationConfig(rounds=rounds, engine=engine)
+                )
                 with tempfile.TemporaryDirectory() as tmp:
                     t0 = time.perf_counter()
                     run_federated(cfg, Path(tmp) / "run")

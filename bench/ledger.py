@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from multiprocessing import get_context
 from pathlib import Path
 from urllib.parse import quote
@@ -52,9 +52,13 @@ RUN_ID = "bench-run"
 
 def payload(i: int) -> dict:
     """A typical site_update payload (~250 bytes of canonical JSON)."""
-    return {"round": i // 1000, "update_hash": hashlib.sha256(i.to_bytes(8, "big")).hexdigest(),
-            "num_examples": 1000 + i % 500, "update_norm": 0.5 + (i % 97) / 97,
-            "metrics": {"loss": 0.25 + (i % 13) / 26, "auc": 0.75 + (i % 7) / 28}}
+    return {
+        "round": i // 1000,
+        "update_hash": hashlib.sha256(i.to_bytes(8, "big")).hexdigest(),
+        "num_examples": 1000 + i % 500,
+        "update_norm": 0.5 + (i % 97) / 97,
+        "metrics": {"loss": 0.25 + (i % 13) / 26, "auc": 0.75 + (i % 7) / 28},
+    }
 
 
 def items(start: int, n: int) -> list[tuple[str, str, dict]]:
@@ -65,7 +69,7 @@ def bench_appends(target: str, keys: KeyStore, single: int, batched: int, batch:
     with Ledger.open(target, keys) as ledger:
         ledger.append_many(items(0, len(SITES)))  # registrations out of the way
         t = time.perf_counter()
-        for i, item in enumerate(items(0, single)):
+        for item in items(0, single):
             ledger.append(*item)
         single_rate = single / (time.perf_counter() - t)
         t = time.perf_counter()
@@ -87,7 +91,7 @@ class WitnessedRun:
         self.storage, self.tree, self.batch = Storage(resolve_target(target)), CompactRange(), []
         self.storage.create_schema()
         self.server, self.sites = _key("server"), {s: _key(s) for s in SITES}
-        self.seq, self.prev, self.t0 = 0, messages.GENESIS, datetime(2025, 1, 2, tzinfo=timezone.utc)
+        self.seq, self.prev, self.t0 = 0, messages.GENESIS, datetime(2025, 1, 2, tzinfo=UTC)
 
     def ts(self) -> str:
         return (self.t0 + timedelta(microseconds=10 * self.seq)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -102,18 +106,22 @@ class WitnessedRun:
         self.seq, self.prev = self.seq + 1, entry_hash
 
     def statement(self, site: str, type_: str, rnd: int, body: dict, **fields) -> None:
-        st = messages.make_statement(self.sites[site].sign, run_id=RUN_ID, round=rnd, site=site, type=type_,
-                                     payload=body)
+        st = messages.make_statement(
+            self.sites[site].sign, run_id=RUN_ID, round=rnd, site=site, type=type_, payload=body
+        )
         self.add(type_, {"statement": st, **fields})
 
     def checkpoint(self) -> None:
         size, root, ts = self.seq, self.tree.root().hex(), self.ts()
-        cp = Checkpoint(size, root, ts, "server", self.server.sign(messages.checkpoint_message(size, root, ts,
-                                                                                               "server")).hex())
+        cp = Checkpoint(
+            size, root, ts, "server", self.server.sign(messages.checkpoint_message(size, root, ts, "server")).hex()
+        )
         body = messages.checkpoint_body(messages.origin_of(RUN_ID), size, root)
         stamp = 1735776000 + size
-        cosigs = [Cosignature(size, s, stamp, k.sign(messages.cosignature_message(body, stamp)).hex())
-                  for s, k in self.sites.items()]
+        cosigs = [
+            Cosignature(size, s, stamp, k.sign(messages.cosignature_message(body, stamp)).hex())
+            for s, k in self.sites.items()
+        ]
         with self.storage.write() as conn:
             Storage.insert_entries(conn, self.batch)
             Storage.insert_checkpoint(conn, cp)
@@ -122,25 +130,62 @@ class WitnessedRun:
 
     def write(self, n: int) -> int:
         pk = self.server.public_key().public_bytes_raw().hex()
-        self.add("actor_key", {"actor": "server", "algorithm": "Ed25519", "fingerprint": messages.sha256_hex(
-            bytes.fromhex(pk)), "proof": self.server.sign(messages.key_proof_message("server", pk)).hex(),
-            "public_key": pk})
-        cards = {s: messages.make_card(k.sign, {"public_key": k.public_key().public_bytes_raw().hex(), "site": s,
-                                                "units": {"pair": 2000}}) for s, k in self.sites.items()}
-        self.add("run_started", {"consortium": {"cards": cards, "roster_sha256": messages.sha256_hex(
-            messages.canonical(cards))}, "run_id": RUN_ID, "sites": SITES})
+        self.add(
+            "actor_key",
+            {
+                "actor": "server",
+                "algorithm": "Ed25519",
+                "fingerprint": messages.sha256_hex(bytes.fromhex(pk)),
+                "proof": self.server.sign(messages.key_proof_message("server", pk)).hex(),
+                "public_key": pk,
+            },
+        )
+        cards = {
+            s: messages.make_card(
+                k.sign, {"public_key": k.public_key().public_bytes_raw().hex(), "site": s, "units": {"pair": 2000}}
+            )
+            for s, k in self.sites.items()
+        }
+        self.add(
+            "run_started",
+            {
+                "consortium": {"cards": cards, "roster_sha256": messages.sha256_hex(messages.canonical(cards))},
+                "run_id": RUN_ID,
+                "sites": SITES,
+            },
+        )
         rnd = 0
         while self.seq + 3 * len(SITES) + 5 < n:
             rnd += 1
             self.add("round_started", {"round": rnd, "sites": SITES})
             for i, site in enumerate(SITES):
                 p = payload(self.seq)
-                self.statement(site, "site_update", rnd, {k: p[k] for k in ("metrics", "num_examples", "update_hash")},
-                               accepted=True, problem=None)
-                self.statement(site, "clip", rnd, {"clip_norm": 1.0, "clipped": 100 + i, "max_norm": 3.5,
-                                                   "mean_norm": 0.9, "total": p["num_examples"]})
-                self.statement(site, "privacy_spent", rnd, {"delta": 1e-5, "epsilon_round": 0.01,
-                                                            "epsilon_total": 0.01 * rnd, "sample_rate": 0.01})
+                self.statement(
+                    site,
+                    "site_update",
+                    rnd,
+                    {k: p[k] for k in ("metrics", "num_examples", "update_hash")},
+                    accepted=True,
+                    problem=None,
+                )
+                self.statement(
+                    site,
+                    "clip",
+                    rnd,
+                    {
+                        "clip_norm": 1.0,
+                        "clipped": 100 + i,
+                        "max_norm": 3.5,
+                        "mean_norm": 0.9,
+                        "total": p["num_examples"],
+                    },
+                )
+                self.statement(
+                    site,
+                    "privacy_spent",
+                    rnd,
+                    {"delta": 1e-5, "epsilon_round": 0.01, "epsilon_total": 0.01 * rnd, "sample_rate": 0.01},
+                )
             self.add("aggregated", {"aggregate_hash": payload(rnd)["update_hash"], "round": rnd})
             self.add("privacy_spent", {"epsilon_total": 0.001 * rnd, "party": "server", "round": rnd})
             self.add("round_ended", {"metrics": {"auc": 0.8}, "round": rnd})
@@ -178,9 +223,16 @@ def bench_proofs(n: int) -> dict:
     t = time.perf_counter()
     assert all(verify_consistency(old, n, old_root, root, p) for p in cons)
     ver_cons = (time.perf_counter() - t) / 50
-    return {"n": n, "build_s": build, "incl_hashes": max(len(p) for p in incl), "incl_gen_us": gen_incl * 1e6,
-            "incl_ver_us": ver_incl * 1e6, "cons_hashes": len(cons[0]), "cons_gen_us": gen_cons * 1e6,
-            "cons_ver_us": ver_cons * 1e6}
+    return {
+        "n": n,
+        "build_s": build,
+        "incl_hashes": max(len(p) for p in incl),
+        "incl_gen_us": gen_incl * 1e6,
+        "incl_ver_us": ver_incl * 1e6,
+        "cons_hashes": len(cons[0]),
+        "cons_gen_us": gen_cons * 1e6,
+        "cons_ver_us": ver_cons * 1e6,
+    }
 
 
 def _verify_loop(n: int) -> float:
@@ -208,10 +260,18 @@ def ed25519_rates() -> tuple[float, float, float]:
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return (f"{os.cpu_count()} vCPUs ({model}), no GPU, {platform.system()} {platform.release()}, "
-            f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, {openssl.openssl_version_text()}")
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return (
+        f"{os.cpu_count()} vCPUs ({model}), no GPU, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, {openssl.openssl_version_text()}"
+    )
 
 
 def pg_schema_url(base: str) -> tuple[str, object, str]:
@@ -229,7 +289,9 @@ def pg_schema_url(base: str) -> tuple[str, object, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (20k/100k instead of 100k/1M)")
-    parser.add_argument("--write-docs", action="store_true", help="replace the '## Ledger' section of docs/benchmarks.md")
+    parser.add_argument(
+        "--write-docs", action="store_true", help="replace the '## Ledger' section of docs/benchmarks.md"
+    )
     args = parser.parse_args()
     sizes = (20_000, 100_000) if args.quick else (100_000, 1_000_000)
     lines = ["## Ledger", "", f"`bench/ledger.py{' --quick' if args.quick else ''}` on {machine()}.", ""]
@@ -239,12 +301,16 @@ def main() -> None:
         lines.append(line)
 
     sign, one, parallel = ed25519_rates()
-    out(f"Ed25519 (OpenSSL via `cryptography`): {sign:,.0f} signs/s and {one:,.0f} verifies/s in one process; "
-        f"{parallel:,.0f} verifies/s summed over {os.cpu_count()} processes in parallel.")
+    out(
+        f"Ed25519 (OpenSSL via `cryptography`): {sign:,.0f} signs/s and {one:,.0f} verifies/s in one process; "
+        f"{parallel:,.0f} verifies/s summed over {os.cpu_count()} processes in parallel."
+    )
     out()
-    out("On a shared VM these figures move by up to 2x between runs (at times the two vCPUs deliver about one "
+    out(
+        "On a shared VM these figures move by up to 2x between runs (at times the two vCPUs deliver about one "
         "core's throughput: two processes verifying in parallel then reach ~1.1x one process, where this run "
-        "shows the factor above); compare rows within one run, not across runs.")
+        "shows the factor above); compare rows within one run, not across runs."
+    )
     out()
     with tempfile.TemporaryDirectory() as tmp:
         keys = KeyStore(Path(tmp) / "keys", "bench-passphrase", scrypt_n=2**14)
@@ -281,32 +347,48 @@ def main() -> None:
             out(f"| SQLite file | {count:,} | {rates[0]} | {rates[1]} |")
         bundle = Path(tmp) / "bundle"
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import sys; from pharmafl.audit.bundle import export; "
-                        "export(sys.argv[1], sys.argv[2])", db, str(bundle)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from pharmafl.audit.bundle import export; export(sys.argv[1], sys.argv[2])",
+                db,
+                str(bundle),
+            ],
+            check=True,
+        )
         exported = time.perf_counter() - t
         count, elapsed = bench_verify(str(bundle), None)
         best = max(best, count / elapsed)
-        out(f"| exported bundle (JSONL + Parquet cross-check) | {count:,} | | {count / elapsed:,.0f} entries/s "
-            f"({elapsed:.1f} s; export, which verifies before it writes, took {exported:.1f} s) |")
+        out(
+            f"| exported bundle (JSONL + Parquet cross-check) | {count:,} | | {count / elapsed:,.0f} entries/s "
+            f"({elapsed:.1f} s; export, which verifies before it writes, took {exported:.1f} s) |"
+        )
         out()
-    out("| Merkle proofs (RFC 9162) | tree build | inclusion: hashes / bytes | generate | verify "
-        "| consistency (n/3 → n): hashes / bytes | generate | verify |")
+    out(
+        "| Merkle proofs (RFC 9162) | tree build | inclusion: hashes / bytes | generate | verify "
+        "| consistency (n/3 → n): hashes / bytes | generate | verify |"
+    )
     out("|---|---|---|---|---|---|---|---|")
     for n in (1_000, 100_000, 1_000_000) if not args.quick else (1_000, 100_000):
         p = bench_proofs(n)
-        out(f"| {n:,} leaves | {p['build_s']:.2f} s | {p['incl_hashes']} / {32 * p['incl_hashes']} B "
+        out(
+            f"| {n:,} leaves | {p['build_s']:.2f} s | {p['incl_hashes']} / {32 * p['incl_hashes']} B "
             f"| {p['incl_gen_us']:.0f} µs | {p['incl_ver_us']:.0f} µs | {p['cons_hashes']} / {32 * p['cons_hashes']} B "
-            f"| {p['cons_gen_us']:.0f} µs | {p['cons_ver_us']:.0f} µs |")
+            f"| {p['cons_gen_us']:.0f} µs | {p['cons_ver_us']:.0f} µs |"
+        )
     out()
-    per_entry = (1 + 3 * len(SITES) / (3 * len(SITES) + 4) + len(SITES) / (3 * len(SITES) + 4))
-    out(f"Goals: ≥ 10k signed appends/s batched on SQLite: {'met' if sqlite_batched >= 10_000 else 'NOT met'} "
+    per_entry = 1 + 3 * len(SITES) / (3 * len(SITES) + 4) + len(SITES) / (3 * len(SITES) + 4)
+    out(
+        f"Goals: ≥ 10k signed appends/s batched on SQLite: {'met' if sqlite_batched >= 10_000 else 'NOT met'} "
         f"({sqlite_batched:,.0f}/s). ≥ 20k entries/s verified with cosignatures: "
         f"{'met' if best >= 20_000 else 'NOT met'} ({best:,.0f}/s). Each entry of this run carries "
         f"{per_entry:.2f} Ed25519 signatures on average (its own, a site statement on 30 of every 34 entries, "
         f"10 cosignatures per 34-entry round) and verification checks every one, so it cannot beat "
         f"{parallel:,.0f} / {per_entry:.2f} = {parallel / per_entry:,.0f} entries/s on this machine (first line "
         f"above: Ed25519 verifies/s with every CPU busy); parsing, canonicalising, hashing and the Merkle tree "
-        f"run in the main process while worker processes check signatures.")
+        f"run in the main process while worker processes check signatures."
+    )
     out()
     if args.write_docs:
         write_section("\n".join(lines).rstrip() + "\n")

@@ -53,13 +53,19 @@ from attacks import auc  # noqa: E402
 
 
 def config(rounds: int, local_epochs: int, epsilon: float | None, batch_size: int = 512) -> RunConfig:
-    privacy = PrivacyConfig() if epsilon is None else PrivacyConfig(mode="local", epsilon=epsilon,
-                                                                    batch_size=batch_size)  # fmt: skip
-    return RunConfig(name="privacy", seed=0, data=DataConfig(dataset="davis", sites=10, partition="compound"),
-                     model=ModelConfig(label_offset=5.0), train=TrainConfig(lr=LR),
-                     federation=FederationConfig(rounds=rounds, local_epochs=local_epochs, engine="local",
-                                                 site_threads=2),
-                     ledger=LedgerConfig(enabled=False), privacy=privacy)  # fmt: skip
+    privacy = (
+        PrivacyConfig() if epsilon is None else PrivacyConfig(mode="local", epsilon=epsilon, batch_size=batch_size)
+    )
+    return RunConfig(
+        name="privacy",
+        seed=0,
+        data=DataConfig(dataset="davis", sites=10, partition="compound"),
+        model=ModelConfig(label_offset=5.0),
+        train=TrainConfig(lr=LR),
+        federation=FederationConfig(rounds=rounds, local_epochs=local_epochs, engine="local", site_threads=2),
+        ledger=LedgerConfig(enabled=False),
+        privacy=privacy,
+    )
 
 
 def step_times(plan: RunPlan, steps: int, batch: int = 128) -> dict:
@@ -69,8 +75,15 @@ def step_times(plan: RunPlan, steps: int, batch: int = 128) -> dict:
     models = {k: DTIModel(**asdict(plan.cfg.model)) for k in ("plain", "per-pair", "DP-SGD")}
     opts = {k: torch.optim.Adam(m.parameters(), lr=5e-4) for k, m in models.items()}
     gsm = wrap(models["DP-SGD"], "pair", 1.0)
-    dp_opt = dp_optimizer(opts["DP-SGD"], "pair", noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=batch,
-                          random=SecureRandom(), stats=ClipStats(1.0))  # fmt: skip
+    dp_opt = dp_optimizer(
+        opts["DP-SGD"],
+        "pair",
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        expected_batch_size=batch,
+        random=SecureRandom(),
+        stats=ClipStats(1.0),
+    )
     unit = units_of(site.train, "pair")
     seconds = dict.fromkeys(models, 0.0)
     for s in range(steps + 1):  # step 0 warms up
@@ -114,8 +127,10 @@ def steps(args) -> None:
             times = step_times(plan, args.steps, batch)
             print(f"\nStep time, one DAVIS site (compound split), {batch} pairs, {args.steps} interleaved steps:")
             for k, v in times.items():
-                print(f"  {k:9s} {v * 1000:8.0f} ms  {v / times['plain']:5.2f}x plain  "
-                      f"{v / times['per-pair']:5.2f}x per-pair  {batch / v:7.0f} pairs/s")  # fmt: skip
+                print(
+                    f"  {k:9s} {v * 1000:8.0f} ms  {v / times['plain']:5.2f}x plain  "
+                    f"{v / times['per-pair']:5.2f}x per-pair  {batch / v:7.0f} pairs/s"
+                )
 
 
 def utility(args) -> None:
@@ -132,21 +147,33 @@ def utility(args) -> None:
             spent = [e["payload"]["epsilon_total"] for e in events if e["type"] == "privacy_spent"]
             plans = json.loads((run / "plan.json").read_text())["privacy_plans"] or {}
             sigma = [p["noise_multiplier"] for p in plans.values()]
-            rows[name] = {"epsilon": eps, "test_mse": m["test_mse"], "test_ci": m["test_ci"],
-                          "epsilon_spent": max(spent) if spent else None, "sigma_min": min(sigma, default=0.0),
-                          "sigma_max": max(sigma, default=0.0), "mia_auc": membership_auc(run),
-                          "seconds": time.perf_counter() - t0}  # fmt: skip
+            rows[name] = {
+                "epsilon": eps,
+                "test_mse": m["test_mse"],
+                "test_ci": m["test_ci"],
+                "epsilon_spent": max(spent) if spent else None,
+                "sigma_min": min(sigma, default=0.0),
+                "sigma_max": max(sigma, default=0.0),
+                "mia_auc": membership_auc(run),
+                "seconds": time.perf_counter() - t0,
+            }
             print(name, rows[name], flush=True)
     ref = rows["no DP"]["test_ci"]
-    print(f"\nDAVIS, 10 sites (compound split), FedAvg, {args.rounds} rounds x {args.local_epochs} local epoch(s), "
-          f"DP batch {args.batch_size} pairs (expected)")  # fmt: skip
-    print(f"{'setting':8s} {'σ (sites)':>13} {'ε spent':>8} {'test MSE':>9} {'test CI':>8} {'CI / no DP':>11} "
-          f"{'MIA AUC':>8} {'seconds':>8}")  # fmt: skip
+    print(
+        f"\nDAVIS, 10 sites (compound split), FedAvg, {args.rounds} rounds x {args.local_epochs} local epoch(s), "
+        f"DP batch {args.batch_size} pairs (expected)"
+    )
+    print(
+        f"{'setting':8s} {'σ (sites)':>13} {'ε spent':>8} {'test MSE':>9} {'test CI':>8} {'CI / no DP':>11} "
+        f"{'MIA AUC':>8} {'seconds':>8}"
+    )
     for name, r in rows.items():
         sig = f"{r['sigma_min']:.2f}-{r['sigma_max']:.2f}" if r["epsilon"] else "-"
         spent = f"{r['epsilon_spent']:.2f}" if r["epsilon_spent"] is not None else "-"
-        print(f"{name:8s} {sig:>13} {spent:>8} {r['test_mse']:9.4f} {r['test_ci']:8.4f} {r['test_ci'] / ref:11.3f} "
-              f"{r['mia_auc']:8.3f} {r['seconds']:8.0f}")  # fmt: skip
+        print(
+            f"{name:8s} {sig:>13} {spent:>8} {r['test_mse']:9.4f} {r['test_ci']:8.4f} {r['test_ci'] / ref:11.3f} "
+            f"{r['mia_auc']:8.3f} {r['seconds']:8.0f}"
+        )
     (args.out / "privacy.json").write_text(json.dumps(rows, indent=1))
     plot(rows, args.out / "privacy_utility.png")
 

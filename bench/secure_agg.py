@@ -27,6 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import load_file
+
 from pharmafl.models.dti import ModelConfig
 from pharmafl.pipeline.config import (
     DataConfig,
@@ -40,7 +42,6 @@ from pharmafl.pipeline.run import prepare
 from pharmafl.pipeline.secure_agg.config import SecureAggregationConfig
 from pharmafl.sites.privacy import PrivacyConfig
 from pharmafl.sites.training import TrainConfig
-from safetensors.numpy import load_file
 
 
 class Clock:
@@ -70,13 +71,19 @@ class Clock:
 
 def config(sites: int, rounds: int, dp: bool, secure: bool) -> RunConfig:
     cfg = RunConfig(
-        name="bench-secure", seed=0, data=DataConfig(dataset="davis", sites=sites, partition="compound"),
-        model=ModelConfig(label_offset=5.0), train=TrainConfig(batch_size=512, lr=5e-4),
+        name="bench-secure",
+        seed=0,
+        data=DataConfig(dataset="davis", sites=sites, partition="compound"),
+        model=ModelConfig(label_offset=5.0),
+        train=TrainConfig(batch_size=512, lr=5e-4),
         federation=FederationConfig(rounds=rounds, local_epochs=1, engine="local", min_sites=max(2, sites - 2)),
-        ledger=LedgerConfig(enabled=False), secure_aggregation=SecureAggregationConfig(enabled=secure),
-    )  # fmt: skip
+        ledger=LedgerConfig(enabled=False),
+        secure_aggregation=SecureAggregationConfig(enabled=secure),
+    )
     if dp:
-        cfg = replace(cfg, privacy=PrivacyConfig(mode="local", epsilon=8.0, batch_size=512), train=replace(cfg.train, lr=1e-3))
+        cfg = replace(
+            cfg, privacy=PrivacyConfig(mode="local", epsilon=8.0, batch_size=512), train=replace(cfg.train, lr=1e-3)
+        )
     return cfg
 
 
@@ -103,35 +110,51 @@ def main() -> None:
             later = range(2, args.rounds + 1) if args.rounds > 1 else range(1, 2)
             rc = statistics.mean(clear.rounds[r] for r in later)
             rs = statistics.mean(hidden.rounds[r] for r in later)
-            parties = {k: statistics.mean(hidden.secure[r][k] for r in later)
-                       for k in ("open", "bound_check", "sum", "checks")}  # fmt: skip
+            parties = {
+                k: statistics.mean(hidden.secure[r][k] for r in later) for k in ("open", "bound_check", "sum", "checks")
+            }
             startup = (t_secure - sum(hidden.rounds.values())) - (t_clear - sum(clear.rounds.values()))
             a = load_file(Path(tmp) / f"clear-{n}" / "model.safetensors")
             b = load_file(Path(tmp) / f"secure-{n}" / "model.safetensors")
             diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
-            row = {"sites": n, "round_clear_s": rc, "round_secure_s": rs, "ratio": rs / rc,
-                   "bytes_ratio": statistics.mean(hidden.bytes) / statistics.mean(clear.bytes),
-                   "bytes_secure": statistics.mean(hidden.bytes), "bound_check_per_site_s": parties["bound_check"] / n,
-                   "party_checks_per_site_s": parties["checks"] / n,
-                   "parties_s": parties, "extra_startup_s": startup, "max_model_diff": diff,
-                   "ci_clear": m_clear["test_ci"], "ci_secure": m_secure["test_ci"],
-                   "max_update_norm_clear": max(clear.norms)}  # fmt: skip
+            row = {
+                "sites": n,
+                "round_clear_s": rc,
+                "round_secure_s": rs,
+                "ratio": rs / rc,
+                "bytes_ratio": statistics.mean(hidden.bytes) / statistics.mean(clear.bytes),
+                "bytes_secure": statistics.mean(hidden.bytes),
+                "bound_check_per_site_s": parties["bound_check"] / n,
+                "party_checks_per_site_s": parties["checks"] / n,
+                "parties_s": parties,
+                "extra_startup_s": startup,
+                "max_model_diff": diff,
+                "ci_clear": m_clear["test_ci"],
+                "ci_secure": m_secure["test_ci"],
+                "max_update_norm_clear": max(clear.norms),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\nsecure aggregation vs clear, DAVIS, {args.rounds} rounds x 1 local epoch, in-process engine, "
-          f"parties as services (pharmafl party serve) over TLS"
-          f"{', DP-SGD at every site' if args.dp else ''}")  # fmt: skip
-    print(f"{'sites':>5} {'clear s/rd':>10} {'secure s/rd':>11} {'ratio':>6} {'bytes ratio':>11} "
-          f"{'bound chk/site':>14} {'checks/site':>11} {'open+sum s':>10} {'start-up s':>10} {'|Δ model|':>9} "
-          f"{'CI clear/secure':>15} "
-          f"{'max ‖Δ‖':>7}")
+    print(
+        f"\nsecure aggregation vs clear, DAVIS, {args.rounds} rounds x 1 local epoch, in-process engine, "
+        f"parties as services (pharmafl party serve) over TLS"
+        f"{', DP-SGD at every site' if args.dp else ''}"
+    )
+    print(
+        f"{'sites':>5} {'clear s/rd':>10} {'secure s/rd':>11} {'ratio':>6} {'bytes ratio':>11} "
+        f"{'bound chk/site':>14} {'checks/site':>11} {'open+sum s':>10} {'start-up s':>10} {'|Δ model|':>9} "
+        f"{'CI clear/secure':>15} "
+        f"{'max ‖Δ‖':>7}"
+    )
     for r in rows:
         p = r["parties_s"]
-        print(f"{r['sites']:>5} {r['round_clear_s']:>10.2f} {r['round_secure_s']:>11.2f} {r['ratio']:>6.3f} "
-              f"{r['bytes_ratio']:>11.3f} {r['bound_check_per_site_s'] * 1000:>11.1f} ms "
-              f"{r['party_checks_per_site_s'] * 1000:>8.1f} ms {p['open'] + p['sum']:>10.2f} "
-              f"{r['extra_startup_s']:>10.1f} {r['max_model_diff']:>9.1e} {r['ci_clear']:.4f}/{r['ci_secure']:.4f} "
-              f"{r['max_update_norm_clear']:>7.2f}")  # fmt: skip
+        print(
+            f"{r['sites']:>5} {r['round_clear_s']:>10.2f} {r['round_secure_s']:>11.2f} {r['ratio']:>6.3f} "
+            f"{r['bytes_ratio']:>11.3f} {r['bound_check_per_site_s'] * 1000:>11.1f} ms "
+            f"{r['party_checks_per_site_s'] * 1000:>8.1f} ms {p['open'] + p['sum']:>10.2f} "
+            f"{r['extra_startup_s']:>10.1f} {r['max_model_diff']:>9.1e} {r['ci_clear']:.4f}/{r['ci_secure']:.4f} "
+            f"{r['max_update_norm_clear']:>7.2f}"
+        )
 
 
 if __name__ == "__main__":

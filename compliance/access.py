@@ -42,12 +42,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from pharmafl.audit.errors import LedgerError
 from pharmafl.audit.evidence import Accounts, display_key
 from pharmafl.audit.keys import DEFAULT_SCRYPT_N, KeyStore
@@ -125,15 +126,28 @@ class AccessControl:
     command sets it, so a database made that way is refused outside test suites.
     """
 
-    def __init__(self, ledger: Ledger, keys: SessionKeys, *, clock: Callable[[], datetime] = utc_now,
-                 allow_test_kdf: bool = False):
+    def __init__(
+        self,
+        ledger: Ledger,
+        keys: SessionKeys,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        allow_test_kdf: bool = False,
+    ):
         self.ledger, self.keys, self.clock = ledger, keys, clock
         self.allow_test_kdf = allow_test_kdf
         self.users = UserStore(ledger.storage)
 
     @classmethod
-    def open(cls, run_dir: str | os.PathLike, system_passphrase: str, *, clock: Callable[[], datetime] = utc_now,
-             scrypt_n: int = DEFAULT_SCRYPT_N, allow_test_kdf: bool = False) -> AccessControl:
+    def open(
+        cls,
+        run_dir: str | os.PathLike,
+        system_passphrase: str,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        scrypt_n: int = DEFAULT_SCRYPT_N,
+        allow_test_kdf: bool = False,
+    ) -> AccessControl:
         """Open the run's ledger (which must exist) with the run's key store for system actors."""
         target = resolve_target(ledger_target(run_dir))
         storage = Storage(target)
@@ -147,8 +161,9 @@ class AccessControl:
         registrar = probe.registrar
         probe.close()
         system = {registrar, ACCESS_CONTROL}
-        keys = SessionKeys(KeyStore(Path(run_dir) / "keys", system_passphrase, scrypt_n=scrypt_n, allowed=system),
-                           system)
+        keys = SessionKeys(
+            KeyStore(Path(run_dir) / "keys", system_passphrase, scrypt_n=scrypt_n, allowed=system), system
+        )
         return cls(Ledger.open(target, keys, clock=clock), keys, clock=clock, allow_test_kdf=allow_test_kdf)
 
     def close(self) -> None:
@@ -178,14 +193,18 @@ class AccessControl:
     def policy(self) -> PasswordPolicy:
         policy = self.users.policy()
         if policy is None:
-            raise ComplianceError("this run has no users yet: create the first admin with "
-                                  "`pharmafl users init RUN --admin ID --name 'Full Name'`")
+            raise ComplianceError(
+                "this run has no users yet: create the first admin with "
+                "`pharmafl users init RUN --admin ID --name 'Full Name'`"
+            )
         return self._check_kdf(policy)
 
     def _check_kdf(self, policy: PasswordPolicy) -> PasswordPolicy:
         if policy.test_only_kdf and not self.allow_test_kdf:
-            raise ComplianceError(f"this run's password policy is a test suite's (PasswordPolicy.for_tests, scrypt "
-                                  f"n={policy.scrypt_n}): refused outside tests; its records are not fit for use")
+            raise ComplianceError(
+                f"this run's password policy is a test suite's (PasswordPolicy.for_tests, scrypt "
+                f"n={policy.scrypt_n}): refused outside tests; its records are not fit for use"
+            )
         return policy
 
     def _user(self, user_id: str) -> User:
@@ -200,16 +219,20 @@ class AccessControl:
         actor = actor_of(user_id)
         registered = self.ledger.registered_keys().get(actor)
         if registered is not None:
-            raise ComplianceError(f"{actor!r} already has a key in the ledger (seq {registered['seq']}) but no "
-                                  "account: an interrupted `users init`, or a key registered around enrolment; "
-                                  "that id is spent, choose another")
+            raise ComplianceError(
+                f"{actor!r} already has a key in the ledger (seq {registered['seq']}) but no "
+                "account: an interrupted `users init`, or a key registered around enrolment; "
+                "that id is spent, choose another"
+            )
         return actor
 
     def _unique_name(self, full_name: str) -> None:
         taken = next((u for u in self.users.all() if display_key(u.full_name) == display_key(full_name)), None)
         if taken is not None:
-            raise ComplianceError(f"printed name {full_name!r} is taken by {taken.user_id!r}: printed names are "
-                                  "unique, they name the signer on every copy (21 CFR 11.50); add an initial")
+            raise ComplianceError(
+                f"printed name {full_name!r} is taken by {taken.user_id!r}: printed names are "
+                "unique, they name the signer on every copy (21 CFR 11.50); add an initial"
+            )
 
     def accounts(self) -> Accounts:
         """The ledger's users replayed exactly as the offline verifier does; refuses a ledger
@@ -217,8 +240,10 @@ class AccessControl:
         try:
             return Accounts((e.seq, e.ts, e.actor, e.type, e.payload) for e in self.ledger.entries())
         except VerificationError as err:
-            raise ComplianceError(f"the ledger's users do not check ({err}): a key or an action outside the rules "
-                                  "of enrolment and roles; nothing is signed, reported or exported from it") from None
+            raise ComplianceError(
+                f"the ledger's users do not check ({err}): a key or an action outside the rules "
+                "of enrolment and roles; nothing is signed, reported or exported from it"
+            ) from None
 
     # -- bootstrap and credentials ----------------------------------------------------------
 
@@ -226,19 +251,34 @@ class AccessControl:
         """Create the first admin (only while there are no users); she self-enrols her key now
         (``{"method": "bootstrap"}``: trust on first use)."""
         if self.users.all():
-            raise ComplianceError("users are already initialised for this run; an admin adds users with "
-                                  "`pharmafl users create`")
+            raise ComplianceError(
+                "users are already initialised for this run; an admin adds users with `pharmafl users create`"
+            )
         check_user_id(admin_id)
         _check_name(full_name)
         check_new_password(password, self._check_kdf(policy), admin_id, full_name)
         if self.accounts().users:
-            raise ComplianceError("the ledger already records accounts although the user table is empty: "
-                                  "investigate before anyone initialises users here")
+            raise ComplianceError(
+                "the ledger already records accounts although the user table is empty: "
+                "investigate before anyone initialises users here"
+            )
         actor = self._fresh_id(admin_id)
         key = Ed25519PrivateKey.generate()
         now = self._now()
-        user = User(admin_id, full_name, Role.ADMIN, "active", 0, hash_password(password, policy.scrypt_n),
-                    seal_key(key, password, actor, policy.scrypt_n), public_hex(key), now, False, now, "bootstrap")
+        user = User(
+            admin_id,
+            full_name,
+            Role.ADMIN,
+            "active",
+            0,
+            hash_password(password, policy.scrypt_n),
+            seal_key(key, password, actor, policy.scrypt_n),
+            public_hex(key),
+            now,
+            False,
+            now,
+            "bootstrap",
+        )
         self.users.create_schema()
         self.ledger.enrol(actor, key, enrolment.BOOTSTRAP)
         self.keys.unlock(actor, key)
@@ -248,8 +288,13 @@ class AccessControl:
             self.users.set_policy(conn, policy)
             self.users.insert(conn, replace(user, created_seq=entries[0].seq))
 
-        created = {"user_id": admin_id, "full_name": full_name, "role": "admin", "created_by": "bootstrap",
-                   "policy": policy.as_dict()}
+        created = {
+            "user_id": admin_id,
+            "full_name": full_name,
+            "role": "admin",
+            "created_by": "bootstrap",
+            "policy": policy.as_dict(),
+        }
         entry = self.commit([(actor, "user_created", created)], first)[0]
         return replace(user, created_seq=entry.seq)
 
@@ -259,22 +304,36 @@ class AccessControl:
             self.commit([(ACCESS_CONTROL, "login_failed", {"user_id": user_id, "reason": "unknown user id"})])
             raise AuthenticationError(f"unknown user id or wrong password for {user_id!r}")
         if user.status != "active":
-            why = ("account locked after repeated failed logins; an admin must unlock it "
-                   f"(`pharmafl users unlock RUN --id {user_id} --user ADMIN`)" if user.status == "locked"
-                   else "account disabled by an admin")
+            why = (
+                "account locked after repeated failed logins; an admin must unlock it "
+                f"(`pharmafl users unlock RUN --id {user_id} --user ADMIN`)"
+                if user.status == "locked"
+                else "account disabled by an admin"
+            )
             self.commit([(ACCESS_CONTROL, "login_refused", {"user_id": user_id, "reason": why})])
             raise AuthenticationError(f"{user_id!r}: {why}")
         if not password_matches(password, user.password):
             failed = user.failed_logins + 1
             locked = failed >= policy.max_failed_logins
-            items = [(ACCESS_CONTROL, "login_failed", {"user_id": user_id, "reason": "wrong password",
-                                                       "failed_logins": failed,
-                                                       "max_failed_logins": policy.max_failed_logins})]
+            items = [
+                (
+                    ACCESS_CONTROL,
+                    "login_failed",
+                    {
+                        "user_id": user_id,
+                        "reason": "wrong password",
+                        "failed_logins": failed,
+                        "max_failed_logins": policy.max_failed_logins,
+                    },
+                )
+            ]
             if locked:
                 items.append((ACCESS_CONTROL, "user_locked", {"user_id": user_id, "failed_logins": failed}))
             self.commit(items, self._save(replace(user, failed_logins=failed, status="locked" if locked else "active")))
-            raise AuthenticationError(f"unknown user id or wrong password for {user_id!r}"
-                                      + (" (account now locked; an admin must unlock it)" if locked else ""))
+            raise AuthenticationError(
+                f"unknown user id or wrong password for {user_id!r}"
+                + (" (account now locked; an admin must unlock it)" if locked else "")
+            )
         return user
 
     def login(self, user_id: str, password: str) -> Session:
@@ -289,12 +348,14 @@ class AccessControl:
         if expires is not None and self.clock() >= expires:
             why = f"password expired on {format_ts(expires)} (max age {policy.max_age_days} days)"
             self.commit([(ACCESS_CONTROL, "login_refused", {"user_id": user_id, "reason": why})])
-            raise AuthenticationError(f"{user_id!r}: {why}; change it with `pharmafl users passwd RUN --user "
-                                      f"{user_id}`")
+            raise AuthenticationError(
+                f"{user_id!r}: {why}; change it with `pharmafl users passwd RUN --user {user_id}`"
+            )
         self.keys.unlock(user.actor, open_key(user.sealed_key, password, user.actor))
         user = replace(user, failed_logins=0)
-        entry = self.commit([(user.actor, "user_login", {"user_id": user_id, "role": user.role.value})],
-                            self._save(user))[0]
+        entry = self.commit(
+            [(user.actor, "user_login", {"user_id": user_id, "role": user.role.value})], self._save(user)
+        )[0]
         return Session(user, entry.seq)
 
     def change_password(self, user_id: str, old: str, new: str) -> User:
@@ -309,14 +370,21 @@ class AccessControl:
         key = open_key(user.sealed_key, old, user.actor)
         self.keys.unlock(user.actor, key)
         changed = self._resealed(user, key, new, policy)
-        self.commit([(user.actor, "password_changed", {"user_id": user_id, "enrolled_key": False})],
-                    self._save(changed))
+        self.commit(
+            [(user.actor, "password_changed", {"user_id": user_id, "enrolled_key": False})], self._save(changed)
+        )
         return changed
 
     def _resealed(self, user: User, key: Ed25519PrivateKey, new: str, policy: PasswordPolicy) -> User:
-        return replace(user, password=hash_password(new, policy.scrypt_n),
-                       sealed_key=seal_key(key, new, user.actor, policy.scrypt_n), public_key=public_hex(key),
-                       password_set_at=self._now(), must_change=False, failed_logins=0)
+        return replace(
+            user,
+            password=hash_password(new, policy.scrypt_n),
+            sealed_key=seal_key(key, new, user.actor, policy.scrypt_n),
+            public_key=public_hex(key),
+            password_set_at=self._now(),
+            must_change=False,
+            failed_logins=0,
+        )
 
     def _enrol(self, user: User, temporary: str, new: str, policy: PasswordPolicy) -> User:
         """The first password change: a key the user makes now, enrolled (with the table row, in
@@ -324,15 +392,19 @@ class AccessControl:
         created = self._user_created(user)
         registered = self.ledger.registered_keys().get(user.actor)
         if registered is not None:
-            raise ComplianceError(f"a key for {user.actor!r} is already in the ledger (seq {registered['seq']}), "
-                                  "enrolled by someone else: tell an admin, who must disable this account and create "
-                                  "a new one")
-        code_key = enrolment.open_commitment(temporary, created.data.get("enrolment"),
-                                             f"{user.user_id!r}'s user_created (seq {created.seq})")
+            raise ComplianceError(
+                f"a key for {user.actor!r} is already in the ledger (seq {registered['seq']}), "
+                "enrolled by someone else: tell an admin, who must disable this account and create "
+                "a new one"
+            )
+        code_key = enrolment.open_commitment(
+            temporary, created.data.get("enrolment"), f"{user.user_id!r}'s user_created (seq {created.seq})"
+        )
         key = Ed25519PrivateKey.generate()
         changed = self._resealed(user, key, new, policy)
-        self.ledger.enrol(user.actor, key, enrolment.enrolment(user.actor, key, created.seq, code_key),
-                          on_commit=self._save(changed))
+        self.ledger.enrol(
+            user.actor, key, enrolment.enrolment(user.actor, key, created.seq, code_key), on_commit=self._save(changed)
+        )
         self.keys.unlock(user.actor, key)
         self.commit([(user.actor, "password_changed", {"user_id": user.user_id, "enrolled_key": True})])
         return changed
@@ -341,8 +413,10 @@ class AccessControl:
         seq = user.created_seq
         entry = next(iter(self.ledger.entries(seq, seq + 1)), None) if isinstance(seq, int) else None
         if entry is None or entry.type != "user_created" or entry.data.get("user_id") != user.user_id:
-            raise ComplianceError(f"the account {user.user_id!r} names no user_created entry of its own (seq {seq}); "
-                                  "an admin must disable it and create a new one")
+            raise ComplianceError(
+                f"the account {user.user_id!r} names no user_created entry of its own (seq {seq}); "
+                "an admin must disable it and create a new one"
+            )
         return entry
 
     # -- authority -------------------------------------------------------------------------
@@ -355,28 +429,56 @@ class AccessControl:
         """
         current = self.users.get(session.user.user_id)
         if current is None or current.status != "active" or current.role != session.user.role:
-            why = ("the account changed since this session logged in (now "
-                   + (f"{current.status}, role {current.role.value})" if current else "missing)"))
+            why = "the account changed since this session logged in (now " + (
+                f"{current.status}, role {current.role.value})" if current else "missing)"
+            )
             self.commit([(ACCESS_CONTROL, "login_refused", {"user_id": session.user.user_id, "reason": why})])
             raise AuthenticationError(f"{session.user.user_id!r}: {why}; log in again")
         if may(session.user.role, action):
             return
         allowed = roles_for(action)
-        self.commit([(session.actor, "action_refused", {"user_id": session.user.user_id,
-                                                        "role": session.user.role.value, "action": action,
-                                                        "what": what, "allowed_roles": allowed})])
-        raise AuthorityError(f"{session.user.user_id!r} (role {session.user.role.value}) may not {what}: only "
-                             f"{', '.join(allowed)} may; ask an admin if your role is wrong")
+        self.commit(
+            [
+                (
+                    session.actor,
+                    "action_refused",
+                    {
+                        "user_id": session.user.user_id,
+                        "role": session.user.role.value,
+                        "action": action,
+                        "what": what,
+                        "allowed_roles": allowed,
+                    },
+                )
+            ]
+        )
+        raise AuthorityError(
+            f"{session.user.user_id!r} (role {session.user.role.value}) may not {what}: only "
+            f"{', '.join(allowed)} may; ask an admin if your role is wrong"
+        )
 
     def _refuse(self, session: Session, what: str, reason: str) -> None:
         """A separation-of-duties refusal, recorded as ``action_refused`` with its reason."""
-        self.commit([(session.actor, "action_refused", {"user_id": session.user.user_id,
-                                                        "role": session.user.role.value, "action": "manage_users",
-                                                        "what": what, "reason": reason})])
+        self.commit(
+            [
+                (
+                    session.actor,
+                    "action_refused",
+                    {
+                        "user_id": session.user.user_id,
+                        "role": session.user.role.value,
+                        "action": "manage_users",
+                        "what": what,
+                        "reason": reason,
+                    },
+                )
+            ]
+        )
         raise AuthorityError(f"{session.user.user_id!r} may not {what}: {reason}")
 
-    def record(self, session: Session, items: list[tuple[str, Mapping[str, Any]]],
-               change: TableChange | None = None) -> list[Entry]:
+    def record(
+        self, session: Session, items: list[tuple[str, Mapping[str, Any]]], change: TableChange | None = None
+    ) -> list[Entry]:
         """Entries signed by the session's user (and ``change`` to the user table) in one transaction."""
         return self.commit([(session.actor, type_, payload) for type_, payload in items], change)
 
@@ -395,12 +497,36 @@ class AccessControl:
         policy = self.policy()
         check_new_password(temp_password, policy, user_id, full_name)
         now = self._now()
-        user = User(user_id, full_name, parsed, "active", 0, hash_password(temp_password, policy.scrypt_n), None,
-                    None, now, True, now, session.user.user_id)
-        entry = self.record(session, [("user_created", {
-            "user_id": user_id, "full_name": full_name, "role": parsed.value, "created_by": session.user.user_id,
-            "enrolment": enrolment.commit(temp_password, policy.scrypt_n)})],
-            lambda conn, entries: self.users.insert(conn, replace(user, created_seq=entries[0].seq)))[0]
+        user = User(
+            user_id,
+            full_name,
+            parsed,
+            "active",
+            0,
+            hash_password(temp_password, policy.scrypt_n),
+            None,
+            None,
+            now,
+            True,
+            now,
+            session.user.user_id,
+        )
+        entry = self.record(
+            session,
+            [
+                (
+                    "user_created",
+                    {
+                        "user_id": user_id,
+                        "full_name": full_name,
+                        "role": parsed.value,
+                        "created_by": session.user.user_id,
+                        "enrolment": enrolment.commit(temp_password, policy.scrypt_n),
+                    },
+                )
+            ],
+            lambda conn, entries: self.users.insert(conn, replace(user, created_seq=entries[0].seq)),
+        )[0]
         return replace(user, created_seq=entry.seq)
 
     def set_role(self, session: Session, user_id: str, role: str) -> User:
@@ -410,15 +536,31 @@ class AccessControl:
         if user_id == session.user.user_id:
             self._refuse(session, what, "nobody changes their own role; another admin must")
         if user.role == Role.ADMIN and parsed in SIGNING_ROLES:
-            self._refuse(session, what, f"{user_id!r} holds admin, and no admin is given a signing role "
-                                        f"({', '.join(sorted(r.value for r in SIGNING_ROLES))}): separation of "
-                                        "duties; create a separate account")
+            self._refuse(
+                session,
+                what,
+                f"{user_id!r} holds admin, and no admin is given a signing role "
+                f"({', '.join(sorted(r.value for r in SIGNING_ROLES))}): separation of "
+                "duties; create a separate account",
+            )
         if user.role == Role.ADMIN and parsed != Role.ADMIN and self._last_admin(user_id):
             raise ComplianceError(f"{user_id!r} is the last active admin; create another admin first")
         changed = replace(user, role=parsed)
-        self.record(session, [("user_role_changed", {"user_id": user_id, "old_role": user.role.value,
-                                                     "role": parsed.value, "changed_by": session.user.user_id})],
-                    self._save(changed))
+        self.record(
+            session,
+            [
+                (
+                    "user_role_changed",
+                    {
+                        "user_id": user_id,
+                        "old_role": user.role.value,
+                        "role": parsed.value,
+                        "changed_by": session.user.user_id,
+                    },
+                )
+            ],
+            self._save(changed),
+        )
         return changed
 
     def unlock(self, session: Session, user_id: str) -> User:
@@ -427,40 +569,44 @@ class AccessControl:
         if user.status == "disabled":
             raise ComplianceError(f"{user_id!r} is disabled, not locked; disabled accounts stay disabled")
         changed = replace(user, status="active", failed_logins=0)
-        self.record(session, [("user_unlocked", {"user_id": user_id, "by": session.user.user_id})],
-                    self._save(changed))
+        self.record(session, [("user_unlocked", {"user_id": user_id, "by": session.user.user_id})], self._save(changed))
         return changed
 
     def disable(self, session: Session, user_id: str) -> User:
         self.require(session, "manage_users", f"disable {user_id!r}")
         user = self._user(user_id)
         if user_id == session.user.user_id or (user.role == Role.ADMIN and self._last_admin(user_id)):
-            raise ComplianceError(f"refusing to disable {user_id!r}: an admin cannot disable themselves or the "
-                                  "last active admin")
+            raise ComplianceError(
+                f"refusing to disable {user_id!r}: an admin cannot disable themselves or the last active admin"
+            )
         changed = replace(user, status="disabled")
-        self.record(session, [("user_disabled", {"user_id": user_id, "by": session.user.user_id})],
-                    self._save(changed))
+        self.record(session, [("user_disabled", {"user_id": user_id, "by": session.user.user_id})], self._save(changed))
         return changed
 
     def set_policy(self, session: Session, policy: PasswordPolicy) -> None:
         self.require(session, "manage_users", "change the password policy")
         self._check_kdf(policy)
-        self.record(session, [("policy_changed", {"policy": policy.as_dict(), "by": session.user.user_id})],
-                    lambda conn, _entries: self.users.set_policy(conn, policy))
+        self.record(
+            session,
+            [("policy_changed", {"policy": policy.as_dict(), "by": session.user.user_id})],
+            lambda conn, _entries: self.users.set_policy(conn, policy),
+        )
 
     def _last_admin(self, user_id: str) -> bool:
-        return not [u for u in self.users.all() if u.role == Role.ADMIN and u.status == "active"
-                    and u.user_id != user_id]
+        return not [
+            u for u in self.users.all() if u.role == Role.ADMIN and u.status == "active" and u.user_id != user_id
+        ]
 
 
 def _expiry(user: User, policy: PasswordPolicy) -> datetime | None:
     if not policy.max_age_days:
         return None
-    set_at = datetime.strptime(user.password_set_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    set_at = datetime.strptime(user.password_set_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     return set_at + timedelta(days=policy.max_age_days)
 
 
 def _check_name(full_name: str) -> None:
     if not isinstance(full_name, str) or not full_name.strip() or len(full_name) > 200:
-        raise ComplianceError("a user's full (printed) name is required, 1-200 characters: it is shown on every "
-                              "signature (21 CFR 11.50)")
+        raise ComplianceError(
+            "a user's full (printed) name is required, 1-200 characters: it is shown on every signature (21 CFR 11.50)"
+        )

@@ -14,16 +14,26 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 PASSWORD_ENV, NEW_PASSWORD_ENV = "PHARMAFL_PASSWORD", "PHARMAFL_NEW_PASSWORD"
 
-users_app = typer.Typer(name="users", help="Users, roles and credentials (21 CFR 11.10(d), 11.300).",
-                        no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-evidence_app = typer.Typer(name="evidence", help="Evidence packages for regulators: export and verify.",
-                           no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+users_app = typer.Typer(
+    name="users",
+    help="Users, roles and credentials (21 CFR 11.10(d), 11.300).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+evidence_app = typer.Typer(
+    name="evidence",
+    help="Evidence packages for regulators: export and verify.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 Run = Annotated[Path, typer.Argument(help="run directory (holds ledger.db or names ledger.url in config.yaml)")]
 Acting = Annotated[str, typer.Option("--user", help="your user id (you are asked for your password)")]
@@ -60,37 +70,54 @@ def _login(ac, user: str):
 
 
 @users_app.command("init")
-def init(run: Run, admin: Annotated[str, typer.Option(help="user id of the first admin")],
-         name: Annotated[str, typer.Option(help="the admin's full (printed) name")],
-         min_password_length: int = 12, password_max_age_days: int = 90, max_failed_logins: int = 5) -> None:
+def init(
+    run: Run,
+    admin: Annotated[str, typer.Option(help="user id of the first admin")],
+    name: Annotated[str, typer.Option(help="the admin's full (printed) name")],
+    min_password_length: int = 12,
+    password_max_age_days: int = 90,
+    max_failed_logins: int = 5,
+) -> None:
     """Create the first admin (only while the run has no users) and the password policy."""
     from pharmafl.compliance.credentials import PasswordPolicy
 
-    policy = PasswordPolicy(min_length=min_password_length, max_age_days=password_max_age_days,
-                            max_failed_logins=max_failed_logins)
+    policy = PasswordPolicy(
+        min_length=min_password_length, max_age_days=password_max_age_days, max_failed_logins=max_failed_logins
+    )
     with _access(run) as ac:
         user = ac.init(admin, name, _secret(NEW_PASSWORD_ENV, f"New password for {admin}", confirm=True), policy)
     typer.echo(f"created admin {user.user_id} ({user.full_name}); policy: {policy.as_dict()}")
 
 
 @users_app.command("create")
-def create(run: Run, user: Acting, id: Target, name: Annotated[str, typer.Option(help="full (printed) name")],
-           role: Annotated[str, typer.Option(help="data_scientist | qa | regulator | admin")]) -> None:
+def create(
+    run: Run,
+    user: Acting,
+    id: Target,
+    name: Annotated[str, typer.Option(help="full (printed) name")],
+    role: Annotated[str, typer.Option(help="data_scientist | qa | regulator | admin")],
+) -> None:
     """Create a user with a temporary password; they set their own with `users passwd` before anything else."""
     with _access(run) as ac:
         session = _login(ac, user)
-        made = ac.create_user(session, id, name, role, _secret(NEW_PASSWORD_ENV, f"Temporary password for {id}",
-                                                                confirm=True))
-    typer.echo(f"created {made.user_id} ({made.full_name}, {made.role.value}); they must now run "
-               f"`pharmafl users passwd {run} --user {made.user_id}`")
+        made = ac.create_user(
+            session, id, name, role, _secret(NEW_PASSWORD_ENV, f"Temporary password for {id}", confirm=True)
+        )
+    typer.echo(
+        f"created {made.user_id} ({made.full_name}, {made.role.value}); they must now run "
+        f"`pharmafl users passwd {run} --user {made.user_id}`"
+    )
 
 
 @users_app.command("passwd")
 def passwd(run: Run, user: Acting) -> None:
     """Change your password (also when expired); the first change enrols your signing key."""
     with _access(run) as ac:
-        changed = ac.change_password(user, _secret(PASSWORD_ENV, f"Current password for {user}"),
-                                     _secret(NEW_PASSWORD_ENV, f"New password for {user}", confirm=True))
+        changed = ac.change_password(
+            user,
+            _secret(PASSWORD_ENV, f"Current password for {user}"),
+            _secret(NEW_PASSWORD_ENV, f"New password for {user}", confirm=True),
+        )
     typer.echo(f"password changed for {changed.user_id}; signing key {changed.public_key[:16]}...")
 
 
@@ -137,18 +164,21 @@ def list_users(run: Run) -> None:
     refuse_missing(storage)
     for u in UserStore(storage).all():
         v = u.public_view()
-        typer.echo(f"{v['user_id']}\t{v['role']}\t{v['status']}\t{'enrolled' if v['enrolled'] else 'not enrolled'}"
-                   f"\t{v['full_name']}")
+        typer.echo(
+            f"{v['user_id']}\t{v['role']}\t{v['status']}\t{'enrolled' if v['enrolled'] else 'not enrolled'}"
+            f"\t{v['full_name']}"
+        )
     storage.dispose()
 
 
 def report_command(
-    run: Run, user: Acting,
+    run: Run,
+    user: Acting,
     out: Annotated[Path, typer.Option(help="new (or empty) folder for the report, e.g. RUN/reports/r1")],
     format: Annotated[str, typer.Option(help="pdf | html | parquet | all (comma-separated list allowed)")] = "all",
-    round: Annotated[Optional[list[int]], typer.Option(help="audit trail: only these rounds")] = None,
-    site: Annotated[Optional[list[str]], typer.Option(help="audit trail: only these sites")] = None,
-    event_type: Annotated[Optional[list[str]], typer.Option(help="audit trail: only these event types")] = None,
+    round: Annotated[list[int] | None, typer.Option(help="audit trail: only these rounds")] = None,
+    site: Annotated[list[str] | None, typer.Option(help="audit trail: only these sites")] = None,
+    event_type: Annotated[list[str] | None, typer.Option(help="audit trail: only these event types")] = None,
 ) -> None:
     """Generate the Part 11-style report of a run (only from a ledger that verifies)."""
     from pharmafl.compliance.report import generate_report, load_report, parse_formats
@@ -158,8 +188,10 @@ def report_command(
     keep = TrailFilter(tuple(round or ()), tuple(site or ()), tuple(event_type or ()))
     with _access(run) as ac:
         path = generate_report(ac, _login(ac, user), run, out, formats=formats, keep=keep)
-    typer.echo(f"report in {path} (record SHA-256 {load_report(path)[1]}); sign it with "
-               f"`pharmafl sign {path} --user QA_ID --meaning approved`")
+    typer.echo(
+        f"report in {path} (record SHA-256 {load_report(path)[1]}); sign it with "
+        f"`pharmafl sign {path} --user QA_ID --meaning approved`"
+    )
 
 
 def _run_of(record: Path) -> Path:
@@ -175,8 +207,9 @@ def sign_command(
     record: Annotated[Path, typer.Argument(help="a report folder (or its report.json), or RUN/model.safetensors")],
     user: Acting,
     meaning: Annotated[str, typer.Option(help="authored | reviewed | approved")],
-    run: Annotated[Optional[Path], typer.Option(help="the run (default: the folder above RECORD holding ledger.db)")]
-    = None,
+    run: Annotated[
+        Path | None, typer.Option(help="the run (default: the folder above RECORD holding ledger.db)")
+    ] = None,
 ) -> None:
     """E-sign a record: user id and password at every signing, bound to the record's SHA-256."""
     from pharmafl.compliance.signatures import manifestation
@@ -188,22 +221,28 @@ def sign_command(
 
 
 @evidence_app.command("export")
-def evidence_export(run: Run, user: Acting,
-                    report: Annotated[list[Path], typer.Option(help="a report folder to include (repeatable)")],
-                    out: Annotated[Path, typer.Option(help="new (or empty) folder for the package")]) -> None:
+def evidence_export(
+    run: Run,
+    user: Acting,
+    report: Annotated[list[Path], typer.Option(help="a report folder to include (repeatable)")],
+    out: Annotated[Path, typer.Option(help="new (or empty) folder for the package")],
+) -> None:
     """Ledger export + reports + signatures + key bundle + checkpoints + SHA-256 manifest."""
     from pharmafl.compliance.evidence import export_evidence
 
     with _access(run) as ac:
         path = export_evidence(ac, _login(ac, user), report, out)
-    typer.echo(f"evidence package in {path}; verify it offline with "
-               f"`python -m pharmafl.audit.evidence {path} --trusted-head HEAD.json`")
+    typer.echo(
+        f"evidence package in {path}; verify it offline with "
+        f"`python -m pharmafl.audit.evidence {path} --trusted-head HEAD.json`"
+    )
 
 
 @evidence_app.command("verify")
-def evidence_verify(package: Annotated[Path, typer.Argument(help="the evidence package folder")],
-                    trusted_head: Annotated[Optional[Path], typer.Option(help="checkpoint received out of band")]
-                    = None) -> None:
+def evidence_verify(
+    package: Annotated[Path, typer.Argument(help="the evidence package folder")],
+    trusted_head: Annotated[Path | None, typer.Option(help="checkpoint received out of band")] = None,
+) -> None:
     """The standalone verifier (same as `python -m pharmafl.audit.evidence`); no login needed."""
     from pharmafl.audit.evidence import verify_package
     from pharmafl.audit.verify import VerificationError

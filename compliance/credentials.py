@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
 from pharmafl.audit.canonical import canonical_bytes
 from pharmafl.compliance.errors import AuthenticationError, ComplianceError
 
@@ -80,14 +81,20 @@ class PasswordPolicy:
             raise ComplianceError(f"policy max_failed_logins must be >= 1, got {self.max_failed_logins}")
         floor = TEST_SCRYPT_N if self.test_only_kdf else MIN_SCRYPT_N
         if type(self.scrypt_n) is not int or self.scrypt_n < floor or self.scrypt_n & (self.scrypt_n - 1):
-            raise ComplianceError(f"policy scrypt_n must be a power of two >= 2**{floor.bit_length() - 1}, got "
-                                  f"{self.scrypt_n}" + ("" if self.test_only_kdf else
-                                                        " (PasswordPolicy.for_tests() allows less, in tests only)"))
+            raise ComplianceError(
+                f"policy scrypt_n must be a power of two >= 2**{floor.bit_length() - 1}, got "
+                f"{self.scrypt_n}"
+                + ("" if self.test_only_kdf else " (PasswordPolicy.for_tests() allows less, in tests only)")
+            )
 
     def as_dict(self) -> dict:
-        return {"min_length": self.min_length, "max_age_days": self.max_age_days,
-                "max_failed_logins": self.max_failed_logins, "scrypt_n": self.scrypt_n,
-                "test_only_kdf": self.test_only_kdf}
+        return {
+            "min_length": self.min_length,
+            "max_age_days": self.max_age_days,
+            "max_failed_logins": self.max_failed_logins,
+            "scrypt_n": self.scrypt_n,
+            "test_only_kdf": self.test_only_kdf,
+        }
 
 
 def check_new_password(password: str, policy: PasswordPolicy, user_id: str, full_name: str) -> None:
@@ -97,11 +104,13 @@ def check_new_password(password: str, policy: PasswordPolicy, user_id: str, full
     low = password.lower()
     if user_id.lower() in low or any(len(p) > 2 and p.lower() in low for p in full_name.split()):
         raise ComplianceError(f"password for {user_id!r} must not contain the user id or name; choose another")
-    classes = sum(any(f(c) for c in password) for f in (str.islower, str.isupper, str.isdigit,
-                                                         lambda c: not c.isalnum()))
+    classes = sum(
+        any(f(c) for c in password) for f in (str.islower, str.isupper, str.isdigit, lambda c: not c.isalnum())
+    )
     if classes < 2:
-        raise ComplianceError(f"password for {user_id!r} uses one kind of character only; mix letters with "
-                              "digits, capitals or symbols")
+        raise ComplianceError(
+            f"password for {user_id!r} uses one kind of character only; mix letters with digits, capitals or symbols"
+        )
 
 
 def _secret(password: str) -> bytes:
@@ -147,8 +156,13 @@ def _aad(envelope: dict) -> bytes:
 
 def seal_key(key: Ed25519PrivateKey, password: str, actor: str, scrypt_n: int) -> dict:
     """The key encrypted under ``password`` (AES-256-GCM, scrypt), bound to ``actor``."""
-    envelope = {"format": KEY_FORMAT, "actor": actor, "public_key": public_hex(key), "kdf": new_kdf(scrypt_n),
-                "nonce": secrets.token_bytes(12).hex()}
+    envelope = {
+        "format": KEY_FORMAT,
+        "actor": actor,
+        "public_key": public_hex(key),
+        "kdf": new_kdf(scrypt_n),
+        "nonce": secrets.token_bytes(12).hex(),
+    }
     aes = AESGCM(derive(password, envelope["kdf"]))
     raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
     envelope["ciphertext"] = aes.encrypt(bytes.fromhex(envelope["nonce"]), raw, _aad(envelope)).hex()
@@ -158,8 +172,9 @@ def seal_key(key: Ed25519PrivateKey, password: str, actor: str, scrypt_n: int) -
 def open_key(envelope: dict, password: str, actor: str) -> Ed25519PrivateKey:
     """The user's signing key; :class:`AuthenticationError` if the password does not open it."""
     if envelope.get("format") != KEY_FORMAT or envelope.get("actor") != actor:
-        raise AuthenticationError(f"the stored signing key is not {actor!r}'s; the admin must disable this "
-                                  "account and create a new one")
+        raise AuthenticationError(
+            f"the stored signing key is not {actor!r}'s; the admin must disable this account and create a new one"
+        )
     try:
         aes = AESGCM(derive(password, envelope["kdf"]))
         raw = aes.decrypt(bytes.fromhex(envelope["nonce"]), bytes.fromhex(envelope["ciphertext"]), _aad(envelope))

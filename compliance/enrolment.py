@@ -35,6 +35,7 @@ import hashlib
 import hmac
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from pharmafl.audit.evidence import COMMITMENT_FORMAT, ENROLMENT_METHOD, enrolment_mac
 from pharmafl.compliance.credentials import derive, new_kdf, public_hex
 from pharmafl.compliance.errors import ComplianceError
@@ -52,16 +53,23 @@ def commit(temporary_password: str, scrypt_n: int) -> dict:
 def open_commitment(temporary_password: str, commitment: dict, where: str) -> bytes:
     """The code key of ``temporary_password``; refused unless it opens ``commitment``."""
     if not isinstance(commitment, dict) or commitment.get("format") != COMMITMENT_FORMAT:
-        raise ComplianceError(f"{where} carries no enrolment commitment; the admin must disable this account and "
-                              "create a new one")
+        raise ComplianceError(
+            f"{where} carries no enrolment commitment; the admin must disable this account and create a new one"
+        )
     code_key = derive(temporary_password, commitment["kdf"])
     if not hmac.compare_digest(hashlib.sha256(code_key).hexdigest(), commitment["code_key_sha256"]):
-        raise ComplianceError(f"the temporary password does not open the enrolment commitment of {where}; the "
-                              "admin must disable this account and create a new one")
+        raise ComplianceError(
+            f"the temporary password does not open the enrolment commitment of {where}; the "
+            "admin must disable this account and create a new one"
+        )
     return code_key
 
 
 def enrolment(actor: str, key: Ed25519PrivateKey, user_created: int, code_key: bytes) -> dict:
     """The ``enrolment`` of ``actor``'s ``actor_key`` entry, answering ``user_created``'s commitment."""
-    return {"method": ENROLMENT_METHOD, "user_created": user_created, "code_key": code_key.hex(),
-            "mac": enrolment_mac(code_key, actor, public_hex(key), user_created)}
+    return {
+        "method": ENROLMENT_METHOD,
+        "user_created": user_created,
+        "code_key": code_key.hex(),
+        "mac": enrolment_mac(code_key, actor, public_hex(key), user_created),
+    }

@@ -50,8 +50,9 @@ and bound to the report it is shown with.
 """
 
 
-def export_evidence(ac: AccessControl, session: Session, reports: list[str | os.PathLike],
-                    out: str | os.PathLike) -> Path:
+def export_evidence(
+    ac: AccessControl, session: Session, reports: list[str | os.PathLike], out: str | os.PathLike
+) -> Path:
     """Build the package at ``out`` (new or empty) from the run's ledger and ``reports``."""
     out = Path(out)
     ac.require(session, "export_evidence", "export an evidence package")
@@ -65,8 +66,10 @@ def export_evidence(ac: AccessControl, session: Session, reports: list[str | os.
     for folder in map(Path, reports):
         record, record_hash = load_report(folder)
         if record_hash not in known:
-            raise ComplianceError(f"{folder}: its report.json (SHA-256 {record_hash[:16]}...) was not generated "
-                                  "from this run's ledger (or was altered); generate it again")
+            raise ComplianceError(
+                f"{folder}: its report.json (SHA-256 {record_hash[:16]}...) was not generated "
+                "from this run's ledger (or was altered); generate it again"
+            )
         loaded.append((folder, record, record_hash))
     names = [f.name for f, _, _ in loaded]
     if len(set(names)) != len(names):
@@ -80,21 +83,41 @@ def export_evidence(ac: AccessControl, session: Session, reports: list[str | os.
         hashes = {f"reports/{folder.name}": h for folder, _, h in loaded}
         for folder, _, _ in loaded:
             shutil.copytree(folder, tmp / "reports" / folder.name)
-        sigs = [{"report": f"reports/{folder.name}", "seq": e.seq, **e.data}
-                for e in ac.ledger.entries(0, checkpoint.tree_size) if e.type == "e_signature"
-                for folder, _, h in loaded if e.data.get("record_hash") == h]
+        sigs = [
+            {"report": f"reports/{folder.name}", "seq": e.seq, **e.data}
+            for e in ac.ledger.entries(0, checkpoint.tree_size)
+            if e.type == "e_signature"
+            for folder, _, h in loaded
+            if e.data.get("record_hash") == h
+        ]
         (tmp / "signatures.json").write_text(
-            canonical_json({"format": SIGNATURES_FORMAT, "signatures": sigs}) + "\n", encoding="utf-8")
+            canonical_json({"format": SIGNATURES_FORMAT, "signatures": sigs}) + "\n", encoding="utf-8"
+        )
         (tmp / "README.txt").write_text(README.format(name=out.name), encoding="utf-8")
         bundle = json.loads((tmp / "ledger" / "manifest.json").read_text())
-        manifest = {"format": PACKAGE_FORMAT, "run_id": loaded[0][1]["meta"]["run_id"],
-                    "ledger": {"entries": bundle["entries"], "root_hash": bundle["root_hash"]},
-                    "reports": hashes, "files": file_hashes(tmp)}
+        manifest = {
+            "format": PACKAGE_FORMAT,
+            "run_id": loaded[0][1]["meta"]["run_id"],
+            "ledger": {"entries": bundle["entries"], "root_hash": bundle["root_hash"]},
+            "reports": hashes,
+            "files": file_hashes(tmp),
+        }
         text = canonical_json(manifest) + "\n"
         (tmp / "MANIFEST.json").write_text(text, encoding="utf-8")
-        ac.record(session, [("evidence_exported", {
-            "manifest_sha256": hashlib.sha256(text.encode()).hexdigest(), "tree_size": bundle["entries"],
-            "reports": hashes, "signatures": len(sigs)})])
+        ac.record(
+            session,
+            [
+                (
+                    "evidence_exported",
+                    {
+                        "manifest_sha256": hashlib.sha256(text.encode()).hexdigest(),
+                        "tree_size": bundle["entries"],
+                        "reports": hashes,
+                        "signatures": len(sigs),
+                    },
+                )
+            ],
+        )
         if out.exists():
             out.rmdir()
         tmp.rename(out)

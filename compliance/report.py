@@ -46,8 +46,7 @@ def parse_formats(text: str) -> tuple[str, ...]:
     chosen = FORMATS if text == "all" else tuple(t.strip() for t in text.split(",") if t.strip())
     bad = [f for f in chosen if f not in FORMATS]
     if bad or not chosen:
-        raise ComplianceError(f"Could not resolve format {', '.join(bad) or text!r} among choices "
-                              f"{[*FORMATS, 'all']}")
+        raise ComplianceError(f"Could not resolve format {', '.join(bad) or text!r} among choices {[*FORMATS, 'all']}")
     return chosen
 
 
@@ -57,13 +56,16 @@ def verified_head(run_dir: Path) -> tuple[int, str, str]:
 
     target = ledger_target(run_dir)
     try:
-        line = verify_path(target if target.startswith("postgres") else resolve_target(target).removeprefix(
-            "sqlite:///"))
+        line = verify_path(
+            target if target.startswith("postgres") else resolve_target(target).removeprefix("sqlite:///")
+        )
     except VerificationError as err:
         where = f"first bad entry: seq {err.seq}" if err.seq is not None else "not an entry"
-        raise ComplianceError(f"refusing to report on {run_dir}: its ledger does not verify ({where}): {err.reason}. "
-                              "Reports are generated only from a ledger that verifies; investigate with "
-                              f"`pharmafl ledger verify {run_dir}`") from None
+        raise ComplianceError(
+            f"refusing to report on {run_dir}: its ledger does not verify ({where}): {err.reason}. "
+            "Reports are generated only from a ledger that verifies; investigate with "
+            f"`pharmafl ledger verify {run_dir}`"
+        ) from None
     n, _, root = _OK.match(line).groups()
     return int(n), root, line
 
@@ -83,55 +85,102 @@ def build_record(ac: AccessControl, session: Session, run_dir: Path, keep: Trail
     model = run_dir / "model.safetensors"
     summary = summary_section(entries)
     user = session.user
-    return clean({
-        "format": REPORT_FORMAT,
-        "meta": {"run_id": summary["run_id"] or run_dir.name, "generated_at": format_ts(ac.clock()),
-                 "generated_by": {"user_id": user.user_id, "printed_name": user.full_name, "role": user.role.value},
-                 "filter": keep.as_dict()},
-        "certificate": {"verification": line, "tree_size": n, "root_hash": root,
-                        "checkpoints": [{"tree_size": c.tree_size, "root_hash": c.root_hash, "ts": c.ts,
-                                         "signer": c.signer} for c in checkpoints]},
-        "summary": summary,
-        "privacy": privacy_section(entries),
-        "lineage": lineage_section(entries, sha256_file(model) if model.is_file() else None),
-        "audit_trail": trail_rows(entries, keep),
-        "part11": part11_rows(),
-        "signers": signer_rows(),
-        "alcoa": alcoa_rows(),
-    })
+    return clean(
+        {
+            "format": REPORT_FORMAT,
+            "meta": {
+                "run_id": summary["run_id"] or run_dir.name,
+                "generated_at": format_ts(ac.clock()),
+                "generated_by": {"user_id": user.user_id, "printed_name": user.full_name, "role": user.role.value},
+                "filter": keep.as_dict(),
+            },
+            "certificate": {
+                "verification": line,
+                "tree_size": n,
+                "root_hash": root,
+                "checkpoints": [
+                    {"tree_size": c.tree_size, "root_hash": c.root_hash, "ts": c.ts, "signer": c.signer}
+                    for c in checkpoints
+                ],
+            },
+            "summary": summary,
+            "privacy": privacy_section(entries),
+            "lineage": lineage_section(entries, sha256_file(model) if model.is_file() else None),
+            "audit_trail": trail_rows(entries, keep),
+            "part11": part11_rows(),
+            "signers": signer_rows(),
+            "alcoa": alcoa_rows(),
+        }
+    )
 
 
 def _tables(record: dict, out: Path) -> None:
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
-    privacy = [{"party": s["party"], "round": r, "epsilon_round": e, "epsilon_total": t, "delta": s.get("delta"),
-                "budget": s.get("budget"), "accountant": s.get("accountant"), "privacy_unit": s.get("privacy_unit")}
-               for s in record["privacy"]["sites"] for r, e, t in s["epsilon_by_round"]]
-    lineage = [{"round": r["round"], "party": site, "kind": "update", "sha256": u["update_hash"]}
-               for r in record["lineage"]["rounds"] for site, u in sorted(r["updates"].items())]
-    lineage += [{"round": r["round"], "party": site, "kind": "commitment", "sha256": u["commitment"]}
-                for r in record["lineage"]["rounds"] for site, u in sorted(r["updates"].items()) if u.get("commitment")]
-    lineage += [{"round": r["round"], "party": "server", "kind": "secure_sum", "sha256": r["secure"].get("sum_hash")}
-                for r in record["lineage"]["rounds"] if r.get("secure")]
-    lineage += [{"round": r["round"], "party": "server", "kind": "aggregate", "sha256": r.get("aggregate_hash")}
-                for r in record["lineage"]["rounds"]]
-    lineage += [{"round": None, "party": s, "kind": "data_manifest", "sha256": h}
-                for s, h in record["lineage"]["manifests"].items()]
+    privacy = [
+        {
+            "party": s["party"],
+            "round": r,
+            "epsilon_round": e,
+            "epsilon_total": t,
+            "delta": s.get("delta"),
+            "budget": s.get("budget"),
+            "accountant": s.get("accountant"),
+            "privacy_unit": s.get("privacy_unit"),
+        }
+        for s in record["privacy"]["sites"]
+        for r, e, t in s["epsilon_by_round"]
+    ]
+    lineage = [
+        {"round": r["round"], "party": site, "kind": "update", "sha256": u["update_hash"]}
+        for r in record["lineage"]["rounds"]
+        for site, u in sorted(r["updates"].items())
+    ]
+    lineage += [
+        {"round": r["round"], "party": site, "kind": "commitment", "sha256": u["commitment"]}
+        for r in record["lineage"]["rounds"]
+        for site, u in sorted(r["updates"].items())
+        if u.get("commitment")
+    ]
+    lineage += [
+        {"round": r["round"], "party": "server", "kind": "secure_sum", "sha256": r["secure"].get("sum_hash")}
+        for r in record["lineage"]["rounds"]
+        if r.get("secure")
+    ]
+    lineage += [
+        {"round": r["round"], "party": "server", "kind": "aggregate", "sha256": r.get("aggregate_hash")}
+        for r in record["lineage"]["rounds"]
+    ]
+    lineage += [
+        {"round": None, "party": s, "kind": "data_manifest", "sha256": h}
+        for s, h in record["lineage"]["manifests"].items()
+    ]
     metrics = [{"party": "global", "metric": k, "value": v} for k, v in record["summary"]["global_metrics"].items()]
-    metrics += [{"party": s, "metric": k, "value": v} for s, m in record["summary"]["site_metrics"].items()
-                for k, v in m.items() if isinstance(v, (int, float))]
-    tables = {"audit_trail": record["audit_trail"], "privacy": privacy, "lineage": lineage, "metrics": metrics,
-              "validation_curves": record["summary"]["validation_curves"], "part11": record["part11"],
-              "signers": record["signers"]}
+    metrics += [
+        {"party": s, "metric": k, "value": v}
+        for s, m in record["summary"]["site_metrics"].items()
+        for k, v in m.items()
+        if isinstance(v, (int, float))
+    ]
+    tables = {
+        "audit_trail": record["audit_trail"],
+        "privacy": privacy,
+        "lineage": lineage,
+        "metrics": metrics,
+        "validation_curves": record["summary"]["validation_curves"],
+        "part11": record["part11"],
+        "signers": record["signers"],
+    }
     for name, rows in tables.items():
         frame = pd.DataFrame(rows)
         frame.to_parquet(out / f"{name}.parquet", index=False)
         frame.to_csv(out / f"{name}.csv", index=False)
 
 
-def render_copies(folder: Path, record: dict, record_hash: str, signatures: list[dict],
-                  formats: tuple[str, ...]) -> None:
+def render_copies(
+    folder: Path, record: dict, record_hash: str, signatures: list[dict], formats: tuple[str, ...]
+) -> None:
     """Write report.pdf / report.html into ``folder`` (which holds ``plots/``)."""
     plots = {p.stem: p for p in (folder / "plots").glob("*.png")}
     if "pdf" in formats:
@@ -151,8 +200,15 @@ def _staging(out: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
 
 
-def generate_report(ac: AccessControl, session: Session, run_dir: str | os.PathLike, out: str | os.PathLike, *,
-                    formats: tuple[str, ...] = FORMATS, keep: TrailFilter = TrailFilter()) -> Path:
+def generate_report(
+    ac: AccessControl,
+    session: Session,
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    formats: tuple[str, ...] = FORMATS,
+    keep: TrailFilter = TrailFilter(),
+) -> Path:
     """Generate the report of ``run_dir`` into ``out``; returns ``out``."""
     run_dir, out = Path(run_dir), Path(out)
     ac.require(session, "generate_report", f"generate a report of run {run_dir.name!r}")
@@ -169,9 +225,22 @@ def generate_report(ac: AccessControl, session: Session, run_dir: str | os.PathL
         if "parquet" in formats:
             _tables(record, tmp / "tables")
         files = file_hashes(tmp)
-        ac.record(session, [("report_generated", {
-            "record_hash": record_hash, "run_id": record["meta"]["run_id"], "tree_size":
-            record["certificate"]["tree_size"], "formats": list(formats), "files": files, "signatures": []})])
+        ac.record(
+            session,
+            [
+                (
+                    "report_generated",
+                    {
+                        "record_hash": record_hash,
+                        "run_id": record["meta"]["run_id"],
+                        "tree_size": record["certificate"]["tree_size"],
+                        "formats": list(formats),
+                        "files": files,
+                        "signatures": [],
+                    },
+                )
+            ],
+        )
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -189,8 +258,9 @@ def load_report(folder: Path) -> tuple[dict, str]:
         raw = path.read_bytes()
         record = json.loads(raw)
     except (OSError, ValueError) as err:
-        raise ComplianceError(f"{path}: not a pharmafl report record ({err}); pass a folder made by "
-                              "`pharmafl report`") from None
+        raise ComplianceError(
+            f"{path}: not a pharmafl report record ({err}); pass a folder made by `pharmafl report`"
+        ) from None
     if not isinstance(record, dict) or record.get("format") != REPORT_FORMAT:
         raise ComplianceError(f"{path}: not a {REPORT_FORMAT} record")
     return record, hashlib.sha256(raw).hexdigest()

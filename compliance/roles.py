@@ -53,9 +53,7 @@ def parse_role(text: str) -> Role:
     try:
         return Role(text)
     except ValueError:
-        raise ComplianceError(
-            f"Could not resolve role {text!r} among choices {[r.value for r in Role]}"
-        ) from None
+        raise ComplianceError(f"Could not resolve role {text!r} among choices {[r.value for r in Role]}") from None
 
 
 def parse_meaning(text: str) -> str:

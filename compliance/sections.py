@@ -46,22 +46,36 @@ def privacy_section(entries: Sequence[Any]) -> dict:
     spent = [e for e in entries if e.type == "privacy_spent"]
     declined = [e for e in entries if e.type == "site_declined"]
     if not settings and not spent:
-        return {"enabled": False, "statement": "This run was trained without differential privacy: no (ε, δ) "
-                "guarantee applies to any site's data.", "sites": []}
+        return {
+            "enabled": False,
+            "statement": "This run was trained without differential privacy: no (ε, δ) "
+            "guarantee applies to any site's data.",
+            "sites": [],
+        }
     settings = settings or {}
     sites: dict[str, dict] = {}
     for e in spent:
         party, d = asserted(e)
         s = sites.setdefault(party, {"party": party, "epsilon_by_round": [], "declined_rounds": []})
         s["epsilon_by_round"].append([d.get("round"), d.get("epsilon_round"), d.get("epsilon_total")])
-        for key in ("delta", "accountant", "noise_multiplier", "sample_rate", "steps", "privacy_unit", "budget",
-                    "noise_source", "epsilon_prior"):
+        for key in (
+            "delta",
+            "accountant",
+            "noise_multiplier",
+            "sample_rate",
+            "steps",
+            "privacy_unit",
+            "budget",
+            "noise_source",
+            "epsilon_prior",
+        ):
             if key in d:
                 s[key] = d[key]
     for e in declined:
         party, d = asserted(e)
         sites.setdefault(party, {"party": party, "epsilon_by_round": [], "declined_rounds": []})[
-            "declined_rounds"].append(d.get("round"))
+            "declined_rounds"
+        ].append(d.get("round"))
     for s in sites.values():
         totals = [t for _, _, t in s["epsilon_by_round"] if isinstance(t, (int, float))]
         s["epsilon_total"] = max(totals) if totals else 0.0
@@ -71,16 +85,34 @@ def privacy_section(entries: Sequence[Any]) -> dict:
     unit = settings.get("unit") or next((s.get("privacy_unit") for s in sites.values()), None)
     protects = settings.get("protects") or f"one {unit}"
     mode = settings.get("mode", "local")
-    where = ("each site trains with DP-SGD (Opacus) under its own budget" if mode == "local"
-             else "the server adds client-level noise to the aggregate (DP-FedAvg)")
-    statement = (f"Differential privacy mode '{mode}': {where}. The privacy unit is {unit}: the guarantee "
-                 f"protects {protects}. Accountant: {settings.get('accountant') or 'see per party'}. "
-                 + ("Every party stayed within its ε budget." if respected
-                    else "WARNING: at least one party exceeded its ε budget."))
-    return clean({"enabled": True, "mode": mode, "unit": unit, "protects": protects,
-                  "accountant": settings.get("accountant"), "budget": settings.get("epsilon"),
-                  "clip_norm": settings.get("clip_norm"), "respected": respected, "statement": statement,
-                  "sites": [sites[k] for k in sorted(sites)]})
+    where = (
+        "each site trains with DP-SGD (Opacus) under its own budget"
+        if mode == "local"
+        else "the server adds client-level noise to the aggregate (DP-FedAvg)"
+    )
+    statement = (
+        f"Differential privacy mode '{mode}': {where}. The privacy unit is {unit}: the guarantee "
+        f"protects {protects}. Accountant: {settings.get('accountant') or 'see per party'}. "
+        + (
+            "Every party stayed within its ε budget."
+            if respected
+            else "WARNING: at least one party exceeded its ε budget."
+        )
+    )
+    return clean(
+        {
+            "enabled": True,
+            "mode": mode,
+            "unit": unit,
+            "protects": protects,
+            "accountant": settings.get("accountant"),
+            "budget": settings.get("epsilon"),
+            "clip_norm": settings.get("clip_norm"),
+            "respected": respected,
+            "statement": statement,
+            "sites": [sites[k] for k in sorted(sites)],
+        }
+    )
 
 
 def lineage_section(entries: Sequence[Any], model_sha256: str | None) -> dict:
@@ -96,14 +128,26 @@ def lineage_section(entries: Sequence[Any], model_sha256: str | None) -> dict:
         site, d = asserted(e)
         if e.type == "site_update":
             u = rounds.setdefault(d.get("round"), {"round": d.get("round"), "updates": {}})["updates"].setdefault(
-                site, {})
+                site, {}
+            )
             u.pop("kind", None)
-            u.update({"update_hash": d.get("update_hash"), "accepted": d.get("accepted", True),
-                      "num_examples": d.get("num_examples")})
+            u.update(
+                {
+                    "update_hash": d.get("update_hash"),
+                    "accepted": d.get("accepted", True),
+                    "num_examples": d.get("num_examples"),
+                }
+            )
         elif e.type == "secure_shares":  # secure aggregation: the site's salted commitment to its plaintext update
             u = rounds.setdefault(d.get("round"), {"round": d.get("round"), "updates": {}})["updates"].setdefault(
-                site, {"update_hash": d.get("commitment"), "accepted": True, "num_examples": d.get("num_examples"),
-                       "kind": "commitment (secure aggregation)"})
+                site,
+                {
+                    "update_hash": d.get("commitment"),
+                    "accepted": True,
+                    "num_examples": d.get("num_examples"),
+                    "kind": "commitment (secure aggregation)",
+                },
+            )
             u["commitment"] = d.get("commitment")
         elif e.type == "aggregated":
             r = rounds.setdefault(d.get("round"), {"round": d.get("round"), "updates": {}})
@@ -111,14 +155,16 @@ def lineage_section(entries: Sequence[Any], model_sha256: str | None) -> dict:
             if isinstance(d.get("secure"), dict):  # the hash of the secure sum the aggregate was computed from
                 r["secure"] = {k: d["secure"].get(k) for k in ("parties", "sum_hash", "excluded")}
     model_hash = ended.get("model_hash")
-    return clean({
-        "manifests": manifests_of(started),
-        "config_hash": started.get("config_hash"),
-        "rounds": [rounds[k] for k in sorted(rounds, key=lambda r: (r is None, r))],
-        "model_hash": model_hash,
-        "model_file_sha256": model_sha256,
-        "model_file_matches": None if model_sha256 is None else model_sha256 == model_hash,
-    })
+    return clean(
+        {
+            "manifests": manifests_of(started),
+            "config_hash": started.get("config_hash"),
+            "rounds": [rounds[k] for k in sorted(rounds, key=lambda r: (r is None, r))],
+            "model_hash": model_hash,
+            "model_file_sha256": model_sha256,
+            "model_file_matches": None if model_sha256 is None else model_sha256 == model_hash,
+        }
+    )
 
 
 def manifests_of(started: dict) -> dict[str, str]:
@@ -141,8 +187,14 @@ def summary_section(entries: Sequence[Any]) -> dict:
         d = e.data
         metrics, diag = d.get("metrics") or {}, d.get("diagnostics") or {}
         for site, m in sorted((metrics.get("sites") or {}).items()):
-            curves.append({"round": d.get("round"), "site": site, "global_val_ci": m.get("global_val_ci"),
-                           "global_val_mse": m.get("global_val_mse")})
+            curves.append(
+                {
+                    "round": d.get("round"),
+                    "site": site,
+                    "global_val_ci": m.get("global_val_ci"),
+                    "global_val_mse": m.get("global_val_mse"),
+                }
+            )
         if metrics.get("global"):
             global_by_round.append({"round": d.get("round"), **metrics["global"]})
         if diag.get("cosine_to_mean"):
@@ -150,19 +202,28 @@ def summary_section(entries: Sequence[Any]) -> dict:
         if diag.get("sites"):
             last_diag = {"sites": diag["sites"], "matrix": diag.get("cosine_matrix")}
     final = ended.get("metrics") or {}
-    return clean({
-        "run_id": started.get("run_id"), "status": ended.get("status", "no run_ended entry: run incomplete"),
-        "rounds": ended.get("rounds"), "engine": started.get("engine"), "seed": started.get("seed"),
-        "git_commit": started.get("git_commit"), "config_hash": started.get("config_hash"),
-        "config": flatten(started.get("config") or {}), "versions": started.get("versions") or {},
-        "sites": started.get("sites") or sorted(manifests_of(started)),
-        "global_metrics": {k: v for k, v in final.items() if k.startswith("test_")},
-        "site_metrics": final.get("sites") or {},
-        "global_by_round": global_by_round, "validation_curves": curves,
-        "cosine_to_mean_by_round": cosine_by_round, "cosine_last_round": last_diag,
-        "alarms": [e.data for e in entries if e.type == "alarm"],
-        "failures": [e.data for e in entries if e.type == "site_failed"],
-    })
+    return clean(
+        {
+            "run_id": started.get("run_id"),
+            "status": ended.get("status", "no run_ended entry: run incomplete"),
+            "rounds": ended.get("rounds"),
+            "engine": started.get("engine"),
+            "seed": started.get("seed"),
+            "git_commit": started.get("git_commit"),
+            "config_hash": started.get("config_hash"),
+            "config": flatten(started.get("config") or {}),
+            "versions": started.get("versions") or {},
+            "sites": started.get("sites") or sorted(manifests_of(started)),
+            "global_metrics": {k: v for k, v in final.items() if k.startswith("test_")},
+            "site_metrics": final.get("sites") or {},
+            "global_by_round": global_by_round,
+            "validation_curves": curves,
+            "cosine_to_mean_by_round": cosine_by_round,
+            "cosine_last_round": last_diag,
+            "alarms": [e.data for e in entries if e.type == "alarm"],
+            "failures": [e.data for e in entries if e.type == "site_failed"],
+        }
+    )
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

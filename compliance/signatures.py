@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from pharmafl.audit.canonical import canonical_bytes
 from pharmafl.compliance.roles import parse_meaning
 
@@ -32,11 +33,27 @@ def signature_message(fields: dict) -> bytes:
     return SIGNATURE_DOMAIN + canonical_bytes({k: fields[k] for k in SIGNED_FIELDS}, where="e-signature")
 
 
-def make_signature(key: Ed25519PrivateKey, *, signer: str, printed_name: str, role: str, record: str,
-                   record_hash: str, meaning: str, signed_at: str) -> dict:
+def make_signature(
+    key: Ed25519PrivateKey,
+    *,
+    signer: str,
+    printed_name: str,
+    role: str,
+    record: str,
+    record_hash: str,
+    meaning: str,
+    signed_at: str,
+) -> dict:
     """The ``e_signature`` payload: the signed fields plus ``signature`` (hex)."""
-    fields = {"meaning": parse_meaning(meaning), "printed_name": printed_name, "record": record,
-              "record_hash": record_hash, "role": role, "signed_at": signed_at, "signer": signer}
+    fields = {
+        "meaning": parse_meaning(meaning),
+        "printed_name": printed_name,
+        "record": record,
+        "record_hash": record_hash,
+        "role": role,
+        "signed_at": signed_at,
+        "signer": signer,
+    }
     return {**fields, "signature": key.sign(signature_message(fields)).hex()}
 
 
@@ -44,7 +61,8 @@ def signature_valid(payload: dict, public_key_hex: str) -> bool:
     """Whether ``payload['signature']`` verifies over its fields under the public key."""
     try:
         Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex)).verify(
-            bytes.fromhex(payload["signature"]), signature_message(payload))
+            bytes.fromhex(payload["signature"]), signature_message(payload)
+        )
         return True
     except (InvalidSignature, KeyError, ValueError):
         return False

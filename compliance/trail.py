@@ -34,7 +34,7 @@ WHY = {
     "site_declined": "the site declined round {round} (its signed statement)",
     "site_failed": "a site failed in round {round}",
     "secure_shares": "the site's secret shares for round {round} (its signed commitment and share hashes, not the "
-                     "update)",
+    "update)",
     "witness_refused": "a site's witness refused to cosign a checkpoint",
     "bound_check": "the MPC check of a site's update norm bound in round {round}",
     "aggregated": "the server aggregates round {round}",
@@ -68,8 +68,11 @@ class TrailFilter:
     types: tuple[str, ...] = ()
 
     def keeps(self, row: dict) -> bool:
-        return ((not self.rounds or row["round"] in self.rounds) and (not self.sites or row["site"] in self.sites)
-                and (not self.types or row["type"] in self.types))
+        return (
+            (not self.rounds or row["round"] in self.rounds)
+            and (not self.sites or row["site"] in self.sites)
+            and (not self.types or row["type"] in self.types)
+        )
 
     def as_dict(self) -> dict:
         return {"rounds": list(self.rounds), "sites": list(self.sites), "types": list(self.types)}
@@ -122,10 +125,18 @@ def trail_rows(entries: Iterable[Any], keep: TrailFilter = TrailFilter()) -> lis
         who, data = asserted(e)
         signed_by = who if who != e.actor else None
         rnd = data.get("round")
-        row = {"seq": e.seq, "ts": e.ts, "actor": e.actor, "signed_by": signed_by, "type": e.type,
-               "round": rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else None,
-               "site": signed_by or site_of(e.actor, data), "what": summarize(data), "why": why(e.type, data),
-               "entry_hash": e.entry_hash}
+        row = {
+            "seq": e.seq,
+            "ts": e.ts,
+            "actor": e.actor,
+            "signed_by": signed_by,
+            "type": e.type,
+            "round": rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else None,
+            "site": signed_by or site_of(e.actor, data),
+            "what": summarize(data),
+            "why": why(e.type, data),
+            "entry_hash": e.entry_hash,
+        }
         if keep.keeps(row):
             rows.append(row)
     return rows

@@ -22,14 +22,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Boolean, Column, Integer, String, Text, select
+from sqlalchemy.engine import Connection
+from sqlmodel import Field, SQLModel
+
 from pharmafl.audit.evidence import display_key
 from pharmafl.audit.storage import Storage
 from pharmafl.compliance.credentials import PasswordPolicy
 from pharmafl.compliance.errors import ComplianceError
 from pharmafl.compliance.roles import Role
-from sqlalchemy import Boolean, Column, Integer, String, Text, select
-from sqlalchemy.engine import Connection
-from sqlmodel import Field, SQLModel
 
 USERS = "compliance_users"
 POLICY = "compliance_policy"
@@ -87,14 +88,22 @@ class User:
         return actor_of(self.user_id)
 
     def public_view(self) -> dict[str, Any]:
-        return {"user_id": self.user_id, "full_name": self.full_name, "role": self.role.value,
-                "status": self.status, "enrolled": self.sealed_key is not None, "password_set_at": self.password_set_at}
+        return {
+            "user_id": self.user_id,
+            "full_name": self.full_name,
+            "role": self.role.value,
+            "status": self.status,
+            "enrolled": self.sealed_key is not None,
+            "password_set_at": self.password_set_at,
+        }
 
 
 def check_user_id(user_id: str) -> str:
     if not isinstance(user_id, str) or not _USER_ID.fullmatch(user_id):
-        raise ComplianceError(f"user id {user_id!r} is not valid: 2-32 characters, lowercase letters, digits and "
-                              "'._-', starting with a letter (e.g. 'alice', 'qa.lead')")
+        raise ComplianceError(
+            f"user id {user_id!r} is not valid: 2-32 characters, lowercase letters, digits and "
+            "'._-', starting with a letter (e.g. 'alice', 'qa.lead')"
+        )
     return user_id
 
 
@@ -105,19 +114,39 @@ def actor_of(user_id: str) -> str:
 
 def _to_user(row: Any) -> User:
     d = dict(zip(_COLUMNS, row))
-    return User(d["user_id"], d["full_name"], Role(d["role"]), d["status"], d["failed_logins"],
-                json.loads(d["password"]), json.loads(d["sealed_key"]) if d["sealed_key"] else None,
-                d["public_key"], d["password_set_at"], bool(d["must_change"]), d["created_at"], d["created_by"],
-                d["created_seq"])
+    return User(
+        d["user_id"],
+        d["full_name"],
+        Role(d["role"]),
+        d["status"],
+        d["failed_logins"],
+        json.loads(d["password"]),
+        json.loads(d["sealed_key"]) if d["sealed_key"] else None,
+        d["public_key"],
+        d["password_set_at"],
+        bool(d["must_change"]),
+        d["created_at"],
+        d["created_by"],
+        d["created_seq"],
+    )
 
 
 def _to_row(user: User) -> dict:
-    return {"user_id": user.user_id, "full_name": user.full_name, "role": user.role.value, "status": user.status,
-            "failed_logins": user.failed_logins, "password": json.dumps(user.password, sort_keys=True),
-            "sealed_key": json.dumps(user.sealed_key, sort_keys=True) if user.sealed_key else None,
-            "public_key": user.public_key, "password_set_at": user.password_set_at,
-            "must_change": user.must_change, "created_at": user.created_at, "created_by": user.created_by,
-            "created_seq": user.created_seq}
+    return {
+        "user_id": user.user_id,
+        "full_name": user.full_name,
+        "role": user.role.value,
+        "status": user.status,
+        "failed_logins": user.failed_logins,
+        "password": json.dumps(user.password, sort_keys=True),
+        "sealed_key": json.dumps(user.sealed_key, sort_keys=True) if user.sealed_key else None,
+        "public_key": user.public_key,
+        "password_set_at": user.password_set_at,
+        "must_change": user.must_change,
+        "created_at": user.created_at,
+        "created_by": user.created_by,
+        "created_seq": user.created_seq,
+    }
 
 
 class UserStore:
@@ -155,8 +184,10 @@ class UserStore:
         table = UserRow.__table__
         for row in conn.execute(select(table.c.user_id, table.c.full_name)):
             if row[0] == user.user_id or display_key(row[1]) == display_key(user.full_name):
-                raise ComplianceError(f"user {user.user_id!r} ({user.full_name!r}) was created meanwhile, or its "
-                                      f"printed name is {row[0]!r}'s: ids and printed names are never reused")
+                raise ComplianceError(
+                    f"user {user.user_id!r} ({user.full_name!r}) was created meanwhile, or its "
+                    f"printed name is {row[0]!r}'s: ids and printed names are never reused"
+                )
         conn.execute(table.insert(), [_to_row(user)])
 
     def require_empty(self, conn: Connection) -> None:

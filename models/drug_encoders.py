@@ -107,9 +107,12 @@ class GCNEncoder(DrugEncoder):
 
     def init_projection(self, hidden, out_dim):
         return nn.Sequential(
-            nn.Linear(hidden, 1024), nn.ReLU(), nn.Dropout(self.dropout),
-            nn.Linear(1024, out_dim), nn.Dropout(self.dropout),
-        )  # fmt: skip
+            nn.Linear(hidden, 1024),
+            nn.ReLU(),
+            nn.Dropout(self.dropout),
+            nn.Linear(1024, out_dim),
+            nn.Dropout(self.dropout),
+        )
 
 
 class GATEncoder(DrugEncoder):
@@ -143,6 +146,4 @@ def drug_encoder_class(name: str) -> type[DrugEncoder]:
     try:
         return DRUG_ENCODERS[name]
     except KeyError:
-        raise ConfigError(
-            f"Could not resolve drug encoder {name!r} among choices {sorted(DRUG_ENCODERS)}"
-        ) from None
+        raise ConfigError(f"Could not resolve drug encoder {name!r} among choices {sorted(DRUG_ENCODERS)}") from None

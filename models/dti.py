@@ -111,15 +111,17 @@ class DTIModel(nn.Module):
         cfg = self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            self.drug = drug_encoder_class(cfg.drug_encoder)(
-                NUM_ATOM_FEATURES, cfg.latent_dim, cfg.dropout
-            )
+            self.drug = drug_encoder_class(cfg.drug_encoder)(NUM_ATOM_FEATURES, cfg.latent_dim, cfg.dropout)
             self.protein = ProteinCNN(cfg)
             self.head = nn.Sequential(
-                nn.Linear(2 * cfg.latent_dim, 1024), nn.ReLU(), nn.Dropout(cfg.dropout),
-                nn.Linear(1024, 512), nn.ReLU(), nn.Dropout(cfg.dropout),
+                nn.Linear(2 * cfg.latent_dim, 1024),
+                nn.ReLU(),
+                nn.Dropout(cfg.dropout),
+                nn.Linear(1024, 512),
+                nn.ReLU(),
+                nn.Dropout(cfg.dropout),
                 nn.Linear(512, 1),
-            )  # fmt: skip
+            )
 
     def config_dict(self) -> dict:
         return asdict(self.config)

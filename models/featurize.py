@@ -56,17 +56,13 @@ def parse_smiles(smiles: str) -> Chem.Mol:
     if not isinstance(smiles, str) or not smiles.strip():
         raise FeaturizationError(f"empty SMILES {smiles!r}")
     if re.search(r"\s", smiles):
-        raise FeaturizationError(
-            f"SMILES {smiles!r} contains whitespace (RDKit would silently drop what follows it)"
-        )
+        raise FeaturizationError(f"SMILES {smiles!r} contains whitespace (RDKit would silently drop what follows it)")
     with rdBase.CaptureErrorLog() as capture:
         mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         lines = [_LOG_STAMP.sub("", line).strip() for line in capture.messages.splitlines()]
         reason = "; ".join(line for line in lines if line)
-        raise FeaturizationError(
-            f"RDKit cannot parse SMILES {smiles!r}: {reason or 'no reason given'}"
-        )
+        raise FeaturizationError(f"RDKit cannot parse SMILES {smiles!r}: {reason or 'no reason given'}")
     if mol.GetNumAtoms() == 0:
         raise FeaturizationError(f"SMILES {smiles!r} has no atoms")
     return mol
@@ -163,9 +159,7 @@ def dense_batch(graphs: Sequence[MolGraph], max_nodes: int | None = None) -> Den
     largest = max(g.num_nodes for g in graphs)
     n = largest if max_nodes is None else max_nodes
     if largest > n:
-        raise FeaturizationError(
-            f"a molecule has {largest} atoms, more than max_nodes={n}; raise max_nodes"
-        )
+        raise FeaturizationError(f"a molecule has {largest} atoms, more than max_nodes={n}; raise max_nodes")
     b, f = len(graphs), graphs[0].x.shape[1]
     x = torch.zeros(b, n, f)
     adj = torch.zeros(b, n, n)

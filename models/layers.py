@@ -65,7 +65,8 @@ class GCNLayer(nn.Module):
     r"""Graph convolution (Kipf & Welling 2017, https://arxiv.org/abs/1609.02907):
 
     .. math::
-        \mathbf{X}' = \hat{\mathbf{D}}^{-1/2} \hat{\mathbf{A}} \hat{\mathbf{D}}^{-1/2} \mathbf{X} \mathbf{W} + \mathbf{b},
+        \mathbf{X}' = \hat{\mathbf{D}}^{-1/2} \hat{\mathbf{A}} \hat{\mathbf{D}}^{-1/2}
+        \mathbf{X} \mathbf{W} + \mathbf{b},
         \qquad \hat{\mathbf{A}} = \mathbf{A} + \mathbf{I}
 
     computed as ``Linear(Â_norm X)``, which equals PyG's ``GCNConv`` (that computes
@@ -102,7 +103,8 @@ class GATLayer(nn.Module):
 
     .. math::
         \alpha_{ij} = \mathrm{softmax}_{j \in \mathcal{N}(i) \cup \{i\}}
-            \mathrm{LeakyReLU}\big(\mathbf{a}_s^\top \mathbf{W}\mathbf{x}_j + \mathbf{a}_d^\top \mathbf{W}\mathbf{x}_i\big),
+            \mathrm{LeakyReLU}\big(\mathbf{a}_s^\top \mathbf{W}\mathbf{x}_j
+                + \mathbf{a}_d^\top \mathbf{W}\mathbf{x}_i\big),
         \qquad \mathbf{x}'_i = \big\Vert_{h} \sum_j \alpha^h_{ij} \mathbf{W}^h \mathbf{x}_j + \mathbf{b}
 
     Heads are concatenated. Equals PyG's ``GATConv``/``DenseGATConv`` (self-loops added,

@@ -109,9 +109,15 @@ class PairTensors:
         """The same entities with only the pairs at ``index``."""
         index = torch.as_tensor(index, dtype=torch.long)
         return PairTensors(
-            self.drug_ids, self.target_ids, self.graphs, self.data, self.tokens,
-            self.drug[index], self.target[index], self.label[index],
-        )  # fmt: skip
+            self.drug_ids,
+            self.target_ids,
+            self.graphs,
+            self.data,
+            self.tokens,
+            self.drug[index],
+            self.target[index],
+            self.label[index],
+        )
 
     def collate(self, index, *, unique: bool = True, dense: bool = False) -> ModelInput:
         """Model input for the pairs at ``index``.

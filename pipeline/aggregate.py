@@ -15,9 +15,7 @@ State = dict[str, np.ndarray]
 WEIGHTINGS = ("examples", "uniform", "quality")
 
 
-def site_weights(
-    mode: str, num_examples: Sequence[int], val_losses: Sequence[float] | None = None
-) -> np.ndarray:
+def site_weights(mode: str, num_examples: Sequence[int], val_losses: Sequence[float] | None = None) -> np.ndarray:
     """Normalised aggregation weights.
 
     ``examples``: :math:`w_i = n_i / \\sum n`. ``uniform``: :math:`1/K`. ``quality``:

@@ -28,7 +28,6 @@ from pharmafl.sites.splits import Split, split_measurements
 from pharmafl.sites.tables import DTIDataset, load_dataset
 from pharmafl.sites.training import TrainConfig, evaluate, make_optimizer, train_epoch
 
-
 LR_SCHEDULES = ("cosine", "constant")
 
 
@@ -64,9 +63,7 @@ class CentralConfig:
         if not isinstance(self.patience, int) or self.patience < 0:
             raise ConfigError(f"patience must be a non-negative integer, got {self.patience!r}")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(
-                f"Could not resolve lr_schedule {self.lr_schedule!r} among choices {list(LR_SCHEDULES)}"
-            )
+            raise ConfigError(f"Could not resolve lr_schedule {self.lr_schedule!r} among choices {list(LR_SCHEDULES)}")
 
 
 def train_central(
@@ -92,8 +89,9 @@ def train_central(
 
     model = DTIModel(**{**asdict(cfg.model), "seed": cfg.seed})
     optimizer = make_optimizer(model, cfg.train)
-    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-                if cfg.lr_schedule == "cosine" else None)  # fmt: skip
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs) if cfg.lr_schedule == "cosine" else None
+    )
     rng = np.random.default_rng(cfg.seed)
     history, best, best_state, stale = [], None, None, 0
     for epoch in range(1, cfg.epochs + 1):

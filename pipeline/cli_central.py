@@ -22,7 +22,9 @@ def train_central_command(
     out: Annotated[Path, typer.Option(help="Run directory for metrics.json, model.safetensors, plots.")],
     dataset: Annotated[str, typer.Option(help="davis, kiba, or a directory of tables.")] = "davis",
     epochs: Annotated[int, typer.Option(help="Maximum epochs; the kept one is picked on validation.")] = 100,
-    patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better validation MSE (0: never).")] = 0,
+    patience: Annotated[
+        int, typer.Option(help="Stop after this many epochs without a better validation MSE (0: never).")
+    ] = 0,
     val_fraction: Annotated[float, typer.Option(help="Share of the training folds used to pick the epoch.")] = 0.1,
     batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 512,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 5e-4,
@@ -63,7 +65,8 @@ def train_central_command(
             progress.update(
                 epoch_task,
                 advance=1,
-                status=f"val MSE {r['val_mse']:.3f} CI {r['val_ci']:.3f} | test MSE {r['test_mse']:.3f} CI {r['test_ci']:.3f}",
+                status=f"val MSE {r['val_mse']:.3f} CI {r['val_ci']:.3f} | "
+                f"test MSE {r['test_mse']:.3f} CI {r['test_ci']:.3f}",
             )
             progress.reset(pair_task, total=progress.tasks[pair_task].completed or None)
 

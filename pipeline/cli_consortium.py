@@ -18,16 +18,28 @@ app = typer.Typer(help="The consortium's roster of site cards.", no_args_is_help
 def init_command(
     site_card: Annotated[list[Path], typer.Option("--site-card", help="a site's site-card.json (repeat per site)")],
     out: Annotated[Path, typer.Option("--out", help="consortium home: consortium.json is written there")],
-    party_card: Annotated[list[Path] | None, typer.Option("--party-card", help="an aggregation party's "
-                                                          "party-card.json (repeat per party)")] = None,
-    nvflare_server: Annotated[str | None, typer.Option(
-        "--nvflare-server", metavar="HOST", help="also provision NVFlare: the server's host name, as the sites dial "
-        "it; writes OUT/nvflare/project.yml and startup kits under OUT/nvflare/workspace")] = None,
+    party_card: Annotated[
+        list[Path] | None,
+        typer.Option("--party-card", help="an aggregation party's party-card.json (repeat per party)"),
+    ] = None,
+    nvflare_server: Annotated[
+        str | None,
+        typer.Option(
+            "--nvflare-server",
+            metavar="HOST",
+            help="also provision NVFlare: the server's host name, as the sites dial "
+            "it; writes OUT/nvflare/project.yml and startup kits under OUT/nvflare/workspace",
+        ),
+    ] = None,
     fl_port: Annotated[int, typer.Option("--fl-port", help="with --nvflare-server: the sites' port")] = 8002,
-    admin_port: Annotated[int | None, typer.Option(
-        "--admin-port", help="with --nvflare-server: the admin console's port (default: --fl-port)")] = None,
-    admin: Annotated[str | None, typer.Option(
-        "--admin", metavar="EMAIL", help="with --nvflare-server: the admin who submits jobs (required)")] = None,
+    admin_port: Annotated[
+        int | None,
+        typer.Option("--admin-port", help="with --nvflare-server: the admin console's port (default: --fl-port)"),
+    ] = None,
+    admin: Annotated[
+        str | None,
+        typer.Option("--admin", metavar="EMAIL", help="with --nvflare-server: the admin who submits jobs (required)"),
+    ] = None,
     project: Annotated[str, typer.Option("--project", help="with --nvflare-server: the project")] = "pharmafl",
 ) -> None:
     """Check every site and party card (fingerprints, self-signature, unique ids and keys); write consortium.json."""
@@ -58,8 +70,9 @@ def provision_command(
     _provision(load_consortium(home), home / "nvflare", **nvflare)
 
 
-def _nvflare_settings(server: str | None, fl_port: int, admin_port: int | None, admin: str | None, project: str,
-                      home: Path) -> dict | None:  # fmt: skip
+def _nvflare_settings(
+    server: str | None, fl_port: int, admin_port: int | None, admin: str | None, project: str, home: Path
+) -> dict | None:
     """The provisioning settings, checked; None without --nvflare-server."""
     from pharmafl.pipeline.provision import check_settings
 
@@ -69,12 +82,19 @@ def _nvflare_settings(server: str | None, fl_port: int, admin_port: int | None, 
         return None
     if admin is None:
         raise ConfigError("--nvflare-server needs --admin EMAIL: the admin who will submit the jobs")
-    settings = dict(server_host=server, fl_port=fl_port, admin_port=fl_port if admin_port is None else admin_port,
-                    admin=admin, project=project)  # fmt: skip
+    settings = dict(
+        server_host=server,
+        fl_port=fl_port,
+        admin_port=fl_port if admin_port is None else admin_port,
+        admin=admin,
+        project=project,
+    )
     check_settings(**settings)
     if (home / "nvflare").exists():
-        raise ConfigError(f"{home / 'nvflare'}: already there (an earlier provisioning); provision into a new "
-                          "consortium home, or move it away")
+        raise ConfigError(
+            f"{home / 'nvflare'}: already there (an earlier provisioning); provision into a new "
+            "consortium home, or move it away"
+        )
     return settings
 
 
@@ -86,12 +106,22 @@ def _provision(doc: dict, where: Path, **settings) -> None:
     kits = provision(project_yml, where / "workspace")
     typer.echo(f"wrote {project_yml}", err=True)
     for name, kit in kits.items():
-        role = "server" if name == settings["server_host"] else "admin" if name == settings["admin"] else \
-            "site" if name in doc["cards"] else "party"  # fmt: skip
+        role = (
+            "server"
+            if name == settings["server_host"]
+            else "admin"
+            if name == settings["admin"]
+            else "site"
+            if name in doc["cards"]
+            else "party"
+        )
         typer.echo(f"kit {role} {name}  {kit}")
-    typer.echo("next: hand each kit to its owner; the server's runs `pharmafl consortium nvflare-config --kit "
-               "SERVER_KIT --runs RUNS`, each site's `pharmafl site nvflare-config --home SITE_HOME --kit KIT`; "
-               "then each starts KIT/startup/start.sh", err=True)
+    typer.echo(
+        "next: hand each kit to its owner; the server's runs `pharmafl consortium nvflare-config --kit "
+        "SERVER_KIT --runs RUNS`, each site's `pharmafl site nvflare-config --home SITE_HOME --kit KIT`; "
+        "then each starts KIT/startup/start.sh",
+        err=True,
+    )
 
 
 @app.command("nvflare-config")

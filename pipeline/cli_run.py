@@ -47,8 +47,10 @@ class ProgressListener:
             self.progress.console.print(f"[yellow]alarm[/] round {p['round']}: {p['message']}")
         elif t == ev.SITE_DECLINED:
             self._site_done(event.actor)
-            self.progress.console.print(f"[yellow]{event.actor} declined[/] round {p['round']}: {p['reason']}"
-                                        f" (ε spent {p.get('epsilon_total', float('nan')):.3f} of {p.get('budget')})")  # fmt: skip
+            self.progress.console.print(
+                f"[yellow]{event.actor} declined[/] round {p['round']}: {p['reason']}"
+                f" (ε spent {p.get('epsilon_total', float('nan')):.3f} of {p.get('budget')})"
+            )
         elif t == ev.SITE_FAILED:
             self._site_done(p["site"])
             self.progress.console.print(f"[red]{p['site']} failed[/] in round {p['round']}: {p['error']}")
@@ -68,13 +70,17 @@ def run_command(
     ] = None,
     export_job: Annotated[
         Path | None,
-        typer.Option(help="Prepare the run (site stores, plan) and export the NVFlare job to this folder "
-                          "for `nvflare job submit` / ProdEnv, instead of running it."),
+        typer.Option(
+            help="Prepare the run (site stores, plan) and export the NVFlare job to this folder "
+            "for `nvflare job submit` / ProdEnv, instead of running it."
+        ),
     ] = None,
     consortium: Annotated[
         Path | None,
-        typer.Option(help="A consortium.json (pharmafl consortium init): run the sites that set themselves up "
-                          "with pharmafl site init instead of simulating them from data.dataset."),
+        typer.Option(
+            help="A consortium.json (pharmafl consortium init): run the sites that set themselves up "
+            "with pharmafl site init instead of simulating them from data.dataset."
+        ),
     ] = None,
     site_homes: Annotated[
         Path | None, typer.Option(help="With --consortium: the folder holding each site's home, named by site id.")
@@ -84,7 +90,9 @@ def run_command(
     from pharmafl.pipeline.engines import export_federated, run_federated
 
     if engine is not None and engine not in ("nvflare", "local"):
-        raise typer.BadParameter(f"Could not resolve {engine!r} among choices ['local', 'nvflare']", param_hint="--engine")
+        raise typer.BadParameter(
+            f"Could not resolve {engine!r} among choices ['local', 'nvflare']", param_hint="--engine"
+        )
     cfg = load_run_config(config).with_overrides(engine=engine, sites=sites, rounds=rounds)
     out = out or Path("runs") / cfg.name
     if cfg.ledger.enabled:
@@ -94,15 +102,29 @@ def run_command(
         console.print(f"exported the NVFlare job to {job}; site stores and plan in {out}")
         console.print(f"submit it with: nvflare job submit -j {job} --startup-kit <admin startup kit>")
         return
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[status]}"), TimeElapsedColumn())  # fmt: skip
-    console.print(f"[bold]{cfg.name}[/]: {cfg.data.sites} sites ({cfg.data.partition} partition of "
-                  f"{cfg.data.dataset}), {cfg.federation.rounds} rounds of {cfg.federation.strategy} "
-                  f"on the {cfg.federation.engine} engine -> {out}")  # fmt: skip
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+    )
+    console.print(
+        f"[bold]{cfg.name}[/]: {cfg.data.sites} sites ({cfg.data.partition} partition of "
+        f"{cfg.data.dataset}), {cfg.federation.rounds} rounds of {cfg.federation.strategy} "
+        f"on the {cfg.federation.engine} engine -> {out}"
+    )
     with Progress(*columns, console=console) as progress:
         listener = ProgressListener(progress, cfg.federation.rounds, cfg.data.sites)
-        metrics = run_federated(cfg, out, data_dir=data_dir, cache_dir=default_cache_dir(), listeners=[listener],
-                                consortium=consortium, site_homes=site_homes)
+        metrics = run_federated(
+            cfg,
+            out,
+            data_dir=data_dir,
+            cache_dir=default_cache_dir(),
+            listeners=[listener],
+            consortium=consortium,
+            site_homes=site_homes,
+        )
     _summary(metrics, out)
 
 
@@ -123,31 +145,50 @@ def _ensure_passphrase() -> None:
             f"the run's ledger signs with keys encrypted under a passphrase: set {PASSPHRASE_ENV}, "
             "run on a terminal to be asked for it, or set ledger.enabled: false"
         )
-    os.environ[PASSPHRASE_ENV] = typer.prompt("Key-store passphrase for this run's signing keys",
-                                              hide_input=True, confirmation_prompt=True)  # fmt: skip
+    os.environ[PASSPHRASE_ENV] = typer.prompt(
+        "Key-store passphrase for this run's signing keys", hide_input=True, confirmation_prompt=True
+    )
 
 
 def _summary(metrics: dict, out: Path) -> None:
-    table = Table(title=f"{metrics['strategy']} on {metrics['engine']}: {metrics['status']} after {metrics['rounds']} rounds")
+    table = Table(
+        title=f"{metrics['strategy']} on {metrics['engine']}: {metrics['status']} after {metrics['rounds']} rounds"
+    )
     eps = metrics.get("epsilon_spent") or {}
     cols = ("", "test MSE", "test CI", "val MSE", "val CI", "pairs") + (("ε spent",) if eps else ())
     for col in cols:
         table.add_column(col, justify="right")
     extra = lambda who: (f"{eps[who]:.3f}",) if who in eps else ("",) if eps else ()  # noqa: E731
     if "test_mse" in metrics:
-        table.add_row("global (benchmark)", f"{metrics['test_mse']:.4f}", f"{metrics['test_ci']:.4f}", "", "",
-                      str(metrics.get("test_pairs", "")), *extra("server"), style="bold")  # fmt: skip
+        table.add_row(
+            "global (benchmark)",
+            f"{metrics['test_mse']:.4f}",
+            f"{metrics['test_ci']:.4f}",
+            "",
+            "",
+            str(metrics.get("test_pairs", "")),
+            *extra("server"),
+            style="bold",
+        )
     for site, m in sorted(metrics.get("sites", {}).items()):
         if "error" in m:
             table.add_row(site, "failed", "", "", "", "", *extra(site))
             continue
-        table.add_row(site, f"{m.get('test_mse', float('nan')):.4f}", f"{m.get('test_ci', float('nan')):.4f}",
-                      f"{m.get('val_mse', float('nan')):.4f}", f"{m.get('val_ci', float('nan')):.4f}",
-                      str(m.get("test_pairs", "")), *extra(site))  # fmt: skip
+        table.add_row(
+            site,
+            f"{m.get('test_mse', float('nan')):.4f}",
+            f"{m.get('test_ci', float('nan')):.4f}",
+            f"{m.get('val_mse', float('nan')):.4f}",
+            f"{m.get('val_ci', float('nan')):.4f}",
+            str(m.get("test_pairs", "")),
+            *extra(site),
+        )
     console.print(table)
     _secure_summary(out)
-    console.print(f"outputs in {out}: metrics.json, rounds.parquet, plots/, tensorboard/, model.safetensors"
-                  + (", ledger.db" if (out / "ledger.db").exists() else ""))  # fmt: skip
+    console.print(
+        f"outputs in {out}: metrics.json, rounds.parquet, plots/, tensorboard/, model.safetensors"
+        + (", ledger.db" if (out / "ledger.db").exists() else "")
+    )
 
 
 def _secure_summary(out: Path) -> None:
@@ -157,13 +198,18 @@ def _secure_summary(out: Path) -> None:
     log = out / "events.jsonl"
     if not log.is_file():
         return
-    rounds = [e["payload"] for e in map(json.loads, log.read_text().splitlines())
-              if e["type"] == "aggregated" and "secure" in e["payload"]]  # fmt: skip
+    rounds = [
+        e["payload"]
+        for e in map(json.loads, log.read_text().splitlines())
+        if e["type"] == "aggregated" and "secure" in e["payload"]
+    ]
     if not rounds:
         return
     excluded = [(p["round"], site, why) for p in rounds for site, why in sorted(p["secure"]["excluded"].items())]
-    console.print(f"secure aggregation: {len(rounds)} round(s) summed by parties {rounds[0]['secure']['parties']}; "
-                  f"the server saw only the sums; {len(excluded)} update(s) excluded")  # fmt: skip
+    console.print(
+        f"secure aggregation: {len(rounds)} round(s) summed by parties {rounds[0]['secure']['parties']}; "
+        f"the server saw only the sums; {len(excluded)} update(s) excluded"
+    )
     for r, site, why in excluded:
         console.print(f"  round {r}: {site}: {why}")
 

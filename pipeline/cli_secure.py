@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from pharmafl.errors import ConfigError
 
 
@@ -19,8 +20,9 @@ def prove_update(
     run: Annotated[Path, typer.Argument(help="Run directory (holds ledger.db).")],
     site: Annotated[str, typer.Option(help="Site id, e.g. site-03.")],
     round: Annotated[int, typer.Option("--round", help="Round number.")],
-    site_home: Annotated[Path | None, typer.Option(help="The site's home (default: the simulated site's, "
-                                                        "RUN/sites/<site>).")] = None,
+    site_home: Annotated[
+        Path | None, typer.Option(help="The site's home (default: the simulated site's, RUN/sites/<site>).")
+    ] = None,
 ) -> None:
     """Recompute a site's commitment from its kept update and salt; match it to the ledger."""
     from pharmafl.audit import Ledger
@@ -36,23 +38,34 @@ def prove_update(
         raise ConfigError(f"the ledger of {run} records no run_started; it is not a run's ledger")
     folder = (site_home or run / "sites" / site) / "runs" / started["run_id"] / "kept"
     if not (folder / f"round-{round:04d}.json").is_file():
-        raise ConfigError(f"{folder} holds no kept update for round {round} (round-{round:04d}.json); the site "
-                          f"keeps them only with secure_aggregation.keep_updates: true")  # fmt: skip
+        raise ConfigError(
+            f"{folder} holds no kept update for round {round} (round-{round:04d}.json); the site "
+            f"keeps them only with secure_aggregation.keep_updates: true"
+        )
     opened = open_commitment(folder, round)
     if opened["site"] != site:
         raise ConfigError(f"{folder}/round-{round:04d}.json belongs to {opened['site']}, not {site}")
-    recorded = [(e, d) for e in entries if e.type == "secure_shares"
-                for who, d in [asserted(e)] if who == site and d.get("round") == round]  # fmt: skip
+    recorded = [
+        (e, d)
+        for e in entries
+        if e.type == "secure_shares"
+        for who, d in [asserted(e)]
+        if who == site and d.get("round") == round
+    ]
     if not recorded:
         typer.echo(f"FAIL: the ledger records no shares from {site} in round {round}")
         raise typer.Exit(1)
     entry, data = recorded[0]
     if data["commitment"] != opened["commitment"]:
-        typer.echo(f"FAIL: {site} round {round}: the kept update commits to {opened['commitment']}, "
-                   f"the ledger (seq {entry.seq}) records {data['commitment']}")  # fmt: skip
+        typer.echo(
+            f"FAIL: {site} round {round}: the kept update commits to {opened['commitment']}, "
+            f"the ledger (seq {entry.seq}) records {data['commitment']}"
+        )
         raise typer.Exit(1)
-    typer.echo(f"OK: {site} round {round}: update sha256 {opened['update_sha256']} opens commitment "
-               f"{opened['commitment']} recorded at ledger seq {entry.seq}, signed by {site}")  # fmt: skip
+    typer.echo(
+        f"OK: {site} round {round}: update sha256 {opened['update_sha256']} opens commitment "
+        f"{opened['commitment']} recorded at ledger seq {entry.seq}, signed by {site}"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -14,8 +14,8 @@ from pharmafl.errors import ConfigError
 from pharmafl.models.dti import ModelConfig
 from pharmafl.pipeline.configio import load_yaml
 from pharmafl.pipeline.secure_agg.config import SecureAggregationConfig
-from pharmafl.sites.store import site_ids
 from pharmafl.sites.privacy import PrivacyConfig
+from pharmafl.sites.store import site_ids
 from pharmafl.sites.training import TrainConfig
 
 Partition = Literal["compound", "target-family", "dirichlet", "quantity", "iid"]
@@ -106,8 +106,10 @@ class FederationConfig:
         if self.min_sites is not None and self.min_sites < 1:
             raise ConfigError(f"federation.min_sites must be >= 1, got {self.min_sites}")
         if self.nvflare_env == "prod" and not self.nvflare_admin_kit:
-            raise ConfigError("federation.nvflare_env 'prod' needs federation.nvflare_admin_kit: the admin's NVFlare "
-                              "startup kit the job is submitted with (pharmafl consortium init prints where it is)")
+            raise ConfigError(
+                "federation.nvflare_env 'prod' needs federation.nvflare_admin_kit: the admin's NVFlare "
+                "startup kit the job is submitted with (pharmafl consortium init prints where it is)"
+            )
 
     def admin_kit(self) -> Path:
         """The admin's startup kit of ``nvflare_env: prod``, checked to be one (absolute)."""
@@ -178,8 +180,10 @@ class RunConfig:
             return
         unknown = sorted(set(p.sites) - set(site_ids(self.data.sites)))
         if unknown:
-            raise ConfigError(f"privacy.sites names {unknown}, not sites of this run ({site_ids(self.data.sites)[0]}"
-                              f" .. {site_ids(self.data.sites)[-1]})")  # fmt: skip
+            raise ConfigError(
+                f"privacy.sites names {unknown}, not sites of this run ({site_ids(self.data.sites)[0]}"
+                f" .. {site_ids(self.data.sites)[-1]})"
+            )
         if self.federation.strategy == "scaffold":
             raise ConfigError(
                 "federation.strategy 'scaffold' cannot run under privacy: its control variates are exact "

@@ -36,9 +36,7 @@ def _check(value: Any, hint: Any, path: str, source: str | None) -> Any:
     if origin is Literal:
         choices = get_args(hint)
         if value not in choices:
-            raise ConfigError(
-                f"{_where(path, source)}: Could not resolve {value!r} among choices {list(choices)}"
-            )
+            raise ConfigError(f"{_where(path, source)}: Could not resolve {value!r} among choices {list(choices)}")
         return value
     if origin in (Union, types.UnionType):
         args = get_args(hint)
@@ -91,9 +89,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str | None = Non
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(
-                f"{_where(path, source)}: unknown key{hint}; valid keys: {', '.join(sorted(fields))}"
-            )
+            raise ConfigError(f"{_where(path, source)}: unknown key{hint}; valid keys: {', '.join(sorted(fields))}")
         kwargs[key] = _check(value, hints[key], path, source)
     try:
         return cls(**kwargs)
@@ -125,4 +121,3 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
-

@@ -47,8 +47,10 @@ def _check_roster(cards: dict, where: str) -> None:
             raise ConfigError(f"{where}: the card listed as {name!r} is {card['site']!r}'s")
         other = keys.setdefault(card["public_key"], name)
         if other != name:
-            raise ConfigError(f"{where}: sites {other!r} and {name!r} have the same public key "
-                              f"{card['public_key'][:16]}...; each site needs its own key")
+            raise ConfigError(
+                f"{where}: sites {other!r} and {name!r} have the same public key "
+                f"{card['public_key'][:16]}...; each site needs its own key"
+            )
 
 
 def init_consortium(cards: list[Path], out: Path, party_cards: list[Path] = ()) -> Path:
@@ -96,10 +98,16 @@ def load_consortium(path: Path) -> dict:
     if path.is_dir():
         path = path / CONSORTIUM_FILE
     doc = read_json(path, "consortium")
-    if not isinstance(doc, dict) or sorted(set(doc) - {"parties"}) != ["cards", "format", "roster_sha256"] \
-            or doc["format"] != CONSORTIUM_FORMAT or not isinstance(doc["cards"], dict):  # fmt: skip
-        raise ConfigError(f"{path}: not a {CONSORTIUM_FORMAT} file (fields format, cards, [parties,] roster_sha256); "
-                          "write it with pharmafl consortium init")
+    if (
+        not isinstance(doc, dict)
+        or sorted(set(doc) - {"parties"}) != ["cards", "format", "roster_sha256"]
+        or doc["format"] != CONSORTIUM_FORMAT
+        or not isinstance(doc["cards"], dict)
+    ):
+        raise ConfigError(
+            f"{path}: not a {CONSORTIUM_FORMAT} file (fields format, cards, [parties,] roster_sha256); "
+            "write it with pharmafl consortium init"
+        )
     if not doc["cards"]:
         raise ConfigError(f"{path}: the consortium holds no site card")
     for name, card in doc["cards"].items():
@@ -110,8 +118,10 @@ def load_consortium(path: Path) -> dict:
         raise ConfigError(f"{path}: a party and a site share an id; ids are unique")
     digest = roster_sha256(doc["cards"], doc.get("parties"))
     if doc["roster_sha256"] != digest:
-        raise ConfigError(f"{path}: roster_sha256 {doc['roster_sha256']!r} is not the hash of its cards ({digest}); "
-                          "the file was altered")
+        raise ConfigError(
+            f"{path}: roster_sha256 {doc['roster_sha256']!r} is not the hash of its cards ({digest}); "
+            "the file was altered"
+        )
     return doc
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from pharmafl.pipeline import events as ev
 from pharmafl.pipeline.aggregate import State, add, site_weights
 from pharmafl.pipeline.artifacts import checkpoint_hash
@@ -75,16 +76,24 @@ class Coordinator:
         declined = dict(declined or {})
         for site in sorted(declined):
             d = declined[site]
-            stmts, problem = check_statements(d.statements, [("site_declined", {"reason": d.reason, **d.details})],
-                                              site=site, round=round, run_id=self.run_id, key=self.site_keys.get(site))
+            stmts, problem = check_statements(
+                d.statements,
+                [("site_declined", {"reason": d.reason, **d.details})],
+                site=site,
+                round=round,
+                run_id=self.run_id,
+                key=self.site_keys.get(site),
+            )
             if problem is not None:
                 failed[site] = f"decline not accepted: {problem}"
                 del declined[site]
                 continue
             self.bus.emit_statement(stmts["site_declined"])
         if declined and self.stop_on_decline:
-            raise RoundAborted(f"round {round}: {sorted(declined)} declined ({declined[min(declined)].reason}) "
-                               f"and privacy.on_exhausted is 'stop'")  # fmt: skip
+            raise RoundAborted(
+                f"round {round}: {sorted(declined)} declined ({declined[min(declined)].reason}) "
+                f"and privacy.on_exhausted is 'stop'"
+            )
         updates, metrics = self._collect(round, state, results, failed)
         for site in sorted(failed):
             self.bus.emit(ev.SITE_FAILED, "server", round=round, site=site, error=failed[site])
@@ -92,15 +101,21 @@ class Coordinator:
         new_state, participants, weights, diag, extra = self._combine(round, state, updates, metrics, failed)
         applied = add(new_state, state, scale=-1.0)  # the global update actually applied
         self.bus.emit(
-            ev.AGGREGATED, "server", round=round, participants=participants,
+            ev.AGGREGATED,
+            "server",
+            round=round,
+            participants=participants,
             weights={s: float(w) for s, w in zip(participants, weights)},
             aggregate_hash=checkpoint_hash(applied, {}),
             checkpoint_hash=checkpoint_hash(new_state, self.model_config),
-            strategy=self.strategy.name, **extra,
-        )  # fmt: skip
+            strategy=self.strategy.name,
+            **extra,
+        )
         spent = self.strategy.privacy_spent(round)
         if spent is not None:
-            self.bus.emit(ev.PRIVACY_SPENT, "server", round=round, party="server", **spent)  # its own, unsigned by sites
+            self.bus.emit(
+                ev.PRIVACY_SPENT, "server", round=round, party="server", **spent
+            )  # its own, unsigned by sites
         for alarm in self.drift.observe(diag["cosine_to_mean"]) if diag else ():
             self.bus.emit(ev.ALARM, "server", round=round, **alarm)
         round_metrics = {"sites": metrics}
@@ -155,8 +170,9 @@ class Coordinator:
             expected = statement_payloads(res, self.secure)
         except Exception as exc:  # an envelope that does not parse: the site's result is unusable
             return {}, f"{type(exc).__name__}: {exc}"
-        stmts, problem = check_statements(res.statements, expected, site=site, round=round, run_id=self.run_id,
-                                          key=self.site_keys.get(site))
+        stmts, problem = check_statements(
+            res.statements, expected, site=site, round=round, run_id=self.run_id, key=self.site_keys.get(site)
+        )
         return stmts, None if problem is None else f"statement not accepted: {problem}"
 
     def _check(self, site: str, round: int, res: FitResult, state: State) -> str | None:
@@ -166,8 +182,15 @@ class Coordinator:
         return wire.decode(res.payload)
 
     def finish_run(self, state: State, status: str, rounds: int, model_hash: str, metrics: dict) -> None:
-        self.bus.emit(ev.RUN_ENDED, "server", status=status, rounds=rounds, model_hash=model_hash,
-                      metrics=metrics, finished_at=time.time())  # fmt: skip
+        self.bus.emit(
+            ev.RUN_ENDED,
+            "server",
+            status=status,
+            rounds=rounds,
+            model_hash=model_hash,
+            metrics=metrics,
+            finished_at=time.time(),
+        )
 
     def close(self) -> None:
         """Release what the coordinator started (the secure-aggregation parties); idempotent."""
@@ -205,8 +228,11 @@ def _validate(site: str, round: int, res: FitResult, state: State, required_part
 
 def _report_problem(res: FitResult) -> str | None:
     """Why a result's metrics or privacy report are unusable, or None."""
-    bad = [k for k, v in res.metrics.items()
-           if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)]  # fmt: skip
+    bad = [
+        k
+        for k, v in res.metrics.items()
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)
+    ]
     if bad:
         return f"metrics {bad} are not finite numbers: {[res.metrics[k] for k in bad]}"
     if res.privacy is not None:
@@ -215,8 +241,15 @@ def _report_problem(res: FitResult) -> str | None:
 
 
 def _privacy_problem(privacy: dict) -> str | None:
-    bad = [k for k, v in privacy.items() if not (isinstance(v, str) or v is None or (
-        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)))]  # fmt: skip
+    bad = [
+        k
+        for k, v in privacy.items()
+        if not (
+            isinstance(v, str)
+            or v is None
+            or (isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v))
+        )
+    ]
     missing = [k for k in CLIP_KEYS if k not in privacy]
     if bad or missing:
         return f"privacy report malformed: non-finite or non-scalar {bad}, missing {missing}"

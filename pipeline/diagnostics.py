@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
 REMEDIES = (
     "raise FedProx's mu (federation.strategy: fedprox, strategy_options.mu) to hold sites near the global model",
     "switch to SCAFFOLD (federation.strategy: scaffold) to correct client drift",
@@ -24,10 +23,10 @@ REMEDIES = (
 def update_diagnostics(sites: Sequence[str], deltas: Sequence[dict], weights: np.ndarray) -> dict:
     """Norms, cosine matrix and cosine to the mean of the site updates (JSON-able).
 
-    Everything follows from the Gram matrix :math:`G_{ij} = \langle \Delta_i, \Delta_j \rangle`
-    (see :func:`gram_matrix`): norms :math:`\sqrt{G_{ii}}`, cosines
-    :math:`G_{ij} / \sqrt{G_{ii} G_{jj}}` and, with :math:`\bar\Delta = \sum_j w_j \Delta_j`,
-    :math:`\langle \Delta_i, \bar\Delta \rangle = (Gw)_i` and :math:`\lVert\bar\Delta\rVert^2 = w^\top G w`.
+    Everything follows from the Gram matrix :math:`G_{ij} = \\langle \\Delta_i, \\Delta_j \rangle`
+    (see :func:`gram_matrix`): norms :math:`\\sqrt{G_{ii}}`, cosines
+    :math:`G_{ij} / \\sqrt{G_{ii} G_{jj}}` and, with :math:`\bar\\Delta = \\sum_j w_j \\Delta_j`,
+    :math:`\\langle \\Delta_i, \bar\\Delta \rangle = (Gw)_i` and :math:`\\lVert\bar\\Delta\rVert^2 = w^\top G w`.
     """
     w = np.asarray(weights, dtype=np.float64)
     g = gram_matrix(deltas)
@@ -46,7 +45,7 @@ def update_diagnostics(sites: Sequence[str], deltas: Sequence[dict], weights: np
 
 
 def gram_matrix(deltas: Sequence[dict], chunk: int = 1 << 16) -> np.ndarray:
-    """:math:`G_{ij} = \langle \Delta_i, \Delta_j \rangle` summed parameter by parameter in
+    """:math:`G_{ij} = \\langle \\Delta_i, \\Delta_j \rangle` summed parameter by parameter in
     float64 chunks: memory stays at sites x ``chunk`` instead of sites x model size."""
     n = len(deltas)
     g = np.zeros((n, n), dtype=np.float64)
@@ -72,14 +71,16 @@ class DriftMonitor:
         for site, cos in sorted(cosine_to_mean.items()):
             self.streak[site] = self.streak.get(site, 0) + 1 if cos < self.threshold else 0
             if self.streak[site] == self.rounds:
-                alarms.append({
-                    "kind": "drift",
-                    "site": site,
-                    "cosine_to_mean": cos,
-                    "message": (
-                        f"{site}'s update has pointed away from the mean update (cosine < "
-                        f"{self.threshold:g}) for {self.rounds} consecutive rounds; remedies: "
-                        + "; ".join(REMEDIES)
-                    ),
-                })  # fmt: skip
+                alarms.append(
+                    {
+                        "kind": "drift",
+                        "site": site,
+                        "cosine_to_mean": cos,
+                        "message": (
+                            f"{site}'s update has pointed away from the mean update (cosine < "
+                            f"{self.threshold:g}) for {self.rounds} consecutive rounds; remedies: "
+                            + "; ".join(REMEDIES)
+                        ),
+                    }
+                )
         return alarms

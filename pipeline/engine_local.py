@@ -54,8 +54,15 @@ class LocalEngine:
                 site_metrics[sid] = sites[sid].evaluate(state)
             except Exception as exc:  # a site down at the end is reported, not fatal
                 site_metrics[sid] = {"error": repr(exc)}
-        metrics = end_run(plan, coord, state, status=status, rounds=done, site_metrics=site_metrics,
-                          seconds=time.perf_counter() - start)  # fmt: skip
+        metrics = end_run(
+            plan,
+            coord,
+            state,
+            status=status,
+            rounds=done,
+            site_metrics=site_metrics,
+            seconds=time.perf_counter() - start,
+        )
         self._witness(bus, sites)  # the run_ended checkpoint
         if error is not None:
             raise error

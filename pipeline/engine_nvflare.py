@@ -126,8 +126,9 @@ def site_view(plan: RunPlan) -> RunPlan:
     cfg, fed = plan.cfg, plan.cfg.federation
     admin_kit = _name_only(fed.nvflare_admin_kit) if fed.nvflare_admin_kit else None
     data = replace(cfg.data, dataset=_name_only(cfg.data.dataset), benchmark=_name_only(cfg.data.benchmark))
-    cfg = replace(cfg, data=data, ledger=replace(cfg.ledger, url=None),
-                  federation=replace(fed, nvflare_admin_kit=admin_kit))
+    cfg = replace(
+        cfg, data=data, ledger=replace(cfg.ledger, url=None), federation=replace(fed, nvflare_admin_kit=admin_kit)
+    )
     return replace(plan, cfg=cfg, site_homes=None, cache_dir=None)
 
 
@@ -145,8 +146,10 @@ def build_recipe(plan: RunPlan, *, portable: bool = False):
     from pharmafl.pipeline import nvflare_client
 
     if any(c.isspace() for c in str(plan.run_dir.resolve())):
-        raise ConfigError(f"the run directory {plan.run_dir} contains whitespace, which NVFlare's script "
-                          "arguments cannot carry; choose another --out")  # fmt: skip
+        raise ConfigError(
+            f"the run directory {plan.run_dir} contains whitespace, which NVFlare's script "
+            "arguments cannot carry; choose another --out"
+        )
     job_dir = plan.run_dir / "nvflare"
     job_dir.mkdir(parents=True, exist_ok=True)
     plan_path = (plan.run_dir / "plan.json").resolve()
@@ -225,10 +228,12 @@ class NVFlareEngine:
                 listener.close()
         metrics_path = plan.run_dir / "metrics.json"
         if not metrics_path.is_file() and prod:
-            raise NVFlareRunError(f"the NVFlare job ended without results in {plan.run_dir} ({error!r}); the server "
-                                  f"writes them to <runs>/{plan.run_dir.name}, <runs> as its kit's "
-                                  "local/pharmafl.json names it, which must be this folder's parent; see the server's "
-                                  "log, SERVER_KIT/<job id>/log.txt")  # fmt: skip
+            raise NVFlareRunError(
+                f"the NVFlare job ended without results in {plan.run_dir} ({error!r}); the server "
+                f"writes them to <runs>/{plan.run_dir.name}, <runs> as its kit's "
+                "local/pharmafl.json names it, which must be this folder's parent; see the server's "
+                "log, SERVER_KIT/<job id>/log.txt"
+            )
         if not metrics_path.is_file():
             logs = sorted(str(p) for p in (plan.run_dir / "nvflare").rglob("log.txt"))
             raise NVFlareRunError(f"the NVFlare job ended without results ({error!r}); see the logs: {logs[:3]}")
@@ -246,7 +251,9 @@ class NVFlareEngine:
             return ProdEnv(startup_kit_location=str(kit), username=admin_name(kit))
         if plan.cfg.federation.nvflare_env == "poc":
             return PocEnv(clients=list(plan.sites))
-        return SimEnv(clients=list(plan.sites), num_threads=len(plan.sites),
-                      workspace_root=str(job_dir / "workspace"),
-                      log_config=_quiet_log_config(job_dir / "log_config.json"))  # fmt: skip
-
+        return SimEnv(
+            clients=list(plan.sites),
+            num_threads=len(plan.sites),
+            workspace_root=str(job_dir / "workspace"),
+            log_config=_quiet_log_config(job_dir / "log_config.json"),
+        )

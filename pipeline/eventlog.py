@@ -23,8 +23,12 @@ class JsonlEventLog:
         self._fh = open(self.path, "a", encoding="utf-8")
 
     def on_event(self, event: Event) -> None:
-        self._fh.write(json.dumps({"type": event.type, "actor": event.actor, "payload": event.payload},
-                                  sort_keys=True, default=str) + "\n")  # fmt: skip
+        self._fh.write(
+            json.dumps(
+                {"type": event.type, "actor": event.actor, "payload": event.payload}, sort_keys=True, default=str
+            )
+            + "\n"
+        )
         self._fh.flush()
 
     def close(self) -> None:

@@ -40,11 +40,14 @@ def plan_at_site(custom_dir: Path, plan_file: str, site: str, job_id: str):
     try:
         expected = Path(Workspace(str(kit), site).get_app_custom_dir(job_id))
     except (ValueError, RuntimeError) as exc:
-        raise ConfigError(f"{custom} is not in an NVFlare client workspace ({exc}); a provisioned job runs from "
-                          "the site's startup kit") from None
+        raise ConfigError(
+            f"{custom} is not in an NVFlare client workspace ({exc}); a provisioned job runs from "
+            "the site's startup kit"
+        ) from None
     if expected.resolve() != custom.resolve():
-        raise ConfigError(f"{custom} is not {site}'s app folder of job {job_id} ({expected}); the job runs from "
-                          "an unexpected place")
+        raise ConfigError(
+            f"{custom} is not {site}'s app folder of job {job_id} ({expected}); the job runs from an unexpected place"
+        )
     home, cache = site_of_kit(kit, site)
     plan = RunPlan.load(custom / plan_file)
     return replace(plan, site_homes={site: str(home)}, cache_dir=cache)
@@ -65,9 +68,9 @@ def main(argv: list[str] | None = None) -> None:
         with_witness,
         witness_reply,
     )
-    from pharmafl.sites.site import Declined
     from pharmafl.pipeline.run import RunPlan, make_site
     from pharmafl.pipeline.strategies import build_strategy
+    from pharmafl.sites.site import Declined
 
     parser = argparse.ArgumentParser()
     where = parser.add_mutually_exclusive_group(required=True)

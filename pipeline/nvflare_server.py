@@ -58,8 +58,10 @@ def load_plan(plan_path: str, fl_ctx=None) -> RunPlan:
         runs = runs_of_kit(Path(fl_ctx.get_workspace().get_root_dir()))
         path = runs / path
         if not path.is_file():
-            raise ConfigError(f"{path}: no such plan; the server's runs folder {runs} holds no run "
-                              f"{path.parent.name!r}: prepare it there (pharmafl run --out {path.parent} ...)")
+            raise ConfigError(
+                f"{path}: no such plan; the server's runs folder {runs} holds no run "
+                f"{path.parent.name!r}: prepare it there (pharmafl run --out {path.parent} ...)"
+            )
     return RunPlan.load(path)
 
 
@@ -117,11 +119,17 @@ class PharmaflAggregator(ModelAggregator):
     def aggregate_model(self) -> FLModel:
         r = int(self.fl_ctx.get_prop(AppConstants.CURRENT_ROUND)) + 1
         received, self._buffer = self._buffer, {}
-        self.bus.cosigned({s: a for s in self.plan.sites if (a := witness_answer(received.get(s))) is not None}
-                          | {s: "no answer from the site" for s in self._asked if s not in received})
+        self.bus.cosigned(
+            {s: a for s in self.plan.sites if (a := witness_answer(received.get(s))) is not None}
+            | {s: "no answer from the site" for s in self._asked if s not in received}
+        )
         if self.finished:  # the witness-only round after run_ended: the job is done
-            return FLModel(params_type=ParamsType.FULL, params=self.state, metrics={STOP_METRIC: 1.0},
-                           meta=encode_instructions(None))  # fmt: skip
+            return FLModel(
+                params_type=ParamsType.FULL,
+                params=self.state,
+                metrics={STOP_METRIC: 1.0},
+                meta=encode_instructions(None),
+            )
         rounds = self.plan.cfg.federation.rounds
         if r > rounds or self.stopped:
             return self._finish(received, status=self.stopped)
@@ -151,8 +159,9 @@ class PharmaflAggregator(ModelAggregator):
             meta = encode_instructions(self.instructions)
         else:
             meta = encode_instructions(None)  # the extra round: evaluate the final model only
-        return FLModel(params_type=ParamsType.FULL, params=self.state, metrics={STOP_METRIC: 0.0},
-                       meta=self._witnessed(meta))
+        return FLModel(
+            params_type=ParamsType.FULL, params=self.state, metrics={STOP_METRIC: 0.0}, meta=self._witnessed(meta)
+        )
 
     def _witnessed(self, meta: dict) -> dict:
         """``meta`` plus the requests to cosign the checkpoint just written (one per site)."""
@@ -168,8 +177,19 @@ class PharmaflAggregator(ModelAggregator):
                 site_metrics[site] = dict(m.meta["final_metrics"])
             else:
                 site_metrics[site] = {"error": "no final evaluation (run stopped or site dropped out)"}
-        end_run(self.plan, self.coord, self.state, status=status or "completed", rounds=self.rounds_done,
-                site_metrics=site_metrics, seconds=time.perf_counter() - self.started)  # fmt: skip
+        end_run(
+            self.plan,
+            self.coord,
+            self.state,
+            status=status or "completed",
+            rounds=self.rounds_done,
+            site_metrics=site_metrics,
+            seconds=time.perf_counter() - self.started,
+        )
         self.finished = True  # one more exchange: the sites cosign the run_ended checkpoint
-        return FLModel(params_type=ParamsType.FULL, params=self.state, metrics={STOP_METRIC: 0.0},
-                       meta=self._witnessed({**encode_instructions(None), WITNESS_ONLY: True}))
+        return FLModel(
+            params_type=ParamsType.FULL,
+            params=self.state,
+            metrics={STOP_METRIC: 0.0},
+            meta=self._witnessed({**encode_instructions(None), WITNESS_ONLY: True}),
+        )

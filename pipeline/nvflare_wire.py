@@ -33,11 +33,13 @@ WITNESS_ONLY = "pharmafl_witness_only"
 def encode_instructions(instructions: Instructions | None) -> dict:
     if instructions is None:
         return {"pharmafl_instructions": None}
-    return {"pharmafl_instructions": {
-        "proximal_mu": float(instructions.proximal_mu),
-        "scaffold_control": instructions.scaffold_control,
-        "accepted": list(instructions.accepted) if instructions.accepted is not None else None,
-    }}  # fmt: skip
+    return {
+        "pharmafl_instructions": {
+            "proximal_mu": float(instructions.proximal_mu),
+            "scaffold_control": instructions.scaffold_control,
+            "accepted": list(instructions.accepted) if instructions.accepted is not None else None,
+        }
+    }
 
 
 def decode_instructions(meta: dict) -> Instructions | None:
@@ -58,27 +60,43 @@ def model_from_result(result: FitResult) -> FLModel:
         params_type=ParamsType.FULL,
         metrics={STOP_METRIC: 0.0},  # the key NVFlare's model selector looks for
         params={UPDATE_KEY: np.frombuffer(result.payload, dtype=np.uint8).copy()},
-        meta={"update_hash": result.update_hash, "num_examples": result.num_examples,
-              "round": result.round, "site_metrics": dict(result.metrics), "privacy": result.privacy,
-              "statements": list(result.statements)},
-    )  # fmt: skip
+        meta={
+            "update_hash": result.update_hash,
+            "num_examples": result.num_examples,
+            "round": result.round,
+            "site_metrics": dict(result.metrics),
+            "privacy": result.privacy,
+            "statements": list(result.statements),
+        },
+    )
 
 
 def model_from_declined(declined: Declined) -> FLModel:
-    return FLModel(params_type=ParamsType.FULL, params={"__pharmafl_declined__": np.zeros(1, np.uint8)},
-                   meta={"round": declined.round, "declined": {"reason": declined.reason,
-                                                               "details": dict(declined.details)},
-                         "statements": list(declined.statements)})  # fmt: skip
+    return FLModel(
+        params_type=ParamsType.FULL,
+        params={"__pharmafl_declined__": np.zeros(1, np.uint8)},
+        meta={
+            "round": declined.round,
+            "declined": {"reason": declined.reason, "details": dict(declined.details)},
+            "statements": list(declined.statements),
+        },
+    )
 
 
 def model_from_error(round: int, error: str) -> FLModel:
-    return FLModel(params_type=ParamsType.FULL, params={"__pharmafl_error__": np.zeros(1, np.uint8)},
-                   meta={"round": round, "error": error})  # fmt: skip
+    return FLModel(
+        params_type=ParamsType.FULL,
+        params={"__pharmafl_error__": np.zeros(1, np.uint8)},
+        meta={"round": round, "error": error},
+    )
 
 
 def model_from_final_metrics(metrics: dict) -> FLModel:
-    return FLModel(params_type=ParamsType.FULL, params={"__pharmafl_final__": np.zeros(1, np.uint8)},
-                   meta={"final_metrics": metrics})  # fmt: skip
+    return FLModel(
+        params_type=ParamsType.FULL,
+        params={"__pharmafl_final__": np.zeros(1, np.uint8)},
+        meta={"final_metrics": metrics},
+    )
 
 
 def result_from_model(site: str, round: int, model: FLModel) -> FitResult | Declined | str:
@@ -94,9 +112,16 @@ def result_from_model(site: str, round: int, model: FLModel) -> FitResult | Decl
         return f"result without an update (keys {sorted(model.params or {})})"
     if int(meta.get("round", -1)) != round:
         return f"result for round {meta.get('round')} arrived in round {round}"
-    return FitResult(site, round, np.asarray(payload, dtype=np.uint8).tobytes(), str(meta["update_hash"]),
-                     int(meta["num_examples"]), dict(meta.get("site_metrics", {})), meta.get("privacy"),
-                     tuple(meta.get("statements") or ()))  # fmt: skip
+    return FitResult(
+        site,
+        round,
+        np.asarray(payload, dtype=np.uint8).tobytes(),
+        str(meta["update_hash"]),
+        int(meta["num_examples"]),
+        dict(meta.get("site_metrics", {})),
+        meta.get("privacy"),
+        tuple(meta.get("statements") or ()),
+    )
 
 
 def model_witness_only() -> FLModel:

@@ -40,12 +40,14 @@ from pharmafl.sites.kit import LOCAL_FORMAT, check_kit, read_local_config, write
 PROJECT_FILE = "project.yml"
 COORDINATOR_ORG = "coordinator"
 BUILDERS = [
-    {"path": "nvflare.lighter.impl.workspace.WorkspaceBuilder",
-     "args": {"template_file": ["master_template.yml", "aws_template.yml", "azure_template.yml"]}},
+    {
+        "path": "nvflare.lighter.impl.workspace.WorkspaceBuilder",
+        "args": {"template_file": ["master_template.yml", "aws_template.yml", "azure_template.yml"]},
+    },
     {"path": "nvflare.lighter.impl.static_file.StaticFileBuilder", "args": {"config_folder": "config"}},
     {"path": "nvflare.lighter.impl.cert.CertBuilder"},
     {"path": "nvflare.lighter.impl.signature.SignatureBuilder"},
-]  # fmt: skip
+]
 _PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 _NOT_ORG = re.compile(r"[^A-Za-z0-9_]")
 
@@ -80,33 +82,48 @@ def check_settings(*, server_host: str, fl_port: int, admin_port: int, admin: st
     if why := _nvflare_refuses(admin, "admin"):
         raise ConfigError(f"--admin {admin!r} is not an e-mail address NVFlare accepts as an admin ({why})")
     if not isinstance(project, str) or not _PROJECT.fullmatch(project):
-        raise ConfigError(f"--project {project!r}: use 1-63 letters, digits, '-' and '_', starting with a letter or "
-                          "digit (it names the kits' folder and the NVFlare project)")
+        raise ConfigError(
+            f"--project {project!r}: use 1-63 letters, digits, '-' and '_', starting with a letter or "
+            "digit (it names the kits' folder and the NVFlare project)"
+        )
 
 
 def participants(consortium: dict, *, server_host: str, fl_port: int, admin_port: int, admin: str) -> list[dict]:
     """project.yml's participant list for ``consortium`` (see the module docstring)."""
-    server = {"name": server_host, "type": "server", "org": COORDINATOR_ORG, "fed_learn_port": fl_port,
-              "admin_port": admin_port}
+    server = {
+        "name": server_host,
+        "type": "server",
+        "org": COORDINATOR_ORG,
+        "fed_learn_port": fl_port,
+        "admin_port": admin_port,
+    }
     clients = [(s, c, f"site card {s!r}") for s, c in sorted(consortium["cards"].items())]
-    clients += [(p, c, f"party card {p!r}") for p, c in sorted(consortium.get("parties", {}).items())
-                if c.get("role") == "helper"]  # fmt: skip
+    clients += [
+        (p, c, f"party card {p!r}")
+        for p, c in sorted(consortium.get("parties", {}).items())
+        if c.get("role") == "helper"
+    ]
     seen = {server_host: "the server", admin: "the admin"}
     out = [server]
     for name, card, where in clients:
         if why := _nvflare_refuses(name, "client"):
-            raise ConfigError(f"{where}: NVFlare refuses {name!r} as a participant name ({why}); that participant "
-                              "needs an id of letters, digits, '-' and '_' (set up again with a new id)")
+            raise ConfigError(
+                f"{where}: NVFlare refuses {name!r} as a participant name ({why}); that participant "
+                "needs an id of letters, digits, '-' and '_' (set up again with a new id)"
+            )
         if name in seen:
-            raise ConfigError(f"{where}: {name!r} already names {seen[name]}; NVFlare participant names are unique "
-                              "(choose another --nvflare-server / --admin)")
+            raise ConfigError(
+                f"{where}: {name!r} already names {seen[name]}; NVFlare participant names are unique "
+                "(choose another --nvflare-server / --admin)"
+            )
         seen[name] = where
         out.append({"name": name, "type": "client", "org": _org(name, card, where)})
     return [*out, {"name": admin, "type": "admin", "org": COORDINATOR_ORG, "role": "project_admin"}]
 
 
-def write_project(consortium: dict, out_dir: Path, *, server_host: str, fl_port: int, admin_port: int,
-                  admin: str, project: str) -> Path:  # fmt: skip
+def write_project(
+    consortium: dict, out_dir: Path, *, server_host: str, fl_port: int, admin_port: int, admin: str, project: str
+) -> Path:
     """Write ``out_dir/project.yml`` for ``consortium`` (a loaded ``consortium.json``); return its path."""
     check_settings(server_host=server_host, fl_port=fl_port, admin_port=admin_port, admin=admin, project=project)
     target = Path(out_dir) / PROJECT_FILE
@@ -116,10 +133,11 @@ def write_project(consortium: dict, out_dir: Path, *, server_host: str, fl_port:
         "api_version": 3,
         "name": project,
         "description": f"pharmafl consortium, roster {consortium['roster_sha256']}",
-        "participants": participants(consortium, server_host=server_host, fl_port=fl_port, admin_port=admin_port,
-                                     admin=admin),
+        "participants": participants(
+            consortium, server_host=server_host, fl_port=fl_port, admin_port=admin_port, admin=admin
+        ),
         "builders": BUILDERS,
-    }  # fmt: skip
+    }
     write_bytes_atomic(target, yaml.safe_dump(doc, sort_keys=False).encode())
     return target
 
@@ -136,8 +154,10 @@ def provision(project_yml: Path, workspace: Path) -> dict[str, Path]:
 
     workspace = Path(workspace).absolute()
     if workspace.exists() and (not workspace.is_dir() or any(workspace.iterdir())):
-        raise ConfigError(f"{workspace}: exists and is not an empty folder; provision into a new workspace (kits "
-                          "are never re-provisioned in place: each run of the provisioner makes a new root CA)")
+        raise ConfigError(
+            f"{workspace}: exists and is not an empty folder; provision into a new workspace (kits "
+            "are never re-provisioned in place: each run of the provisioner makes a new root CA)"
+        )
     try:
         spec = yaml.safe_load(Path(project_yml).read_text(encoding="utf-8"))
         project = prepare_project(spec)
@@ -171,8 +191,10 @@ def write_server_config(kit: Path, runs: Path) -> Path:
     and keep the server's job and snapshot stores in the kit (:func:`keep_storage_in_kit`)."""
     runs = Path(runs).absolute()
     if not runs.is_dir():
-        raise ConfigError(f"{runs}: no such directory; create the folder the coordinator's runs live in "
-                          "(pharmafl run --out RUNS/<name>)")
+        raise ConfigError(
+            f"{runs}: no such directory; create the folder the coordinator's runs live in "
+            "(pharmafl run --out RUNS/<name>)"
+        )
     kit = check_kit(kit, "server")
     keep_storage_in_kit(kit)
     return write_local_config(kit, {"format": LOCAL_FORMAT, "role": "server", "runs": str(runs)})
@@ -197,8 +219,10 @@ def keep_storage_in_kit(kit: Path) -> Path:
         snapshot["root_dir"] = str(storage / "snapshot-storage")
         manager["args"]["uri_root"] = str(storage / "jobs-storage")
     except (KeyError, TypeError, ValueError, AttributeError):
-        raise ConfigError(f"{default}: not the server resources NVFlare's provisioner writes (no snapshot_persistor "
-                          "storage or job_manager component); provision the kit again") from None
+        raise ConfigError(
+            f"{default}: not the server resources NVFlare's provisioner writes (no snapshot_persistor "
+            "storage or job_manager component); provision the kit again"
+        ) from None
     for folder in (storage, storage / "snapshot-storage", storage / "jobs-storage"):
         folder.mkdir(mode=0o700, exist_ok=True)
         folder.chmod(0o700)

@@ -35,8 +35,7 @@ from pharmafl.pipeline.aggregate import State
 from pharmafl.pipeline.artifacts import model_state, save_state, write_bytes_atomic
 from pharmafl.pipeline.config import RunConfig
 from pharmafl.pipeline.configio import from_dict, to_dict
-from pharmafl.pipeline.consortium import init_consortium, load_consortium
-from pharmafl.pipeline.consortium import pinned as pinned_consortium
+from pharmafl.pipeline.consortium import init_consortium, load_consortium, pinned as pinned_consortium
 from pharmafl.pipeline.coordinator import Coordinator
 from pharmafl.pipeline.diagnostics import DriftMonitor
 from pharmafl.pipeline.events import EventBus
@@ -46,8 +45,8 @@ from pharmafl.sites.csprng import SecureRandom
 from pharmafl.sites.dp_site import DPSite, UpdateClipSite, check_dp_model
 from pharmafl.sites.home import CARD_FILE, SiteHome
 from pharmafl.sites.partition import partition
-from pharmafl.sites.privacy import PrivacyPlan, plan_privacy
 from pharmafl.sites.party_card import party_keys
+from pharmafl.sites.privacy import PrivacyPlan, plan_privacy
 from pharmafl.sites.secure_site import SecureSite
 from pharmafl.sites.signed_site import SignedSite
 from pharmafl.sites.site import Site, featurize_dataset
@@ -113,17 +112,37 @@ class RunPlan:
         return f"{self.run_id}:{self.config_hash[:16]}"
 
     def to_json(self) -> str:
-        return json.dumps({"cfg": to_dict(self.cfg), "sites": list(self.sites), "manifests": self.manifests,
-                           "config_hash": self.config_hash, "cache_dir": str(self.cache_dir) if self.cache_dir else None,
-                           "privacy_plans": self.privacy_plans, "party_homes": self.party_homes,
-                           "run_id": self.run_id, "consortium": self.consortium, "site_homes": self.site_homes})
+        return json.dumps(
+            {
+                "cfg": to_dict(self.cfg),
+                "sites": list(self.sites),
+                "manifests": self.manifests,
+                "config_hash": self.config_hash,
+                "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+                "privacy_plans": self.privacy_plans,
+                "party_homes": self.party_homes,
+                "run_id": self.run_id,
+                "consortium": self.consortium,
+                "site_homes": self.site_homes,
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str, run_dir: Path) -> RunPlan:
         d = json.loads(text)
-        return cls(from_dict(RunConfig, d["cfg"]), Path(run_dir).resolve(), tuple(d["sites"]), d["manifests"],
-                   d["config_hash"], Path(d["cache_dir"]) if d["cache_dir"] else None, d.get("privacy_plans"),
-                   d.get("party_homes"), d.get("run_id", ""), d.get("consortium"), d.get("site_homes"))
+        return cls(
+            from_dict(RunConfig, d["cfg"]),
+            Path(run_dir).resolve(),
+            tuple(d["sites"]),
+            d["manifests"],
+            d["config_hash"],
+            Path(d["cache_dir"]) if d["cache_dir"] else None,
+            d.get("privacy_plans"),
+            d.get("party_homes"),
+            d.get("run_id", ""),
+            d.get("consortium"),
+            d.get("site_homes"),
+        )
 
     @classmethod
     def load(cls, path: Path) -> RunPlan:
@@ -153,11 +172,17 @@ def prepare(cfg: RunConfig, run_dir: Path, *, data_dir: Path | None = None, cach
     t_pos = {t: i for i, t in enumerate(ds.targets["target_id"])}
     families = ds.targets["family"].tolist() if "family" in ds.targets else None
     site_of_row = partition(
-        cfg.data.partition, cfg.data.sites,
-        drug_of_row=m["drug_id"].map(d_pos).to_numpy(), target_of_row=m["target_id"].map(t_pos).to_numpy(),
-        labels=m["label"].to_numpy(dtype=float), smiles=ds.drugs["smiles"].tolist(),
-        sequences=ds.targets["sequence"].tolist(), families=families, alpha=cfg.data.alpha, seed=cfg.seed,
-    )  # fmt: skip
+        cfg.data.partition,
+        cfg.data.sites,
+        drug_of_row=m["drug_id"].map(d_pos).to_numpy(),
+        target_of_row=m["target_id"].map(t_pos).to_numpy(),
+        labels=m["label"].to_numpy(dtype=float),
+        smiles=ds.drugs["smiles"].tolist(),
+        sequences=ds.targets["sequence"].tolist(),
+        families=families,
+        alpha=cfg.data.alpha,
+        seed=cfg.seed,
+    )
     site_data = split_among_sites(ds, site_of_row, cfg.data.sites, shown_as=run_dir)
     # Everything is written into a hidden sibling and renamed into place at the end: a failure
     # (a site too small for a split, a full disk) leaves no half-prepared run directory.
@@ -166,18 +191,36 @@ def prepare(cfg: RunConfig, run_dir: Path, *, data_dir: Path | None = None, cach
     try:
         homes = {}
         for k, (sid, site_ds) in enumerate(site_data.items()):
-            homes[sid] = SiteHome.init(staging / "sites" / sid, sid, site_ds, passphrase=None, simulated=True,
-                                       val_fraction=cfg.data.val_fraction, seed=cfg.seed + k,
-                                       scrypt_n=SIMULATED_SCRYPT_N)
+            homes[sid] = SiteHome.init(
+                staging / "sites" / sid,
+                sid,
+                site_ds,
+                passphrase=None,
+                simulated=True,
+                val_fraction=cfg.data.val_fraction,
+                seed=cfg.seed + k,
+                scrypt_n=SIMULATED_SCRYPT_N,
+            )
         parties = simulated_parties(cfg, staging / "parties")
-        consortium = load_consortium(init_consortium([h.path / CARD_FILE for h in homes.values()], staging,
-                                                     [p.path / "party-card.json" for p in parties.values()]))  # fmt: skip
+        consortium = load_consortium(
+            init_consortium(
+                [h.path / CARD_FILE for h in homes.values()],
+                staging,
+                [p.path / "party-card.json" for p in parties.values()],
+            )
+        )
         for home in [*homes.values(), *parties.values()]:
             home.accept_consortium(consortium)
         write_benchmark(cfg, ds, staging / "server" / "benchmark")
-        final = plan_from_consortium(cfg, run_dir, consortium, staging=staging, cache_dir=cache_dir,
-                                     site_homes={sid: f"sites/{sid}" for sid in homes},
-                                     party_homes={p: f"parties/{p}" for p in parties} or None)  # fmt: skip
+        final = plan_from_consortium(
+            cfg,
+            run_dir,
+            consortium,
+            staging=staging,
+            cache_dir=cache_dir,
+            site_homes={sid: f"sites/{sid}" for sid in homes},
+            party_homes={p: f"parties/{p}" for p in parties} or None,
+        )
         if run_dir.exists():
             run_dir.rmdir()  # empty (checked above); rename needs the name free
         os.replace(staging, run_dir)
@@ -187,8 +230,15 @@ def prepare(cfg: RunConfig, run_dir: Path, *, data_dir: Path | None = None, cach
     return final
 
 
-def prepare_consortium(cfg: RunConfig, run_dir: Path, consortium_file: Path, site_homes: Path | None, *,
-                       data_dir: Path | None = None, cache_dir: Path | None = None) -> RunPlan:
+def prepare_consortium(
+    cfg: RunConfig,
+    run_dir: Path,
+    consortium_file: Path,
+    site_homes: Path | None,
+    *,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+) -> RunPlan:
     """A run of sites that set themselves up (``pharmafl site init``) and joined ``consortium_file``.
 
     The coordinator reads only the consortium's cards. ``site_homes`` is where the simulator
@@ -201,11 +251,15 @@ def prepare_consortium(cfg: RunConfig, run_dir: Path, consortium_file: Path, sit
     """
     prod = cfg.federation.engine == "nvflare" and cfg.federation.nvflare_env == "prod"
     if site_homes is None and not prod:
-        raise ConfigError("--consortium needs --site-homes (the folder holding each site's home) unless the run "
-                          "goes to a provisioned system (federation.engine nvflare, nvflare_env prod)")
+        raise ConfigError(
+            "--consortium needs --site-homes (the folder holding each site's home) unless the run "
+            "goes to a provisioned system (federation.engine nvflare, nvflare_env prod)"
+        )
     if site_homes is not None and prod:
-        raise ConfigError("--site-homes is for simulation: on a provisioned system (nvflare_env prod) each site "
-                          "names its own home in its startup kit (pharmafl site nvflare-config); drop --site-homes")
+        raise ConfigError(
+            "--site-homes is for simulation: on a provisioned system (nvflare_env prod) each site "
+            "names its own home in its startup kit (pharmafl site nvflare-config); drop --site-homes"
+        )
     run_dir = Path(run_dir).resolve()
     cache_dir = Path(cache_dir).resolve() if cache_dir is not None else None
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -215,13 +269,18 @@ def prepare_consortium(cfg: RunConfig, run_dir: Path, consortium_file: Path, sit
     for site in sorted(consortium["cards"]) if site_homes is not None else ():
         home = (Path(site_homes) / site).resolve()
         if not (home / CARD_FILE).is_file():
-            raise ConfigError(f"{home} is not the home of {site} (no {CARD_FILE}); pass --site-homes, the folder "
-                              f"holding one home per site id")
+            raise ConfigError(
+                f"{home} is not the home of {site} (no {CARD_FILE}); pass --site-homes, the folder "
+                f"holding one home per site id"
+            )
         accepted = home / "consortia.json"
-        if consortium["roster_sha256"] not in (json.loads(accepted.read_text()).get("accepted", [])
-                                               if accepted.is_file() else []):
-            raise ConfigError(f"{site} has not accepted this consortium (roster {consortium['roster_sha256'][:16]}...);"
-                              f" at the site: pharmafl site accept {home} {consortium_file}")
+        if consortium["roster_sha256"] not in (
+            json.loads(accepted.read_text()).get("accepted", []) if accepted.is_file() else []
+        ):
+            raise ConfigError(
+                f"{site} has not accepted this consortium (roster {consortium['roster_sha256'][:16]}...);"
+                f" at the site: pharmafl site accept {home} {consortium_file}"
+            )
         homes[site] = str(home)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.preparing-", dir=run_dir.parent))
@@ -230,8 +289,9 @@ def prepare_consortium(cfg: RunConfig, run_dir: Path, consortium_file: Path, sit
             source = cfg.data.dataset if cfg.data.benchmark == "test-fold" else cfg.data.benchmark
             write_benchmark(cfg, load_dataset(source, data_dir=data_dir), staging / "server" / "benchmark")
         write_bytes_atomic(staging / "consortium.json", Path(consortium_file).read_bytes())
-        final = plan_from_consortium(cfg, run_dir, consortium, staging=staging, cache_dir=cache_dir,
-                                     site_homes=homes or None)  # fmt: skip
+        final = plan_from_consortium(
+            cfg, run_dir, consortium, staging=staging, cache_dir=cache_dir, site_homes=homes or None
+        )
         if run_dir.exists():
             run_dir.rmdir()
         os.replace(staging, run_dir)
@@ -248,19 +308,33 @@ def simulated_parties(cfg: RunConfig, root: Path) -> dict:
         return {}
     from pharmafl.pipeline.secure_agg.party_home import PartyHome
 
-    names = {"server-party": "server", **{f"helper-{j}": "helper" for j in range(1, cfg.secure_aggregation.helpers + 1)}}
-    return {p: PartyHome.init(root / p, p, role=role, simulated=True, scrypt_n=SIMULATED_SCRYPT_N)
-            for p, role in names.items()}  # fmt: skip
+    names = {
+        "server-party": "server",
+        **{f"helper-{j}": "helper" for j in range(1, cfg.secure_aggregation.helpers + 1)},
+    }
+    return {
+        p: PartyHome.init(root / p, p, role=role, simulated=True, scrypt_n=SIMULATED_SCRYPT_N)
+        for p, role in names.items()
+    }
 
 
-def plan_from_consortium(cfg: RunConfig, run_dir: Path, consortium: dict, *, staging: Path,
-                         cache_dir: Path | None = None, site_homes: dict | None = None,
-                         party_homes: dict | None = None) -> RunPlan:  # fmt: skip
+def plan_from_consortium(
+    cfg: RunConfig,
+    run_dir: Path,
+    consortium: dict,
+    *,
+    staging: Path,
+    cache_dir: Path | None = None,
+    site_homes: dict | None = None,
+    party_homes: dict | None = None,
+) -> RunPlan:
     """The run of ``consortium`` (pinned cards), written into ``staging``: config, plans, ``plan.json``."""
     cards = consortium["cards"]
     if len(cards) != cfg.data.sites or sorted(cards) != sorted(site_ids(cfg.data.sites)):
-        raise ConfigError(f"the consortium's sites {sorted(cards)} are not the {cfg.data.sites} sites the config "
-                          f"names ({site_ids(cfg.data.sites)[0]} .. {site_ids(cfg.data.sites)[-1]}); set data.sites")
+        raise ConfigError(
+            f"the consortium's sites {sorted(cards)} are not the {cfg.data.sites} sites the config "
+            f"names ({site_ids(cfg.data.sites)[0]} .. {site_ids(cfg.data.sites)[-1]}); set data.sites"
+        )
     blob = config_bytes(cfg)
     write_bytes_atomic(staging / "config.yaml", blob)
     config_hash = hashlib.sha256(blob).hexdigest()
@@ -268,11 +342,24 @@ def plan_from_consortium(cfg: RunConfig, run_dir: Path, consortium: dict, *, sta
     sites = tuple(sorted(cards))
     manifests = {s: cards[s]["manifest_sha256"] for s in sites}
     if cfg.secure_aggregation.enabled and not consortium.get("parties"):
-        raise ConfigError("secure_aggregation is enabled but the consortium lists no aggregation party: create the "
-                          "parties (pharmafl party init), add their cards (pharmafl consortium init --party-card), "
-                          "and let every site and party accept the new roster")  # fmt: skip
-    staged = RunPlan(cfg, staging, sites, manifests, config_hash, cache_dir, None, party_homes, run_id,
-                     pinned_consortium(consortium), site_homes)  # fmt: skip
+        raise ConfigError(
+            "secure_aggregation is enabled but the consortium lists no aggregation party: create the "
+            "parties (pharmafl party init), add their cards (pharmafl consortium init --party-card), "
+            "and let every site and party accept the new roster"
+        )
+    staged = RunPlan(
+        cfg,
+        staging,
+        sites,
+        manifests,
+        config_hash,
+        cache_dir,
+        None,
+        party_homes,
+        run_id,
+        pinned_consortium(consortium),
+        site_homes,
+    )
     plans = privacy_plans(staged)  # a budget too small for one round fails here, before any training
     final = replace(staged, run_dir=run_dir, privacy_plans=plans)
     write_bytes_atomic(staging / "plan.json", final.to_json().encode())
@@ -284,8 +371,9 @@ def split_among_sites(ds, site_of_row: np.ndarray, n_sites: int, *, shown_as: Pa
     out = {}
     for k, sid in enumerate(site_ids(n_sites)):
         rows = np.flatnonzero(site_of_row == k)
-        check_site_rows(ds, rows, sid, Location(shown_as / "sites" / sid),
-                        "use fewer sites, another partition, or a larger alpha")
+        check_site_rows(
+            ds, rows, sid, Location(shown_as / "sites" / sid), "use fewer sites, another partition, or a larger alpha"
+        )
         out[sid] = subset(ds, rows, f"{ds.name}/{sid}")
     return out
 
@@ -297,8 +385,10 @@ def write_benchmark(cfg: RunConfig, ds, out: Path) -> None:
         return
     if choice == "test-fold":
         if "fold" not in ds.measurements or not ds.measurements["fold"].eq("test").any():
-            raise ConfigError(f"data.benchmark 'test-fold': dataset {cfg.data.dataset!r} has no rows in fold 'test'; "
-                              "give data.benchmark a folder of public tables, or 'none'")
+            raise ConfigError(
+                f"data.benchmark 'test-fold': dataset {cfg.data.dataset!r} has no rows in fold 'test'; "
+                "give data.benchmark a folder of public tables, or 'none'"
+            )
         bench = subset(ds, np.flatnonzero(ds.measurements["fold"].eq("test").to_numpy()), f"{ds.name}/benchmark")
     else:
         public = load_dataset(choice)
@@ -313,13 +403,27 @@ def privacy_plans(plan: RunPlan) -> dict | None:
     if not cfg.privacy.enabled:
         return None
     if cfg.privacy.mode == "client":
-        return {"server": plan_privacy(cfg.privacy, units=len(plan.sites), rounds=fed.rounds,
-                                       local_epochs=fed.local_epochs, where="privacy (client-level)").as_dict()}  # fmt: skip
+        return {
+            "server": plan_privacy(
+                cfg.privacy,
+                units=len(plan.sites),
+                rounds=fed.rounds,
+                local_epochs=fed.local_epochs,
+                where="privacy (client-level)",
+            ).as_dict()
+        }
     check_dp_model(DTIModel(**asdict(cfg.model)), "privacy.mode 'local'")
     cards = plan.consortium["cards"]
-    return {site: plan_privacy(cfg.privacy.for_site(site), units=int(cards[site]["units"][cfg.privacy.unit]),
-                               rounds=fed.rounds, local_epochs=fed.local_epochs, where=f"site {site}").as_dict()
-            for site in plan.sites}  # fmt: skip
+    return {
+        site: plan_privacy(
+            cfg.privacy.for_site(site),
+            units=int(cards[site]["units"][cfg.privacy.unit]),
+            rounds=fed.rounds,
+            local_epochs=fed.local_epochs,
+            where=f"site {site}",
+        ).as_dict()
+        for site in plan.sites
+    }
 
 
 def initial_state(cfg: RunConfig) -> State:
@@ -354,11 +458,17 @@ def server_side(plan: RunPlan, bus: EventBus, *, transcript_dir: Path | None = N
     if cfg.privacy.mode == "client":
         strategy = ClientDP(strategy, PrivacyPlan(**plan.privacy_plans["server"]), noise_source(cfg, "server"))
     common = dict(
-        strategy=strategy, bus=bus, stop_on_decline=cfg.privacy.on_exhausted == "stop", weighting=cfg.federation.weighting,
-        min_sites=cfg.min_sites, drift=DriftMonitor(cfg.diagnostics.drift_threshold, cfg.diagnostics.drift_rounds),
-        evaluate=benchmark_evaluator(plan), model_config=asdict(cfg.model), run_id=plan.run_id,
+        strategy=strategy,
+        bus=bus,
+        stop_on_decline=cfg.privacy.on_exhausted == "stop",
+        weighting=cfg.federation.weighting,
+        min_sites=cfg.min_sites,
+        drift=DriftMonitor(cfg.diagnostics.drift_threshold, cfg.diagnostics.drift_rounds),
+        evaluate=benchmark_evaluator(plan),
+        model_config=asdict(cfg.model),
+        run_id=plan.run_id,
         site_keys=plan.site_keys,
-    )  # fmt: skip
+    )
     if not cfg.secure_aggregation.enabled:
         return Coordinator(**common)
     from pharmafl.pipeline.secure_agg.client import AggregationService, LocalParties
@@ -366,8 +476,11 @@ def server_side(plan: RunPlan, bus: EventBus, *, transcript_dir: Path | None = N
 
     local, endpoints = None, cfg.secure_aggregation.endpoint_map()
     if plan.party_homes:  # the simulator runs the parties' services itself, each in its own process
-        local = LocalParties({p: plan.party_home(p) for p in plan.party_homes}, host=cfg.secure_aggregation.host,
-                             transcript_dir=transcript_dir)  # fmt: skip
+        local = LocalParties(
+            {p: plan.party_home(p) for p in plan.party_homes},
+            host=cfg.secure_aggregation.host,
+            transcript_dir=transcript_dir,
+        )
         endpoints = local.endpoints
     try:
         service = AggregationService(plan.consortium["parties"], endpoints, secure_terms(plan))
@@ -375,8 +488,14 @@ def server_side(plan: RunPlan, bus: EventBus, *, transcript_dir: Path | None = N
         if local is not None:
             local.close()
         raise
-    return SecureCoordinator(**common, service=service, settings=cfg.secure_aggregation, context=plan.secagg_context,
-                             local_parties=local, party_keys=plan.party_keys)  # fmt: skip
+    return SecureCoordinator(
+        **common,
+        service=service,
+        settings=cfg.secure_aggregation,
+        context=plan.secagg_context,
+        local_parties=local,
+        party_keys=plan.party_keys,
+    )
 
 
 def secure_terms(plan: RunPlan) -> dict:
@@ -387,11 +506,21 @@ def secure_terms(plan: RunPlan) -> dict:
     order = ranked(parties)
     dealer = cfg.dealer or order[1]
     layout = [[f"delta/{k}", list(np.shape(v))] for k, v in sorted(initial_state(plan.cfg).items())]
-    return {"run_id": plan.run_id, "context": plan.secagg_context, "roster_sha256": plan.consortium["roster_sha256"],
-            "parties": order, "dealer": dealer, "min_sites": plan.cfg.min_sites,
-            "weighting": plan.cfg.federation.weighting, "max_examples": cfg.max_examples,
-            "max_update_norm": cfg.max_update_norm, "slack": cfg.slack, "sketches": cfg.sketches,
-            "buckets": cfg.buckets, "layout": layout}  # fmt: skip
+    return {
+        "run_id": plan.run_id,
+        "context": plan.secagg_context,
+        "roster_sha256": plan.consortium["roster_sha256"],
+        "parties": order,
+        "dealer": dealer,
+        "min_sites": plan.cfg.min_sites,
+        "weighting": plan.cfg.federation.weighting,
+        "max_examples": cfg.max_examples,
+        "max_update_norm": cfg.max_update_norm,
+        "slack": cfg.slack,
+        "sketches": cfg.sketches,
+        "buckets": cfg.buckets,
+        "layout": layout,
+    }
 
 
 def noise_source(cfg: RunConfig, party: str) -> SecureRandom:
@@ -408,16 +537,30 @@ def make_site(plan: RunPlan, site: str) -> SignedSite:
     home = SiteHome.open(plan.site_home(site))
     pinned = (plan.consortium or {}).get("cards", {}).get(site)
     if home.card != pinned:
-        raise ConfigError(f"the home of {site} at {home.path} holds another card than the one the run pinned "
-                          f"(fingerprint {home.card.get('fingerprint', '?')[:16]}... vs "
-                          f"{(pinned or {}).get('fingerprint', 'none')[:16]}...); use the site's own home")
-    inner = Site(home.store, cfg.model, cfg.train,
-                 local_epochs=cfg.federation.local_epochs, seed=cfg.seed, cache_dir=plan.cache_dir,
-                 threads=cfg.federation.site_threads,
-                 keep_optimizer_state=cfg.federation.local_optimizer == "keep")  # fmt: skip
+        raise ConfigError(
+            f"the home of {site} at {home.path} holds another card than the one the run pinned "
+            f"(fingerprint {home.card.get('fingerprint', '?')[:16]}... vs "
+            f"{(pinned or {}).get('fingerprint', 'none')[:16]}...); use the site's own home"
+        )
+    inner = Site(
+        home.store,
+        cfg.model,
+        cfg.train,
+        local_epochs=cfg.federation.local_epochs,
+        seed=cfg.seed,
+        cache_dir=plan.cache_dir,
+        threads=cfg.federation.site_threads,
+        keep_optimizer_state=cfg.federation.local_optimizer == "keep",
+    )
     if cfg.privacy.mode == "local":
-        inner = DPSite(inner, cfg.privacy, PrivacyPlan(**plan.privacy_plans[site]), noise_source(cfg, site),
-                       ledger=home.privacy, run_id=plan.run_id)
+        inner = DPSite(
+            inner,
+            cfg.privacy,
+            PrivacyPlan(**plan.privacy_plans[site]),
+            noise_source(cfg, site),
+            ledger=home.privacy,
+            run_id=plan.run_id,
+        )
     elif cfg.privacy.mode == "client":
         inner = UpdateClipSite(inner, cfg.privacy)
     if cfg.secure_aggregation.enabled:  # privacy first, then sharing, to the parties the site agreed to
@@ -429,14 +572,22 @@ def make_site(plan: RunPlan, site: str) -> SignedSite:
 
 def sign_site(plan: RunPlan, site: str, inner) -> SignedSite:
     """``inner`` (any site object for ``site``) signing with the site's own home, as in :func:`make_site`."""
-    return SignedSite(inner, SiteHome.open(plan.site_home(site)), plan.run_id, secure=plan.cfg.secure_aggregation.enabled)
+    return SignedSite(
+        inner, SiteHome.open(plan.site_home(site)), plan.run_id, secure=plan.cfg.secure_aggregation.enabled
+    )
 
 
 def _git_commit() -> str | None:
     try:
         here = Path(__file__).resolve().parent  # safe.directory: a checkout owned by another user (a deployment)
-        out = subprocess.run(["git", "-c", f"safe.directory={here.parent}", "rev-parse", "HEAD"], cwd=here,
-                             capture_output=True, text=True, timeout=5, check=False)  # fmt: skip
+        out = subprocess.run(
+            ["git", "-c", f"safe.directory={here.parent}", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -454,12 +605,21 @@ def versions() -> dict[str, str]:
 
 def start_run(plan: RunPlan, bus: EventBus, engine: str) -> None:
     bus.emit(
-        ev.RUN_STARTED, "server", run_id=plan.run_id, config=to_dict(plan.cfg), config_hash=plan.config_hash,
-        git_commit=_git_commit(), versions=versions(), seed=plan.cfg.seed, sites=list(plan.sites),
-        manifests=dict(plan.manifests), engine=engine, consortium=plan.consortium,
+        ev.RUN_STARTED,
+        "server",
+        run_id=plan.run_id,
+        config=to_dict(plan.cfg),
+        config_hash=plan.config_hash,
+        git_commit=_git_commit(),
+        versions=versions(),
+        seed=plan.cfg.seed,
+        sites=list(plan.sites),
+        manifests=dict(plan.manifests),
+        engine=engine,
+        consortium=plan.consortium,
         privacy={**plan.cfg.privacy.summary(), "plans": plan.privacy_plans} if plan.cfg.privacy.enabled else None,
         secure_aggregation=_secure_summary(plan),
-    )  # fmt: skip
+    )
 
 
 def _secure_summary(plan: RunPlan) -> dict | None:
@@ -467,14 +627,28 @@ def _secure_summary(plan: RunPlan) -> dict | None:
     if not plan.cfg.secure_aggregation.enabled:
         return None
     parties = plan.consortium["parties"]
-    return {**plan.cfg.secure_aggregation.summary(), "context": plan.secagg_context, "terms": secure_terms(plan),
-            "parties": {p: {k: c[k] for k in ("role", "fingerprint", "tls_fingerprint")} | {
-                "hpke_fingerprint": hashlib.sha256(bytes.fromhex(c["hpke_key"])).hexdigest()}
-                for p, c in parties.items()}}  # fmt: skip
+    return {
+        **plan.cfg.secure_aggregation.summary(),
+        "context": plan.secagg_context,
+        "terms": secure_terms(plan),
+        "parties": {
+            p: {k: c[k] for k in ("role", "fingerprint", "tls_fingerprint")}
+            | {"hpke_fingerprint": hashlib.sha256(bytes.fromhex(c["hpke_key"])).hexdigest()}
+            for p, c in parties.items()
+        },
+    }
 
 
-def end_run(plan: RunPlan, coord: Coordinator, state: State, *, status: str, rounds: int,
-            site_metrics: dict[str, dict], seconds: float) -> dict:  # fmt: skip
+def end_run(
+    plan: RunPlan,
+    coord: Coordinator,
+    state: State,
+    *,
+    status: str,
+    rounds: int,
+    site_metrics: dict[str, dict],
+    seconds: float,
+) -> dict:
     """Save the final model, emit ``run_ended``; return the final metrics."""
     model_hash = save_state(state, asdict(plan.cfg.model), plan.run_dir / "model.safetensors")
     try:

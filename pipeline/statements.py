@@ -21,14 +21,17 @@ from pharmafl.audit.messages import canonical, statement_message
 STATEMENT_FIELDS = ("payload", "payload_sha256", "round", "run_id", "signature", "site", "type")
 
 
-def statement_problem(stmt, *, site: str, round: int | None, run_id: str, type_: str, payload: Mapping,
-                      key: bytes) -> str | None:
+def statement_problem(
+    stmt, *, site: str, round: int | None, run_id: str, type_: str, payload: Mapping, key: bytes
+) -> str | None:
     """Why ``stmt`` is not ``site``'s signed ``type_`` statement of ``payload``, or None."""
     if not isinstance(stmt, Mapping) or tuple(sorted(stmt)) != STATEMENT_FIELDS:
         return f"{type_} statement is malformed (expected exactly the fields {', '.join(STATEMENT_FIELDS)})"
     if (stmt["site"], stmt["round"], stmt["run_id"], stmt["type"]) != (site, round, run_id, type_):
-        return (f"{type_} statement is labelled {stmt['site']} round {stmt['round']} of run {stmt['run_id']!r}, "
-                f"expected {site} round {round} of {run_id!r}")
+        return (
+            f"{type_} statement is labelled {stmt['site']} round {stmt['round']} of run {stmt['run_id']!r}, "
+            f"expected {site} round {round} of {run_id!r}"
+        )
     try:
         signed, claimed = canonical(stmt["payload"]), canonical(dict(payload))
     except ValueError as exc:
@@ -40,14 +43,16 @@ def statement_problem(stmt, *, site: str, round: int | None, run_id: str, type_:
         return f"{type_} statement payload_sha256 {stmt['payload_sha256']!r} is not the payload's {digest}"
     try:
         Ed25519PublicKey.from_public_bytes(key).verify(
-            bytes.fromhex(stmt["signature"]), statement_message(run_id, round, site, type_, digest))
+            bytes.fromhex(stmt["signature"]), statement_message(run_id, round, site, type_, digest)
+        )
     except (InvalidSignature, ValueError, TypeError):
         return f"{type_} statement is not signed by {site}'s pinned key"
     return None
 
 
-def check_statements(statements, expected: list[tuple[str, dict]], *, site: str, round: int | None, run_id: str,
-                     key: bytes | None) -> tuple[dict[str, dict], str | None]:
+def check_statements(
+    statements, expected: list[tuple[str, dict]], *, site: str, round: int | None, run_id: str, key: bytes | None
+) -> tuple[dict[str, dict], str | None]:
     """``({type: statement}, None)`` when ``statements`` are exactly ``expected``, else ``({}, why)``."""
     if key is None:
         return {}, f"{site} is not pinned in the run's consortium"
@@ -61,8 +66,9 @@ def check_statements(statements, expected: list[tuple[str, dict]], *, site: str,
     if sorted(by_type, key=str) != sorted(want):
         return {}, f"result carries statements {sorted(map(str, by_type))}, expected {sorted(want)}"
     for type_, payload in expected:
-        problem = statement_problem(by_type[type_], site=site, round=round, run_id=run_id, type_=type_,
-                                    payload=payload, key=key)
+        problem = statement_problem(
+            by_type[type_], site=site, round=round, run_id=run_id, type_=type_, payload=payload, key=key
+        )
         if problem is not None:
             return {}, problem
     return by_type, None

@@ -62,24 +62,34 @@ class RunTracker:
             sites = set(p["metrics"].get("sites", {})) | {a for (rr, a) in self._privacy if rr == r and a != "server"}
             for site in sorted(sites):
                 metrics = p["metrics"].get("sites", {}).get(site, {})
-                row = {"round": r, "site": site, **metrics,
-                       "update_norm": diag.get("update_norms", {}).get(site),
-                       "cosine_to_mean": diag.get("cosine_to_mean", {}).get(site),
-                       **self._privacy.pop((r, site), {})}  # fmt: skip
+                row = {
+                    "round": r,
+                    "site": site,
+                    **metrics,
+                    "update_norm": diag.get("update_norms", {}).get(site),
+                    "cosine_to_mean": diag.get("cosine_to_mean", {}).get(site),
+                    **self._privacy.pop((r, site), {}),
+                }
                 self.rows.append(row)
                 self._scalars(site, r, row)
-            glob = {"round": r, "site": "global", **{f"test_{k}": v for k, v in p["metrics"].get("global", {}).items()},
-                    **self._privacy.pop((r, "server"), {})}  # fmt: skip
+            glob = {
+                "round": r,
+                "site": "global",
+                **{f"test_{k}": v for k, v in p["metrics"].get("global", {}).items()},
+                **self._privacy.pop((r, "server"), {}),
+            }
             self.rows.append(glob)
             self._scalars("global", r, glob)
             self._flush_rows()
         elif event.type == ev.PRIVACY_SPENT:
             self.epsilon[event.actor] = p["epsilon_total"]
             self._privacy.setdefault((p["round"], event.actor), {}).update(
-                epsilon_total=p["epsilon_total"], epsilon_round=p["epsilon_round"])
+                epsilon_total=p["epsilon_total"], epsilon_round=p["epsilon_round"]
+            )
         elif event.type == ev.CLIP:
             self._privacy.setdefault((p["round"], event.actor), {}).update(
-                clipped_fraction=p["clipped"] / p["total"] if p["total"] else 0.0)
+                clipped_fraction=p["clipped"] / p["total"] if p["total"] else 0.0
+            )
         elif event.type == ev.SITE_DECLINED:
             self.declined.append({"site": event.actor, **p})
         elif event.type == ev.ALARM:
@@ -96,9 +106,15 @@ class RunTracker:
         tmp.replace(self.run_dir / "rounds.parquet")
 
     def _finish(self, p: dict) -> None:
-        metrics = {**p.get("metrics", {}), "status": p["status"], "rounds": p["rounds"],
-                   "model_sha256": p["model_hash"], "alarms": self.alarms, "failures": self.failures,
-                   "declined": self.declined}  # fmt: skip
+        metrics = {
+            **p.get("metrics", {}),
+            "status": p["status"],
+            "rounds": p["rounds"],
+            "model_sha256": p["model_hash"],
+            "alarms": self.alarms,
+            "failures": self.failures,
+            "declined": self.declined,
+        }
         if self.epsilon:
             metrics["epsilon_spent"] = dict(sorted(self.epsilon.items()))
         write_json(self.run_dir / "metrics.json", metrics)
@@ -107,21 +123,40 @@ class RunTracker:
         site_rows = [r for r in self.rows if r["site"] != "global"]
         glob = [r for r in self.rows if r["site"] == "global" and "test_ci" in r]
         if site_rows:
-            plot_site_curves(site_rows, "global_val_ci", plots / "site_validation_ci.png",
-                             "Global model on each site's validation split (CI)")  # fmt: skip
-            plot_site_curves(site_rows, "global_val_mse", plots / "site_validation_mse.png",
-                             "Global model on each site's validation split (MSE)")  # fmt: skip
+            plot_site_curves(
+                site_rows,
+                "global_val_ci",
+                plots / "site_validation_ci.png",
+                "Global model on each site's validation split (CI)",
+            )
+            plot_site_curves(
+                site_rows,
+                "global_val_mse",
+                plots / "site_validation_mse.png",
+                "Global model on each site's validation split (MSE)",
+            )
         if any("epsilon_total" in r for r in site_rows):
-            plot_site_curves([r for r in site_rows if "epsilon_total" in r], "epsilon_total",
-                             plots / "privacy_epsilon.png", "Cumulative ε spent by each site")  # fmt: skip
+            plot_site_curves(
+                [r for r in site_rows if "epsilon_total" in r],
+                "epsilon_total",
+                plots / "privacy_epsilon.png",
+                "Cumulative ε spent by each site",
+            )
         if self.last_diagnostics and self.last_diagnostics.get("sites"):
             d = self.last_diagnostics
-            plot_cosine_heatmap(d["sites"], d["cosine_matrix"], plots / "cosine_heatmap.png",
-                                "Cosine similarity of site updates, last round")  # fmt: skip
+            plot_cosine_heatmap(
+                d["sites"],
+                d["cosine_matrix"],
+                plots / "cosine_heatmap.png",
+                "Cosine similarity of site updates, last round",
+            )
         if glob:
-            plot_global_curve([r["round"] for r in glob],
-                              {"test CI": [r["test_ci"] for r in glob], "test MSE": [r["test_mse"] for r in glob]},
-                              plots / "global_test.png", "Global model on the benchmark test set")  # fmt: skip
+            plot_global_curve(
+                [r["round"] for r in glob],
+                {"test CI": [r["test_ci"] for r in glob], "test MSE": [r["test_mse"] for r in glob]},
+                plots / "global_test.png",
+                "Global model on the benchmark test set",
+            )
 
     def close(self) -> None:
         for writer in self._writers.values():

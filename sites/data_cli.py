@@ -39,16 +39,32 @@ def _run(action: Callable[[], T]) -> T:
         raise typer.Exit(1) from exc
 
 
-def _load(source: str | None, drugs: Path | None, targets: Path | None, measurements: Path | None,
-          unit: str | None, data_dir: Path | None, quarantine: Path | None, name: str | None) -> DTIDataset:
+def _load(
+    source: str | None,
+    drugs: Path | None,
+    targets: Path | None,
+    measurements: Path | None,
+    unit: str | None,
+    data_dir: Path | None,
+    quarantine: Path | None,
+    name: str | None,
+) -> DTIDataset:
     files = (drugs, targets, measurements)
     if source is not None and any(files):
         raise typer.BadParameter("give SOURCE or --drugs/--targets/--measurements, not both")
     if source is None and not all(files):
         raise typer.BadParameter("give SOURCE, or all three of --drugs, --targets and --measurements")
     if source is None:
-        return _run(lambda: read_tables(drugs, targets, measurements, unit=unit, quarantine=quarantine,
-                                        name=name or measurements.name.split(".")[0]))
+        return _run(
+            lambda: read_tables(
+                drugs,
+                targets,
+                measurements,
+                unit=unit,
+                quarantine=quarantine,
+                name=name or measurements.name.split(".")[0],
+            )
+        )
     ds = _run(lambda: load_dataset(source, data_dir=data_dir, quarantine=quarantine, unit=unit))
     return DTIDataset(name, ds.drugs, ds.targets, ds.measurements, ds.quarantined) if name else ds
 
@@ -62,32 +78,49 @@ def _report(ds: DTIDataset, quarantine: Path | None) -> None:
 @app.command("fetch")
 def fetch_command(
     name: Annotated[str, typer.Argument(help="davis or kiba")],
-    cache_dir: Annotated[Path | None, typer.Option(
-        "--cache-dir", help="default $PHARMAFL_DATA, else ~/.cache/pharmafl")] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="default $PHARMAFL_DATA, else ~/.cache/pharmafl")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="download and convert again")] = False,
     mirror: Annotated[str, typer.Option("--mirror", help="base URL holding the upstream paths")] = BASE_URL,
 ) -> None:
     """Download the DeepDTA raw files, verify their pinned SHA-256, convert them to a store."""
     store = _run(lambda: fetch(name, cache_dir=cache_dir, force=force, base_url=mirror))
     if store.name != name:  # the cache already holds the tidy tables
-        typer.echo(f"{name}: the tidy DeepDTA tables are already in {store} (their SHA-256 pins are "
-                   "checked whenever they are loaded); nothing to fetch", err=True)
+        typer.echo(
+            f"{name}: the tidy DeepDTA tables are already in {store} (their SHA-256 pins are "
+            "checked whenever they are loaded); nothing to fetch",
+            err=True,
+        )
     typer.echo(str(store))
 
 
 @app.command("validate")
-def validate_command(source: Source = None, drugs: Drugs = None, targets: Targets = None,
-                     measurements: Measurements = None, unit: Unit = None, data_dir: DataDir = None,
-                     quarantine: Quarantine = None) -> None:
+def validate_command(
+    source: Source = None,
+    drugs: Drugs = None,
+    targets: Targets = None,
+    measurements: Measurements = None,
+    unit: Unit = None,
+    data_dir: DataDir = None,
+    quarantine: Quarantine = None,
+) -> None:
     """Check every row; print a summary, or the first problem (all of them with --quarantine)."""
     _report(_load(source, drugs, targets, measurements, unit, data_dir, quarantine, None), quarantine)
 
 
 @app.command("import")
-def import_command(out: Annotated[Path, typer.Option("--out", help="store directory to write")],
-                   source: Source = None, drugs: Drugs = None, targets: Targets = None,
-                   measurements: Measurements = None, unit: Unit = None, data_dir: DataDir = None,
-                   quarantine: Quarantine = None, name: Name = None) -> None:
+def import_command(
+    out: Annotated[Path, typer.Option("--out", help="store directory to write")],
+    source: Source = None,
+    drugs: Drugs = None,
+    targets: Targets = None,
+    measurements: Measurements = None,
+    unit: Unit = None,
+    data_dir: DataDir = None,
+    quarantine: Quarantine = None,
+    name: Name = None,
+) -> None:
     """Validate tables and write them as a Parquet store with a SHA-256 manifest."""
     ds = _load(source, drugs, targets, measurements, unit, data_dir, quarantine, name)
     store = _run(lambda: save_dataset(ds, out))

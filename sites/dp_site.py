@@ -55,13 +55,18 @@ def check_dp_model(model: torch.nn.Module, where: str) -> None:
     probe = copy.deepcopy(model)
     gsm = GradSampleModule(probe, batch_first=True, loss_reduction="sum")
     try:
-        pairs = PairTensors.build([("a", "CCO"), ("b", "c1ccccc1O")], [("t", "MKTAYIAKQR")],
-                                  [("a", "t", 1.0), ("b", "t", 2.0)], max_len=probe.config.max_len)  # fmt: skip
+        pairs = PairTensors.build(
+            [("a", "CCO"), ("b", "c1ccccc1O")],
+            [("t", "MKTAYIAKQR")],
+            [("a", "t", 1.0), ("b", "t", 2.0)],
+            max_len=probe.config.max_len,
+        )
         batch = pairs.collate([0, 1], unique=False, dense=True)
         with quiet_hooks():
             gsm(*batch.args()).sum().backward()
-        missing = [n for n, p in probe.named_parameters()
-                   if p.requires_grad and getattr(p, "grad_sample", None) is None]  # fmt: skip
+        missing = [
+            n for n, p in probe.named_parameters() if p.requires_grad and getattr(p, "grad_sample", None) is None
+        ]
     finally:
         gsm._close()
     if missing:
@@ -82,14 +87,24 @@ class DPSite:
     round. Without a ledger the accounting covers this object's rounds only.
     """
 
-    def __init__(self, inner: Site, privacy: PrivacyConfig, plan: PrivacyPlan, random: SecureRandom, *,
-                 ledger=None, run_id: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        inner: Site,
+        privacy: PrivacyConfig,
+        plan: PrivacyPlan,
+        random: SecureRandom,
+        *,
+        ledger=None,
+        run_id: str | None = None,
+    ):
         self.inner, self.id = inner, inner.id
         self.cfg = privacy.for_site(inner.id)
         units = count_units(inner.train, self.cfg.unit)
         if units != plan.units or plan.unit != self.cfg.unit:
-            raise ConfigError(f"site {inner.id}: the run planned DP for {plan.units} {plan.unit}s, the store holds "
-                              f"{units} {self.cfg.unit}s; the store changed after the run was prepared")  # fmt: skip
+            raise ConfigError(
+                f"site {inner.id}: the run planned DP for {plan.units} {plan.unit}s, the store holds "
+                f"{units} {self.cfg.unit}s; the store changed after the run was prepared"
+            )
         if ledger is not None and not run_id:
             raise ConfigError(f"site {inner.id}: a DP site with a privacy ledger needs the run id")
         self.plan, self.random, self.ledger, self.run_id = plan, random, ledger, run_id
@@ -123,25 +138,49 @@ class DPSite:
         plan = self.plan
         before, after = self.epsilon, self._epsilon(compose(self.history, plan.round_step))
         if self.budget is not None and after > self.budget:
-            return Declined(self.id, round, "privacy budget exhausted",
-                            {"epsilon_total": before, "epsilon_if_trained": after, "budget": self.budget,
-                             "epsilon_prior": self.epsilon_prior, "delta": plan.delta,
-                             "accountant": plan.accountant})  # fmt: skip
+            return Declined(
+                self.id,
+                round,
+                "privacy budget exhausted",
+                {
+                    "epsilon_total": before,
+                    "epsilon_if_trained": after,
+                    "budget": self.budget,
+                    "epsilon_prior": self.epsilon_prior,
+                    "delta": plan.delta,
+                    "accountant": plan.accountant,
+                },
+            )
         metrics = {f"global_{k}": v for k, v in self.inner.evaluate(state).items()}
         with torch_threads(self.inner.threads):
             delta, stats = self._train(round, state, instructions)
         self.history = compose(self.history, plan.round_step)
         if self.ledger is not None:
-            self.ledger.record(self.run_id, self.manifest, plan.accountant, plan.delta, self.history,
-                               epsilon_spent(self.history, plan.delta, plan.accountant))  # fmt: skip
+            self.ledger.record(
+                self.run_id,
+                self.manifest,
+                plan.accountant,
+                plan.delta,
+                self.history,
+                epsilon_spent(self.history, plan.delta, plan.accountant),
+            )
         total = self.epsilon
         n = len(self.inner.train)
         payload = wire.encode(wire.Update(self.id, round, n, {"delta": delta}))
-        privacy = {**stats.as_dict(), "epsilon_round": total - before, "epsilon_total": total,
-                   "epsilon_prior": self.epsilon_prior, "delta": plan.delta, "budget": self.budget,
-                   "accountant": plan.accountant, "noise_multiplier": plan.noise_multiplier,
-                   "sample_rate": plan.sample_rate, "steps": plan.steps_per_round, "privacy_unit": plan.unit,
-                   "noise_source": self.random.source}  # fmt: skip
+        privacy = {
+            **stats.as_dict(),
+            "epsilon_round": total - before,
+            "epsilon_total": total,
+            "epsilon_prior": self.epsilon_prior,
+            "delta": plan.delta,
+            "budget": self.budget,
+            "accountant": plan.accountant,
+            "noise_multiplier": plan.noise_multiplier,
+            "sample_rate": plan.sample_rate,
+            "steps": plan.steps_per_round,
+            "privacy_unit": plan.unit,
+            "noise_source": self.random.source,
+        }
         metrics["train_pairs"] = n
         return FitResult(self.id, round, payload, wire.sha256(payload), n, metrics, privacy)
 
@@ -155,10 +194,15 @@ class DPSite:
             base.load_state_dict(self._optimizer_state)
         stats = ClipStats(plan.clip_norm)
         optimizer = dp_optimizer(
-            base, plan.unit, noise_multiplier=plan.noise_multiplier, max_grad_norm=plan.clip_norm,
+            base,
+            plan.unit,
+            noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=plan.clip_norm,
             expected_batch_size=max(1, int(plan.sample_rate * plan.units + 0.5)),
-            random=self.random, stats=stats, after_noise=_proximal_grad(instructions.proximal_mu, model, state),
-        )  # fmt: skip
+            random=self.random,
+            stats=stats,
+            after_noise=_proximal_grad(instructions.proximal_mu, model, state),
+        )
         try:  # plan.steps_per_round covers the local epochs
             dp_round(gsm, optimizer, inner.train, plan, self.random, self.cfg.chunk_pairs)
         finally:
@@ -202,6 +246,12 @@ class UpdateClipSite:
         delta = {k: (v * scale).astype(np.float32) for k, v in upd.delta.items()}
         payload = wire.encode(wire.Update(self.id, round, upd.num_examples, {"delta": delta}))
         metrics = {k: v for k, v in res.metrics.items() if k != "train_loss"}
-        privacy = {"clip_norm": self.clip_norm, "clipped": int(norm > self.clip_norm), "total": 1,
-                   "max_norm": norm, "mean_norm": norm, "privacy_unit": "site"}  # fmt: skip
+        privacy = {
+            "clip_norm": self.clip_norm,
+            "clipped": int(norm > self.clip_norm),
+            "total": 1,
+            "max_norm": norm,
+            "mean_norm": norm,
+            "privacy_unit": "site",
+        }
         return FitResult(self.id, round, payload, wire.sha256(payload), res.num_examples, metrics, privacy)

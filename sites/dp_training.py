@@ -58,8 +58,13 @@ class ClipStats:
 
     def as_dict(self) -> dict:
         mean = self.sum_norm / self.total if self.total else 0.0
-        return {"clip_norm": self.clip_norm, "clipped": self.clipped, "total": self.total,
-                "max_norm": self.max_norm, "mean_norm": mean}  # fmt: skip
+        return {
+            "clip_norm": self.clip_norm,
+            "clipped": self.clipped,
+            "total": self.total,
+            "max_norm": self.max_norm,
+            "mean_norm": mean,
+        }
 
 
 class _SecureNoise:
@@ -121,8 +126,9 @@ def wrap(model: torch.nn.Module, unit: str, clip_norm: float):
     """The Opacus module for ``unit``: ghost clipping for pairs, per-sample gradients for compounds."""
     if unit == "compound":
         return GradSampleModule(model, batch_first=True, loss_reduction="sum")
-    return GhostClippingModule(model, batch_first=True, loss_reduction="sum", max_grad_norm=clip_norm,
-                               use_ghost_clipping=True)  # fmt: skip
+    return GhostClippingModule(
+        model, batch_first=True, loss_reduction="sum", max_grad_norm=clip_norm, use_ghost_clipping=True
+    )
 
 
 def dp_optimizer(optimizer, unit: str, **kwargs):
@@ -172,8 +178,9 @@ def count_units(pairs: PairTensors, unit: str) -> int:
     return int(units_of(pairs, unit).max()) + 1 if len(pairs) else 0
 
 
-def dp_round(model, optimizer: _SecureNoise, pairs: PairTensors, plan: PrivacyPlan, random: SecureRandom,
-             chunk_pairs: int) -> None:  # fmt: skip
+def dp_round(
+    model, optimizer: _SecureNoise, pairs: PairTensors, plan: PrivacyPlan, random: SecureRandom, chunk_pairs: int
+) -> None:
     """``plan.steps_per_round`` DP-SGD steps of ``model`` (the module :func:`wrap` returned).
 
     Returns nothing: the training loss and batch sizes are statistics of the training data
@@ -181,8 +188,9 @@ def dp_round(model, optimizer: _SecureNoise, pairs: PairTensors, plan: PrivacyPl
     """
     unit_of_pair = units_of(pairs, plan.unit)
     n_units = int(unit_of_pair.max()) + 1
-    pairs_of_unit = np.split(np.argsort(unit_of_pair, kind="stable"),
-                             np.cumsum(np.bincount(unit_of_pair, minlength=n_units))[:-1])  # fmt: skip
+    pairs_of_unit = np.split(
+        np.argsort(unit_of_pair, kind="stable"), np.cumsum(np.bincount(unit_of_pair, minlength=n_units))[:-1]
+    )
     model.train()
     for _ in range(plan.steps_per_round):
         chosen = np.flatnonzero(random.bernoulli(n_units, plan.sample_rate))

@@ -60,8 +60,14 @@ class Layout:
 
     @property
     def files(self) -> tuple[str, ...]:
-        return ("ligands_can.txt", "ligands_iso.txt", "proteins.txt", self.affinity,
-                "folds/train_fold_setting1.txt", "folds/test_fold_setting1.txt")
+        return (
+            "ligands_can.txt",
+            "ligands_iso.txt",
+            "proteins.txt",
+            self.affinity,
+            "folds/train_fold_setting1.txt",
+            "folds/test_fold_setting1.txt",
+        )
 
 
 LAYOUTS = {
@@ -74,32 +80,55 @@ PINS: Mapping[str, tuple[Pin, ...]] = {
         Pin("data/davis/ligands_can.txt", 5306, "141094d99510a52091d2ea1b05be7c1f66b2c5fcaeeeb261eaf4cbf2128bde6d"),
         Pin("data/davis/ligands_iso.txt", 5452, "58b3cd168ed12962eb856e4e4e5dab1abbd42d6c0912eed2b9987bf578c7fafd"),
         Pin("data/davis/proteins.txt", 355211, "187cedeee10cd3b58af915a2861a5ed0c4ff42a2d728f4dea5e0b47e3d75b291"),
-        Pin("data/davis/drug-target_interaction_affinities_Kd__Davis_et_al.2011v1.txt", 164306,
-            "e2c3d003d49aff61f70be24feafd8d084b0df9404d919338088855828e252d88"),
-        Pin("data/davis/folds/train_fold_setting1.txt", 166040,
-            "bb7a63b2178c40a4e2417bc701b95511407787fa5eabb6a43a695fe6bd722f56"),
-        Pin("data/davis/folds/test_fold_setting1.txt", 33252,
-            "c97589fa2fae318b01870854af0ab6fdd155dd38524cc6ac1d0319418ac6d568"),
+        Pin(
+            "data/davis/drug-target_interaction_affinities_Kd__Davis_et_al.2011v1.txt",
+            164306,
+            "e2c3d003d49aff61f70be24feafd8d084b0df9404d919338088855828e252d88",
+        ),
+        Pin(
+            "data/davis/folds/train_fold_setting1.txt",
+            166040,
+            "bb7a63b2178c40a4e2417bc701b95511407787fa5eabb6a43a695fe6bd722f56",
+        ),
+        Pin(
+            "data/davis/folds/test_fold_setting1.txt",
+            33252,
+            "c97589fa2fae318b01870854af0ab6fdd155dd38524cc6ac1d0319418ac6d568",
+        ),
     ),
     "kiba": (
         Pin("data/kiba/ligands_can.txt", 165908, "a95797abaf31b17bd2471dbf3e3476f588d5a79797903cc156528f66e55c963b"),
         Pin("data/kiba/ligands_iso.txt", 169771, "b141f83ca38af4bf53c6bb70cd466e8bdf4fd175d52102ebc41f15a986df9012"),
         Pin("data/kiba/proteins.txt", 170137, "2ba9dbc2959d88b0740aaf28828c4c611c2dbd1c2019547eb2ec1c3daa192604"),
-        Pin("data/kiba/kiba_binding_affinity_v2.txt", 2864308,
-            "0b062d3f51e80b63acda95bcc6364cacafa744d1dcd2d97293ccc878540b5732"),
-        Pin("data/kiba/folds/train_fold_setting1.txt", 695885,
-            "da74eeeb2c3e7d52a2fd6daac0dc105bba097c222337230eec69d9fd7e1c301e"),
-        Pin("data/kiba/folds/test_fold_setting1.txt", 139047,
-            "92801eec2caddf950235c6c6a46d999d2eeeaa6d35cbeffd68c72a5cf54b208d"),
+        Pin(
+            "data/kiba/kiba_binding_affinity_v2.txt",
+            2864308,
+            "0b062d3f51e80b63acda95bcc6364cacafa744d1dcd2d97293ccc878540b5732",
+        ),
+        Pin(
+            "data/kiba/folds/train_fold_setting1.txt",
+            695885,
+            "da74eeeb2c3e7d52a2fd6daac0dc105bba097c222337230eec69d9fd7e1c301e",
+        ),
+        Pin(
+            "data/kiba/folds/test_fold_setting1.txt",
+            139047,
+            "92801eec2caddf950235c6c6a46d999d2eeeaa6d35cbeffd68c72a5cf54b208d",
+        ),
     ),
 }
 
 
 def _mismatch(path: Path, pin: Pin, size: int, sha256: str, name: str, url: str, *, downloaded: bool) -> FetchError:
-    action = ("the download was discarded and not used" if downloaded else
-              f"the file was not used; delete it and re-run `pharmafl data fetch {name}`, or replace it with {url}")
-    return FetchError(f"{path}: does not match the pin for {pin.path} at DeepDTA commit {COMMIT}: expected "
-                      f"{pin.size} bytes, sha256 {pin.sha256}; got {size} bytes, sha256 {sha256}; {action}")
+    action = (
+        "the download was discarded and not used"
+        if downloaded
+        else f"the file was not used; delete it and re-run `pharmafl data fetch {name}`, or replace it with {url}"
+    )
+    return FetchError(
+        f"{path}: does not match the pin for {pin.path} at DeepDTA commit {COMMIT}: expected "
+        f"{pin.size} bytes, sha256 {pin.sha256}; got {size} bytes, sha256 {sha256}; {action}"
+    )
 
 
 def verify(path: Path, pin: Pin, *, name: str, url: str) -> None:
@@ -134,8 +163,9 @@ def download(url: str, dest: Path, pin: Pin, *, name: str) -> None:
             os.unlink(tmp)
 
 
-def ensure_raw(name: str, cache: Path, *, pins: Mapping[str, tuple[Pin, ...]] = PINS,
-               base_url: str = BASE_URL, force: bool = False) -> Path:
+def ensure_raw(
+    name: str, cache: Path, *, pins: Mapping[str, tuple[Pin, ...]] = PINS, base_url: str = BASE_URL, force: bool = False
+) -> Path:
     """Make ``<cache>/raw/<name>`` hold every pinned raw file, verified; return that folder.
 
     Files already there are verified and used (re-downloaded with ``force``). After the first
@@ -164,9 +194,12 @@ def ensure_raw(name: str, cache: Path, *, pins: Mapping[str, tuple[Pin, ...]] = 
             missing.append((dest, url))
     if missing:
         listing = "\n".join(f"  {dest}  <-  {url}" for dest, url in missing)
-        raise FetchError(f"could not download {len(missing)} {name} file(s) ({failure}). Place each file at its path "
-                         f"(source URL at DeepDTA commit {COMMIT}):\n{listing}\nthen re-run `pharmafl data fetch "
-                         f"{name} --cache-dir {cache}`: it verifies each file's size and SHA-256 against the pinned values and uses them.")
+        raise FetchError(
+            f"could not download {len(missing)} {name} file(s) ({failure}). Place each file at its path "
+            f"(source URL at DeepDTA commit {COMMIT}):\n{listing}\nthen re-run `pharmafl data fetch "
+            f"{name} --cache-dir {cache}`: it verifies each file's size and SHA-256 against the pinned values "
+            "and uses them."
+        )
     return raw
 
 
@@ -176,8 +209,11 @@ def _json(path: Path, kind: type) -> object:
     except (OSError, ValueError) as exc:
         raise DataError(f"not readable as JSON: {exc}", Location(path), "restore the pinned upstream file") from exc
     if not isinstance(value, kind):
-        raise DataError(f"expected a JSON {kind.__name__}, found {type(value).__name__}", Location(path),
-                        "restore the pinned upstream file")
+        raise DataError(
+            f"expected a JSON {kind.__name__}, found {type(value).__name__}",
+            Location(path),
+            "restore the pinned upstream file",
+        )
     return value
 
 
@@ -187,11 +223,17 @@ def fold_labels(train: list, test: list, n_measured: int, file: Path) -> np.ndar
     for label, indices in [(f"train{k}", fold) for k, fold in enumerate(train)] + [("test", test)]:
         for index in indices:
             if not isinstance(index, int) or not 0 <= index < n_measured:
-                raise DataError(f"fold index {index!r} is not a measured cell (0..{n_measured - 1})",
-                                Location(file, ident=label), "restore the pinned upstream fold file")
+                raise DataError(
+                    f"fold index {index!r} is not a measured cell (0..{n_measured - 1})",
+                    Location(file, ident=label),
+                    "restore the pinned upstream fold file",
+                )
             if folds[index] is not None:
-                raise DataError(f"cell {index} is in both {folds[index]} and {label}", Location(file, ident=label),
-                                "restore the pinned upstream fold file")
+                raise DataError(
+                    f"cell {index} is in both {folds[index]} and {label}",
+                    Location(file, ident=label),
+                    "restore the pinned upstream fold file",
+                )
             folds[index] = label
     return folds
 
@@ -202,16 +244,22 @@ def convert_deepdta(raw: Path, name: str, *, layout: Layout | None = None) -> DT
     can, iso = _json(raw / "ligands_can.txt", dict), _json(raw / "ligands_iso.txt", dict)
     proteins = _json(raw / "proteins.txt", dict)
     if list(can) != list(iso):
-        raise DataError("ligands_iso.txt lists other ids or another order than ligands_can.txt",
-                        Location(raw / "ligands_iso.txt"), "restore the pinned upstream files")
+        raise DataError(
+            "ligands_iso.txt lists other ids or another order than ligands_can.txt",
+            Location(raw / "ligands_iso.txt"),
+            "restore the pinned upstream files",
+        )
     matrix_file = raw / layout.affinity
     try:
         y = np.loadtxt(matrix_file, dtype=float, ndmin=2)
     except (OSError, ValueError) as exc:
         raise DataError(f"unreadable affinity matrix: {exc}", Location(matrix_file), "restore the pinned file") from exc
     if y.shape != (len(can), len(proteins)):
-        raise DataError(f"matrix is {y.shape[0]} x {y.shape[1]}, expected {len(can)} drugs x {len(proteins)} targets",
-                        Location(matrix_file), "restore the pinned upstream files")
+        raise DataError(
+            f"matrix is {y.shape[0]} x {y.shape[1]}, expected {len(can)} drugs x {len(proteins)} targets",
+            Location(matrix_file),
+            "restore the pinned upstream files",
+        )
     rows, cols = np.where(~np.isnan(y))
     train_file, test_file = raw / "folds/train_fold_setting1.txt", raw / "folds/test_fold_setting1.txt"
     train, test = _json(train_file, list), _json(test_file, list)
@@ -221,14 +269,21 @@ def convert_deepdta(raw: Path, name: str, *, layout: Layout | None = None) -> DT
     drug_ids, target_ids = np.array(list(can), dtype=object), np.array(list(proteins), dtype=object)
     drugs = pd.DataFrame({"drug_id": list(can), "smiles": list(can.values()), "smiles_iso": list(iso.values())})
     targets = pd.DataFrame({"target_id": list(proteins), "sequence": list(proteins.values())})
-    measurements = pd.DataFrame({"drug_id": drug_ids[rows], "target_id": target_ids[cols],
-                                 "affinity": y[rows, cols], "fold": folds})
+    measurements = pd.DataFrame(
+        {"drug_id": drug_ids[rows], "target_id": target_ids[cols], "affinity": y[rows, cols], "fold": folds}
+    )
     files = (raw / "ligands_can.txt", raw / "proteins.txt", matrix_file)
     return from_frames(drugs, targets, measurements, name=name, unit=layout.unit, files=[str(f) for f in files])
 
 
-def fetch(name: str, *, cache_dir: Path | None = None, force: bool = False,
-          pins: Mapping[str, tuple[Pin, ...]] = PINS, base_url: str = BASE_URL) -> Path:
+def fetch(
+    name: str,
+    *,
+    cache_dir: Path | None = None,
+    force: bool = False,
+    pins: Mapping[str, tuple[Pin, ...]] = PINS,
+    base_url: str = BASE_URL,
+) -> Path:
     """Fetch, verify and convert public dataset ``name``; return its store ``<cache>/<name>``.
 
     An existing store is returned as is unless ``force``; so is the cache directory itself when
@@ -249,5 +304,6 @@ def fetch(name: str, *, cache_dir: Path | None = None, force: bool = False,
         raw = ensure_raw(name, cache, pins=pins, base_url=base_url, force=force)
         return save_dataset(convert_deepdta(raw, name), store)
     except PermissionError as exc:
-        raise FetchError(f"cannot write to the cache {cache}: {exc}; pass --cache-dir (cache_dir=) "
-                         "naming a writable folder") from exc
+        raise FetchError(
+            f"cannot write to the cache {cache}: {exc}; pass --cache-dir (cache_dir=) naming a writable folder"
+        ) from exc

@@ -27,7 +27,7 @@ import shutil
 import stat
 import tempfile
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +53,17 @@ PASSPHRASE_FILE = "passphrase"
 SITE_FILE = "site.json"
 CARD_FILE = "site-card.json"
 STATEMENTS = "statements.jsonl"
-CARD_FIELDS = ("counts", "created", "fingerprint", "format", "manifest_sha256", "public_key", "signature", "site",
-               "units")  # fmt: skip
+CARD_FIELDS = (
+    "counts",
+    "created",
+    "fingerprint",
+    "format",
+    "manifest_sha256",
+    "public_key",
+    "signature",
+    "site",
+    "units",
+)
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -62,8 +71,10 @@ _HEX = re.compile(r"[0-9a-f]+")
 def check_id(value: Any, what: str) -> str:
     """Refuse a site or run id that cannot name a directory and a ledger actor."""
     if not isinstance(value, str) or not _ID.fullmatch(value):
-        raise ConfigError(f"{what} {value!r} is not valid: use 1-128 letters, digits and '._-', "
-                          "starting with a letter or digit (e.g. 'site-01')")
+        raise ConfigError(
+            f"{what} {value!r} is not valid: use 1-128 letters, digits and '._-', "
+            "starting with a letter or digit (e.g. 'site-01')"
+        )
     return value
 
 
@@ -88,19 +99,29 @@ def check_card(card: Any, where: str) -> dict:
     check_id(card["site"], f"{where}: site id")
     if not _hex(card["public_key"], 64) or not _hex(card["signature"], 128) or not _hex(card["manifest_sha256"], 64):
         raise ConfigError(f"{where}: public_key (64), signature (128) and manifest_sha256 (64) must be lowercase hex")
-    if not isinstance(card["created"], str) or not _counts(card["counts"]) or not _counts(card["units"]) \
-            or set(card["units"]) != {"pair", "compound"}:  # fmt: skip
-        raise ConfigError(f"{where}: card fields created (text), counts and units ({{'pair', 'compound'}}: "
-                          "non-negative integers) are malformed")
+    if (
+        not isinstance(card["created"], str)
+        or not _counts(card["counts"])
+        or not _counts(card["units"])
+        or set(card["units"]) != {"pair", "compound"}
+    ):
+        raise ConfigError(
+            f"{where}: card fields created (text), counts and units ({{'pair', 'compound'}}: "
+            "non-negative integers) are malformed"
+        )
     raw = bytes.fromhex(card["public_key"])
     if hashlib.sha256(raw).hexdigest() != card["fingerprint"]:
-        raise ConfigError(f"{where}: fingerprint {card['fingerprint']!r} is not the SHA-256 of the card's public key "
-                          f"({hashlib.sha256(raw).hexdigest()}); the card was altered")
+        raise ConfigError(
+            f"{where}: fingerprint {card['fingerprint']!r} is not the SHA-256 of the card's public key "
+            f"({hashlib.sha256(raw).hexdigest()}); the card was altered"
+        )
     try:
         Ed25519PublicKey.from_public_bytes(raw).verify(bytes.fromhex(card["signature"]), messages.card_message(card))
     except (InvalidSignature, ValueError):
-        raise ConfigError(f"{where}: the card's signature does not verify under its public key; the card was "
-                          f"altered after {card['site']} signed it") from None
+        raise ConfigError(
+            f"{where}: the card's signature does not verify under its public key; the card was "
+            f"altered after {card['site']} signed it"
+        ) from None
     return card
 
 
@@ -124,7 +145,7 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def append_line(path: Path, line: str) -> None:
@@ -143,7 +164,7 @@ def append_line(path: Path, line: str) -> None:
             os.ftruncate(fd, data.rfind(b"\n") + 1)
         data = (line + "\n").encode()
         while data:
-            data = data[os.write(fd, data):]
+            data = data[os.write(fd, data) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -189,14 +210,21 @@ class PrivacyLedger:
         """``{run_id: {"accountant", "delta", "history", "epsilon"}}`` on the dataset ``manifest``."""
         runs = self._read()["datasets"].get(manifest, {}).get("runs", {})
         for run_id, rec in runs.items():
-            if not (isinstance(rec, dict) and isinstance(rec.get("history"), list) and "accountant" in rec
-                    and "delta" in rec):  # fmt: skip
-                raise ConfigError(f"{self.path}: run {run_id!r} on dataset {manifest[:12]} is malformed; "
-                                  "restore the privacy ledger from backup")
+            if not (
+                isinstance(rec, dict)
+                and isinstance(rec.get("history"), list)
+                and "accountant" in rec
+                and "delta" in rec
+            ):
+                raise ConfigError(
+                    f"{self.path}: run {run_id!r} on dataset {manifest[:12]} is malformed; "
+                    "restore the privacy ledger from backup"
+                )
         return runs
 
-    def prior(self, manifest: str, accountant: str, delta: float, *, exclude: str | None = None
-              ) -> tuple[History, float]:  # fmt: skip
+    def prior(
+        self, manifest: str, accountant: str, delta: float, *, exclude: str | None = None
+    ) -> tuple[History, float]:
         """What runs other than ``exclude`` spent on ``manifest``: the history that composes with
         this run's (same accountant and δ), and the ε of the others, summed (:func:`split_prior`)."""
         runs = {k: v for k, v in self.runs(manifest).items() if k != exclude}
@@ -218,13 +246,18 @@ class PrivacyLedger:
             )
         return [tuple(h) for h in rec["history"]]
 
-    def record(self, run_id: str, manifest: str, accountant: str, delta: float, history: History,
-               epsilon: float) -> None:  # fmt: skip
+    def record(
+        self, run_id: str, manifest: str, accountant: str, delta: float, history: History, epsilon: float
+    ) -> None:
         """Set run ``run_id``'s history and ε on ``manifest`` (atomic: tmp + fsync + rename)."""
         doc = self._read()
         dataset = doc["datasets"].setdefault(manifest, {"runs": {}})
-        dataset["runs"][run_id] = {"accountant": accountant, "delta": delta,
-                                   "history": [list(h) for h in history], "epsilon": float(epsilon)}
+        dataset["runs"][run_id] = {
+            "accountant": accountant,
+            "delta": delta,
+            "history": [list(h) for h in history],
+            "epsilon": float(epsilon),
+        }
         _write_json(self.path, doc)
 
 
@@ -236,8 +269,7 @@ def home_passphrase(home: Path, given: str | None, env: str = PASSPHRASE_ENV, wh
     file = home / PASSPHRASE_FILE
     if file.is_file():
         if stat.S_IMODE(file.stat().st_mode) & 0o077:
-            raise ConfigError(f"{file}: readable by others (mode {stat.S_IMODE(file.stat().st_mode):o}); "
-                              "chmod 600 it")
+            raise ConfigError(f"{file}: readable by others (mode {stat.S_IMODE(file.stat().st_mode):o}); chmod 600 it")
         return file.read_text(encoding="utf-8").strip()
     if os.environ.get(env):
         return os.environ[env]
@@ -264,10 +296,21 @@ class SiteHome:
         return self.config.get("epsilon_budget")
 
     @classmethod
-    def init(cls, home: Path, site: str, dataset: DTIDataset, *, passphrase: str | None = None,
-             simulated: bool = False, val_fraction: float = 0.1, seed: int = 0, epsilon_budget: float | None = None,
-             delta: float | None = None, partition: dict | None = None,
-             scrypt_n: int = DEFAULT_SCRYPT_N) -> SiteHome:  # fmt: skip
+    def init(
+        cls,
+        home: Path,
+        site: str,
+        dataset: DTIDataset,
+        *,
+        passphrase: str | None = None,
+        simulated: bool = False,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        epsilon_budget: float | None = None,
+        delta: float | None = None,
+        partition: dict | None = None,
+        scrypt_n: int = DEFAULT_SCRYPT_N,
+    ) -> SiteHome:
         """Create the home of ``site`` holding ``dataset`` (validated tables) at ``home``.
 
         Splits the rows into local train/val/test folds (DeepDTA's test fold stays test),
@@ -295,13 +338,19 @@ class SiteHome:
         home.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{home.name}.init-", dir=home.parent))  # mode 0700
         try:
-            write_site_store(dataset, rows, staging / "store", site=site, val_fraction=val_fraction, seed=seed,
-                             partition=partition)  # fmt: skip
+            write_site_store(
+                dataset, rows, staging / "store", site=site, val_fraction=val_fraction, seed=seed, partition=partition
+            )
             store = replace(SiteStore.open(staging / "store"), site=site)
             key = KeyStore(staging / "keys", passphrase, scrypt_n=scrypt_n, allowed={site}).get_or_create(site)
             created = _now()
-            config = {"format": SITE_FORMAT, "site": site, "epsilon_budget": epsilon_budget, "delta": delta,
-                      "created": created}
+            config = {
+                "format": SITE_FORMAT,
+                "site": site,
+                "epsilon_budget": epsilon_budget,
+                "delta": delta,
+                "created": created,
+            }
             card = messages.make_card(key.sign, _card_fields(site, store, raw_public_key(key), created))
             _write_json(staging / SITE_FILE, config)
             _write_json(staging / CARD_FILE, card)
@@ -334,15 +383,19 @@ class SiteHome:
         try:
             key = keys.get(site)
         except PharmaflError:
-            raise ConfigError(f"{keys.file_for(site)}: cannot unlock {site}'s key: wrong passphrase (check "
-                              f"${PASSPHRASE_ENV}), or the key file was altered (restore keys/ from backup)") from None
+            raise ConfigError(
+                f"{keys.file_for(site)}: cannot unlock {site}'s key: wrong passphrase (check "
+                f"${PASSPHRASE_ENV}), or the key file was altered (restore keys/ from backup)"
+            ) from None
         store = replace(SiteStore.open(home / "store"), site=site)
         card = check_card(read_json(home / CARD_FILE, "site card"), str(home / CARD_FILE))
         expected = {"site": site, "public_key": raw_public_key(key).hex(), "manifest_sha256": store.manifest_sha256}
         wrong = {k: card[k] for k, v in expected.items() if card[k] != v}
         if wrong:
-            raise ConfigError(f"{home / CARD_FILE}: {wrong} does not match the home's "
-                              f"{ {k: expected[k] for k in wrong} }; the card is not this home's")
+            raise ConfigError(
+                f"{home / CARD_FILE}: {wrong} does not match the home's "
+                f"{ {k: expected[k] for k in wrong} }; the card is not this home's"
+            )
         return cls(home, config, card, store, key)
 
     # --- statements -----------------------------------------------------------------------
@@ -358,8 +411,9 @@ class SiteHome:
     def sign_statement(self, run_id: str, round: int | None, type: str, payload: dict) -> dict:
         """Sign ``payload`` as this site's ``type`` statement of ``run_id``/``round``; the
         statement is on disk (``runs/<run_id>/statements.jsonl``, fsynced) before it is returned."""
-        stmt = messages.make_statement(self._key.sign, run_id=run_id, round=round, site=self.site, type=type,
-                                       payload=payload)  # fmt: skip
+        stmt = messages.make_statement(
+            self._key.sign, run_id=run_id, round=round, site=self.site, type=type, payload=payload
+        )
         append_line(self.run_dir(run_id) / STATEMENTS, messages.canonical(stmt))
         return stmt
 
@@ -376,8 +430,11 @@ class SiteHome:
     # --- consortium and witness ------------------------------------------------------------
 
     def accepted_rosters(self) -> list[str]:
-        doc = read_json(self.path / "consortia.json", "consortia file") if (self.path / "consortia.json").exists() \
-            else {"accepted": []}  # fmt: skip
+        doc = (
+            read_json(self.path / "consortia.json", "consortia file")
+            if (self.path / "consortia.json").exists()
+            else {"accepted": []}
+        )
         if not isinstance(doc, dict) or not isinstance(doc.get("accepted"), list):
             raise ConfigError(f"{self.path / 'consortia.json'}: expected {{'accepted': [roster_sha256, ...]}}")
         return list(doc["accepted"])
@@ -396,8 +453,10 @@ class SiteHome:
         check_parties(consortium.get("parties") or {}, where)
         mine = cards.get(self.site)
         if mine is None or messages.canonical(mine) != messages.canonical(self.card):
-            raise ConfigError(f"{where}: {'does not hold' if mine is None else 'holds an altered copy of'} this "
-                              f"site's card (fingerprint {self.fingerprint}); do not accept it")
+            raise ConfigError(
+                f"{where}: {'does not hold' if mine is None else 'holds an altered copy of'} this "
+                f"site's card (fingerprint {self.fingerprint}); do not accept it"
+            )
         digest = roster_sha256(cards, consortium.get("parties"))
         if consortium.get("roster_sha256") != digest:
             raise ConfigError(f"{where}: roster_sha256 {consortium.get('roster_sha256')!r} is not the cards' {digest}")
@@ -414,14 +473,21 @@ class SiteHome:
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{self.site}: the run's consortium is malformed ({exc})") from None
         if digest not in self.accepted_rosters():
-            raise ConfigError(f"{self.site} did not accept the run's consortium (roster {digest[:16]}...): it seals "
-                              f"shares only to the parties of a roster it accepted (pharmafl site accept)")
+            raise ConfigError(
+                f"{self.site} did not accept the run's consortium (roster {digest[:16]}...): it seals "
+                f"shares only to the parties of a roster it accepted (pharmafl site accept)"
+            )
 
     def witness(self) -> Witness:
         """The site's witness of run logs (``home/witness``), cosigning with the site key; it
         reads the accepted rosters (``consortia.json``) at every first contact."""
-        return Witness(self.path / "witness", self.site, self._key.sign, self.public_key,
-                       accepted_rosters=lambda: set(self.accepted_rosters()))  # fmt: skip
+        return Witness(
+            self.path / "witness",
+            self.site,
+            self._key.sign,
+            self.public_key,
+            accepted_rosters=lambda: set(self.accepted_rosters()),
+        )
 
     @property
     def privacy(self) -> PrivacyLedger:
@@ -430,8 +496,19 @@ class SiteHome:
 
 def _card_fields(site: str, store: SiteStore, public_key: bytes, created: str) -> dict:
     folds = store.dataset.measurements["fold"]
-    counts = {"compounds": len(store.dataset.drugs), "pairs": len(folds), "targets": len(store.dataset.targets),
-              **{s: int(folds.eq(s).sum()) for s in LOCAL_SPLITS}}
-    return {"counts": counts, "created": created, "fingerprint": hashlib.sha256(public_key).hexdigest(),
-            "format": CARD_FORMAT, "manifest_sha256": store.manifest_sha256, "public_key": public_key.hex(),
-            "site": site, "units": {u: store_units(store, u) for u in ("pair", "compound")}}
+    counts = {
+        "compounds": len(store.dataset.drugs),
+        "pairs": len(folds),
+        "targets": len(store.dataset.targets),
+        **{s: int(folds.eq(s).sum()) for s in LOCAL_SPLITS},
+    }
+    return {
+        "counts": counts,
+        "created": created,
+        "fingerprint": hashlib.sha256(public_key).hexdigest(),
+        "format": CARD_FORMAT,
+        "manifest_sha256": store.manifest_sha256,
+        "public_key": public_key.hex(),
+        "site": site,
+        "units": {u: store_units(store, u) for u in ("pair", "compound")},
+    }

@@ -43,8 +43,10 @@ def check_kit(kit: Path, role: str) -> Path:
     if not marker.is_file():
         found = [r for r, m in KIT_MARKERS.items() if (kit / "startup" / m).is_file()]
         what = f"the {found[0]} kit" if found else "no startup kit"
-        raise ConfigError(f"{kit} is {what}, not the startup kit of an NVFlare {role} (no startup/{marker.name}); "
-                          f"give the folder nvflare provision wrote for the {role} (consortium init prints it)")
+        raise ConfigError(
+            f"{kit} is {what}, not the startup kit of an NVFlare {role} (no startup/{marker.name}); "
+            f"give the folder nvflare provision wrote for the {role} (consortium init prints it)"
+        )
     return kit
 
 
@@ -73,24 +75,33 @@ def write_site_config(kit: Path, home: Path, cache_dir: Path | None = None) -> P
     home = Path(home).absolute()
     card = check_card(read_json(home / CARD_FILE, "site card (is this a site home?)"), str(home / CARD_FILE))
     if card["site"] != name:
-        raise ConfigError(f"{home} is the home of {card['site']!r}, but the kit {kit} belongs to {name!r}; give this "
-                          "site's own kit and home")
+        raise ConfigError(
+            f"{home} is the home of {card['site']!r}, but the kit {kit} belongs to {name!r}; give this "
+            "site's own kit and home"
+        )
     cache = str(Path(cache_dir).absolute()) if cache_dir is not None else None
-    return write_local_config(kit, {"cache_dir": cache, "format": LOCAL_FORMAT, "role": "site", "site": name,
-                        "site_home": str(home)})  # fmt: skip
+    return write_local_config(
+        kit, {"cache_dir": cache, "format": LOCAL_FORMAT, "role": "site", "site": name, "site_home": str(home)}
+    )
 
 
 def read_local_config(kit: Path, role: str, *, fix: str) -> dict[str, Any]:
     """The kit's ``local/pharmafl.json`` of ``role``, checked; ``fix`` says how to write it."""
     path = local_config_path(kit)
     if not path.is_file():
-        raise ConfigError(f"{path}: missing; the {role}'s startup kit does not say where its pharmafl data is. "
-                          f"On that machine: {fix}")
+        raise ConfigError(
+            f"{path}: missing; the {role}'s startup kit does not say where its pharmafl data is. On that machine: {fix}"
+        )
     doc = read_json(path, "pharmafl kit config")
-    if not isinstance(doc, dict) or doc.get("format") != LOCAL_FORMAT or doc.get("role") != role \
-            or tuple(sorted(doc)) != _FIELDS[role]:  # fmt: skip
-        raise ConfigError(f"{path}: not a {role}'s {LOCAL_FORMAT} file (fields {list(_FIELDS[role])}); write it "
-                          f"again: {fix}")
+    if (
+        not isinstance(doc, dict)
+        or doc.get("format") != LOCAL_FORMAT
+        or doc.get("role") != role
+        or tuple(sorted(doc)) != _FIELDS[role]
+    ):
+        raise ConfigError(
+            f"{path}: not a {role}'s {LOCAL_FORMAT} file (fields {list(_FIELDS[role])}); write it again: {fix}"
+        )
     for key in ("site_home", "runs", "cache_dir"):
         if doc.get(key) is not None and not Path(doc[key]).is_absolute():
             raise ConfigError(f"{path}: {key} {doc[key]!r} is not an absolute path; write it again: {fix}")
@@ -102,10 +113,13 @@ def site_of_kit(kit: Path, site: str) -> tuple[Path, Path | None]:
     fix = f"pharmafl site nvflare-config --home SITE_HOME --kit {kit}"
     doc = read_local_config(kit, "site", fix=fix)
     if doc["site"] != site:
-        raise ConfigError(f"{local_config_path(kit)} names site {doc['site']!r}, but this kit runs as {site!r}; "
-                          f"write it again: {fix}")
+        raise ConfigError(
+            f"{local_config_path(kit)} names site {doc['site']!r}, but this kit runs as {site!r}; write it again: {fix}"
+        )
     home = Path(doc["site_home"])
     if not (home / CARD_FILE).is_file():
-        raise ConfigError(f"{local_config_path(kit)}: site_home {home} holds no {CARD_FILE} (moved or not readable "
-                          f"by this user?); write it again: {fix}")
+        raise ConfigError(
+            f"{local_config_path(kit)}: site_home {home} holds no {CARD_FILE} (moved or not readable "
+            f"by this user?); write it again: {fix}"
+        )
     return home, Path(doc["cache_dir"]) if doc["cache_dir"] else None

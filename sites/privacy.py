@@ -120,14 +120,30 @@ class PrivacyConfig:
         over = self.sites.get(site) or {}
         if not over:
             return self
-        _check_values(f"privacy.sites.{site}", over.get("epsilon"), over.get("delta"), over.get("noise_multiplier"),
-                      over.get("clip_norm", self.clip_norm))  # fmt: skip
+        _check_values(
+            f"privacy.sites.{site}",
+            over.get("epsilon"),
+            over.get("delta"),
+            over.get("noise_multiplier"),
+            over.get("clip_norm", self.clip_norm),
+        )
         return replace(self, sites={}, **over)
 
     def summary(self) -> dict:
         """What the run_started event and reports record."""
-        d = {k: getattr(self, k) for k in ("mode", "epsilon", "delta", "noise_multiplier", "clip_norm",
-                                          "accountant", "on_exhausted", "noise_source")}  # fmt: skip
+        d = {
+            k: getattr(self, k)
+            for k in (
+                "mode",
+                "epsilon",
+                "delta",
+                "noise_multiplier",
+                "clip_norm",
+                "accountant",
+                "on_exhausted",
+                "noise_source",
+            )
+        }
         d["unit"] = "site" if self.mode == "client" else self.unit
         d["protects"] = UNIT_WORDS[d["unit"]]
         d["sites"] = {k: dict(v) for k, v in sorted(self.sites.items())}
@@ -188,8 +204,8 @@ def split_prior(runs: Mapping[str, Mapping], accountant: str, delta: float) -> t
     Runs under the same accountant and δ compose exactly: their histories are concatenated
     (an Opacus accountant composes every mechanism of its history). Runs under another
     accountant or δ are composed within their own group, and the groups' ε are added (basic
-    composition: :math:`(\varepsilon_1, \delta_1)` and :math:`(\varepsilon_2, \delta_2)` give
-    :math:`(\varepsilon_1 + \varepsilon_2, \delta_1 + \delta_2)`), a conservative bound.
+    composition: :math:`(\varepsilon_1, \\delta_1)` and :math:`(\varepsilon_2, \\delta_2)` give
+    :math:`(\varepsilon_1 + \varepsilon_2, \\delta_1 + \\delta_2)`), a conservative bound.
 
     Returns ``(history composing with this run's, ε of the other groups)``.
     """
@@ -205,8 +221,9 @@ def split_prior(runs: Mapping[str, Mapping], accountant: str, delta: float) -> t
     return same, sum(epsilon_spent(h, d, a) for (a, d), h in sorted(groups.items()))
 
 
-def round_fits(history: History, step: tuple[float, float, int], delta: float, budget: float | None,
-               accountant: str) -> tuple[bool, float]:  # fmt: skip
+def round_fits(
+    history: History, step: tuple[float, float, int], delta: float, budget: float | None, accountant: str
+) -> tuple[bool, float]:
     """Whether one more round of ``step`` keeps ε within ``budget``; and ε after it."""
     after = epsilon_spent(compose(history, step), delta, accountant)
     return (budget is None or after <= budget), after
@@ -232,8 +249,9 @@ class PrivacyPlan:
         return (self.noise_multiplier, self.sample_rate, self.steps_per_round)
 
     def epsilon_after(self, rounds: int) -> float:
-        return epsilon_spent([(self.noise_multiplier, self.sample_rate, self.steps_per_round * rounds)],
-                             self.delta, self.accountant)  # fmt: skip
+        return epsilon_spent(
+            [(self.noise_multiplier, self.sample_rate, self.steps_per_round * rounds)], self.delta, self.accountant
+        )
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -261,15 +279,23 @@ def plan_privacy(cfg: PrivacyConfig, *, units: int, rounds: int, local_epochs: i
 
         try:
             with quiet_accountant():
-                noise = float(get_noise_multiplier(target_epsilon=cfg.epsilon, target_delta=delta, sample_rate=q,
-                                                   steps=steps * rounds, accountant=cfg.accountant))  # fmt: skip
+                noise = float(
+                    get_noise_multiplier(
+                        target_epsilon=cfg.epsilon,
+                        target_delta=delta,
+                        sample_rate=q,
+                        steps=steps * rounds,
+                        accountant=cfg.accountant,
+                    )
+                )
         except ValueError as exc:
             raise ConfigError(
                 f"{where}: ε = {cfg.epsilon} at δ = {delta:.3g} cannot be met over {rounds} round(s) of "
                 f"{steps} step(s) at sample rate {q:.4g} ({exc}); raise privacy.epsilon or lower the rounds"
             ) from None
-    plan = PrivacyPlan(unit, units, q, steps, noise, float(cfg.clip_norm), float(delta), cfg.epsilon,
-                       cfg.accountant, rounds)  # fmt: skip
+    plan = PrivacyPlan(
+        unit, units, q, steps, noise, float(cfg.clip_norm), float(delta), cfg.epsilon, cfg.accountant, rounds
+    )
     if cfg.epsilon is not None:
         one = plan.epsilon_after(1)
         if one > cfg.epsilon:

@@ -48,6 +48,7 @@ import numpy as np
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
 from pharmafl.errors import PharmaflError
 
 FORMAT = "pharmafl-secagg/2"
@@ -76,8 +77,10 @@ def encode_fixed(x: np.ndarray, precision_bits: int = PRECISION_BITS) -> np.ndar
     bad = ~np.isfinite(x) | (np.abs(x) > MAX_ABS)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ShareError(f"update value {x[i]!r} at position {i} is not finite or exceeds ±{MAX_ABS:.3g}: it "
-                         f"cannot be fixed-point encoded; check the site's training (divergence?)")  # fmt: skip
+        raise ShareError(
+            f"update value {x[i]!r} at position {i} is not finite or exceeds ±{MAX_ABS:.3g}: it "
+            f"cannot be fixed-point encoded; check the site's training (divergence?)"
+        )
     return np.rint(x * float(2**precision_bits)).astype(np.int64)
 
 
@@ -138,8 +141,7 @@ class PartyKey:
         return PartyKey(self.name, self.public)
 
     def private_pem(self, passphrase: str | None) -> bytes:
-        enc = (serialization.BestAvailableEncryption(passphrase.encode()) if passphrase
-               else serialization.NoEncryption())  # fmt: skip
+        enc = serialization.BestAvailableEncryption(passphrase.encode()) if passphrase else serialization.NoEncryption()
         return self.private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
 
     @classmethod
@@ -167,8 +169,10 @@ def unseal(ciphertext: bytes, me: PartyKey, info_: bytes) -> bytes:
     try:
         return SUITE.decrypt(ciphertext, me.private, info=info_)
     except Exception:  # InvalidTag, or a malformed / low-order encapsulated key (ValueError)
-        raise ShareError(f"share for party {me.name!r} does not open: corrupted, truncated, encrypted to another "
-                         f"key, or sealed for another run, round or site") from None  # fmt: skip
+        raise ShareError(
+            f"share for party {me.name!r} does not open: corrupted, truncated, encrypted to another "
+            f"key, or sealed for another run, round or site"
+        ) from None
 
 
 def piece_commitment(info_: bytes, plaintext: bytes) -> str:
@@ -212,13 +216,15 @@ class Envelope:
 
 
 def layout_of(parts: Mapping[str, Mapping[str, np.ndarray]]) -> list[tuple[str, tuple[int, ...]]]:
-    return [(f"{part}/{name}", tuple(np.shape(parts[part][name])))
-            for part in sorted(parts) for name in sorted(parts[part])]  # fmt: skip
+    return [
+        (f"{part}/{name}", tuple(np.shape(parts[part][name]))) for part in sorted(parts) for name in sorted(parts[part])
+    ]
 
 
 def flatten(parts: Mapping[str, Mapping[str, np.ndarray]]) -> np.ndarray:
-    return np.concatenate([np.asarray(parts[k.split("/", 1)[0]][k.split("/", 1)[1]], np.float64).ravel()
-                           for k, _ in layout_of(parts)])  # fmt: skip
+    return np.concatenate(
+        [np.asarray(parts[k.split("/", 1)[0]][k.split("/", 1)[1]], np.float64).ravel() for k, _ in layout_of(parts)]
+    )
 
 
 def unflatten(vec: np.ndarray, layout: Sequence[tuple[str, tuple[int, ...]]]) -> dict[str, dict[str, np.ndarray]]:
@@ -242,12 +248,14 @@ class Sealed:
     opening: dict  # salt, the helpers' seeds and every piece's salt (hex), the commitment
 
 
-def seal_update(*, site: str, round: int, num_examples: int, parts, update_hash: str, parties: Sequence[PartyKey],
-                context: str) -> Sealed:  # fmt: skip
+def seal_update(
+    *, site: str, round: int, num_examples: int, parts, update_hash: str, parties: Sequence[PartyKey], context: str
+) -> Sealed:
     """The envelope of one update; ``parties[0]`` is the server's party (it gets the vector share)."""
     if len(parties) < 2:
-        raise ShareError(f"secure aggregation needs the server's party and at least one helper, got "
-                         f"{[p.name for p in parties]}")  # fmt: skip
+        raise ShareError(
+            f"secure aggregation needs the server's party and at least one helper, got {[p.name for p in parties]}"
+        )
     layout = layout_of(parts)
     s0, seeds = split(encode_fixed(flatten(parts)), helpers=len(parties) - 1)
     bodies = {parties[0].name: s0.astype("<i8").tobytes(), **{p.name: k for p, k in zip(parties[1:], seeds)}}
@@ -257,18 +265,36 @@ def seal_update(*, site: str, round: int, num_examples: int, parts, update_hash:
         plain, info_ = salts[p.name] + bodies[p.name], info(context, round, site, p.name)
         pieces[p.name] = piece_commitment(info_, plain)
         ct = seal(plain, p, info_)
-        entries[p.name] = {"kind": "share" if rank == 0 else "seed", "offset": offset, "size": len(ct),
-                           "sha256": hashlib.sha256(ct).hexdigest(), "recipient": p.fingerprint,
-                           "piece": pieces[p.name]}  # fmt: skip
+        entries[p.name] = {
+            "kind": "share" if rank == 0 else "seed",
+            "offset": offset,
+            "size": len(ct),
+            "sha256": hashlib.sha256(ct).hexdigest(),
+            "recipient": p.fingerprint,
+            "piece": pieces[p.name],
+        }
         blobs.append(ct)
         offset += len(ct)
-    header = {"format": FORMAT, "site": site, "round": int(round), "num_examples": int(num_examples),
-              "precision_bits": PRECISION_BITS, "layout": [[k, list(s)] for k, s in layout],
-              "commitment": commitment(salt, update_hash, pieces), "context": context, "parties": entries}  # fmt: skip
+    header = {
+        "format": FORMAT,
+        "site": site,
+        "round": int(round),
+        "num_examples": int(num_examples),
+        "precision_bits": PRECISION_BITS,
+        "layout": [[k, list(s)] for k, s in layout],
+        "commitment": commitment(salt, update_hash, pieces),
+        "context": context,
+        "parties": entries,
+    }
     head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    opening = {"salt": salt.hex(), "seeds": {p.name: k.hex() for p, k in zip(parties[1:], seeds)},
-               "piece_salts": {k: v.hex() for k, v in salts.items()}, "server_party": parties[0].name,
-               "context": context, "commitment": header["commitment"]}  # fmt: skip
+    opening = {
+        "salt": salt.hex(),
+        "seeds": {p.name: k.hex() for p, k in zip(parties[1:], seeds)},
+        "piece_salts": {k: v.hex() for k, v in salts.items()},
+        "server_party": parties[0].name,
+        "context": context,
+        "commitment": header["commitment"],
+    }
     return Sealed(MAGIC + struct.pack("<Q", len(head)) + head + b"".join(blobs), opening)
 
 
@@ -276,8 +302,10 @@ def open_commitment(opening: Mapping, update_payload_hash: str, x_enc: np.ndarra
     """Recompute :math:`C` from what a site kept: the pieces follow from the update and the seeds."""
     seeds = {p: bytes.fromhex(k) for p, k in opening["seeds"].items()}
     bodies = {opening["server_party"]: server_share(x_enc, list(seeds.values())).astype("<i8").tobytes(), **seeds}
-    pieces = {p: piece_commitment(info(opening["context"], round, site, p), bytes.fromhex(opening["piece_salts"][p])
-                                  + body) for p, body in bodies.items()}  # fmt: skip
+    pieces = {
+        p: piece_commitment(info(opening["context"], round, site, p), bytes.fromhex(opening["piece_salts"][p]) + body)
+        for p, body in bodies.items()
+    }
     return commitment(bytes.fromhex(opening["salt"]), update_payload_hash, pieces)
 
 
@@ -289,34 +317,65 @@ def check_header(header, *, where: str = "envelope") -> dict:
     """``header`` if every field has its type and form, else one :class:`ShareError`."""
     want = ["commitment", "context", "format", "layout", "num_examples", "parties", "precision_bits", "round", "site"]
     if type(header) is not dict or sorted(header) != want:
-        raise ShareError(f"{where}: header fields {sorted(header) if type(header) is dict else type(header).__name__}"
-                         f", expected exactly {want}")  # fmt: skip
+        raise ShareError(
+            f"{where}: header fields {sorted(header) if type(header) is dict else type(header).__name__}"
+            f", expected exactly {want}"
+        )
     if header["format"] != FORMAT or header["precision_bits"] != PRECISION_BITS:
-        raise ShareError(f"{where}: format {header['format']!r} / precision {header['precision_bits']!r}, expected "
-                         f"{FORMAT!r} / {PRECISION_BITS}")  # fmt: skip
-    ok = (type(header["site"]) is str and type(header["context"]) is str and type(header["round"]) is int
-          and type(header["num_examples"]) is int and _hex(header["commitment"], 64)
-          and type(header["layout"]) is list and type(header["parties"]) is dict and header["parties"])  # fmt: skip
-    ok = ok and all(type(e) is list and len(e) == 2 and type(e[0]) is str and type(e[1]) is list
-                    and all(type(d) is int and 0 <= d < 2**31 for d in e[1]) for e in header["layout"])  # fmt: skip
+        raise ShareError(
+            f"{where}: format {header['format']!r} / precision {header['precision_bits']!r}, expected "
+            f"{FORMAT!r} / {PRECISION_BITS}"
+        )
+    ok = (
+        type(header["site"]) is str
+        and type(header["context"]) is str
+        and type(header["round"]) is int
+        and type(header["num_examples"]) is int
+        and _hex(header["commitment"], 64)
+        and type(header["layout"]) is list
+        and type(header["parties"]) is dict
+        and header["parties"]
+    )
+    ok = ok and all(
+        type(e) is list
+        and len(e) == 2
+        and type(e[0]) is str
+        and type(e[1]) is list
+        and all(type(d) is int and 0 <= d < 2**31 for d in e[1])
+        for e in header["layout"]
+    )
     fields = ["kind", "offset", "piece", "recipient", "sha256", "size"]
     for party, d in header["parties"].items() if ok else ():
-        ok = (type(party) is str and type(d) is dict and sorted(d) == fields and d["kind"] in ("share", "seed")
-              and type(d["offset"]) is int and type(d["size"]) is int and 0 <= d["offset"] and 0 < d["size"] < 2**40
-              and all(_hex(d[k], 64) for k in ("piece", "recipient", "sha256")))  # fmt: skip
+        ok = (
+            type(party) is str
+            and type(d) is dict
+            and sorted(d) == fields
+            and d["kind"] in ("share", "seed")
+            and type(d["offset"]) is int
+            and type(d["size"]) is int
+            and 0 <= d["offset"]
+            and 0 < d["size"] < 2**40
+            and all(_hex(d[k], 64) for k in ("piece", "recipient", "sha256"))
+        )
         if not ok:
-            raise ShareError(f"{where}: the header's entry for party {party!r} is malformed (fields {fields}: kind "
-                             f"share|seed, offset/size integers, piece/recipient/sha256 64 lowercase hex)")  # fmt: skip
+            raise ShareError(
+                f"{where}: the header's entry for party {party!r} is malformed (fields {fields}: kind "
+                f"share|seed, offset/size integers, piece/recipient/sha256 64 lowercase hex)"
+            )
     if not ok:
-        raise ShareError(f"{where}: a header field has the wrong type (site/context text, round/num_examples "
-                         f"integers, commitment hex, layout [[name, [dims]]], parties a non-empty map)")  # fmt: skip
+        raise ShareError(
+            f"{where}: a header field has the wrong type (site/context text, round/num_examples "
+            f"integers, commitment hex, layout [[name, [dims]]], parties a non-empty map)"
+        )
     return header
 
 
 def parse_envelope(data: bytes) -> Envelope:
     """Header and ciphertexts of envelope bytes; any malformation is one :class:`ShareError`."""
     if type(data) is not bytes or not data.startswith(MAGIC) or len(data) < len(MAGIC) + 8:
-        raise ShareError(f"not a {FORMAT} envelope (first bytes {bytes(data[:8]) if isinstance(data, bytes) else data!r})")
+        raise ShareError(
+            f"not a {FORMAT} envelope (first bytes {bytes(data[:8]) if isinstance(data, bytes) else data!r})"
+        )
     (n,) = struct.unpack("<Q", data[len(MAGIC) : len(MAGIC) + 8])
     if n > MAX_HEADER or len(MAGIC) + 8 + n > len(data):
         raise ShareError(f"envelope header claims {n} bytes, the envelope holds {len(data) - len(MAGIC) - 8}")
@@ -327,8 +386,10 @@ def parse_envelope(data: bytes) -> Envelope:
     for party, d in header["parties"].items():
         blob = data[start + d["offset"] : start + d["offset"] + d["size"]]
         if len(blob) != d["size"] or hashlib.sha256(blob).hexdigest() != d["sha256"]:
-            raise ShareError(f"the ciphertext for party {party!r} is truncated or altered "
-                             f"({len(blob)} of {d['size']} bytes, hash mismatch)")  # fmt: skip
+            raise ShareError(
+                f"the ciphertext for party {party!r} is truncated or altered "
+                f"({len(blob)} of {d['size']} bytes, hash mismatch)"
+            )
         blobs[party] = blob
     return Envelope(header, blobs, head)
 
@@ -347,22 +408,28 @@ def open_share(env: Envelope, me: PartyKey, length: int, *, context: str, round:
     ``context`` and ``round`` the party is aggregating (bound into the encryption: a share
     sealed for another run, round or site does not open); its piece commitment is checked."""
     if env.header.get("context") != context or env.round != round:
-        raise ShareError(f"envelope from {env.site} is for {env.header.get('context')!r} round {env.round}, "
-                         f"expected {context!r} round {round}")  # fmt: skip
+        raise ShareError(
+            f"envelope from {env.site} is for {env.header.get('context')!r} round {env.round}, "
+            f"expected {context!r} round {round}"
+        )
     d = env.header["parties"].get(me.name)
     if d is None or me.name not in env.blobs:
         raise ShareError(f"envelope from {env.site} holds nothing for party {me.name!r}")
     if d["recipient"] != me.fingerprint:
-        raise ShareError(f"envelope from {env.site} was encrypted to key {d['recipient'][:16]}…, "
-                         f"not party {me.name!r}'s key {me.fingerprint[:16]}…")  # fmt: skip
+        raise ShareError(
+            f"envelope from {env.site} was encrypted to key {d['recipient'][:16]}…, "
+            f"not party {me.name!r}'s key {me.fingerprint[:16]}…"
+        )
     blob = env.blobs[me.name]
     if hashlib.sha256(blob).hexdigest() != d["sha256"]:
         raise ShareError(f"the ciphertext from {env.site} for {me.name!r} does not match its header hash")
     info_ = info(context, round, env.site, me.name)
     plain = unseal(blob, me, info_)
     if piece_commitment(info_, plain) != d["piece"]:
-        raise ShareError(f"the share from {env.site} opens, but not to the piece its header commits to: the site "
-                         f"committed to something else than it sent")  # fmt: skip
+        raise ShareError(
+            f"the share from {env.site} opens, but not to the piece its header commits to: the site "
+            f"committed to something else than it sent"
+        )
     body = plain[SALT:]
     if d["kind"] == "seed":
         return expand_seed(body, length)

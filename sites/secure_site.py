@@ -22,8 +22,7 @@ from pathlib import Path
 
 from pharmafl.errors import ConfigError
 from pharmafl.fileio import write_bytes_atomic
-from pharmafl.sites import update as wire
-from pharmafl.sites import secret_sharing as ss
+from pharmafl.sites import secret_sharing as ss, update as wire
 from pharmafl.sites.site import Declined, FitResult, Instructions, State
 
 
@@ -32,8 +31,10 @@ class SecureSite:
 
     def __init__(self, inner, parties: Sequence[ss.PartyKey], context: str, openings_dir: Path | None = None):
         if len(parties) < 2:
-            raise ConfigError(f"site {inner.id}: secure aggregation needs the server's party and at least one "
-                              f"helper, got {[p.name for p in parties]}")  # fmt: skip
+            raise ConfigError(
+                f"site {inner.id}: secure aggregation needs the server's party and at least one "
+                f"helper, got {[p.name for p in parties]}"
+            )
         self.inner, self.id = inner, inner.id
         self.parties = [p.public_only() for p in parties]
         self.context = context
@@ -47,8 +48,15 @@ class SecureSite:
         if isinstance(out, Declined):
             return out
         update = wire.decode(out.payload)
-        sealed = ss.seal_update(site=self.id, round=round, num_examples=out.num_examples, parts=update.parts,
-                                update_hash=out.update_hash, parties=self.parties, context=self.context)  # fmt: skip
+        sealed = ss.seal_update(
+            site=self.id,
+            round=round,
+            num_examples=out.num_examples,
+            parts=update.parts,
+            update_hash=out.update_hash,
+            parties=self.parties,
+            context=self.context,
+        )
         if self.openings_dir is not None:
             stem = self.openings_dir / f"round-{round:04d}"
             write_bytes_atomic(stem.with_suffix(".update"), out.payload)
@@ -67,5 +75,9 @@ def open_commitment(openings_dir: Path, round: int) -> dict:
     if actual != doc["update_sha256"]:
         raise ConfigError(f"{stem}.update hashes to {actual}, but {stem}.json records {doc['update_sha256']}")
     x_enc = ss.encode_fixed(ss.flatten(wire.decode(payload).parts))
-    return {"site": doc["site"], "round": round, "update_sha256": actual,
-            "commitment": ss.open_commitment(doc, actual, x_enc, site=doc["site"], round=round)}  # fmt: skip
+    return {
+        "site": doc["site"],
+        "round": round,
+        "update_sha256": actual,
+        "commitment": ss.open_commitment(doc, actual, x_enc, site=doc["site"], round=round),
+    }

@@ -59,8 +59,17 @@ class SignedSite:
 
 def statement_payloads(res: FitResult, secure: bool) -> list[tuple[str, dict]]:
     """(type, payload) of every statement a result makes, in the order the ledger records them."""
-    out = [("site_update", {"update_hash": res.update_hash, "num_examples": res.num_examples,
-                            "update_bytes": len(res.payload), "metrics": _finite(res.metrics)})]
+    out = [
+        (
+            "site_update",
+            {
+                "update_hash": res.update_hash,
+                "num_examples": res.num_examples,
+                "update_bytes": len(res.payload),
+                "metrics": _finite(res.metrics),
+            },
+        )
+    ]
     if res.privacy:
         p = _finite(res.privacy)
         out.append(("clip", {k: p.get(k) for k in CLIP_KEYS}))
@@ -68,9 +77,18 @@ def statement_payloads(res: FitResult, secure: bool) -> list[tuple[str, dict]]:
             out.append(("privacy_spent", {k: v for k, v in p.items() if k not in CLIP_KEYS}))
     if secure:
         env = parse_envelope(res.payload)
-        out.append(("secure_shares", {"commitment": env.header["commitment"], "share_hashes": env.share_hashes(),
-                                      "header_sha256": env.header_sha256, "envelope_hash": res.update_hash,
-                                      "num_examples": res.num_examples}))
+        out.append(
+            (
+                "secure_shares",
+                {
+                    "commitment": env.header["commitment"],
+                    "share_hashes": env.share_hashes(),
+                    "header_sha256": env.header_sha256,
+                    "envelope_hash": res.update_hash,
+                    "num_examples": res.num_examples,
+                },
+            )
+        )
     return out
 
 

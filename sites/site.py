@@ -173,9 +173,16 @@ class Site:
         losses = []
         for _ in range(self.local_epochs):
             losses.append(
-                train_epoch(model, optimizer, self.train, self.train_cfg, rng,
-                            extra_loss=extra_loss, after_backward=after_backward)["loss"]
-            )  # fmt: skip
+                train_epoch(
+                    model,
+                    optimizer,
+                    self.train,
+                    self.train_cfg,
+                    rng,
+                    extra_loss=extra_loss,
+                    after_backward=after_backward,
+                )["loss"]
+            )
         if self.keep_optimizer_state:
             self._optimizer_state = copy.deepcopy(optimizer.state_dict())
         local = state_of(model)

@@ -62,8 +62,16 @@ def init_command(
     if not passphrase:
         raise ConfigError(f"set ${PASSPHRASE_ENV} to the passphrase that will protect {site}'s key")
     dataset = load_dataset(Path(data))
-    created = SiteHome.init(home, site, dataset, passphrase=passphrase, val_fraction=val_fraction, seed=seed,
-                            epsilon_budget=epsilon_budget, delta=delta)  # fmt: skip
+    created = SiteHome.init(
+        home,
+        site,
+        dataset,
+        passphrase=passphrase,
+        val_fraction=val_fraction,
+        seed=seed,
+        epsilon_budget=epsilon_budget,
+        delta=delta,
+    )
     typer.echo(created.fingerprint)
     typer.echo(f"wrote {home}: card {home / CARD_FILE}", err=True)
 
@@ -151,14 +159,16 @@ def _leaves(entries: list[dict]) -> list[bytes]:
     prev, leaves = messages.GENESIS, []
     for i, e in enumerate(entries):
         try:
-            body = messages.entry_message(e["seq"], e["ts"], e["actor"], e["type"], messages.canonical(e["payload"]),
-                                          e["prev_hash"])  # fmt: skip
+            body = messages.entry_message(
+                e["seq"], e["ts"], e["actor"], e["type"], messages.canonical(e["payload"]), e["prev_hash"]
+            )
             leaf = rfc9162.leaf_hash(bytes.fromhex(e["entry_hash"]) + bytes.fromhex(e["signature"]))
         except (ValueError, TypeError) as exc:
             raise AuditFailure(f"ledger entry {i} is malformed ({exc})") from None
         if e["seq"] != i or e["prev_hash"] != prev:
-            raise AuditFailure(f"ledger entry {i}: seq {e['seq']} / prev_hash break the chain (entries removed or "
-                               "reordered)")
+            raise AuditFailure(
+                f"ledger entry {i}: seq {e['seq']} / prev_hash break the chain (entries removed or reordered)"
+            )
         if hashlib.sha256(body).hexdigest() != e["entry_hash"]:
             raise AuditFailure(f"ledger entry {i} ({e['type']}): entry_hash does not match its contents (altered)")
         prev = e["entry_hash"]
@@ -183,8 +193,10 @@ def audit_site(home: Path, entries: list[dict]) -> str:
     ours = sorted(p.name for p in (home / "runs").glob("*") if (p / "statements.jsonl").is_file())
     runs = [r for r in ours if r in started]
     if not runs:
-        raise AuditFailure(f"the ledger records none of {site}'s runs ({', '.join(ours) or 'none in ' + str(home)}); "
-                           f"it records {sorted(map(str, started)) or 'no run'}")
+        raise AuditFailure(
+            f"the ledger records none of {site}'s runs ({', '.join(ours) or 'none in ' + str(home)}); "
+            f"it records {sorted(map(str, started)) or 'no run'}"
+        )
     embedded: dict[str, list[int]] = {}
     for e in entries:
         stmt = e["payload"].get("statement")
@@ -197,8 +209,10 @@ def audit_site(home: Path, entries: list[dict]) -> str:
         for stmt in read_lines(home / "runs" / run / "statements.jsonl"):
             _included(stmt, embedded.get(messages.canonical(stmt), []), entries, tree, size, root)
             checked += 1
-    return (f"OK: {site}: {checked} signed statement(s) of {len(runs)} run(s) ({', '.join(runs)}) are in the ledger "
-            f"unmodified, under the head(s) of size {', '.join(map(str, heads))} its witness cosigned")
+    return (
+        f"OK: {site}: {checked} signed statement(s) of {len(runs)} run(s) ({', '.join(runs)}) are in the ledger "
+        f"unmodified, under the head(s) of size {', '.join(map(str, heads))} its witness cosigned"
+    )
 
 
 def _no_signing(message: bytes) -> bytes:
@@ -212,15 +226,21 @@ def _witnessed(witness: Witness, run: str, started: dict, card: dict, tree: Merk
         raise AuditFailure(f"run {run}: run_started does not pin {card['site']}'s own key {card['public_key'][:16]}...")
     head = witness.head(messages.origin_of(run))
     if head is None:
-        raise AuditFailure(f"run {run}: {card['site']}'s witness never cosigned this log, so nothing the site saw "
-                           "binds it; the site's statements cannot be audited")
+        raise AuditFailure(
+            f"run {run}: {card['site']}'s witness never cosigned this log, so nothing the site saw "
+            "binds it; the site's statements cannot be audited"
+        )
     size, root, n = head["tree_size"], bytes.fromhex(head["root_hash"]), len(tree)
     if n < size:
-        raise AuditFailure(f"run {run}: the ledger holds {n} entries, fewer than the {size} the site's witness "
-                           "cosigned: it was truncated")
+        raise AuditFailure(
+            f"run {run}: the ledger holds {n} entries, fewer than the {size} the site's witness "
+            "cosigned: it was truncated"
+        )
     if tree.root(size) != root:
-        raise AuditFailure(f"run {run}: the ledger's root at size {size} is {tree.root(size).hex()}, not the "
-                           f"{root.hex()} the site's witness cosigned: a split view or a rewritten log")
+        raise AuditFailure(
+            f"run {run}: the ledger's root at size {size} is {tree.root(size).hex()}, not the "
+            f"{root.hex()} the site's witness cosigned: a split view or a rewritten log"
+        )
     return size, root
 
 
@@ -230,8 +250,10 @@ def _included(stmt: dict, seqs: list[int], entries: list[dict], tree: MerkleTree
         key = (stmt.get("site"), stmt.get("type"), stmt.get("round"), stmt.get("run_id"))
         for e in entries:
             other = e["payload"].get("statement")
-            if isinstance(other, dict) and (other.get("site"), other.get("type"), other.get("round"),
-                                            other.get("run_id")) == key:  # fmt: skip
+            if (
+                isinstance(other, dict)
+                and (other.get("site"), other.get("type"), other.get("round"), other.get("run_id")) == key
+            ):
                 raise AuditFailure(f"the site's {_what(stmt)} was altered: entry {e['seq']} embeds a different one")
         raise AuditFailure(f"the site's {_what(stmt)} is missing from the ledger")
     if len(seqs) > 1:
@@ -240,8 +262,10 @@ def _included(stmt: dict, seqs: list[int], entries: list[dict], tree: MerkleTree
     if entries[seq]["type"] != stmt["type"]:
         raise AuditFailure(f"the site's {_what(stmt)} is embedded in entry {seq} of type {entries[seq]['type']!r}")
     if seq >= size:
-        raise AuditFailure(f"the site's {_what(stmt)} is in entry {seq}, beyond the head of size {size} its "
-                           "witness cosigned: nothing the site saw covers it")
+        raise AuditFailure(
+            f"the site's {_what(stmt)} is in entry {seq}, beyond the head of size {size} its "
+            "witness cosigned: nothing the site saw covers it"
+        )
     leaf = rfc9162.leaf_hash(bytes.fromhex(entries[seq]["entry_hash"]) + bytes.fromhex(entries[seq]["signature"]))
     if not rfc9162.verify_inclusion(seq, size, leaf, tree.inclusion_proof(seq, size), root):
         raise AuditFailure(f"the site's {_what(stmt)}: entry {seq} has no valid inclusion proof under the head")

@@ -77,12 +77,16 @@ def check_site_rows(ds: DTIDataset, rows: np.ndarray, site: str, where: Location
     in_test = ds.measurements["fold"].eq("test").to_numpy() if "fold" in ds.measurements else None
     n_train = len(rows) - (int(in_test[rows].sum()) if in_test is not None else 0)
     if len(rows) < 3 or n_train < 2:
-        raise DataError(f"{site} would hold {len(rows)} measurements ({n_train} outside the test fold), "
-                        "too few for train/val/test", where, fix)
+        raise DataError(
+            f"{site} would hold {len(rows)} measurements ({n_train} outside the test fold), too few for train/val/test",
+            where,
+            fix,
+        )
 
 
-def write_site_store(ds: DTIDataset, rows: np.ndarray, out: Path, *, site: str, val_fraction: float, seed: int,
-                     partition: dict | None) -> np.ndarray:
+def write_site_store(
+    ds: DTIDataset, rows: np.ndarray, out: Path, *, site: str, val_fraction: float, seed: int, partition: dict | None
+) -> np.ndarray:
     """Write ``rows`` of ``ds`` as ``site``'s store at ``out`` (local folds, label statistics in the
     manifest's extras); return each row's local fold."""
     folds = local_folds(ds.measurements.iloc[rows].reset_index(drop=True), val_fraction, seed)
@@ -123,8 +127,11 @@ class SiteStore:
         """Read and verify (every file against the manifest, every row validated)."""
         path = Path(path)
         if not (path / MANIFEST).is_file():
-            raise DataError("no site store here (manifest.json missing)", Location(path),
-                            "partition the dataset first: pharmafl run writes RUN/sites/<site-id>/")
+            raise DataError(
+                "no site store here (manifest.json missing)",
+                Location(path),
+                "partition the dataset first: pharmafl run writes RUN/sites/<site-id>/",
+            )
         ds = read_store(path)
         folds = set(ds.measurements["fold"].dropna().unique())
         if not folds <= set(LOCAL_SPLITS) or "train" not in folds:

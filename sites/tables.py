@@ -60,6 +60,7 @@ TABLE_SUFFIXES = (".csv", ".csv.gz", ".csv.xz", ".csv.bz2", ".parquet")
 STORE_FORMAT = "pharmafl-dti-store/1"
 MANIFEST = "manifest.json"
 
+
 @dataclass(frozen=True, eq=False)
 class DTIDataset:
     """Validated drugs, targets and measurements of one site; ``quarantined`` rows were dropped."""
@@ -71,12 +72,17 @@ class DTIDataset:
     quarantined: int = 0
 
     def __post_init__(self) -> None:
-        for table, columns in (("drugs", ("drug_id", "smiles")), ("targets", ("target_id", "sequence")),
-                               ("measurements", ("drug_id", "target_id", "affinity", "unit", "label", "fold"))):
+        for table, columns in (
+            ("drugs", ("drug_id", "smiles")),
+            ("targets", ("target_id", "sequence")),
+            ("measurements", ("drug_id", "target_id", "affinity", "unit", "label", "fold")),
+        ):
             missing = [c for c in columns if c not in getattr(self, table).columns]
             if missing:
-                raise DataError(f"DTIDataset.{table} lacks columns {missing}",
-                                fix="build datasets with read_tables, load_dataset or from_frames")
+                raise DataError(
+                    f"DTIDataset.{table} lacks columns {missing}",
+                    fix="build datasets with read_tables, load_dataset or from_frames",
+                )
 
     def summary(self) -> dict:
         """Counts, units, folds, label statistics and flagged label outliers (JSON-serializable)."""
@@ -94,23 +100,39 @@ class DTIDataset:
             "quarantined": self.quarantined,
             "units": {str(k): int(v) for k, v in m["unit"].value_counts().sort_index().items()},
             "folds": {str(k): int(v) for k, v in m["fold"].fillna("none").value_counts().sort_index().items()},
-            "label": {"min": float(labels.min()), "max": float(labels.max()), "mean": float(labels.mean()),
-                      "std": float(labels.std()), "median": float(np.median(labels))} if len(m) else None,
+            "label": {
+                "min": float(labels.min()),
+                "max": float(labels.max()),
+                "mean": float(labels.mean()),
+                "std": float(labels.std()),
+                "median": float(np.median(labels)),
+            }
+            if len(m)
+            else None,
             "label_outliers": {
                 "rule": f"|label - mean| > {OUTLIER_SD:g} sd, per unit; kept, not dropped",
                 "count": int(outliers.sum()),
-                "examples": [{"drug_id": d, "target_id": t, "label": float(v)} for d, t, v
-                             in flagged[["drug_id", "target_id", "label"]].head(10).itertuples(index=False)],
+                "examples": [
+                    {"drug_id": d, "target_id": t, "label": float(v)}
+                    for d, t, v in flagged[["drug_id", "target_id", "label"]].head(10).itertuples(index=False)
+                ],
             },
             "targets_sharing_a_sequence": int(self.targets["sequence"].duplicated(keep=False).sum()),
             "drugs_sharing_a_smiles": int(self.drugs["smiles"].duplicated(keep=False).sum()),
         }
 
 
-
-def from_frames(drugs: pd.DataFrame, targets: pd.DataFrame, measurements: pd.DataFrame, *, name: str,
-                unit: str | None = None, files: Sequence[str] = ("<drugs>", "<targets>", "<measurements>"),
-                quarantine: Path | None = None, quarantined: int = 0) -> DTIDataset:
+def from_frames(
+    drugs: pd.DataFrame,
+    targets: pd.DataFrame,
+    measurements: pd.DataFrame,
+    *,
+    name: str,
+    unit: str | None = None,
+    files: Sequence[str] = ("<drugs>", "<targets>", "<measurements>"),
+    quarantine: Path | None = None,
+    quarantined: int = 0,
+) -> DTIDataset:
     """Validate in-memory tables (``files`` names them in messages) and build the dataset."""
     probs, d, t, m = find_problems(drugs, targets, measurements, unit=unit, files=[str(f) for f in files])
     if quarantine is None:
@@ -124,12 +146,16 @@ def from_frames(drugs: pd.DataFrame, targets: pd.DataFrame, measurements: pd.Dat
         quarantined += len(drop)
         kept.append(frame.drop(index=sorted(drop)).reset_index(drop=True))
         if not len(kept[-1]):
-            raise DataError(f"every {table} row was quarantined", Location(files[TABLES.index(table)]),
-                            f"see the report {quarantine}")
+            raise DataError(
+                f"every {table} row was quarantined",
+                Location(files[TABLES.index(table)]),
+                f"see the report {quarantine}",
+            )
     return DTIDataset(name, *kept, quarantined=quarantined)
 
 
 # --- files ------------------------------------------------------------------------------------
+
 
 def read_table(path: Path) -> pd.DataFrame:
     """One table from CSV (.csv, .csv.gz, .csv.xz, .csv.bz2; every cell read as text) or Parquet."""
@@ -139,16 +165,24 @@ def read_table(path: Path) -> pd.DataFrame:
     if path.name.endswith(".parquet"):
         return pd.read_parquet(path)
     if not path.name.endswith(TABLE_SUFFIXES):
-        raise DataError(f"unsupported file type {path.name!r}", Location(path),
-                        f"use one of {', '.join(TABLE_SUFFIXES)}")
+        raise DataError(
+            f"unsupported file type {path.name!r}", Location(path), f"use one of {', '.join(TABLE_SUFFIXES)}"
+        )
     try:
         return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (ValueError, UnicodeDecodeError, OSError, EOFError) as exc:
         raise DataError(f"cannot read the table: {exc}", Location(path), "give a UTF-8 CSV with a header row") from exc
 
 
-def read_tables(drugs: Path, targets: Path, measurements: Path, *, name: str, unit: str | None = None,
-                quarantine: Path | None = None) -> DTIDataset:
+def read_tables(
+    drugs: Path,
+    targets: Path,
+    measurements: Path,
+    *,
+    name: str,
+    unit: str | None = None,
+    quarantine: Path | None = None,
+) -> DTIDataset:
     """Read and validate three table files into a :class:`DTIDataset`."""
     paths = (Path(drugs), Path(targets), Path(measurements))
     frames = [read_table(p) for p in paths]
@@ -179,12 +213,18 @@ def find_tables(directory: Path) -> tuple[Path, Path, Path]:
     found = []
     for table in TABLES:
         stems = TABLE_FILE_NAMES[table]
-        hits = sorted(p for p in Path(directory).iterdir()
-                      if (stem := _stem(p.name)) and any(stem == s or stem.endswith("_" + s) for s in stems))
+        hits = sorted(
+            p
+            for p in Path(directory).iterdir()
+            if (stem := _stem(p.name)) and any(stem == s or stem.endswith("_" + s) for s in stems)
+        )
         if len(hits) != 1:
             names = [f"[prefix_]{s}{x}" for s in TABLE_FILE_NAMES[table] for x in TABLE_SUFFIXES]
-            raise DataError(f"need exactly one {table} file, found {[p.name for p in hits]}", Location(directory),
-                            f"name it one of {', '.join(names)}, or call read_tables with explicit paths")
+            raise DataError(
+                f"need exactly one {table} file, found {[p.name for p in hits]}",
+                Location(directory),
+                f"name it one of {', '.join(names)}, or call read_tables with explicit paths",
+            )
         found.append(hits[0])
     return found[0], found[1], found[2]
 
@@ -199,8 +239,11 @@ def save_dataset(ds: DTIDataset, out_dir: Path, *, extra: dict | None = None) ->
     """
     out = Path(out_dir)
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / MANIFEST).is_file())):
-        raise DataError("exists and is not an empty directory nor a pharmafl dataset store", Location(out),
-                        "choose a new or empty directory")
+        raise DataError(
+            "exists and is not an empty directory nor a pharmafl dataset store",
+            Location(out),
+            "choose a new or empty directory",
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -208,8 +251,11 @@ def save_dataset(ds: DTIDataset, out_dir: Path, *, extra: dict | None = None) ->
         for table in TABLES:
             frame = getattr(ds, table)
             frame.to_parquet(tmp / f"{table}.parquet", index=False)
-            files[f"{table}.parquet"] = {"rows": len(frame), "bytes": (tmp / f"{table}.parquet").stat().st_size,
-                                         "sha256": file_sha256(tmp / f"{table}.parquet")}
+            files[f"{table}.parquet"] = {
+                "rows": len(frame),
+                "bytes": (tmp / f"{table}.parquet").stat().st_size,
+                "sha256": file_sha256(tmp / f"{table}.parquet"),
+            }
         manifest = {"format": STORE_FORMAT, "name": ds.name, "quarantined": ds.quarantined, "files": files}
         if extra:
             manifest["extra"] = extra
@@ -232,20 +278,30 @@ def read_store(store: Path, *, quarantine: Path | None = None) -> DTIDataset:
         entries = {t: manifest["files"][f"{t}.parquet"] for t in TABLES}
         fmt, name, quarantined = manifest["format"], manifest["name"], int(manifest["quarantined"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"unreadable manifest: {exc!r}", Location(store / MANIFEST),
-                        "re-create the store with save_dataset") from exc
+        raise DataError(
+            f"unreadable manifest: {exc!r}", Location(store / MANIFEST), "re-create the store with save_dataset"
+        ) from exc
     if fmt != STORE_FORMAT:
-        raise DataError(f"store format {fmt!r}, expected {STORE_FORMAT!r}", Location(store / MANIFEST),
-                        "re-create the store")
+        raise DataError(
+            f"store format {fmt!r}, expected {STORE_FORMAT!r}", Location(store / MANIFEST), "re-create the store"
+        )
     for table, entry in entries.items():
         path = store / f"{table}.parquet"
         actual = file_sha256(path) if path.is_file() else "missing"
         if actual != entry["sha256"]:
-            raise DataError(f"sha256 {actual} does not match the manifest's {entry['sha256']}; the store was modified",
-                            Location(path), "re-create the store (pharmafl data import, or fetch --force)")
+            raise DataError(
+                f"sha256 {actual} does not match the manifest's {entry['sha256']}; the store was modified",
+                Location(path),
+                "re-create the store (pharmafl data import, or fetch --force)",
+            )
     frames = [pd.read_parquet(store / f"{t}.parquet") for t in TABLES]
-    return from_frames(*frames, name=name, files=[str(store / f"{t}.parquet") for t in TABLES],
-                       quarantine=quarantine, quarantined=quarantined)
+    return from_frames(
+        *frames,
+        name=name,
+        files=[str(store / f"{t}.parquet") for t in TABLES],
+        quarantine=quarantine,
+        quarantined=quarantined,
+    )
 
 
 def _load_public(name: str, data_dir: Path, quarantine: Path | None) -> DTIDataset:
@@ -254,20 +310,24 @@ def _load_public(name: str, data_dir: Path, quarantine: Path | None) -> DTIDatas
         for path in tidy:
             actual = file_sha256(path)
             if actual != TIDY_SHA256[path.name]:
-                raise FetchError(f"{path}: sha256 {actual} does not match the pinned {TIDY_SHA256[path.name]}; "
-                                 f"the file was not used. Restore the original, or remove the three tidy tables "
-                                 f"and run `pharmafl data fetch {name}`")
+                raise FetchError(
+                    f"{path}: sha256 {actual} does not match the pinned {TIDY_SHA256[path.name]}; "
+                    f"the file was not used. Restore the original, or remove the three tidy tables "
+                    f"and run `pharmafl data fetch {name}`"
+                )
         return read_tables(*tidy, name=name, unit=PUBLIC_UNITS[name], quarantine=quarantine)
     if (data_dir / name / MANIFEST).is_file():
         return read_store(data_dir / name, quarantine=quarantine)
     raise FetchError(
         f"dataset {name!r} not found in {data_dir} (data_dir, else $PHARMAFL_DATA, else ~/.cache/pharmafl): expected "
         f"either the tidy tables {', '.join(str(p) for p in tidy)} or a fetched store {data_dir / name / MANIFEST}. "
-        f"Run `pharmafl data fetch {name} --cache-dir {data_dir}`, or place the tidy tables there")
+        f"Run `pharmafl data fetch {name} --cache-dir {data_dir}`, or place the tidy tables there"
+    )
 
 
-def load_dataset(name_or_path: str | Path, *, data_dir: Path | None = None, quarantine: Path | None = None,
-                 unit: str | None = None) -> DTIDataset:
+def load_dataset(
+    name_or_path: str | Path, *, data_dir: Path | None = None, quarantine: Path | None = None, unit: str | None = None
+) -> DTIDataset:
     """Load a public dataset by name (``davis``, ``kiba``) or a directory of tables or a store.
 
     A ``str`` equal to a public name is that dataset, looked up in ``data_dir``; anything else is
@@ -281,5 +341,8 @@ def load_dataset(name_or_path: str | Path, *, data_dir: Path | None = None, quar
         return read_store(path, quarantine=quarantine)
     if path.is_dir():
         return read_tables(*find_tables(path), name=path.resolve().name, unit=unit, quarantine=quarantine)
-    raise DataError(f"not a public dataset name ({', '.join(PUBLIC_UNITS)}) nor a directory", Location(path),
-                    "pass davis, kiba, a directory of drugs/targets/measurements tables, or a dataset store")
+    raise DataError(
+        f"not a public dataset name ({', '.join(PUBLIC_UNITS)}) nor a directory",
+        Location(path),
+        "pass davis, kiba, a directory of drugs/targets/measurements tables, or a dataset store",
+    )

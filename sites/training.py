@@ -54,13 +54,9 @@ class TrainConfig:
         if not isinstance(self.group_size, int) or self.group_size < 1:
             raise ConfigError(f"train.group_size must be a positive integer, got {self.group_size!r}")
         if self.batching not in BATCHINGS:
-            raise ConfigError(
-                f"Could not resolve train.batching {self.batching!r} among choices {list(BATCHINGS)}"
-            )
+            raise ConfigError(f"Could not resolve train.batching {self.batching!r} among choices {list(BATCHINGS)}")
         if self.encode not in ENCODINGS:
-            raise ConfigError(
-                f"Could not resolve train.encode {self.encode!r} among choices {list(ENCODINGS)}"
-            )
+            raise ConfigError(f"Could not resolve train.encode {self.encode!r} among choices {list(ENCODINGS)}")
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -60,8 +60,9 @@ def decode(data: bytes) -> Update:
         tensors = load(data)
         meta = _metadata(data)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise UpdateError(f"update format {meta.get('format') if isinstance(meta, dict) else meta!r}, "
-                              f"expected {FORMAT!r}")  # fmt: skip
+            raise UpdateError(
+                f"update format {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT!r}"
+            )
         site, round_, examples = str(meta["site"]), int(meta["round"]), int(meta["num_examples"])
     except UpdateError:
         raise

@@ -19,7 +19,7 @@ def shared_data_dir() -> Path:
     path = Path(env) if env else None
     if path is not None and (path / "davis_deepdta_pairs.csv.gz").is_file():
         return path
-    reason = (f"PHARMAFL_DATA={env!r} holds no davis_deepdta_pairs.csv.gz" if env else "PHARMAFL_DATA is not set")
+    reason = f"PHARMAFL_DATA={env!r} holds no davis_deepdta_pairs.csv.gz" if env else "PHARMAFL_DATA is not set"
     reason += " (set it to the folder of the DAVIS/KIBA tidy tables, e.g. ../shared/data beside the checkout)"
     if os.environ.get("PHARMAFL_REQUIRE_DATA") == "1":
         pytest.fail(f"PHARMAFL_REQUIRE_DATA=1 but {reason}")

@@ -31,6 +31,7 @@ import hashlib
 
 import numpy as np
 import torch
+
 from pharmafl.pipeline.secure_agg.config import MAX_LIMIT
 from pharmafl.sites.secret_sharing import PRECISION_BITS
 
@@ -81,7 +82,9 @@ def check_sketches(crypten, share: torch.Tensor, max_norm: float, slack: float) 
     return votes.eq(m * k + m).get_plain_text().round().to(torch.int64)
 
 
-def plain_check(x: np.ndarray, plan: tuple[torch.Tensor, torch.Tensor], buckets: int, max_norm: float, slack: float) -> bool:
+def plain_check(
+    x: np.ndarray, plan: tuple[torch.Tensor, torch.Tensor], buckets: int, max_norm: float, slack: float
+) -> bool:
     """The same decision in the clear (tests and the bench compare against it)."""
     p = sketch(torch.from_numpy(np.asarray(x, np.int64)), plan, buckets)
     limit, limit_sq = limits(max_norm, slack)

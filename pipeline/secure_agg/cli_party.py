@@ -23,8 +23,9 @@ import typer
 
 from pharmafl.errors import ConfigError, PharmaflError
 
-app = typer.Typer(help="An aggregation party: its keys, its card, the consortia it serves, its service.",
-                  no_args_is_help=True)  # fmt: skip
+app = typer.Typer(
+    help="An aggregation party: its keys, its card, the consortia it serves, its service.", no_args_is_help=True
+)
 Home = Annotated[Path, typer.Argument(help="the party home (pharmafl party init --home)")]
 
 
@@ -32,8 +33,13 @@ Home = Annotated[Path, typer.Argument(help="the party home (pharmafl party init 
 def init_command(
     party: Annotated[str, typer.Option("--id", help="the party id, e.g. helper-1")],
     home: Annotated[Path, typer.Option("--home", help="the party home to create (new or empty directory)")],
-    role: Annotated[str, typer.Option(help="'helper' (an independent organisation) or 'server' (the coordinator's "
-                                           "own party, which receives the sum)")] = "helper",
+    role: Annotated[
+        str,
+        typer.Option(
+            help="'helper' (an independent organisation) or 'server' (the coordinator's "
+            "own party, which receives the sum)"
+        ),
+    ] = "helper",
 ) -> None:
     """Generate the party's signing, HPKE and TLS keys at the party; write its card."""
     from pharmafl.pipeline.secure_agg.party_home import PASSPHRASE_ENV, PartyHome
@@ -80,7 +86,9 @@ def serve_command(
     home: Home,
     listen: Annotated[str, typer.Option(help="HOST:PORT to listen on (TLS)")] = "127.0.0.1:9101",
     ready_file: Annotated[Path | None, typer.Option(help="write 'HOST PORT' here once listening")] = None,
-    transcript: Annotated[Path | None, typer.Option(help="tests only: save what the party receives", hidden=True)] = None,
+    transcript: Annotated[
+        Path | None, typer.Option(help="tests only: save what the party receives", hidden=True)
+    ] = None,
 ) -> None:
     """Serve runs and rounds until stopped."""
     from pharmafl.fileio import write_bytes_atomic

@@ -55,13 +55,21 @@ class RoundResult:
 class AggregationService:
     """The parties of one run, reached at ``endpoints`` (party id -> (host, port))."""
 
-    def __init__(self, parties: Mapping[str, dict], endpoints: Mapping[str, tuple[str, int]], terms: dict, *,
-                 timeout: float = CONNECT_TIMEOUT_S):  # fmt: skip
+    def __init__(
+        self,
+        parties: Mapping[str, dict],
+        endpoints: Mapping[str, tuple[str, int]],
+        terms: dict,
+        *,
+        timeout: float = CONNECT_TIMEOUT_S,
+    ):
         self.names = ranked(parties)
         missing = [p for p in self.names if p not in endpoints]
         if missing:
-            raise SecureAggregationError(f"no endpoint for parties {missing}: give secure_aggregation.endpoints "
-                                         f"{{party: host:port}} for every party of the consortium")  # fmt: skip
+            raise SecureAggregationError(
+                f"no endpoint for parties {missing}: give secure_aggregation.endpoints "
+                f"{{party: host:port}} for every party of the consortium"
+            )
         self.terms, self.socks, self.statements = terms, {}, []
         try:
             for name in self.names:
@@ -138,8 +146,18 @@ class AggregationService:
             total = np.frombuffer(wire.blob(server["_blobs"], server.get("sum")), dtype="<f8")
         usable = [s for s in sites if s in first["passed"]]
         seconds = {k: max(replies[p]["seconds"][k] for p in self.names) for k in replies[self.names[0]]["seconds"]}
-        return RoundResult(first["revealed"], usable, excluded, first["passed"], total, first["weights"],
-                           first["sketch_seed"], seconds, statements, aborted=first["aborted"])  # fmt: skip
+        return RoundResult(
+            first["revealed"],
+            usable,
+            excluded,
+            first["passed"],
+            total,
+            first["weights"],
+            first["sketch_seed"],
+            seconds,
+            statements,
+            aborted=first["aborted"],
+        )
 
     def close(self) -> None:
         for sock in self.socks.values():
@@ -155,20 +173,41 @@ class AggregationService:
 class LocalParties:
     """Party services on this machine, each ``pharmafl party serve HOME`` in its own process."""
 
-    def __init__(self, homes: Mapping[str, Path], *, host: str = "127.0.0.1", transcript_dir: Path | None = None,
-                 timeout: float = 120.0):  # fmt: skip
+    def __init__(
+        self,
+        homes: Mapping[str, Path],
+        *,
+        host: str = "127.0.0.1",
+        transcript_dir: Path | None = None,
+        timeout: float = 120.0,
+    ):
         self.procs, self.endpoints = [], {}
         try:
             for name, home in homes.items():
                 ready = Path(home) / "serve.ready"
                 ready.unlink(missing_ok=True)
-                cmd = [sys.executable, "-m", "pharmafl.pipeline.secure_agg.cli_party", "serve", str(home),
-                       "--listen", f"{host}:0", "--ready-file", str(ready)]  # fmt: skip
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "pharmafl.pipeline.secure_agg.cli_party",
+                    "serve",
+                    str(home),
+                    "--listen",
+                    f"{host}:0",
+                    "--ready-file",
+                    str(ready),
+                ]
                 if transcript_dir is not None:
                     cmd += ["--transcript", str(transcript_dir)]
                 log = open(Path(home) / "serve.log", "ab")  # noqa: SIM115 - the process owns it
-                self.procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()),
-                                   ready, name, log))  # fmt: skip
+                self.procs.append(
+                    (
+                        subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()),
+                        ready,
+                        name,
+                        log,
+                    )
+                )
             deadline = time.monotonic() + timeout
             for proc, ready, name, _ in self.procs:
                 while not ready.is_file():

@@ -60,11 +60,13 @@ class SecureAggregationConfig:
         if not 1 <= self.helpers <= 4:
             raise ConfigError(f"{where}.helpers must be in 1..4, got {self.helpers}")
         if not self.max_update_norm > 0 or not self.slack >= 0:
-            raise ConfigError(f"{where}.max_update_norm must be > 0 and slack >= 0, got "
-                              f"{self.max_update_norm} and {self.slack}")  # fmt: skip
+            raise ConfigError(
+                f"{where}.max_update_norm must be > 0 and slack >= 0, got {self.max_update_norm} and {self.slack}"
+            )
         if not 1 <= self.sketches <= 16 or not 64 <= self.buckets <= 4096:
-            raise ConfigError(f"{where}.sketches must be in 1..16 and buckets in 64..4096, got "
-                              f"{self.sketches} and {self.buckets}")  # fmt: skip
+            raise ConfigError(
+                f"{where}.sketches must be in 1..16 and buckets in 64..4096, got {self.sketches} and {self.buckets}"
+            )
         if type(self.max_examples) is not int or not 1 <= self.max_examples <= 2**32:
             raise ConfigError(f"{where}.max_examples must be an integer in 1..2^32, got {self.max_examples!r}")
         for party, address in (self.endpoints or {}).items():
@@ -73,13 +75,20 @@ class SecureAggregationConfig:
                 raise ConfigError(f"{where}.endpoints.{party}: {address!r} is not host:port (e.g. 10.0.0.5:9101)")
         limit = self.max_update_norm * (1 + self.slack)
         if limit > MAX_LIMIT or not fits_ring(limit, self.buckets):
-            raise ConfigError(f"{where}: max_update_norm * (1 + slack) = {limit:g} is too large to check in "
-                              f"CrypTen's 64-bit ring with {self.buckets} buckets (at most {MAX_LIMIT:g}, and "
-                              f"buckets * (bound * 2^16)^2 < 2^62); lower max_update_norm or buckets")  # fmt: skip
+            raise ConfigError(
+                f"{where}: max_update_norm * (1 + slack) = {limit:g} is too large to check in "
+                f"CrypTen's 64-bit ring with {self.buckets} buckets (at most {MAX_LIMIT:g}, and "
+                f"buckets * (bound * 2^16)^2 < 2^62); lower max_update_norm or buckets"
+            )
 
     def endpoint_map(self) -> dict[str, tuple[str, int]]:
         return {p: (a.rpartition(":")[0], int(a.rpartition(":")[2])) for p, a in (self.endpoints or {}).items()}
 
     def summary(self) -> dict:
-        return {"max_update_norm": self.max_update_norm, "slack": self.slack, "sketches": self.sketches,
-                "buckets": self.buckets, "max_examples": self.max_examples}  # fmt: skip
+        return {
+            "max_update_norm": self.max_update_norm,
+            "slack": self.slack,
+            "sketches": self.sketches,
+            "buckets": self.buckets,
+            "max_examples": self.max_examples,
+        }

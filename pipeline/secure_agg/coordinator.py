@@ -21,6 +21,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from pharmafl.pipeline import events as ev
 from pharmafl.pipeline.coordinator import Coordinator, RoundAborted, _report_problem
 from pharmafl.pipeline.secure_agg.client import AggregationService, SecureAggregationError
@@ -47,10 +48,19 @@ class SecureCoordinator(Coordinator):
         """Put the parties' signed statements into the ledger, each checked against its card."""
         for stmt in statements:
             who = stmt.get("site") if isinstance(stmt, dict) else None
-            why = statement_problem(stmt, site=who, round=stmt.get("round"), run_id=self.run_id,
-                                    type_=stmt.get("type"), payload=stmt.get("payload") or {},
-                                    key=self.party_keys.get(who, b"")) if who in self.party_keys else \
-                f"a statement by {who!r}, which is not a pinned party"  # fmt: skip
+            why = (
+                statement_problem(
+                    stmt,
+                    site=who,
+                    round=stmt.get("round"),
+                    run_id=self.run_id,
+                    type_=stmt.get("type"),
+                    payload=stmt.get("payload") or {},
+                    key=self.party_keys.get(who, b""),
+                )
+                if who in self.party_keys
+                else f"a statement by {who!r}, which is not a pinned party"
+            )
             if why is not None:
                 raise SecureAggregationError(f"an aggregation party sent a statement that does not verify: {why}")
             self.bus.emit_statement(stmt)
@@ -73,8 +83,10 @@ class SecureCoordinator(Coordinator):
         self._parsed[site] = env  # parsed once: _open takes it from here
         h = env.header
         if env.site != site or env.round != round or h.get("context") != self.context:
-            return (f"envelope is labelled {env.site} round {env.round} of {h.get('context')!r}, expected "
-                    f"{site} round {round} of {self.context!r}")  # fmt: skip
+            return (
+                f"envelope is labelled {env.site} round {env.round} of {h.get('context')!r}, expected "
+                f"{site} round {round} of {self.context!r}"
+            )
         expected = [(f"delta/{k}", tuple(np.shape(v))) for k, v in sorted(state.items())]
         if env.layout != expected:
             return f"envelope layout differs from the model's parameters (first: {env.layout[:2]} vs {expected[:2]})"
@@ -103,9 +115,18 @@ class SecureCoordinator(Coordinator):
             if site in res.excluded:
                 excluded[site] = failed[site] = res.excluded[site]
             if site in res.passed:
-                self.bus.emit(ev.BOUND_CHECK, "server", round=round, site=site, passed=res.passed[site],
-                              max_update_norm=cfg.max_update_norm, slack=cfg.slack, sketches=cfg.sketches,
-                              buckets=cfg.buckets, sketch_seed=res.sketch_seed)  # fmt: skip
+                self.bus.emit(
+                    ev.BOUND_CHECK,
+                    "server",
+                    round=round,
+                    site=site,
+                    passed=res.passed[site],
+                    max_update_norm=cfg.max_update_norm,
+                    slack=cfg.slack,
+                    sketches=cfg.sketches,
+                    buckets=cfg.buckets,
+                    sketch_seed=res.sketch_seed,
+                )
             elif site in excluded:
                 self.bus.emit(ev.SITE_FAILED, "server", round=round, site=site, error=excluded[site])
         participants = [s for s in res.usable if res.passed[s]]
@@ -119,9 +140,14 @@ class SecureCoordinator(Coordinator):
         num_examples = sum(by_site[s][0].header["num_examples"] for s in participants)
         new_state = self.strategy.aggregate_mean(state, Update("server", round, num_examples, mean), len(participants))
         weights = np.array([weight[s] / total_weight for s in participants])
-        extra = {"secure": {"parties": list(self.service.names),
-                            "sum_hash": hashlib.sha256(np.asarray(res.total, "<f8").tobytes()).hexdigest(),
-                            "excluded": excluded, "seconds": {k: round_(v) for k, v in res.seconds.items()}}}  # fmt: skip
+        extra = {
+            "secure": {
+                "parties": list(self.service.names),
+                "sum_hash": hashlib.sha256(np.asarray(res.total, "<f8").tobytes()).hexdigest(),
+                "excluded": excluded,
+                "seconds": {k: round_(v) for k, v in res.seconds.items()},
+            }
+        }
         return new_state, participants, weights, None, extra
 
     def close(self) -> None:

@@ -41,7 +41,6 @@ import torch
 
 from pharmafl.pipeline.secure_agg.mesh import Mesh, MeshError
 
-
 # --- the dealer's allow-list ----------------------------------------------------------------
 
 #: CrypTen 0.4.1's TTPServer generators (``ttp_provider.TTP_FUNCTIONS``) and their arity.
@@ -60,19 +59,23 @@ def check_ttp_request(message, max_elements: int = MAX_REQUEST_ELEMENTS) -> tupl
     convolution keywords only: the dealer never calls anything a request names otherwise.
     """
     if type(message) is not dict or set(message) != {"function", "device", "args", "kwargs"}:
-        raise MeshError(f"the dealer refuses {str(message)[:80]!r}: a request is a dict of function, device, args, "
-                        f"kwargs")  # fmt: skip
+        raise MeshError(
+            f"the dealer refuses {str(message)[:80]!r}: a request is a dict of function, device, args, kwargs"
+        )
     function, device, args, kwargs = (message[k] for k in ("function", "device", "args", "kwargs"))
     if function not in TTP_GENERATORS:
-        raise MeshError(f"the dealer refuses a request for {function!r}: only the TTP generators "
-                        f"{sorted(TTP_GENERATORS)} may be called")  # fmt: skip
+        raise MeshError(
+            f"the dealer refuses a request for {function!r}: only the TTP generators "
+            f"{sorted(TTP_GENERATORS)} may be called"
+        )
     if device is not None and (type(device) is not str or device.split(":")[0] not in ("cpu", "cuda")):
         raise MeshError(f"the dealer refuses device {device!r}: expected None, 'cpu' or 'cuda[:N]'")
     if type(args) not in (tuple, list) or type(kwargs) is not dict:
         raise MeshError(f"the dealer refuses {function!r}: args must be a tuple and kwargs a dict")
     if len(args) != TTP_GENERATORS[function]:
-        raise MeshError(f"the dealer refuses {function!r} with {len(args)} arguments; it takes "
-                        f"{TTP_GENERATORS[function]}")  # fmt: skip
+        raise MeshError(
+            f"the dealer refuses {function!r} with {len(args)} arguments; it takes {TTP_GENERATORS[function]}"
+        )
     sizes = list(args[:2]) if function == "additive" else list(args)
     sizes = [_check_size(function, s, max_elements) for s in sizes]
     if function == "additive":
@@ -81,8 +84,10 @@ def check_ttp_request(message, max_elements: int = MAX_REQUEST_ELEMENTS) -> tupl
             raise MeshError(f"the dealer refuses additive op {op!r}: expected one of {sorted(BEAVER_OPS)}")
         bad = {k: v for k, v in kwargs.items() if k not in _CONV_KWARGS or not _conv_value(v)}
         if bad or (kwargs and not op.startswith("conv")):
-            raise MeshError(f"the dealer refuses additive keywords {bad or kwargs}: only {sorted(_CONV_KWARGS)} "
-                            f"(ints, tuples of ints, 'same' or 'valid') for a convolution")  # fmt: skip
+            raise MeshError(
+                f"the dealer refuses additive keywords {bad or kwargs}: only {sorted(_CONV_KWARGS)} "
+                f"(ints, tuples of ints, 'same' or 'valid') for a convolution"
+            )
         return function, device, (*sizes, op), kwargs
     if kwargs:
         raise MeshError(f"the dealer refuses {function!r} with keywords {sorted(kwargs)}; it takes none")
@@ -93,8 +98,9 @@ def _check_size(function: str, size, max_elements: int) -> torch.Size:
     if type(size) not in (torch.Size, tuple, list) or not all(type(d) is int and d >= 0 for d in size):
         raise MeshError(f"the dealer refuses {function!r} of size {size!r}: a size is a tuple of non-negative ints")
     if len(size) > 16 or math.prod(size) > max_elements:
-        raise MeshError(f"the dealer refuses {function!r} of size {tuple(size)}: at most 16 dimensions and "
-                        f"{max_elements} elements")  # fmt: skip
+        raise MeshError(
+            f"the dealer refuses {function!r} of size {tuple(size)}: at most 16 dimensions and {max_elements} elements"
+        )
     return torch.Size(size)
 
 
@@ -186,9 +192,10 @@ def _communicator_class(crypten):
             got = self.mesh.recv(src, group.channel)
             # as gloo, match the element count only: CrypTen's _sync_seeds sends a () seed into a (1,) buffer
             if got.dtype != template.dtype or got.numel() != template.numel():
-                raise MeshError(f"rank {src} sent a {got.dtype} tensor of shape {tuple(got.shape)} where "
-                                f"rank {self.rank} expected {template.dtype} {tuple(template.shape)} in {group!r}"
-                                )  # fmt: skip
+                raise MeshError(
+                    f"rank {src} sent a {got.dtype} tensor of shape {tuple(got.shape)} where "
+                    f"rank {self.rank} expected {template.dtype} {tuple(template.shape)} in {group!r}"
+                )
             return got.reshape(template.shape).to(template.device)
 
         def _send(self, tensor: torch.Tensor, dst: int, group: Group) -> None:
@@ -361,8 +368,10 @@ class _DistShim:
         return not self._comm.mesh.closed
 
     def __getattr__(self, name):
-        raise MeshError(f"ttp_provider called torch.distributed.{name}, which the TLS mesh does not provide "
-                        f"(only isend, irecv, barrier): this module was written for CrypTen 0.4.1")  # fmt: skip
+        raise MeshError(
+            f"ttp_provider called torch.distributed.{name}, which the TLS mesh does not provide "
+            f"(only isend, irecv, barrier): this module was written for CrypTen 0.4.1"
+        )
 
 
 def install(crypten, comm, max_request_elements: int = MAX_REQUEST_ELEMENTS) -> None:
@@ -378,8 +387,10 @@ def install(crypten, comm, max_request_elements: int = MAX_REQUEST_ELEMENTS) -> 
     from crypten.mpc.provider import ttp_provider
 
     if set(ttp_provider.TTP_FUNCTIONS) != set(TTP_GENERATORS):
-        raise MeshError(f"CrypTen's TTP functions are {ttp_provider.TTP_FUNCTIONS}, this module allows "
-                        f"{sorted(TTP_GENERATORS)}: review check_ttp_request for this CrypTen version")  # fmt: skip
+        raise MeshError(
+            f"CrypTen's TTP functions are {ttp_provider.TTP_FUNCTIONS}, this module allows "
+            f"{sorted(TTP_GENERATORS)}: review check_ttp_request for this CrypTen version"
+        )
     state = {"initialized": False}
 
     def get():
@@ -396,8 +407,10 @@ def install(crypten, comm, max_request_elements: int = MAX_REQUEST_ELEMENTS) -> 
         if comm.mesh.closed:
             raise MeshError("the mesh of this communicator is closed: connect a new Mesh and install it")
         if bool(init_ttp) != comm.ttp_initialized:
-            raise MeshError(f"crypten.cfg.mpc.provider is {crypten.cfg.mpc.provider!r}; the mesh "
-                            f"{'has' if comm.ttp_initialized else 'has no'} dealer rank: set it to 'TTP'")  # fmt: skip
+            raise MeshError(
+                f"crypten.cfg.mpc.provider is {crypten.cfg.mpc.provider!r}; the mesh "
+                f"{'has' if comm.ttp_initialized else 'has no'} dealer rank: set it to 'TTP'"
+            )
         state["initialized"] = True
 
     def uninit():

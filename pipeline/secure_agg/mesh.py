@@ -46,6 +46,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+
 from pharmafl.errors import PharmaflError
 
 
@@ -67,21 +68,38 @@ def make_tls_identity(name: str, *, days: int = 3650) -> tuple[bytes, bytes]:
         raise MeshError(f"a certificate name must have 1 to 64 characters (X.509 CN), got {name!r}")
     key = ed25519.Ed25519PrivateKey.generate()
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    usage = dict.fromkeys(("content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
-                           "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"), False)  # fmt: skip
+    now = datetime.datetime.now(datetime.UTC)
+    usage = dict.fromkeys(
+        (
+            "content_commitment",
+            "key_encipherment",
+            "data_encipherment",
+            "key_agreement",
+            "key_cert_sign",
+            "crl_sign",
+            "encipher_only",
+            "decipher_only",
+        ),
+        False,
+    )
     cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=days))
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, **usage), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
         .sign(key, None)
-    )  # fmt: skip
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())  # fmt: skip
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
@@ -118,11 +136,29 @@ _CONTROL = 255  # the channel of HELLO / ACK
 _HELLO = struct.Struct("<II")  # claimed rank, rank it meant to reach
 MAX_FRAME_BYTES = 1 << 34
 MAX_OBJECT_BYTES = 1 << 20
-_DTYPES = {1: torch.int64, 2: torch.int32, 3: torch.int16, 4: torch.int8, 5: torch.uint8, 6: torch.bool,
-           7: torch.float64, 8: torch.float32, 9: torch.float16}  # fmt: skip
+_DTYPES = {
+    1: torch.int64,
+    2: torch.int32,
+    3: torch.int16,
+    4: torch.int8,
+    5: torch.uint8,
+    6: torch.bool,
+    7: torch.float64,
+    8: torch.float32,
+    9: torch.float16,
+}
 _CODES = {v: k for k, v in _DTYPES.items()}
-_NUMPY = {torch.int64: "<i8", torch.int32: "<i4", torch.int16: "<i2", torch.int8: "i1", torch.uint8: "u1",
-          torch.bool: "?", torch.float64: "<f8", torch.float32: "<f4", torch.float16: "<f2"}  # fmt: skip
+_NUMPY = {
+    torch.int64: "<i8",
+    torch.int32: "<i4",
+    torch.int16: "<i2",
+    torch.int8: "i1",
+    torch.uint8: "u1",
+    torch.bool: "?",
+    torch.float64: "<f8",
+    torch.float32: "<f4",
+    torch.float16: "<f2",
+}
 
 
 def encode_tensor(tensor: torch.Tensor) -> bytes:
@@ -139,8 +175,9 @@ def encode_tensor(tensor: torch.Tensor) -> bytes:
 def decode_tensor(payload: bytes | bytearray) -> torch.Tensor:
     """The inverse of :func:`encode_tensor`; refuses a frame whose size does not add up."""
     if len(payload) < 2 or payload[0] not in _DTYPES:
-        raise MeshError(f"malformed tensor frame: dtype code {payload[:1].hex() or 'missing'}, "
-                        f"expected one of {sorted(_DTYPES)}")  # fmt: skip
+        raise MeshError(
+            f"malformed tensor frame: dtype code {payload[:1].hex() or 'missing'}, expected one of {sorted(_DTYPES)}"
+        )
     dtype, ndim = _DTYPES[payload[0]], payload[1]
     start = 2 + 8 * ndim
     if len(payload) < start:
@@ -148,8 +185,10 @@ def decode_tensor(payload: bytes | bytearray) -> torch.Tensor:
     shape = struct.unpack_from(f"<{ndim}q", payload, 2)
     item = np.dtype(_NUMPY[dtype]).itemsize
     if any(d < 0 for d in shape) or len(payload) - start != math.prod(shape) * item:
-        raise MeshError(f"malformed tensor frame: shape {shape} of {dtype} needs {math.prod(shape) * item} bytes, "
-                        f"frame carries {len(payload) - start}")  # fmt: skip
+        raise MeshError(
+            f"malformed tensor frame: shape {shape} of {dtype} needs {math.prod(shape) * item} bytes, "
+            f"frame carries {len(payload) - start}"
+        )
     buffer = payload if isinstance(payload, bytearray) else bytearray(payload)  # writable, for torch
     arr = np.frombuffer(buffer, dtype=_NUMPY[dtype], offset=start).reshape(shape)
     if not arr.dtype.isnative:
@@ -181,8 +220,10 @@ def _tag(obj, depth: int):
         return {"tuple": items} if type(obj) is tuple else items
     if type(obj) is dict and all(type(k) is str for k in obj):
         return {"dict": {k: _tag(v, depth + 1) for k, v in obj.items()}}
-    raise MeshError(f"cannot send an object of type {type(obj).__qualname__} over the mesh (no pickle): "
-                    f"only {_ALLOWED_OBJECTS} are allowed")  # fmt: skip
+    raise MeshError(
+        f"cannot send an object of type {type(obj).__qualname__} over the mesh (no pickle): "
+        f"only {_ALLOWED_OBJECTS} are allowed"
+    )
 
 
 def decode_object(payload: bytes | bytearray):
@@ -421,9 +462,17 @@ class Mesh:
             peer.sock.setblocking(False)
 
     @classmethod
-    def connect(cls, rank: int, addresses: dict[int, tuple[str, int]], listener: socket.socket, cert_pem: bytes,
-                key_pem: bytes, peer_certs: dict[int, bytes], timeout: float = 60.0,
-                io_timeout: float | None = None) -> Mesh:  # fmt: skip
+    def connect(
+        cls,
+        rank: int,
+        addresses: dict[int, tuple[str, int]],
+        listener: socket.socket,
+        cert_pem: bytes,
+        key_pem: bytes,
+        peer_certs: dict[int, bytes],
+        timeout: float = 60.0,
+        io_timeout: float | None = None,
+    ) -> Mesh:
         """Dial every rank below ``rank``, accept every rank above it on ``listener`` (closed
         afterwards), each within ``timeout`` seconds in all; refused connections are retried.
 
@@ -468,8 +517,10 @@ class Mesh:
         if self.closed:
             raise MeshError(f"rank {self.rank}'s mesh is closed; connect a new one")
         if rank not in self._peers:
-            raise MeshError(f"rank {self.rank} has no connection to rank {rank}; ranks are "
-                            f"{sorted(self._peers)} (and {self.rank} itself)")  # fmt: skip
+            raise MeshError(
+                f"rank {self.rank} has no connection to rank {rank}; ranks are "
+                f"{sorted(self._peers)} (and {self.rank} itself)"
+            )
         return self._peers[rank]
 
     # -- frames
@@ -510,8 +561,10 @@ class Mesh:
         self._progress(lambda: bool(queue), what, src)
         got, payload = queue.popleft()
         if got != kind:
-            raise MeshError(f"rank {src} sent a {_KINDS[got]} on channel {channel} where rank {self.rank} expected "
-                            f"a {_KINDS[kind]}: the two ranks are not running the same protocol")  # fmt: skip
+            raise MeshError(
+                f"rank {src} sent a {_KINDS[got]} on channel {channel} where rank {self.rank} expected "
+                f"a {_KINDS[kind]}: the two ranks are not running the same protocol"
+            )
         return payload
 
     def _progress(self, done, what: str, needed: int | None, timeout: float | None = -1.0) -> None:
@@ -563,8 +616,9 @@ class Mesh:
                     except (ssl.SSLError, ValueError):  # want-read: the peer's close_notify is to come
                         pass
                     peer._take_outgoing()
-            self._progress(lambda: all(not p.pending for p in self._peers.values() if not p.closed), "closing",
-                           None, linger)  # fmt: skip
+            self._progress(
+                lambda: all(not p.pending for p in self._peers.values() if not p.closed), "closing", None, linger
+            )
             for peer in self._peers.values():
                 if not peer.closed:
                     try:
@@ -587,8 +641,9 @@ class Mesh:
         self.close()
 
 
-def _dial(rank: int, j: int, address: tuple[str, int], context: ssl.SSLContext, expected: str, deadline: float,
-          timeout: float) -> _Peer:  # fmt: skip
+def _dial(
+    rank: int, j: int, address: tuple[str, int], context: ssl.SSLContext, expected: str, deadline: float, timeout: float
+) -> _Peer:
     host, port = address
     delay = 0.02
     while True:
@@ -596,12 +651,16 @@ def _dial(rank: int, j: int, address: tuple[str, int], context: ssl.SSLContext, 
             sock = socket.create_connection((host, port), timeout=min(5.0, _remaining(deadline, "")))
             break
         except MeshError:
-            raise MeshError(f"rank {rank} could not reach rank {j} at {host}:{port} within {timeout} s; "
-                            f"is rank {j} running and listening there?") from None  # fmt: skip
+            raise MeshError(
+                f"rank {rank} could not reach rank {j} at {host}:{port} within {timeout} s; "
+                f"is rank {j} running and listening there?"
+            ) from None
         except OSError as exc:
             if time.monotonic() + delay >= deadline:
-                raise MeshError(f"rank {rank} could not reach rank {j} at {host}:{port} within {timeout} s "
-                                f"({exc}); is rank {j} running and listening there?") from None  # fmt: skip
+                raise MeshError(
+                    f"rank {rank} could not reach rank {j} at {host}:{port} within {timeout} s "
+                    f"({exc}); is rank {j} running and listening there?"
+                ) from None
             time.sleep(delay)
             delay = min(2 * delay, 0.5)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -612,22 +671,28 @@ def _dial(rank: int, j: int, address: tuple[str, int], context: ssl.SSLContext, 
             _handshake(peer, deadline, what)
         except ssl.SSLError as exc:
             if _is_alert(exc):
-                raise MeshError(f"rank {j} at {host}:{port} refused rank {rank}'s certificate ({exc.reason}): does "
-                                f"rank {j} pin rank {rank}'s certificate?") from None  # fmt: skip
-            raise MeshError(f"rank {j} at {host}:{port} failed TLS with rank {rank}: {exc.reason or exc}; "
-                            f"it presented no certificate pinned for rank {j} (expected sha256 {expected})"
-                            ) from None  # fmt: skip
+                raise MeshError(
+                    f"rank {j} at {host}:{port} refused rank {rank}'s certificate ({exc.reason}): does "
+                    f"rank {j} pin rank {rank}'s certificate?"
+                ) from None
+            raise MeshError(
+                f"rank {j} at {host}:{port} failed TLS with rank {rank}: {exc.reason or exc}; "
+                f"it presented no certificate pinned for rank {j} (expected sha256 {expected})"
+            ) from None
         except OSError as exc:
             raise MeshError(f"connection to rank {j} at {host}:{port} broke {what}: {exc}") from None
         if peer.fingerprint != expected:
-            raise MeshError(f"rank {j} at {host}:{port} presented certificate sha256 {peer.fingerprint}, but the "
-                            f"certificate pinned for rank {j} is sha256 {expected}")  # fmt: skip
+            raise MeshError(
+                f"rank {j} at {host}:{port} presented certificate sha256 {peer.fingerprint}, but the "
+                f"certificate pinned for rank {j} is sha256 {expected}"
+            )
         peer.write(_frame(HELLO, _CONTROL, _HELLO.pack(rank, j)))
         try:
             kind, _ = _blocking_frame(peer, deadline, f"while rank {j} checked rank {rank}'s certificate")
         except MeshError as exc:
-            raise MeshError(f"rank {j} at {host}:{port} refused rank {rank} ({exc}): does rank {j} pin rank "
-                            f"{rank}'s certificate?") from None  # fmt: skip
+            raise MeshError(
+                f"rank {j} at {host}:{port} refused rank {rank} ({exc}): does rank {j} pin rank {rank}'s certificate?"
+            ) from None
         if kind != ACK:
             raise MeshError(f"rank {j} answered rank {rank}'s hello with a {_KINDS[kind]}, expected an ack")
         return peer
@@ -636,15 +701,24 @@ def _dial(rank: int, j: int, address: tuple[str, int], context: ssl.SSLContext, 
         raise
 
 
-def _accept(rank: int, listener: socket.socket, context: ssl.SSLContext, pinned: dict[int, str],
-            waiting: set[int], deadline: float, timeout: float) -> _Peer:  # fmt: skip
+def _accept(
+    rank: int,
+    listener: socket.socket,
+    context: ssl.SSLContext,
+    pinned: dict[int, str],
+    waiting: set[int],
+    deadline: float,
+    timeout: float,
+) -> _Peer:
     expected = ", ".join(f"rank {r}: sha256 {pinned[r]}" for r in sorted(waiting))
     try:
         listener.settimeout(_remaining(deadline, ""))
         sock, addr = listener.accept()
     except (MeshError, TimeoutError):
-        raise MeshError(f"rank {rank} waited {timeout} s for ranks {sorted(waiting)} to connect; are they running, "
-                        f"and do they have rank {rank}'s address right?") from None  # fmt: skip
+        raise MeshError(
+            f"rank {rank} waited {timeout} s for ranks {sorted(waiting)} to connect; are they running, "
+            f"and do they have rank {rank}'s address right?"
+        ) from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     where = f"{addr[0]}:{addr[1]}"
     peer = _Peer(None, sock, context, server_side=True)
@@ -655,26 +729,38 @@ def _accept(rank: int, listener: socket.socket, context: ssl.SSLContext, pinned:
             kind, payload = _blocking_frame(peer, deadline, f"before naming its rank to rank {rank}")
         except ssl.SSLError as exc:
             if _is_alert(exc):
-                raise MeshError(f"a peer from {where} refused rank {rank}'s certificate ({exc.reason}): does it pin "
-                                f"rank {rank}'s certificate?") from None  # fmt: skip
-            raise MeshError(f"a peer from {where} failed TLS with rank {rank}: {exc.reason or exc}; it presented "
-                            f"no certificate pinned for any of ({expected})") from None  # fmt: skip
+                raise MeshError(
+                    f"a peer from {where} refused rank {rank}'s certificate ({exc.reason}): does it pin "
+                    f"rank {rank}'s certificate?"
+                ) from None
+            raise MeshError(
+                f"a peer from {where} failed TLS with rank {rank}: {exc.reason or exc}; it presented "
+                f"no certificate pinned for any of ({expected})"
+            ) from None
         except OSError as exc:
             raise MeshError(f"connection from {where} broke {what}: {exc}") from None
         if kind != HELLO or len(payload) != _HELLO.size:
-            raise MeshError(f"a peer from {where} sent a {_KINDS[kind]} of {len(payload)} bytes where rank {rank} "
-                            f"expected its hello")  # fmt: skip
+            raise MeshError(
+                f"a peer from {where} sent a {_KINDS[kind]} of {len(payload)} bytes where rank {rank} "
+                f"expected its hello"
+            )
         claimed, target = _HELLO.unpack(payload)
         if target != rank:
-            raise MeshError(f"a peer from {where} claiming rank {claimed} meant to reach rank {target}, but this is "
-                            f"rank {rank}: its address table is wrong")  # fmt: skip
+            raise MeshError(
+                f"a peer from {where} claiming rank {claimed} meant to reach rank {target}, but this is "
+                f"rank {rank}: its address table is wrong"
+            )
         if claimed not in waiting:
-            raise MeshError(f"a peer from {where} claims rank {claimed}, but rank {rank} expects connections only from "
-                            f"ranks {sorted(waiting)} (higher ranks not yet connected)")  # fmt: skip
+            raise MeshError(
+                f"a peer from {where} claims rank {claimed}, but rank {rank} expects connections only from "
+                f"ranks {sorted(waiting)} (higher ranks not yet connected)"
+            )
         if peer.fingerprint != pinned[claimed]:
-            raise MeshError(f"a peer from {where} claims rank {claimed} but presented certificate sha256 "
-                            f"{peer.fingerprint}; the certificate pinned for rank {claimed} is sha256 "
-                            f"{pinned[claimed]}")  # fmt: skip
+            raise MeshError(
+                f"a peer from {where} claims rank {claimed} but presented certificate sha256 "
+                f"{peer.fingerprint}; the certificate pinned for rank {claimed} is sha256 "
+                f"{pinned[claimed]}"
+            )
         peer.rank = claimed
         peer.write(_frame(ACK, _CONTROL, b""))
         _flush_blocking(peer, deadline, f"acknowledging rank {claimed}")

@@ -35,6 +35,7 @@ import numpy as np
 def _crypten():
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
+
     from pharmafl.sites.crypten_compat import load_crypten
 
     torch.set_num_threads(1)
@@ -90,8 +91,16 @@ def _log_requests(comm, log: Path) -> None:
     comm.recv_obj = recv_obj
 
 
-def worker_main(rank: int, parties: int, host: str, identity: tuple[bytes, bytes], peer_certs: dict, conn,
-                transcript_dir: str | None, name: str) -> None:  # fmt: skip
+def worker_main(
+    rank: int,
+    parties: int,
+    host: str,
+    identity: tuple[bytes, bytes],
+    peer_certs: dict,
+    conn,
+    transcript_dir: str | None,
+    name: str,
+) -> None:
     """Bind, report the mesh port, join the mesh when told, then serve rounds (or deal)."""
     from pharmafl.pipeline.secure_agg import mesh
     from pharmafl.pipeline.secure_agg.crypten_link import install, tls_communicator
@@ -105,9 +114,15 @@ def worker_main(rank: int, parties: int, host: str, identity: tuple[bytes, bytes
         if start is None:
             return
         addresses = {int(r): (h, int(p)) for r, (h, p) in start["addresses"].items()}
-        link = mesh.Mesh.connect(rank, addresses, listener, identity[0], identity[1],
-                                 {int(r): c for r, c in peer_certs.items() if int(r) != rank},
-                                 timeout=float(start["timeout"]))  # fmt: skip
+        link = mesh.Mesh.connect(
+            rank,
+            addresses,
+            listener,
+            identity[0],
+            identity[1],
+            {int(r): c for r, c in peer_certs.items() if int(r) != rank},
+            timeout=float(start["timeout"]),
+        )
         comm = tls_communicator(crypten, link)
         transcript = Transcript(Path(transcript_dir), name) if transcript_dir and not dealer else None
         if transcript is not None:
@@ -124,16 +139,24 @@ def worker_main(rank: int, parties: int, host: str, identity: tuple[bytes, bytes
         crypten.init()
         conn.send({"ready": name})
     except Exception as exc:  # noqa: BLE001 - reported to the service, which refuses the run
-        conn.send({"error": f"{name} (rank {rank}) failed to join the parties: {type(exc).__name__}: {exc}",
-                   "trace": traceback.format_exc()})  # fmt: skip
+        conn.send(
+            {
+                "error": f"{name} (rank {rank}) failed to join the parties: {type(exc).__name__}: {exc}",
+                "trace": traceback.format_exc(),
+            }
+        )
         return
     try:
         while (task := conn.recv()) is not None:
             try:
                 conn.send(_round(crypten, comm, rank, task, transcript))
             except Exception as exc:
-                conn.send({"error": f"{name}: round {task.get('round')}: {type(exc).__name__}: {exc}",
-                           "trace": traceback.format_exc()})  # fmt: skip
+                conn.send(
+                    {
+                        "error": f"{name}: round {task.get('round')}: {type(exc).__name__}: {exc}",
+                        "trace": traceback.format_exc(),
+                    }
+                )
                 raise
     finally:
         try:
@@ -149,6 +172,7 @@ def _digest(round: int, sites: list[str], headers: dict[str, str]) -> list[int]:
 
 def _round(crypten, comm, rank: int, task: dict, transcript: Transcript | None) -> dict:
     import torch
+
     from pharmafl.pipeline.secure_agg.bound import check_sketches, sketch, sketch_plan
     from pharmafl.sites.secret_sharing import PRECISION_BITS, decode_fixed
 
@@ -164,10 +188,21 @@ def _round(crypten, comm, rank: int, task: dict, transcript: Transcript | None) 
     views = torch.stack(comm.all_gather(mine))
     if not bool((views == views[0]).all()) or not bool(views[:, 0].all()):
         refused = [i for i in range(len(views)) if not views[i, 0]]
-        why = (f"parties of rank {refused} refused round {r}" if refused else
-               f"the parties were given different requests for round {r} (round, sites or headers differ)")
-        return {"round": r, "aborted": why, "usable": [], "passed": {}, "revealed": False, "sum": None,
-                "sketch_seed": None, "seconds": {"open": 0.0, "bound_check": 0.0, "sum": 0.0}}  # fmt: skip
+        why = (
+            f"parties of rank {refused} refused round {r}"
+            if refused
+            else f"the parties were given different requests for round {r} (round, sites or headers differ)"
+        )
+        return {
+            "round": r,
+            "aborted": why,
+            "usable": [],
+            "passed": {},
+            "revealed": False,
+            "sum": None,
+            "sketch_seed": None,
+            "seconds": {"open": 0.0, "bound_check": 0.0, "sum": 0.0},
+        }
     # 2. the sites every party opened
     opened = torch.tensor([site in shares for site in sites], dtype=torch.int64)
     agreed = torch.stack(comm.all_gather(opened)).min(dim=0).values.bool().tolist() if sites else []
@@ -197,5 +232,13 @@ def _round(crypten, comm, rank: int, task: dict, transcript: Transcript | None) 
     if transcript is not None:
         transcript.flush()
     t3 = time.perf_counter()
-    return {"round": r, "aborted": None, "usable": usable, "passed": passed, "revealed": revealed, "sum": total,
-            "sketch_seed": seed.hex(), "seconds": {"open": t1 - t0, "bound_check": t2 - t1, "sum": t3 - t2}}
+    return {
+        "round": r,
+        "aborted": None,
+        "usable": usable,
+        "passed": passed,
+        "revealed": revealed,
+        "sum": total,
+        "sketch_seed": seed.hex(),
+        "seconds": {"open": t1 - t0, "bound_check": t2 - t1, "sum": t3 - t2},
+    }

@@ -22,7 +22,7 @@ import secrets
 import shutil
 import tempfile
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -57,14 +57,15 @@ class PartyRefusal(PharmaflError):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class PartyHome:
     """An opened party home (:meth:`init` creates one, :meth:`open` opens one)."""
 
-    def __init__(self, path: Path, config: dict, card: dict, sign_key, hpke: PartyKey, tls_key_pem: bytes,
-                 tls_cert_pem: bytes):  # fmt: skip
+    def __init__(
+        self, path: Path, config: dict, card: dict, sign_key, hpke: PartyKey, tls_key_pem: bytes, tls_cert_pem: bytes
+    ):
         self.path, self.config, self.card, self._sign_key, self.hpke = Path(path), config, card, sign_key, hpke
         self.party: str = config["party"]
         self.role: str = config["role"]
@@ -75,8 +76,16 @@ class PartyHome:
         return f"PartyHome({str(self.path)!r}, party={self.party!r})"
 
     @classmethod
-    def init(cls, home: Path, party: str, *, role: str = "helper", passphrase: str | None = None,
-             simulated: bool = False, scrypt_n: int = DEFAULT_SCRYPT_N) -> PartyHome:  # fmt: skip
+    def init(
+        cls,
+        home: Path,
+        party: str,
+        *,
+        role: str = "helper",
+        passphrase: str | None = None,
+        simulated: bool = False,
+        scrypt_n: int = DEFAULT_SCRYPT_N,
+    ) -> PartyHome:
         """Generate the party's three keys at ``home`` and sign its card; refuses a non-empty
         ``home``, and leaves nothing behind on error."""
         home = Path(home)
@@ -98,14 +107,24 @@ class PartyHome:
             tls_key = serialization.load_pem_private_key(tls_key_pem, None)
             enc = serialization.BestAvailableEncryption(passphrase.encode())
             write_bytes_atomic(staging / "keys" / "hpke.pem", hpke.private_pem(passphrase))
-            write_bytes_atomic(staging / "keys" / "tls-key.pem", tls_key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc))  # fmt: skip
+            write_bytes_atomic(
+                staging / "keys" / "tls-key.pem",
+                tls_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc),
+            )
             write_bytes_atomic(staging / "keys" / "tls-cert.pem", cert_pem)
             created = _now()
             config = {"format": PARTY_FORMAT, "party": party, "role": role, "created": created}
-            card = make_party_card(key.sign, {"party": party, "role": role, "created": created,
-                                              "public_key": raw_public_key(key).hex(), "hpke_key": hpke.public.hex(),
-                                              "tls_cert": cert_pem.decode()})  # fmt: skip
+            card = make_party_card(
+                key.sign,
+                {
+                    "party": party,
+                    "role": role,
+                    "created": created,
+                    "public_key": raw_public_key(key).hex(),
+                    "hpke_key": hpke.public.hex(),
+                    "tls_cert": cert_pem.decode(),
+                },
+            )
             _write_json(staging / PARTY_FILE, config)
             _write_json(staging / CARD_FILE, card)
             (staging / "consortia").mkdir(mode=0o700)
@@ -133,20 +152,27 @@ class PartyHome:
         try:
             key = keys.get(party)
             hpke = PartyKey.from_pem(party, (home / "keys" / "hpke.pem").read_bytes(), secret)
-            tls_key = serialization.load_pem_private_key((home / "keys" / "tls-key.pem").read_bytes(),
-                                                         secret.encode())  # fmt: skip
+            tls_key = serialization.load_pem_private_key((home / "keys" / "tls-key.pem").read_bytes(), secret.encode())
         except (PharmaflError, ValueError, TypeError, OSError):
-            raise ConfigError(f"{home / 'keys'}: cannot unlock {party}'s keys: wrong passphrase (check "
-                              f"${PASSPHRASE_ENV}), or a key file was altered (restore keys/ from backup)") from None
+            raise ConfigError(
+                f"{home / 'keys'}: cannot unlock {party}'s keys: wrong passphrase (check "
+                f"${PASSPHRASE_ENV}), or a key file was altered (restore keys/ from backup)"
+            ) from None
         cert = (home / "keys" / "tls-cert.pem").read_bytes()
         card = check_party_card(read_json(home / CARD_FILE, "party card"), str(home / CARD_FILE))
-        expected = {"party": party, "role": config["role"], "public_key": raw_public_key(key).hex(),
-                    "hpke_key": hpke.public.hex(), "tls_cert": cert.decode()}  # fmt: skip
+        expected = {
+            "party": party,
+            "role": config["role"],
+            "public_key": raw_public_key(key).hex(),
+            "hpke_key": hpke.public.hex(),
+            "tls_cert": cert.decode(),
+        }
         wrong = sorted(k for k, v in expected.items() if card[k] != v)
         if wrong:
             raise ConfigError(f"{home / CARD_FILE}: {wrong} do not match the home's keys; the card is not this home's")
-        tls_pem = tls_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption())  # fmt: skip
+        tls_pem = tls_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         return cls(home, config, card, key, hpke, tls_pem, cert)
 
     @property
@@ -168,13 +194,17 @@ class PartyHome:
         parties = check_parties(consortium.get("parties") or {}, where)
         mine = parties.get(self.party)
         if mine is None or messages.canonical(mine) != messages.canonical(self.card):
-            raise ConfigError(f"{where}: {'does not hold' if mine is None else 'holds an altered copy of'} this "
-                              f"party's card (fingerprint {self.fingerprint}); do not accept it")
+            raise ConfigError(
+                f"{where}: {'does not hold' if mine is None else 'holds an altered copy of'} this "
+                f"party's card (fingerprint {self.fingerprint}); do not accept it"
+            )
         digest = messages.roster_sha256(consortium["cards"], parties)
         if consortium.get("roster_sha256") != digest:
             raise ConfigError(f"{where}: roster_sha256 {consortium.get('roster_sha256')!r} is not the cards' {digest}")
-        _write_json(self.path / "consortia" / f"{digest}.json",
-                    {"cards": consortium["cards"], "parties": parties, "roster_sha256": digest})  # fmt: skip
+        _write_json(
+            self.path / "consortia" / f"{digest}.json",
+            {"cards": consortium["cards"], "parties": parties, "roster_sha256": digest},
+        )
         return digest
 
     def consortium(self, roster_sha256: str) -> dict:
@@ -183,8 +213,10 @@ class PartyHome:
             raise PartyRefusal(f"roster {roster_sha256!r} is not a SHA-256")
         path = self.path / "consortia" / f"{roster_sha256}.json"
         if not path.is_file():
-            raise PartyRefusal(f"{self.party} did not accept roster {roster_sha256[:16]}...: it serves only the "
-                               f"consortia it agreed to (pharmafl party accept)")  # fmt: skip
+            raise PartyRefusal(
+                f"{self.party} did not accept roster {roster_sha256[:16]}...: it serves only the "
+                f"consortia it agreed to (pharmafl party accept)"
+            )
         doc = read_json(path, "accepted consortium")
         if messages.roster_sha256(doc["cards"], doc["parties"]) != roster_sha256:
             raise PartyRefusal(f"{path}: altered (its cards do not hash to its name)")
@@ -202,8 +234,9 @@ class PartyHome:
         with self._lock:
             if path.is_file():
                 if messages.canonical(read_json(path, "run terms")) != messages.canonical(terms):
-                    raise PartyRefusal(f"run {run_id} was registered with other terms ({path}); a run's terms "
-                                       f"cannot change")  # fmt: skip
+                    raise PartyRefusal(
+                        f"run {run_id} was registered with other terms ({path}); a run's terms cannot change"
+                    )
                 return False
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             _write_json(path, terms)
@@ -233,16 +266,19 @@ class PartyHome:
         with self._lock:
             done = [r["round"] for r in read_lines(path)]
             if done and round <= max(done):
-                raise PartyRefusal(f"round {round} of run {run_id}: {self.party} already aggregated round "
-                                   f"{max(done)}; each round is aggregated once and rounds only move forward")  # fmt: skip
+                raise PartyRefusal(
+                    f"round {round} of run {run_id}: {self.party} already aggregated round "
+                    f"{max(done)}; each round is aggregated once and rounds only move forward"
+                )
             append_line(path, messages.canonical({"round": round, "ts": _now()}))
 
     def sign_statement(self, run_id: str, round: int | None, type: str, payload: dict) -> dict:
         """Sign ``payload`` as this party's ``type`` statement (on disk before it is returned)."""
         if type not in messages.PARTY_STATEMENT_TYPES:
             raise ValueError(f"{type!r} is not a party statement type")
-        stmt = messages.make_statement(self._sign_key.sign, run_id=run_id, round=round, site=self.party, type=type,
-                                       payload=payload)  # fmt: skip
+        stmt = messages.make_statement(
+            self._sign_key.sign, run_id=run_id, round=round, site=self.party, type=type, payload=payload
+        )
         append_line(self.run_dir(run_id) / STATEMENTS, messages.canonical(stmt))
         return stmt
 

@@ -90,14 +90,16 @@ class Session:
     def refusal(self, doc: dict, why: str) -> dict:
         """The refusal, with a signed ``party_refused`` statement when it concerns a run registered
         here (anyone else gets the reason unsigned: a stranger cannot make the party write)."""
-        run_id = (self.terms or {}).get("run_id") or ((doc.get("terms") or {}).get("run_id")
-                                                     if type(doc.get("terms")) is dict else None)  # fmt: skip
+        run_id = (self.terms or {}).get("run_id") or (
+            (doc.get("terms") or {}).get("run_id") if type(doc.get("terms")) is dict else None
+        )
         rnd = doc.get("round") if type(doc.get("round")) is int else None
         stmt = None
         try:
             if type(run_id) is str and self.home.registered(run_id):
-                stmt = self.home.sign_statement(run_id, rnd, "party_refused", {"request": str(doc.get("op")),
-                                                                               "reason": why})  # fmt: skip
+                stmt = self.home.sign_statement(
+                    run_id, rnd, "party_refused", {"request": str(doc.get("op")), "reason": why}
+                )
         except (PharmaflError, ValueError):  # ValueError: NotCanonical, a round beyond 2**53
             stmt = None  # a run id that cannot name a folder: answered, not signed
         return {"ok": False, "error": why, "statement": stmt}
@@ -121,9 +123,16 @@ class Session:
         ports = {"party": self._spawn(rank, n, certs, self.home.party)}
         if terms["dealer"] == self.home.party:
             ports["dealer"] = self._spawn(n, n, certs, f"{self.home.party}-dealer")
-        stmt = self.home.sign_statement(terms["run_id"], None, "party_registered", {
-            "terms_sha256": hashlib.sha256(canonical(terms).encode()).hexdigest(), "rank": rank,
-            "dealer": terms["dealer"] == self.home.party})  # fmt: skip
+        stmt = self.home.sign_statement(
+            terms["run_id"],
+            None,
+            "party_registered",
+            {
+                "terms_sha256": hashlib.sha256(canonical(terms).encode()).hexdigest(),
+                "rank": rank,
+                "dealer": terms["dealer"] == self.home.party,
+            },
+        )
         return {"ok": True, "statement": stmt, "rank": rank, "host": self.service.host, "ports": ports}, []
 
     def _spawn(self, rank: int, n: int, certs: dict, name: str) -> int:
@@ -132,9 +141,12 @@ class Session:
         mine, theirs = mp.get_context("spawn").Pipe()
         identity = (self.home.tls_cert_pem, self.home.tls_key_pem)
         transcript = str(self.service.transcript_dir) if self.service.transcript_dir else None
-        p = mp.get_context("spawn").Process(target=worker_main, name=f"pharmafl-{name}", daemon=True,
-                                            args=(rank, n, self.service.host, identity, certs, theirs, transcript,
-                                                  name))  # fmt: skip
+        p = mp.get_context("spawn").Process(
+            target=worker_main,
+            name=f"pharmafl-{name}",
+            daemon=True,
+            args=(rank, n, self.service.host, identity, certs, theirs, transcript, name),
+        )
         p.start()
         self.workers.append((p, mine))
         return self._reply(mine, START_TIMEOUT_S, f"{name} to bind its mesh port")["port"]
@@ -159,9 +171,19 @@ class Session:
             raise PartyRefusal("the parties' mesh is already started for this run")
         n = len(self.consortium["parties"])
         addresses = doc.get("addresses")
-        ok = type(addresses) is dict and sorted(addresses) == sorted(str(i) for i in range(n + 1)) and all(
-            type(a) is list and len(a) == 2 and type(a[0]) is str and 0 < len(a[0]) < 256 and type(a[1]) is int
-            and 0 < a[1] < 65536 for a in addresses.values())  # fmt: skip
+        ok = (
+            type(addresses) is dict
+            and sorted(addresses) == sorted(str(i) for i in range(n + 1))
+            and all(
+                type(a) is list
+                and len(a) == 2
+                and type(a[0]) is str
+                and 0 < len(a[0]) < 256
+                and type(a[1]) is int
+                and 0 < a[1] < 65536
+                for a in addresses.values()
+            )
+        )
         if not ok:
             raise PartyRefusal(f"start needs the mesh address [host, port] (port 1..65535) of every rank 0..{n}")
         for _, conn in self.workers:
@@ -183,8 +205,11 @@ class Session:
         terms, r, items = self.terms, doc.get("round"), doc.get("sites")
         refused = None  # a refused round still joins the parties' agreement step, so that all abort
         if type(r) is not int or type(items) is not dict or not all(type(s) is str for s in items):
-            refused, r, items = "round needs round (an integer) and sites {site: {statement, header, blob}}", \
-                r if type(r) is int else 0, {}  # fmt: skip
+            refused, r, items = (
+                "round needs round (an integer) and sites {site: {statement, header, blob}}",
+                r if type(r) is int else 0,
+                {},
+            )
         sites = sorted(items)
         try:
             if refused is None:
@@ -197,18 +222,36 @@ class Session:
         for site in sites if refused is None else ():
             item = items[site]
             try:
-                relayed = {"statement": item.get("statement"), "header": wire.blob(blobs, item.get("header")),
-                           "blob": wire.blob(blobs, item.get("blob"))} if type(item) is dict else None  # fmt: skip
+                relayed = (
+                    {
+                        "statement": item.get("statement"),
+                        "header": wire.blob(blobs, item.get("header")),
+                        "blob": wire.blob(blobs, item.get("blob")),
+                    }
+                    if type(item) is dict
+                    else None
+                )
                 headers[site] = hashlib.sha256(relayed["header"]).hexdigest() if relayed else ""
-                shares[site], weights[site] = open_site(site, relayed, terms=terms, consortium=self.consortium,
-                                                        me=self.home.hpke, round=r, length=length)  # fmt: skip
+                shares[site], weights[site] = open_site(
+                    site, relayed, terms=terms, consortium=self.consortium, me=self.home.hpke, round=r, length=length
+                )
             except (ShareError, wire.WireError, TypeError, AttributeError) as exc:
                 excluded[site] = f"{self.home.party}: {exc}"
         checks = time.perf_counter() - t0  # signatures, labels, caps, HPKE opening, piece commitments
-        task = {"round": r, "accepted": refused is None, "sites": sites, "headers": headers, "shares": shares,
-                "weights": weights, "length": length, "min_sites": terms["min_sites"],
-                "max_norm": terms["max_update_norm"], "slack": terms["slack"], "sketches": terms["sketches"],
-                "buckets": terms["buckets"]}  # fmt: skip
+        task = {
+            "round": r,
+            "accepted": refused is None,
+            "sites": sites,
+            "headers": headers,
+            "shares": shares,
+            "weights": weights,
+            "length": length,
+            "min_sites": terms["min_sites"],
+            "max_norm": terms["max_update_norm"],
+            "slack": terms["slack"],
+            "sketches": terms["sketches"],
+            "buckets": terms["buckets"],
+        }
         _, conn = self.workers[0]
         conn.send(task)
         res = self._reply(conn, ROUND_TIMEOUT_S, f"round {r} with the other parties")
@@ -221,14 +264,24 @@ class Session:
                 excluded[site] = f"update over the agreed norm bound {terms['max_update_norm']} (MPC check)"
         total = res["sum"]
         weights = {s: weights[s] for s in res["usable"]}  # the sites every party opened
-        payload = {"sites": sites, "excluded": excluded, "passed": res["passed"], "weights": weights,
-                   "sketch_seed": res["sketch_seed"], "revealed": res["revealed"], "aborted": res["aborted"],
-                   "min_sites": terms["min_sites"],
-                   "sum_sha256": hashlib.sha256(np.asarray(total, "<f8").tobytes()).hexdigest()
-                   if total is not None else None}  # fmt: skip
+        payload = {
+            "sites": sites,
+            "excluded": excluded,
+            "passed": res["passed"],
+            "weights": weights,
+            "sketch_seed": res["sketch_seed"],
+            "revealed": res["revealed"],
+            "aborted": res["aborted"],
+            "min_sites": terms["min_sites"],
+            "sum_sha256": hashlib.sha256(np.asarray(total, "<f8").tobytes()).hexdigest() if total is not None else None,
+        }
         stmt = self.home.sign_statement(terms["run_id"], r, "party_round", payload)
-        reply = {"ok": True, "statement": stmt, "seconds": {**res["seconds"], "checks": checks},
-                 "sum": 0 if total is not None else None}  # fmt: skip
+        reply = {
+            "ok": True,
+            "statement": stmt,
+            "seconds": {**res["seconds"], "checks": checks},
+            "sum": 0 if total is not None else None,
+        }
         return reply, ([np.asarray(total, "<f8").tobytes()] if total is not None else [])
 
     def stop_workers(self) -> None:

@@ -69,8 +69,10 @@ def recv(sock) -> tuple[dict, list[bytes]]:
             (size,) = struct.unpack("<Q", _exact(sock, 8))
             total += size
             if size > MAX_BLOB or total > MAX_FRAME:
-                raise WireError(f"frame announces a binary part of {size} bytes ({total} in all), more than "
-                                f"{MAX_BLOB} ({MAX_FRAME} per frame)")  # fmt: skip
+                raise WireError(
+                    f"frame announces a binary part of {size} bytes ({total} in all), more than "
+                    f"{MAX_BLOB} ({MAX_FRAME} per frame)"
+                )
             blobs.append(_exact(sock, size))
         return doc, blobs
     except (OSError, ssl.SSLError) as exc:
@@ -122,11 +124,13 @@ def connect(host: str, port: int, pinned_cert_pem: str, timeout: float) -> ssl.S
     try:
         raw = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
-        raise WireError(f"cannot reach the party at {host}:{port}: {exc} (is pharmafl party serve running "
-                        f"there?)") from None  # fmt: skip
+        raise WireError(
+            f"cannot reach the party at {host}:{port}: {exc} (is pharmafl party serve running there?)"
+        ) from None
     try:
         return client_context(pinned_cert_pem).wrap_socket(raw)
     except (OSError, ssl.SSLError) as exc:
         raw.close()
-        raise WireError(f"TLS to the party at {host}:{port} failed: {exc} (is the card's certificate the one the "
-                        f"party serves?)") from None  # fmt: skip
+        raise WireError(
+            f"TLS to the party at {host}:{port} failed: {exc} (is the card's certificate the one the party serves?)"
+        ) from None

@@ -11,9 +11,7 @@ from pharmafl.pipeline.strategies.fedopt import FedAdam, FedYogi
 from pharmafl.pipeline.strategies.fedprox import FedProx
 from pharmafl.pipeline.strategies.scaffold import Scaffold
 
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Strategy, FedProx, Scaffold, FedAdam, FedYogi)
-}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (Strategy, FedProx, Scaffold, FedAdam, FedYogi)}
 
 
 def build_strategy(name: str, options: Mapping | None, *, n_sites: int) -> Strategy:

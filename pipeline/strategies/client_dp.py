@@ -57,18 +57,30 @@ class ClientDP(Strategy):
         before = epsilon_spent(self.history, plan.delta, plan.accountant)
         fits, after = round_fits(self.history, plan.round_step, plan.delta, plan.budget, plan.accountant)
         if not fits:
-            raise RoundAborted(f"round {round}: client-level ε would reach {after:.3f}, over the budget "
-                               f"{plan.budget} (spent {before:.3f})")  # fmt: skip
+            raise RoundAborted(
+                f"round {round}: client-level ε would reach {after:.3f}, over the budget "
+                f"{plan.budget} (spent {before:.3f})"
+            )
         std = plan.noise_multiplier * plan.clip_norm
-        noisy = {k: ((v + self.random.dp_noise(std, torch.from_numpy(np.asarray(v))).numpy()) / count).astype(np.float32)
-                 for k, v in total.items()}  # fmt: skip
+        noisy = {
+            k: ((v + self.random.dp_noise(std, torch.from_numpy(np.asarray(v))).numpy()) / count).astype(np.float32)
+            for k, v in total.items()
+        }
         self.history = compose(self.history, plan.round_step)
         self._spent[round] = {
-            "epsilon_round": after - before, "epsilon_total": after, "delta": plan.delta, "budget": plan.budget,
-            "accountant": plan.accountant, "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate,
-            "steps": plan.steps_per_round, "privacy_unit": "site", "clip_norm": plan.clip_norm,
-            "participants": count, "noise_source": self.random.source,
-        }  # fmt: skip
+            "epsilon_round": after - before,
+            "epsilon_total": after,
+            "delta": plan.delta,
+            "budget": plan.budget,
+            "accountant": plan.accountant,
+            "noise_multiplier": plan.noise_multiplier,
+            "sample_rate": plan.sample_rate,
+            "steps": plan.steps_per_round,
+            "privacy_unit": "site",
+            "clip_norm": plan.clip_norm,
+            "participants": count,
+            "noise_source": self.random.source,
+        }
         mean = Update("server", round, num_examples, {"delta": noisy})
         return self.inner.aggregate(state, [mean], np.ones(1))
 

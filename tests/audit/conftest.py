@@ -33,23 +33,64 @@ def event(type_: str, actor: str, **payload) -> SimpleNamespace:
 
 def record_rounds(listener: LedgerListener, rounds: int = 2, sites: tuple[str, ...] = SITES) -> None:
     """Feed a small but complete federated run into ``listener``."""
-    listener.on_event(event("run_started", "server", run_id="t", config={"rounds": rounds}, config_hash="c" * 64,
-                            git_commit="f" * 40, versions={"pharmafl": "0.1.0"}, seed=1, sites=list(sites),
-                            manifests={s: "e" * 64 for s in sites}, privacy=None))
+    listener.on_event(
+        event(
+            "run_started",
+            "server",
+            run_id="t",
+            config={"rounds": rounds},
+            config_hash="c" * 64,
+            git_commit="f" * 40,
+            versions={"pharmafl": "0.1.0"},
+            seed=1,
+            sites=list(sites),
+            manifests={s: "e" * 64 for s in sites},
+            privacy=None,
+        )
+    )
     for rnd in range(1, rounds + 1):
         listener.on_event(event("round_started", "server", round=rnd, sites=list(sites)))
         for site in sites:
-            listener.on_event(event("site_update", site, round=rnd, update_hash="a" * 64, num_examples=100,
-                                    update_norm=1.25, metrics={"loss": 0.5}))
-            listener.on_event(event("privacy_spent", site, round=rnd, epsilon_round=0.5, epsilon_total=0.5 * rnd,
-                                    delta=1e-5, accountant="rdp", noise_multiplier=1.1, sample_rate=0.01, steps=10,
-                                    privacy_unit="sample"))
-        listener.on_event(event("aggregated", "server", round=rnd, participants=list(sites),
-                                weights={s: 1 / len(sites) for s in sites}, aggregate_hash="b" * 64,
-                                checkpoint_hash="d" * 64, strategy="fedavg"))
+            listener.on_event(
+                event(
+                    "site_update",
+                    site,
+                    round=rnd,
+                    update_hash="a" * 64,
+                    num_examples=100,
+                    update_norm=1.25,
+                    metrics={"loss": 0.5},
+                )
+            )
+            listener.on_event(
+                event(
+                    "privacy_spent",
+                    site,
+                    round=rnd,
+                    epsilon_round=0.5,
+                    epsilon_total=0.5 * rnd,
+                    delta=1e-5,
+                    accountant="rdp",
+                    noise_multiplier=1.1,
+                    sample_rate=0.01,
+                    steps=10,
+                    privacy_unit="sample",
+                )
+            )
+        listener.on_event(
+            event(
+                "aggregated",
+                "server",
+                round=rnd,
+                participants=list(sites),
+                weights={s: 1 / len(sites) for s in sites},
+                aggregate_hash="b" * 64,
+                checkpoint_hash="d" * 64,
+                strategy="fedavg",
+            )
+        )
         listener.on_event(event("round_ended", "server", round=rnd, metrics={"auc": 0.8}))
-    listener.on_event(event("run_ended", "server", status="completed", rounds=rounds, model_hash="9" * 64,
-                            metrics={}))
+    listener.on_event(event("run_ended", "server", status="completed", rounds=rounds, model_hash="9" * 64, metrics={}))
 
 
 @pytest.fixture
@@ -74,8 +115,10 @@ def pg_url() -> str:
     base = os.environ.get("PHARMAFL_TEST_PG_URL")
     if not base:
         if os.environ.get("PHARMAFL_REQUIRE_PG") == "1":
-            pytest.fail("PHARMAFL_REQUIRE_PG=1 but PHARMAFL_TEST_PG_URL is unset; run .ci/start-postgres.sh "
-                        "and export the URL it prints")
+            pytest.fail(
+                "PHARMAFL_REQUIRE_PG=1 but PHARMAFL_TEST_PG_URL is unset; run .ci/start-postgres.sh "
+                "and export the URL it prints"
+            )
         pytest.skip("PostgreSQL tests need PHARMAFL_TEST_PG_URL (e.g. from .ci/start-postgres.sh)")
     import sqlalchemy
 

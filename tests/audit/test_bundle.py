@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pharmafl.audit.bundle import ExportRefused, export
 from pharmafl.audit.errors import LedgerError
@@ -22,8 +21,7 @@ from pharmafl.audit.verify import VerificationError, verify_path
 
 from .assets.make_fixtures import LedgerBuilder, write_db
 
-FILES = ["checkpoints.jsonl", "cosignatures.jsonl", "entries.jsonl", "entries.parquet", "keys.json",
-         "manifest.json"]
+FILES = ["checkpoints.jsonl", "cosignatures.jsonl", "entries.jsonl", "entries.parquet", "keys.json", "manifest.json"]
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +87,6 @@ def test_any_single_byte_change_anywhere_is_detected(bundle: Path, name: str, da
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "bundle"
         shutil.copytree(bundle, copy)
-        (copy / name).write_bytes(original[:offset] + bytes([value]) + original[offset + 1:])
+        (copy / name).write_bytes(original[:offset] + bytes([value]) + original[offset + 1 :])
         with pytest.raises(VerificationError):
             verify_path(str(copy), jobs=1)

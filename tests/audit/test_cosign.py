@@ -15,8 +15,7 @@ from pharmafl.audit.merkle import leaf_hash
 from pharmafl.audit.records import Cosignature
 from pharmafl.audit.rfc9162 import verify_consistency, verify_inclusion
 
-from .test_witness import ORIGIN, SITES, extend, make_witness, request, site_key
-from .test_witness import coordinator, pinned  # noqa: F401 - fixtures shared with the witness tests
+from .test_witness import ORIGIN, SITES, coordinator, extend, make_witness, pinned, request, site_key  # noqa: F401 - fixtures shared with the witness tests
 
 WITNESS_KEYS = {site: raw_public_key(site_key(site)) for site in SITES}
 
@@ -51,12 +50,15 @@ def test_witness_request_carries_the_head_the_log_key_and_proofs(coordinator: Le
     assert leaf_hash(leaf) == entries[1].leaf_hash()  # what the witness recomputes
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"old_size": 99}, "old_size 99 must be an int within 0..5"),
-    ({"old_size": -1}, "old_size -1 must be"),
-    ({"anchor_seq": 5}, "anchor_seq 5 must be an entry under the checkpoint"),
-    ({"log_signer": "site-01"}, "signed by 'server', not the log signer 'site-01'"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"old_size": 99}, "old_size 99 must be an int within 0..5"),
+        ({"old_size": -1}, "old_size -1 must be"),
+        ({"anchor_seq": 5}, "anchor_seq 5 must be an entry under the checkpoint"),
+        ({"log_signer": "site-01"}, "signed by 'server', not the log signer 'site-01'"),
+    ],
+)
 def test_witness_request_refuses_what_no_witness_could_check(coordinator: Ledger, kwargs: dict, message: str) -> None:
     args = {"old_size": 0, "origin": ORIGIN, "log_signer": "server", "anchor_seq": 1} | kwargs
     with pytest.raises(LedgerError, match=message):
@@ -126,12 +128,15 @@ def _sqlite(ledger: Ledger) -> sqlite3.Connection:
     return sqlite3.connect(ledger.storage.url.removeprefix("sqlite:///"))
 
 
-@pytest.mark.parametrize("statement", [
-    "UPDATE ledger_cosignatures SET timestamp = 1",
-    "DELETE FROM ledger_cosignatures",
-    "INSERT OR REPLACE INTO ledger_cosignatures SELECT * FROM ledger_cosignatures",
-    "INSERT INTO ledger_cosignatures VALUES (4, 'site-03', 1, 'ab')",  # no checkpoint of size 4
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE ledger_cosignatures SET timestamp = 1",
+        "DELETE FROM ledger_cosignatures",
+        "INSERT OR REPLACE INTO ledger_cosignatures SELECT * FROM ledger_cosignatures",
+        "INSERT INTO ledger_cosignatures VALUES (4, 'site-03', 1, 'ab')",  # no checkpoint of size 4
+    ],
+)
 def test_database_refuses_changes_to_cosignatures(coordinator: Ledger, witnesses: dict, statement: str) -> None:
     add(coordinator, [witnesses["site-01"].add_checkpoint(request(coordinator))])
     before = coordinator.cosignatures()

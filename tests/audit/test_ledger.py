@@ -6,7 +6,7 @@ import json
 import os
 import sqlite3
 import stat
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,7 +27,10 @@ def test_first_entry_registers_registrar_and_actor(ledger: Ledger, keystore: Key
     entry = ledger.record("site-03", "data_access", round=1, update_hash="a" * 64)
     entries = list(ledger.entries())
     assert [(e.seq, e.actor, e.type) for e in entries] == [
-        (0, "server", "actor_key"), (1, "server", "actor_key"), (2, "site-03", "data_access")]
+        (0, "server", "actor_key"),
+        (1, "server", "actor_key"),
+        (2, "site-03", "data_access"),
+    ]
     assert entries[0].data["actor"] == "server" and entries[1].data["actor"] == "site-03"
     assert entries[1].data["public_key"] == raw_public_key(keystore.get("site-03")).hex()
     assert entry == entries[2] and entry.data == {"round": 1, "update_hash": "a" * 64}
@@ -52,14 +55,17 @@ def test_bad_payload_writes_nothing_and_names_the_path(ledger: Ledger) -> None:
     assert len(ledger) == before  # not even site-01's registration or the first, valid item
 
 
-@pytest.mark.parametrize(("actor", "type_", "payload", "message"), [
-    ("site 03", "clip", {}, "actor id 'site 03' is not valid"),
-    ("", "clip", {}, "actor id '' is not valid"),
-    ("server", "round-ended", {}, "event type 'round-ended' is not valid"),
-    ("server", "", {}, "event type '' is not valid"),
-    ("server", "actor_key", {}, "call Ledger.register"),
-    ("server", "alarm", ["not", "a", "mapping"], "payload must be a mapping"),
-])
+@pytest.mark.parametrize(
+    ("actor", "type_", "payload", "message"),
+    [
+        ("site 03", "clip", {}, "actor id 'site 03' is not valid"),
+        ("", "clip", {}, "actor id '' is not valid"),
+        ("server", "round-ended", {}, "event type 'round-ended' is not valid"),
+        ("server", "", {}, "event type '' is not valid"),
+        ("server", "actor_key", {}, "call Ledger.register"),
+        ("server", "alarm", ["not", "a", "mapping"], "payload must be a mapping"),
+    ],
+)
 def test_invalid_input_refused(ledger: Ledger, actor, type_, payload, message) -> None:
     with pytest.raises(LedgerError, match=message):
         ledger.append(actor, type_, payload)
@@ -89,7 +95,9 @@ def test_replaced_key_file_is_refused_before_signing(ledger: Ledger, keystore: K
     ledger.record("site-01", "clip", round=1)
     other = KeyStore(tmp_path / "other-keys", PASSPHRASE, scrypt_n=FAST_SCRYPT)
     with Ledger.open(ledger.storage.url, other) as relabelled:
-        with pytest.raises(LedgerError, match="key for 'server' in the key store .* is not the one registered at seq 0"):
+        with pytest.raises(
+            LedgerError, match="key for 'server' in the key store .* is not the one registered at seq 0"
+        ):
             relabelled.record("site-01", "clip", round=2)
     assert len(ledger) == 3
 
@@ -101,7 +109,7 @@ def test_registrar_is_fixed_by_the_first_entry(ledger: Ledger, keystore: KeyStor
 
 
 def test_timestamps_never_go_backwards(tmp_path: Path, keystore: KeyStore) -> None:
-    times = iter([datetime(2025, 1, 1, 12, tzinfo=timezone.utc) - timedelta(seconds=s) for s in range(10)])
+    times = iter([datetime(2025, 1, 1, 12, tzinfo=UTC) - timedelta(seconds=s) for s in range(10)])
     with Ledger.open(tmp_path / "l.db", keystore, clock=lambda: next(times)) as ledger:
         for i in range(4):
             ledger.record("server", "alarm", i=i)
@@ -137,15 +145,18 @@ def _sqlite(ledger: Ledger) -> sqlite3.Connection:
     return sqlite3.connect(ledger.storage.url.removeprefix("sqlite:///"))
 
 
-@pytest.mark.parametrize("statement", [
-    "UPDATE ledger_entries SET payload = '{}' WHERE seq = 1",
-    "DELETE FROM ledger_entries WHERE seq = 1",
-    "UPDATE ledger_checkpoints SET root_hash = 'x'",
-    "DELETE FROM ledger_checkpoints",
-    "INSERT OR REPLACE INTO ledger_entries SELECT * FROM ledger_entries WHERE seq = 0",
-    "INSERT OR REPLACE INTO ledger_checkpoints SELECT * FROM ledger_checkpoints",
-    "REPLACE INTO ledger_entries SELECT * FROM ledger_entries WHERE seq = 1",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE ledger_entries SET payload = '{}' WHERE seq = 1",
+        "DELETE FROM ledger_entries WHERE seq = 1",
+        "UPDATE ledger_checkpoints SET root_hash = 'x'",
+        "DELETE FROM ledger_checkpoints",
+        "INSERT OR REPLACE INTO ledger_entries SELECT * FROM ledger_entries WHERE seq = 0",
+        "INSERT OR REPLACE INTO ledger_checkpoints SELECT * FROM ledger_checkpoints",
+        "REPLACE INTO ledger_entries SELECT * FROM ledger_entries WHERE seq = 1",
+    ],
+)
 def test_database_refuses_changes_to_history(ledger: Ledger, statement: str) -> None:
     ledger.record("server", "round_ended", round=1)
     ledger.checkpoint()
@@ -167,12 +178,12 @@ def test_owner_who_drops_the_triggers_is_still_caught(ledger: Ledger) -> None:
         ledger.record("server", "privacy_spent", party="server", round=i, epsilon_total=0.5 * (i + 1))
     with _sqlite(ledger) as conn:
         conn.execute("DROP TRIGGER ledger_entries_no_update")
-        target = conn.execute("SELECT seq, payload FROM ledger_entries WHERE type = 'privacy_spent' "
-                              "ORDER BY seq LIMIT 1 OFFSET 3").fetchone()
+        target = conn.execute(
+            "SELECT seq, payload FROM ledger_entries WHERE type = 'privacy_spent' ORDER BY seq LIMIT 1 OFFSET 3"
+        ).fetchone()
         payload = json.loads(target[1])
         payload["epsilon_total"] = 0.1
-        conn.execute("UPDATE ledger_entries SET payload = ? WHERE seq = ?",
-                     (canonical_json(payload), target[0]))
+        conn.execute("UPDATE ledger_entries SET payload = ? WHERE seq = ?", (canonical_json(payload), target[0]))
     with pytest.raises(VerificationError) as err:
         verify_path(ledger.storage.url.removeprefix("sqlite:///"))
     assert err.value.seq == target[0] and "entry_hash does not match" in err.value.reason
@@ -191,11 +202,14 @@ class _WithUsers:
         return self.users[actor] if actor in self.users else self.system.get_or_create(actor)
 
 
-@pytest.mark.parametrize("attempt", [
-    lambda ledger: ledger.record("user:mallory", "e_signature", report="r1.pdf", meaning="approved"),
-    lambda ledger: ledger.register("user:mallory"),
-    lambda ledger: ledger.checkpoint("user:mallory"),
-])
+@pytest.mark.parametrize(
+    "attempt",
+    [
+        lambda ledger: ledger.record("user:mallory", "e_signature", report="r1.pdf", meaning="approved"),
+        lambda ledger: ledger.register("user:mallory"),
+        lambda ledger: ledger.checkpoint("user:mallory"),
+    ],
+)
 def test_registrar_cannot_register_a_user_key(ledger: Ledger, keystore: KeyStore, attempt) -> None:
     ledger.record("server", "run_started", seed=1)
     with pytest.raises(LedgerError, match="registrar never registers a user key.*Ledger.enrol"):
@@ -210,8 +224,13 @@ def test_enrolment_is_signed_by_the_users_own_key(ledger: Ledger, keystore: KeyS
     entry = ledger.enrol("user:alice", alice, {"code_commitment": "c" * 64, "proof": "p" * 64})
     assert (entry.seq, entry.actor, entry.type) == (1, "user:alice", "actor_key")  # after the registrar's own
     assert entry.data == {
-        "actor": "user:alice", "algorithm": "Ed25519", "enrolment": {"code_commitment": "c" * 64, "proof": "p" * 64},
-        "fingerprint": fingerprint(public), "proof": entry.data["proof"], "public_key": public.hex()}
+        "actor": "user:alice",
+        "algorithm": "Ed25519",
+        "enrolment": {"code_commitment": "c" * 64, "proof": "p" * 64},
+        "fingerprint": fingerprint(public),
+        "proof": entry.data["proof"],
+        "public_key": public.hex(),
+    }
     alice.public_key().verify(bytes.fromhex(entry.signature), bytes.fromhex(entry.entry_hash))  # self-signed
     alice.public_key().verify(bytes.fromhex(entry.data["proof"]), key_proof_message("user:alice", public.hex()))
     assert ledger.registered_keys()["user:alice"]["public_key"] == public.hex()
@@ -256,16 +275,22 @@ def test_on_commit_writes_in_the_same_transaction(ledger: Ledger) -> None:
         for e in entries:
             conn.exec_driver_sql("INSERT INTO users_t VALUES (?, ?)", (e.actor + "/" + e.type, e.seq))
 
-    made = ledger.append_many([("server", "user_created", {"user": "bob"}), ("site-01", "clip", {"round": 1})],
-                              on_commit=hook)
+    made = ledger.append_many(
+        [("server", "user_created", {"user": "bob"}), ("site-01", "clip", {"round": 1})], on_commit=hook
+    )
     assert seen == [[(e.seq, e.type) for e in made]] and [e.type for e in made] == ["user_created", "clip"]
     enrolled = ledger.enrol("user:bob", Ed25519PrivateKey.generate(), {}, on_commit=hook)
-    assert _rows(ledger) == [("server/user_created", made[0].seq), ("site-01/clip", made[1].seq),
-                             ("user:bob/actor_key", enrolled.seq)]
+    assert _rows(ledger) == [
+        ("server/user_created", made[0].seq),
+        ("site-01/clip", made[1].seq),
+        ("user:bob/actor_key", enrolled.seq),
+    ]
 
 
-@pytest.mark.parametrize("failure", [RuntimeError("users table is full"),
-                                     IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))])
+@pytest.mark.parametrize(
+    "failure",
+    [RuntimeError("users table is full"), IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed"))],
+)
 def test_on_commit_raising_writes_nothing(ledger: Ledger, keystore: KeyStore, failure: Exception) -> None:
     ledger.record("server", "run_started", seed=1)
     _side_table(ledger)

@@ -28,19 +28,51 @@ def statement(site: str, type_: str, round_: int | None, **payload) -> dict:
 
 def start(bus: EventBus, pinned: dict | None) -> None:
     extra = {} if pinned is None else {"consortium": pinned}
-    bus.emit("run_started", "server", run_id=RUN_ID, config={}, config_hash="c" * 64, git_commit="g" * 40,
-             versions={}, seed=3, sites=list(SITES), manifests={s: "m" * 64 for s in SITES}, privacy=None, **extra)
+    bus.emit(
+        "run_started",
+        "server",
+        run_id=RUN_ID,
+        config={},
+        config_hash="c" * 64,
+        git_commit="g" * 40,
+        versions={},
+        seed=3,
+        sites=list(SITES),
+        manifests={s: "m" * 64 for s in SITES},
+        privacy=None,
+        **extra,
+    )
 
 
 def play_round(bus: EventBus, rnd: int) -> None:
     bus.emit("round_started", "server", round=rnd, sites=list(SITES))
     for site in SITES:
-        bus.emit_statement(statement(site, "site_update", rnd, update_hash="a" * 64, num_examples=100,
-                                     update_bytes=4096, metrics={"loss": 0.5}), accepted=True, problem=None)
-        bus.emit_statement(statement(site, "clip", rnd, clip_norm=1.0, clipped=3, total=10, max_norm=2.5,
-                                     mean_norm=0.5))
-    bus.emit("aggregated", "server", round=rnd, participants=list(SITES), weights={s: 1 / 3 for s in SITES},
-             aggregate_hash="b" * 64, checkpoint_hash="d" * 64, strategy="fedavg")
+        bus.emit_statement(
+            statement(
+                site,
+                "site_update",
+                rnd,
+                update_hash="a" * 64,
+                num_examples=100,
+                update_bytes=4096,
+                metrics={"loss": 0.5},
+            ),
+            accepted=True,
+            problem=None,
+        )
+        bus.emit_statement(
+            statement(site, "clip", rnd, clip_norm=1.0, clipped=3, total=10, max_norm=2.5, mean_norm=0.5)
+        )
+    bus.emit(
+        "aggregated",
+        "server",
+        round=rnd,
+        participants=list(SITES),
+        weights={s: 1 / 3 for s in SITES},
+        aggregate_hash="b" * 64,
+        checkpoint_hash="d" * 64,
+        strategy="fedavg",
+    )
     bus.emit("round_ended", "server", round=rnd, metrics={})
 
 
@@ -91,28 +123,44 @@ def test_events_and_statements_become_entries_with_checkpoints(tmp_path: Path, l
         entries = list(ledger.entries())
         cps = ledger.checkpoints()
     assert [(e.actor, e.type) for e in entries] == [
-        ("server", "actor_key"), ("server", "run_started"), ("server", "round_started"), ("server", "clip"),
-        ("server", "site_failed"), ("server", "round_ended"), ("server", "run_ended")]
+        ("server", "actor_key"),
+        ("server", "run_started"),
+        ("server", "round_started"),
+        ("server", "clip"),
+        ("server", "site_failed"),
+        ("server", "round_ended"),
+        ("server", "run_ended"),
+    ]
     assert entries[3].data == {"statement": clip}  # verbatim, signed by the site, chained by the server
     assert [c.tree_size for c in cps] == [6, 7] and all(c.signer == "server" for c in cps)
 
 
 def test_a_statement_is_embedded_verbatim_with_the_coordinators_annotations(listener: LedgerListener) -> None:
-    update = statement("site-02", "site_update", 2, update_hash="a" * 64, num_examples=7, update_bytes=10,
-                       metrics={"auc": 0.75})
-    listener.on_event(SimpleNamespace(type="site_update", actor="site-02", payload={"ignored": True},
-                                      statement=update, annotations={"accepted": False, "problem": "norm 9 > 5"}))
+    update = statement(
+        "site-02", "site_update", 2, update_hash="a" * 64, num_examples=7, update_bytes=10, metrics={"auc": 0.75}
+    )
+    listener.on_event(
+        SimpleNamespace(
+            type="site_update",
+            actor="site-02",
+            payload={"ignored": True},
+            statement=update,
+            annotations={"accepted": False, "problem": "norm 9 > 5"},
+        )
+    )
     entry = list(listener.ledger.entries())[-1]
     assert (entry.actor, entry.type) == ("server", "site_update")
     assert entry.data == {"statement": update, "accepted": False, "problem": "norm 9 > 5"}
     assert json.loads(json.dumps(entry.data["statement"])) == update
     with pytest.raises(LedgerError, match="may not be named 'statement'"):
-        listener.on_event(SimpleNamespace(type="clip", actor="site-02", payload={}, statement=update,
-                                          annotations={"statement": {}}))
+        listener.on_event(
+            SimpleNamespace(type="clip", actor="site-02", payload={}, statement=update, annotations={"statement": {}})
+        )
 
 
-def test_the_coordinator_never_holds_or_creates_a_site_key(tmp_path: Path, listener: LedgerListener,
-                                                           pinned: dict, witnesses: dict) -> None:
+def test_the_coordinator_never_holds_or_creates_a_site_key(
+    tmp_path: Path, listener: LedgerListener, pinned: dict, witnesses: dict
+) -> None:
     bus = EventBus([listener])
     start(bus, pinned)
     play_round(bus, 1)
@@ -127,15 +175,18 @@ def test_the_coordinator_never_holds_or_creates_a_site_key(tmp_path: Path, liste
     assert set(listener.ledger.registered_keys()) == {"server"}
 
 
-def test_every_checkpoint_of_a_run_is_witnessed_by_the_sites(listener: LedgerListener, pinned: dict,
-                                                           witnesses: dict) -> None:
+def test_every_checkpoint_of_a_run_is_witnessed_by_the_sites(
+    listener: LedgerListener, pinned: dict, witnesses: dict
+) -> None:
     bus = EventBus([listener])
     start(bus, pinned)
     play_round(bus, 1)
     first = bus.witness_requests()
     assert sorted(first) == list(SITES)
-    assert all(r["old_size"] == 0 and r["anchor"]["entry"]["type"] == "run_started" and r["origin"] == ORIGIN
-               for r in first.values())
+    assert all(
+        r["old_size"] == 0 and r["anchor"]["entry"]["type"] == "run_started" and r["origin"] == ORIGIN
+        for r in first.values()
+    )
     assert witness_all(bus, witnesses) == {}
     size = listener.ledger.checkpoints()[-1].tree_size
     play_round(bus, 2)
@@ -146,16 +197,22 @@ def test_every_checkpoint_of_a_run_is_witnessed_by_the_sites(listener: LedgerLis
     assert witness_all(bus, witnesses) == {}
     cps = listener.ledger.checkpoints()
     assert {(c.tree_size, c.witness) for c in listener.ledger.cosignatures()} == {
-        (cp.tree_size, s) for cp in cps for s in SITES}
-    summary = verify([(e.seq, e.ts, e.actor, e.type, e.payload, e.prev_hash, e.entry_hash, e.signature)
-                      for e in listener.ledger.entries()],
-                     [json.loads(c.to_json_line()) for c in cps],
-                     [json.loads(c.to_json_line()) for c in listener.ledger.cosignatures()])
+        (cp.tree_size, s) for cp in cps for s in SITES
+    }
+    summary = verify(
+        [
+            (e.seq, e.ts, e.actor, e.type, e.payload, e.prev_hash, e.entry_hash, e.signature)
+            for e in listener.ledger.entries()
+        ],
+        [json.loads(c.to_json_line()) for c in cps],
+        [json.loads(c.to_json_line()) for c in listener.ledger.cosignatures()],
+    )
     assert summary.line().startswith(f"OK: {len(listener.ledger)} entries, 3 checkpoints (3 witnessed, quorum 2 of 3")
 
 
-def test_refusals_and_failures_are_recorded_as_witness_refused(listener: LedgerListener, pinned: dict,
-                                                             witnesses: dict) -> None:
+def test_refusals_and_failures_are_recorded_as_witness_refused(
+    listener: LedgerListener, pinned: dict, witnesses: dict
+) -> None:
     bus = EventBus([listener])
     start(bus, pinned)
     play_round(bus, 1)
@@ -170,7 +227,8 @@ def test_refusals_and_failures_are_recorded_as_witness_refused(listener: LedgerL
     entries = list(listener.ledger.entries())[-2:]
     assert [(e.actor, e.type, e.data) for e in entries] == [
         ("server", "witness_refused", {"site": site, "tree_size": size, "reason": refused[site]})
-        for site in ("site-02", "site-03")]
+        for site in ("site-02", "site-03")
+    ]
     assert [c.witness for c in listener.ledger.cosignatures()] == ["site-01"]
     assert "anchor" not in bus.witness_requests()["site-01"]  # site-01 continues from its head
     assert bus.witness_requests()["site-02"]["old_size"] == 0  # the others start over
@@ -196,8 +254,9 @@ def test_no_consortium_no_witnesses(listener: LedgerListener) -> None:
         bus.cosigned({"site-01": "refused"})
 
 
-def test_reopening_a_run_continues_the_same_ledger_and_its_witnessing(tmp_path: Path, pinned: dict,
-                                                                       witnesses: dict) -> None:
+def test_reopening_a_run_continues_the_same_ledger_and_its_witnessing(
+    tmp_path: Path, pinned: dict, witnesses: dict
+) -> None:
     first = LedgerListener.for_run(tmp_path / "run", PASSPHRASE, scrypt_n=FAST_SCRYPT)
     bus = EventBus([first])
     start(bus, pinned)

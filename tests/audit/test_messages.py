@@ -9,24 +9,28 @@ import math
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pharmafl.audit import messages as m
-from pharmafl.audit import records
+from pharmafl.audit import messages as m, records
 
 # The cosignature in C2SP tlog-cosignature's example (witness.example.com/w1, time 1679315147).
-C2SP_LINE = ("\u2014 witness.example.com/w1 jWbPPwAAAABkGFDLEZMHwSRaJNiIDoe9DYn/zXcrtPHeolMI5OWXEhZCB9dlrDJsX3b2"
-             "oyin1nPZqhf5nNo0xUe+mbIUBkBIfZ+qnA==\n")
+C2SP_LINE = (
+    "\u2014 witness.example.com/w1 jWbPPwAAAABkGFDLEZMHwSRaJNiIDoe9DYn/zXcrtPHeolMI5OWXEhZCB9dlrDJsX3b2"
+    "oyin1nPZqhf5nNo0xUe+mbIUBkBIfZ+qnA==\n"
+)
 C2SP_ROOT = base64.b64decode("CsUYapGGPo4dkMgIAUqom/Xajj7h2fB2MPA3j2jxq2I=").hex()
 
 
-@pytest.mark.parametrize(("value", "path", "reason"), [
-    ({"metrics": {"auc": math.nan}}, "['metrics']['auc']", "nan has no JSON form"),
-    ({"eps": [1.0, -math.inf]}, "['eps'][1]", "-inf has no JSON form"),
-    ({"seed": 2**60}, "['seed']", "would not read back unchanged"),
-    ({"n": 10**400}, "['n']", "of 1329 bits"),
-    ({"w": {3: 0.5}}, "['w']", "keys must be str"),
-    ({"name": "bad\ud800"}, "['name']", "lone surrogate"),
-    ({"s": {1, 2}}, "['s']", "convert it to a list"),
-])
+@pytest.mark.parametrize(
+    ("value", "path", "reason"),
+    [
+        ({"metrics": {"auc": math.nan}}, "['metrics']['auc']", "nan has no JSON form"),
+        ({"eps": [1.0, -math.inf]}, "['eps'][1]", "-inf has no JSON form"),
+        ({"seed": 2**60}, "['seed']", "would not read back unchanged"),
+        ({"n": 10**400}, "['n']", "of 1329 bits"),
+        ({"w": {3: 0.5}}, "['w']", "keys must be str"),
+        ({"name": "bad\ud800"}, "['name']", "lone surrogate"),
+        ({"s": {1, 2}}, "['s']", "convert it to a list"),
+    ],
+)
 def test_refusals_name_the_path(value, path: str, reason: str) -> None:
     with pytest.raises(ValueError) as err:
         m.canonical(value)
@@ -49,12 +53,17 @@ def test_entry_checkpoint_and_key_messages_keep_their_bytes() -> None:
     payload = m.canonical({"round": 1, "x": "é"})
     assert m.entry_message(3, "2025-01-02T03:04:05.000000Z", "server", "round_started", payload, "0" * 64) == (
         b'pharmafl-ledger-entry-v1\x00{"actor":"server","payload":{"round":1,"x":"\xc3\xa9"},"prev_hash":"'
-        + b"0" * 64 + b'","seq":3,"ts":"2025-01-02T03:04:05.000000Z","type":"round_started"}')
+        + b"0" * 64
+        + b'","seq":3,"ts":"2025-01-02T03:04:05.000000Z","type":"round_started"}'
+    )
     assert m.checkpoint_message(7, "a" * 64, "2025-01-02T03:04:05.000000Z", "server") == (
-        b'pharmafl-ledger-checkpoint-v1\x00{"root_hash":"' + b"a" * 64
-        + b'","signer":"server","tree_size":7,"ts":"2025-01-02T03:04:05.000000Z"}')
+        b'pharmafl-ledger-checkpoint-v1\x00{"root_hash":"'
+        + b"a" * 64
+        + b'","signer":"server","tree_size":7,"ts":"2025-01-02T03:04:05.000000Z"}'
+    )
     assert m.key_proof_message("site-01", "b" * 64) == (
-        b'pharmafl-ledger-key-v1\x00{"actor":"site-01","public_key":"' + b"b" * 64 + b'"}')
+        b'pharmafl-ledger-key-v1\x00{"actor":"site-01","public_key":"' + b"b" * 64 + b'"}'
+    )
     assert records.entry_message is m.entry_message and records.key_proof_message is m.key_proof_message
 
 
@@ -82,8 +91,11 @@ def test_a_statement_signs_its_payload_hash_run_round_site_and_type() -> None:
     st = m.make_statement(key.sign, run_id="r", round=2, site="site-01", type="clip", payload={"clip_norm": 1.0})
     assert sorted(st) == list(m.STATEMENT_FIELDS) and m.fits(st, m.STATEMENT_SHAPE)
     assert st["payload_sha256"] == hashlib.sha256(b'{"clip_norm":1}').hexdigest()
-    msg = b'pharmafl-site-statement-v1\x00{"payload_sha256":"' + st["payload_sha256"].encode() + \
-        b'","round":2,"run_id":"r","site":"site-01","type":"clip"}'
+    msg = (
+        b'pharmafl-site-statement-v1\x00{"payload_sha256":"'
+        + st["payload_sha256"].encode()
+        + b'","round":2,"run_id":"r","site":"site-01","type":"clip"}'
+    )
     assert m.statement_message("r", 2, "site-01", "clip", st["payload_sha256"]) == msg
     key.public_key().verify(bytes.fromhex(st["signature"]), msg)
 
@@ -94,36 +106,60 @@ def test_a_card_is_self_signed_over_everything_but_its_signature() -> None:
     card = m.make_card(key.sign, {"site": "site-01", "public_key": pk.hex(), "units": {"pair": 3}})
     assert card["format"] == "pharmafl-site-card-v1" and card["fingerprint"] == hashlib.sha256(pk).hexdigest()
     key.public_key().verify(bytes.fromhex(card["signature"]), m.card_message(card))
-    assert m.card_message(card) == b"pharmafl-site-card-v1\x00" + m.canonical(
-        {k: v for k, v in card.items() if k != "signature"}).encode()
+    assert (
+        m.card_message(card)
+        == b"pharmafl-site-card-v1\x00" + m.canonical({k: v for k, v in card.items() if k != "signature"}).encode()
+    )
 
 
 def test_cosignature_record_line_is_canonical() -> None:
     c = records.Cosignature(12, "site-02", 1735787045, "ab" * 64)
-    assert c.to_json_line() == m.canonical({"signature": "ab" * 64, "timestamp": 1735787045, "tree_size": 12,
-                                            "witness": "site-02"})
+    assert c.to_json_line() == m.canonical(
+        {"signature": "ab" * 64, "timestamp": 1735787045, "tree_size": 12, "witness": "site-02"}
+    )
 
 
 def test_asserted_reads_the_site_statement_or_the_actor() -> None:
     key = Ed25519PrivateKey.from_private_bytes(b"\x03" * 32)
-    st = m.make_statement(key.sign, run_id="r", round=4, site="site-02", type="site_update",
-                          payload={"num_examples": 9})
-    entry = records.Entry(5, "2025-01-02T03:04:05.000000Z", "server", "site_update",
-                          m.canonical({"accepted": True, "statement": st}), "0" * 64, "1" * 64, "2" * 128)
+    st = m.make_statement(
+        key.sign, run_id="r", round=4, site="site-02", type="site_update", payload={"num_examples": 9}
+    )
+    entry = records.Entry(
+        5,
+        "2025-01-02T03:04:05.000000Z",
+        "server",
+        "site_update",
+        m.canonical({"accepted": True, "statement": st}),
+        "0" * 64,
+        "1" * 64,
+        "2" * 128,
+    )
     assert records.asserted(entry) == ("site-02", {"round": 4, "num_examples": 9, "accepted": True})
     plain = records.Entry(6, entry.ts, "server", "round_started", '{"round":4}', "0" * 64, "1" * 64, "2" * 128)
     assert records.asserted(plain) == ("server", {"round": 4})
 
 
-@pytest.mark.parametrize(("shape", "obj", "ok"), [
-    (m.COSIGNATURE_SHAPE, {"signature": "a" * 128, "timestamp": 1, "tree_size": 3, "witness": "s"}, True),
-    (m.COSIGNATURE_SHAPE, {"signature": "a" * 128, "timestamp": -1, "tree_size": 3, "witness": "s"}, False),
-    (m.COSIGNATURE_SHAPE, {"signature": "a" * 128, "timestamp": 2**63, "tree_size": 3, "witness": "s"}, False),
-    (m.COSIGNATURE_SHAPE, {"signature": "A" * 128, "timestamp": 1, "tree_size": 3, "witness": "s"}, False),
-    (m.CHECKPOINT_SHAPE, {"root_hash": "0" * 64, "signature": "0" * 128, "signer": "server", "tree_size": True,
-                          "ts": "2025-01-02T03:04:05.000000Z"}, False),
-    (m.CHECKPOINT_SHAPE, None, False),
-    (m.CHECKPOINT_SHAPE, [], False),
-])
+@pytest.mark.parametrize(
+    ("shape", "obj", "ok"),
+    [
+        (m.COSIGNATURE_SHAPE, {"signature": "a" * 128, "timestamp": 1, "tree_size": 3, "witness": "s"}, True),
+        (m.COSIGNATURE_SHAPE, {"signature": "a" * 128, "timestamp": -1, "tree_size": 3, "witness": "s"}, False),
+        (m.COSIGNATURE_SHAPE, {"signature": "a" * 128, "timestamp": 2**63, "tree_size": 3, "witness": "s"}, False),
+        (m.COSIGNATURE_SHAPE, {"signature": "A" * 128, "timestamp": 1, "tree_size": 3, "witness": "s"}, False),
+        (
+            m.CHECKPOINT_SHAPE,
+            {
+                "root_hash": "0" * 64,
+                "signature": "0" * 128,
+                "signer": "server",
+                "tree_size": True,
+                "ts": "2025-01-02T03:04:05.000000Z",
+            },
+            False,
+        ),
+        (m.CHECKPOINT_SHAPE, None, False),
+        (m.CHECKPOINT_SHAPE, [], False),
+    ],
+)
 def test_shapes_refuse_what_is_not_exactly_the_format(shape, obj, ok: bool) -> None:
     assert m.fits(obj, shape) is ok

@@ -61,20 +61,24 @@ def test_a_recorded_run_verifies_from_the_database_and_from_its_export(recorded:
         assert len(ledger.cosignatures()) == COSIGNATURES
 
 
-@pytest.mark.parametrize("statement", [
-    "UPDATE ledger_entries SET payload = '{}' WHERE seq = 1",
-    "DELETE FROM ledger_entries WHERE seq = 20",
-    "TRUNCATE ledger_entries CASCADE",
-    "UPDATE ledger_checkpoints SET root_hash = repeat('0', 64)",
-    "DELETE FROM ledger_checkpoints",
-    "TRUNCATE ledger_checkpoints",
-    "INSERT INTO ledger_entries SELECT * FROM ledger_entries WHERE seq = 0 ON CONFLICT (seq) DO UPDATE SET ts = 'x'",
-    "UPDATE ledger_cosignatures SET timestamp = 1",
-    "DELETE FROM ledger_cosignatures WHERE witness = 'site-02'",
-    "TRUNCATE ledger_cosignatures",
-    "INSERT INTO ledger_cosignatures SELECT * FROM ledger_cosignatures ON CONFLICT (tree_size, witness) "
-    "DO UPDATE SET signature = repeat('0', 128)",
-])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE ledger_entries SET payload = '{}' WHERE seq = 1",
+        "DELETE FROM ledger_entries WHERE seq = 20",
+        "TRUNCATE ledger_entries CASCADE",
+        "UPDATE ledger_checkpoints SET root_hash = repeat('0', 64)",
+        "DELETE FROM ledger_checkpoints",
+        "TRUNCATE ledger_checkpoints",
+        "INSERT INTO ledger_entries SELECT * FROM ledger_entries WHERE seq = 0 "
+        "ON CONFLICT (seq) DO UPDATE SET ts = 'x'",
+        "UPDATE ledger_cosignatures SET timestamp = 1",
+        "DELETE FROM ledger_cosignatures WHERE witness = 'site-02'",
+        "TRUNCATE ledger_cosignatures",
+        "INSERT INTO ledger_cosignatures SELECT * FROM ledger_cosignatures ON CONFLICT (tree_size, witness) "
+        "DO UPDATE SET signature = repeat('0', 128)",
+    ],
+)
 def test_database_refuses_changes_to_history(recorded: str, statement: str) -> None:
     with connect(recorded) as conn:
         with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
@@ -88,8 +92,10 @@ def test_database_refuses_an_entry_off_the_chain(recorded: str) -> None:
     with connect(recorded) as conn:
         ts = conn.execute("SELECT max(ts) FROM ledger_entries").fetchone()[0]
         with pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="does not extend the chain"):
-            conn.execute("INSERT INTO ledger_entries VALUES (%s, %s, 'server', 'alarm', '{}', %s, %s, %s)",
-                         (ENTRIES, ts, "f" * 64, "e" * 64, "d" * 128))
+            conn.execute(
+                "INSERT INTO ledger_entries VALUES (%s, %s, 'server', 'alarm', '{}', %s, %s, %s)",
+                (ENTRIES, ts, "f" * 64, "e" * 64, "d" * 128),
+            )
         with pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="covers missing entries"):
             conn.execute("INSERT INTO ledger_checkpoints VALUES (99, %s, %s, 'server', %s)", ("0" * 64, ts, "0" * 128))
         with pytest.raises(psycopg.errors.IntegrityConstraintViolation, match="cosignature of a missing checkpoint"):
@@ -98,13 +104,13 @@ def test_database_refuses_an_entry_off_the_chain(recorded: str) -> None:
 
 def test_owner_who_disables_the_triggers_is_still_caught(recorded: str) -> None:
     with connect(recorded) as conn:
-        seq, payload = conn.execute("SELECT seq, payload FROM ledger_entries WHERE type = 'site_update' "
-                                    "ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, payload = conn.execute(
+            "SELECT seq, payload FROM ledger_entries WHERE type = 'site_update' ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
         edited = json.loads(payload)
         edited["accepted"] = False
         conn.execute("ALTER TABLE ledger_entries DISABLE TRIGGER ledger_entries_append_only")
-        conn.execute("UPDATE ledger_entries SET payload = %s WHERE seq = %s",
-                     (canonical_json(edited), seq))
+        conn.execute("UPDATE ledger_entries SET payload = %s WHERE seq = %s", (canonical_json(edited), seq))
     with pytest.raises(VerificationError) as err:
         verify_path(recorded)
     assert err.value.seq == seq and "entry_hash does not match" in err.value.reason

@@ -22,8 +22,19 @@ from .conftest import ASSETS, REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
-SKIP = shutil.ignore_patterns(".venv", ".git", "tests", "build", "bench", "docs", "runs", "*.egg-info",
-                              "__pycache__", ".pytest_cache", ".hypothesis")
+SKIP = shutil.ignore_patterns(
+    ".venv",
+    ".git",
+    "tests",
+    "build",
+    "bench",
+    "docs",
+    "runs",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    ".hypothesis",
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +52,16 @@ def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_bare(python: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(python), "-m", "pharmafl.audit.verify", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [str(python), "-m", "pharmafl.audit.verify", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_the_venv_really_lacks_the_heavy_dependencies(bare_python: Path) -> None:
-    probe = "import importlib.util as u; print([m for m in ('torch', 'sqlmodel', 'sqlalchemy', 'typer', 'numpy') " \
-            "if u.find_spec(m)])"
+    probe = (
+        "import importlib.util as u; print([m for m in ('torch', 'sqlmodel', 'sqlalchemy', 'typer', 'numpy') "
+        "if u.find_spec(m)])"
+    )
     out = subprocess.run([str(bare_python), "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -74,8 +88,9 @@ def test_a_database_needs_the_full_install(bare_python: Path, tmp_path: Path) ->
 def test_catches_tampering_and_truncation_without_torch(bare_python: Path) -> None:
     bad = run_bare(bare_python, str(ASSETS / "ledger_statement_forged_by_coordinator"))
     assert bad.returncode == 1 and bad.stdout.startswith("FAIL: seq 24: site-03's statement signature does not verify")
-    cut = run_bare(bare_python, str(ASSETS / "ledger_truncated_tail"), "--trusted-head",
-                   str(ASSETS / "trusted_head.json"))
+    cut = run_bare(
+        bare_python, str(ASSETS / "ledger_truncated_tail"), "--trusted-head", str(ASSETS / "trusted_head.json")
+    )
     assert cut.returncode == 1 and cut.stdout.startswith("FAIL: seq 15: trusted head")
     quorum = run_bare(bare_python, str(ASSETS / "ledger_checkpoint_without_quorum"))
     assert quorum.returncode == 1 and "the witness policy needs 2" in quorum.stdout

@@ -52,8 +52,9 @@ def test_every_attack_has_a_fixture() -> None:
 
 
 def test_the_clean_fixture_verifies_with_every_anchor() -> None:
-    summary = verify_path(str(ASSETS / "ledger_clean"), trusted_head=TRUSTED_HEAD, trusted_keys=TRUSTED_KEYS,
-                          roster=ROSTER)
+    summary = verify_path(
+        str(ASSETS / "ledger_clean"), trusted_head=TRUSTED_HEAD, trusted_keys=TRUSTED_KEYS, roster=ROSTER
+    )
     assert summary.startswith(f"OK: {len(CLEAN)} entries, 4 checkpoints (3 witnessed, quorum 2 of 3 sites), head ")
 
 
@@ -91,16 +92,16 @@ def test_fixture_hits_the_entry_it_was_built_to_hit(attack: str) -> None:
 @pytest.mark.parametrize("attack", sorted(APPENDED))
 def test_appended_attacks_start_right_after_the_clean_ledger_or_inside_it(attack: str) -> None:
     entries = [json.loads(x) for x in (ASSETS / f"ledger_{attack}" / "entries.jsonl").read_text().splitlines()]
-    assert entries[:min(len(entries), len(CLEAN)) - 2] == CLEAN[:min(len(entries), len(CLEAN)) - 2]
+    assert entries[: min(len(entries), len(CLEAN)) - 2] == CLEAN[: min(len(entries), len(CLEAN)) - 2]
     assert ATTACKS[attack]["seq"] < len(entries)
 
 
 def test_fixtures_are_reproducible_from_the_script(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, str(ASSETS / "make_fixtures.py"), str(tmp_path)], check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, str(ASSETS / "make_fixtures.py"), str(tmp_path)], check=True, capture_output=True)
 
     def files(root: Path) -> list[Path]:
         return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc"))
+
     assert files(ASSETS) == files(tmp_path)
     for rel in files(ASSETS):
         assert (ASSETS / rel).read_bytes() == (tmp_path / rel).read_bytes(), rel

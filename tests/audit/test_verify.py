@@ -84,8 +84,9 @@ def truncate(db: Path, size: int, *, checkpoints_too: bool) -> None:
             conn.execute("DELETE FROM ledger_cosignatures WHERE tree_size > ?", (size,))
 
 
-def test_trusted_head_from_a_longer_ledger_catches_truncation(ledger_run: Path, built: LedgerBuilder,
-                                                              tmp_path: Path) -> None:
+def test_trusted_head_from_a_longer_ledger_catches_truncation(
+    ledger_run: Path, built: LedgerBuilder, tmp_path: Path
+) -> None:
     first, last = built.checkpoints[0], built.checkpoints[-1]
     head = tmp_path / "head.json"
     head.write_text(json.dumps(last))
@@ -122,11 +123,14 @@ def test_trusted_head_with_a_forged_root_is_reported(ledger_run: Path, built: Le
     assert err.value.seq == 0 and "trusted head is not genuine" in err.value.reason
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("not json", "cannot read the pharmafl-ledger-keys-v1"),
-    ('{"format": "something-else"}', "not a pharmafl-ledger-keys-v1 file"),
-    ('{"format": "pharmafl-ledger-keys-v1", "keys": {"server": NaN}}', "cannot read"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json", "cannot read the pharmafl-ledger-keys-v1"),
+        ('{"format": "something-else"}', "not a pharmafl-ledger-keys-v1 file"),
+        ('{"format": "pharmafl-ledger-keys-v1", "keys": {"server": NaN}}', "cannot read"),
+    ],
+)
 def test_bad_trusted_keys_file_is_unreadable(ledger_run: Path, tmp_path: Path, content: str, message: str) -> None:
     (tmp_path / "keys.json").write_text(content)
     with pytest.raises(VerificationError, match=message) as err:
@@ -137,7 +141,8 @@ def test_bad_trusted_keys_file_is_unreadable(ledger_run: Path, tmp_path: Path, c
 def test_empty_ledger_verifies_as_empty(tmp_path: Path, keystore: KeyStore) -> None:
     Ledger.open(tmp_path / "l.db", keystore).close()
     assert verify_path(str(tmp_path / "l.db")) == (
-        f"OK: 0 entries, 0 checkpoints (0 witnessed, quorum 0 of 0 sites), head {EMPTY_ROOT}")
+        f"OK: 0 entries, 0 checkpoints (0 witnessed, quorum 0 of 0 sites), head {EMPTY_ROOT}"
+    )
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

@@ -9,8 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pharmafl.audit import messages as m
 from pharmafl.audit.rfc9162 import root_from_leaves
@@ -48,7 +47,7 @@ def tamper_and_verify(bundle: Path, name: str, offset: int, value: int) -> None:
         copy = Path(tmp) / "bundle"
         shutil.copytree(bundle, copy)
         raw = (copy / name).read_bytes()
-        (copy / name).write_bytes(raw[:offset] + bytes([value]) + raw[offset + 1:])
+        (copy / name).write_bytes(raw[:offset] + bytes([value]) + raw[offset + 1 :])
         rewrite_manifest(copy)
         with pytest.raises(VerificationError):
             verify_path(str(copy), jobs=1)
@@ -62,8 +61,9 @@ def rewrite_manifest(path: Path) -> None:
     except (ValueError, KeyError, TypeError):
         root = "0" * 64
     files = {p.name: m.file_sha256(p) for p in sorted(path.iterdir()) if p.name != "manifest.json"}
-    manifest = m.bundle_manifest(len(lines["entries.jsonl"]), len(lines["checkpoints.jsonl"]),
-                                 len(lines["cosignatures.jsonl"]), root, files)
+    manifest = m.bundle_manifest(
+        len(lines["entries.jsonl"]), len(lines["checkpoints.jsonl"]), len(lines["cosignatures.jsonl"]), root, files
+    )
     (path / "manifest.json").write_text(m.canonical(manifest) + "\n")
 
 

@@ -14,7 +14,7 @@ import pytest
 from pharmafl.audit import messages as m
 from pharmafl.audit.verify import VerificationError, main, verify_path
 
-from .assets.make_fixtures import SITES, LedgerBuilder, SeededKeys, find, resign_from, save
+from .assets.make_fixtures import SITES, LedgerBuilder, SeededKeys, save
 
 ATTACKER = SeededKeys("attacker")
 
@@ -36,13 +36,15 @@ def head_file(tmp_path: Path, cp) -> str:
 
 # -- site statements ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("with_head", [False, True])
 def test_forged_site_statement_appended_by_the_coordinator_fails(tmp_path: Path, with_head: bool) -> None:
     b = LedgerBuilder().run()
     head = copy.deepcopy(b.checkpoints[-1])
     n = len(b.entries)
-    forged = b.statement("site-01", "privacy_spent", 3, {"epsilon_round": 0.01, "epsilon_total": 0.01},
-                         key=ATTACKER.get("site-01"))
+    forged = b.statement(
+        "site-01", "privacy_spent", 3, {"epsilon_round": 0.01, "epsilon_total": 0.01}, key=ATTACKER.get("site-01")
+    )
     b.append("server", "privacy_spent", {"statement": forged})
     b.checkpoint(cosigners=())
     anchors = {"trusted_head": head_file(tmp_path, head)} if with_head else {}
@@ -53,11 +55,14 @@ def test_forged_site_statement_appended_by_the_coordinator_fails(tmp_path: Path,
 def test_the_issues_reproduction_truncate_to_a_trusted_head_then_forge_now_fails(tmp_path: Path) -> None:
     b = LedgerBuilder().run()
     head = b.checkpoints[1]  # a real, cosigned checkpoint, taken as the regulator's trusted head
-    b.entries = b.entries[:head["tree_size"]]
+    b.entries = b.entries[: head["tree_size"]]
     b.checkpoints = b.checkpoints[:2]
     b.cosignatures = [c for c in b.cosignatures if c["tree_size"] <= head["tree_size"]]
-    b.append("server", "privacy_spent", {"statement": b.statement(
-        "site-01", "privacy_spent", 3, {"epsilon_total": 0.01}, key=ATTACKER.get("site-01"))})
+    b.append(
+        "server",
+        "privacy_spent",
+        {"statement": b.statement("site-01", "privacy_spent", 3, {"epsilon_total": 0.01}, key=ATTACKER.get("site-01"))},
+    )
     b.checkpoint(cosigners=())
     err = fails(saved(tmp_path, b), trusted_head=head_file(tmp_path, head))
     assert err.seq == head["tree_size"] and "statement signature does not verify" in err.reason
@@ -80,6 +85,7 @@ def test_statements_before_run_started_have_no_pinned_site(tmp_path: Path) -> No
 
 # -- the consortium -------------------------------------------------------------------------
 
+
 def consortium_run(tmp_path: Path, edit) -> VerificationError:
     b = LedgerBuilder()
     cons = b.consortium()
@@ -98,6 +104,7 @@ def test_a_card_with_a_broken_self_signature_fails(tmp_path: Path) -> None:
     def edit(cons):
         cons["cards"]["site-02"]["units"] = {"pair": 1}
         cons["roster_sha256"] = m.sha256_hex(m.canonical(cons["cards"]))
+
     assert "the card of 'site-02'" in consortium_run(tmp_path, edit).reason
 
 
@@ -112,6 +119,7 @@ def test_two_sites_with_one_key_fail(tmp_path: Path) -> None:
         b.keys.public = lambda actor: ATTACKER.public("shared")
         cons["cards"] = {s: b.card(s) for s in SITES}
         cons["roster_sha256"] = m.sha256_hex(m.canonical(cons["cards"]))
+
     assert "two sites or parties share one key" in consortium_run(tmp_path, edit).reason
 
 
@@ -123,6 +131,7 @@ def test_the_roster_anchor_must_be_a_consortium_file(tmp_path: Path) -> None:
 
 
 # -- witnesses ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(("k", "ok"), [(0, True), (1, True), (3, True), (4, False)])
 def test_the_witness_option_sets_the_quorum(tmp_path: Path, k: int, ok: bool) -> None:
@@ -170,6 +179,7 @@ def test_a_cosignature_of_a_checkpoint_before_run_started_is_not_needed(tmp_path
 
 
 # -- users ----------------------------------------------------------------------------------
+
 
 def test_a_user_enrols_herself_with_an_enrolment_object(tmp_path: Path) -> None:
     b = LedgerBuilder().run()
@@ -223,13 +233,21 @@ def test_a_directory_where_a_file_belongs_is_unreadable(tmp_path: Path) -> None:
 def rewrite_manifest(path: Path, edit) -> None:
     manifest = json.loads((path / "manifest.json").read_text())
     edit(manifest)
-    (path / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, separators=(",", ":"),
-                                                   allow_nan=True) + "\n")
+    (path / "manifest.json").write_text(
+        json.dumps(manifest, sort_keys=True, separators=(",", ":"), allow_nan=True) + "\n"
+    )
 
 
-@pytest.mark.parametrize("edit", [lambda d: d.update(entries=math.nan), lambda d: d.update(entries=10**30),
-                                  lambda d: d.update(checkpoints=-1), lambda d: d.update(extra={"a": [[[1]]]}),
-                                  lambda d: d.clear()])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d.update(entries=math.nan),
+        lambda d: d.update(entries=10**30),
+        lambda d: d.update(checkpoints=-1),
+        lambda d: d.update(extra={"a": [[[1]]]}),
+        lambda d: d.clear(),
+    ],
+)
 def test_a_manifest_that_is_not_the_bundles_fails(tmp_path: Path, edit) -> None:
     path = Path(saved(tmp_path, LedgerBuilder().run()))
     rewrite_manifest(path, edit)
@@ -237,8 +255,16 @@ def test_a_manifest_that_is_not_the_bundles_fails(tmp_path: Path, edit) -> None:
     assert "manifest.json is not the manifest of these files" in err.reason and not err.unreadable
 
 
-@pytest.mark.parametrize("payload", ["[" * 70 + "]" * 70, "[" * 100_000 + "]" * 100_000, '{"x": 1e999}',
-                                     '{"x": 123456789012345678901234567890}', '{"x": NaN}'])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "[" * 70 + "]" * 70,
+        "[" * 100_000 + "]" * 100_000,
+        '{"x": 1e999}',
+        '{"x": 123456789012345678901234567890}',
+        '{"x": NaN}',
+    ],
+)
 def test_payloads_without_a_canonical_form_fail_on_their_line(tmp_path: Path, payload: str) -> None:
     path = Path(saved(tmp_path, LedgerBuilder().run()))
     lines = (path / "entries.jsonl").read_text().splitlines(keepends=True)
@@ -273,10 +299,17 @@ PARTIES = ("server-party", "helper-1")
 
 
 def party_card(b: LedgerBuilder, party: str) -> dict:
-    card = {"created": "2025-01-01T00:00:00.000000Z", "format": m.PARTY_CARD_FORMAT, "hpke_key": "ab" * 32,
-            "party": party, "public_key": b.keys.public(party), "role": "server" if party == "server-party" else
-            "helper", "tls_cert": "-----BEGIN CERTIFICATE-----", "tls_fingerprint": "cd" * 32,
-            "fingerprint": m.sha256_hex(bytes.fromhex(b.keys.public(party)))}  # fmt: skip
+    card = {
+        "created": "2025-01-01T00:00:00.000000Z",
+        "format": m.PARTY_CARD_FORMAT,
+        "hpke_key": "ab" * 32,
+        "party": party,
+        "public_key": b.keys.public(party),
+        "role": "server" if party == "server-party" else "helper",
+        "tls_cert": "-----BEGIN CERTIFICATE-----",
+        "tls_fingerprint": "cd" * 32,
+        "fingerprint": m.sha256_hex(bytes.fromhex(b.keys.public(party))),
+    }
     return {**card, "signature": b.keys.get(party).sign(m.party_card_message(card)).hex()}
 
 
@@ -330,13 +363,18 @@ def _rehash(cons: dict) -> None:
     cons["roster_sha256"] = m.roster_sha256(cons["cards"], cons["parties"])
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda c: c["parties"]["helper-1"].update(hpke_key="ef" * 32) or _rehash(c), "the card of 'helper-1' (party)"),
-    (lambda c: c["parties"]["helper-1"].update(hpke_key="ef" * 32), "wrong roster_sha256"),
-    (lambda c: c.update(roster_sha256=m.roster_sha256(c["cards"])), "wrong roster_sha256"),  # parties left out
-    (lambda c: c["parties"].update({"site-01": c["parties"].pop("helper-1")}) or _rehash(c),
-     "the card of 'site-01' (party)"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda c: c["parties"]["helper-1"].update(hpke_key="ef" * 32) or _rehash(c), "the card of 'helper-1' (party)"),
+        (lambda c: c["parties"]["helper-1"].update(hpke_key="ef" * 32), "wrong roster_sha256"),
+        (lambda c: c.update(roster_sha256=m.roster_sha256(c["cards"])), "wrong roster_sha256"),  # parties left out
+        (
+            lambda c: c["parties"].update({"site-01": c["parties"].pop("helper-1")}) or _rehash(c),
+            "the card of 'site-01' (party)",
+        ),
+    ],
+)
 def test_a_party_card_swapped_or_left_out_of_the_roster_fails(tmp_path: Path, edit, match) -> None:
     """A coordinator that substitutes a helper's key (to open both shares) breaks the card or the roster."""
     err = fails(saved(tmp_path, secure_run(LedgerBuilder(), edit)))

@@ -12,14 +12,13 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pharmafl.audit import witness as witness_module
 from pharmafl.audit.keys import KeyStore, raw_public_key
@@ -37,7 +36,7 @@ from pharmafl.audit.witness import Witness, WitnessError
 RUN_ID = "davis-3sites-20261201-120000-3fa9c2d1"
 ORIGIN = origin_of(RUN_ID)
 SITES = ("site-01", "site-02", "site-03")
-T0 = datetime(2026, 12, 1, 12, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 1, 12, tzinfo=UTC)
 
 
 # -- a consortium, a coordinator's ledger, a site's witness (shared with test_cosign, test_listener)
@@ -48,10 +47,17 @@ def site_key(site: str, generation: int = 0) -> Ed25519PrivateKey:
 
 
 def site_card(site: str, key: Ed25519PrivateKey) -> dict:
-    return make_card(key.sign, {"counts": {"pairs": 10, "train": 8}, "created": "2026-12-01T11:00:00.000000Z",
-                                "manifest_sha256": hashlib.sha256(site.encode()).hexdigest(),
-                                "public_key": raw_public_key(key).hex(), "site": site,
-                                "units": {"compound": 3, "pair": 8}})
+    return make_card(
+        key.sign,
+        {
+            "counts": {"pairs": 10, "train": 8},
+            "created": "2026-12-01T11:00:00.000000Z",
+            "manifest_sha256": hashlib.sha256(site.encode()).hexdigest(),
+            "public_key": raw_public_key(key).hex(),
+            "site": site,
+            "units": {"compound": 3, "pair": 8},
+        },
+    )
 
 
 def consortium(keys: dict[str, Ed25519PrivateKey]) -> dict:
@@ -60,8 +66,14 @@ def consortium(keys: dict[str, Ed25519PrivateKey]) -> dict:
 
 
 def run_started(pinned: dict, run_id: str = RUN_ID) -> dict:
-    return {"run_id": run_id, "config": {"rounds": 2}, "config_hash": "c" * 64, "seed": 1,
-            "sites": sorted(pinned["cards"]), "consortium": pinned}
+    return {
+        "run_id": run_id,
+        "config": {"rounds": 2},
+        "config_hash": "c" * 64,
+        "seed": 1,
+        "sites": sorted(pinned["cards"]),
+        "consortium": pinned,
+    }
 
 
 def open_ledger(path: Path, keys: KeyStore) -> Ledger:
@@ -76,8 +88,12 @@ def extend(ledger: Ledger, tag: str, count: int = 3) -> int:
 
 
 def request(ledger: Ledger, old_size: int = 0, *, anchor: bool | None = None) -> dict:
-    return ledger.witness_request(old_size, origin=ORIGIN, log_signer="server",
-                                  anchor_seq=1 if (old_size == 0 if anchor is None else anchor) else None)
+    return ledger.witness_request(
+        old_size,
+        origin=ORIGIN,
+        log_signer="server",
+        anchor_seq=1 if (old_size == 0 if anchor is None else anchor) else None,
+    )
 
 
 class Clock:
@@ -89,8 +105,13 @@ class Clock:
         return self.t + 0.25
 
 
-def make_witness(directory: Path, site: str = "site-01", *, key: Ed25519PrivateKey | None = None,
-                 accepted: set[str] | Callable[[], set[str]]) -> Witness:
+def make_witness(
+    directory: Path,
+    site: str = "site-01",
+    *,
+    key: Ed25519PrivateKey | None = None,
+    accepted: set[str] | Callable[[], set[str]],
+) -> Witness:
     key = key or site_key(site)
     return Witness(directory / site, site, key.sign, raw_public_key(key), accepted_rosters=accepted, clock=Clock())
 
@@ -156,8 +177,9 @@ def _roster(ledger: Ledger) -> str:
 # -- what a dishonest coordinator is refused ---------------------------------------------------
 
 
-def test_truncated_and_re_extended_log_is_refused(tmp_path: Path, keystore: KeyStore, pinned: dict,
-                                                  coordinator: Ledger, site01: Witness) -> None:
+def test_truncated_and_re_extended_log_is_refused(
+    tmp_path: Path, keystore: KeyStore, pinned: dict, coordinator: Ledger, site01: Witness
+) -> None:
     cosigned = site01.add_checkpoint(request(coordinator))["tree_size"]
     # keep run_started, drop the round (a forged round in its place) and grow past the cosigned head
     rewritten = forked(tmp_path, keystore, pinned, "rewritten", ["forged round 1", "round 2"])
@@ -197,7 +219,8 @@ def test_old_size_that_is_not_its_own_is_a_conflict_naming_its_size(coordinator:
 
 
 def test_split_view_each_witness_cosigns_one_head_and_the_fake_one_is_caught(
-        tmp_path: Path, keystore: KeyStore, pinned: dict, coordinator: Ledger) -> None:
+    tmp_path: Path, keystore: KeyStore, pinned: dict, coordinator: Ledger
+) -> None:
     fake = forked(tmp_path, keystore, pinned, "fake", ["round 1, as site-02 is told"])
     real_cp, fake_cp = coordinator.checkpoints()[-1], fake.checkpoints()[-1]
     assert real_cp.tree_size == fake_cp.tree_size and real_cp.root_hash != fake_cp.root_hash
@@ -240,8 +263,9 @@ def test_own_key_replaced_in_the_pinned_card_is_refused(tmp_path: Path, keystore
     assert witness.head(ORIGIN) is None
 
 
-def test_cards_that_do_not_hash_to_the_pinned_roster_are_refused(tmp_path: Path, keystore: KeyStore,
-                                                                  pinned: dict) -> None:
+def test_cards_that_do_not_hash_to_the_pinned_roster_are_refused(
+    tmp_path: Path, keystore: KeyStore, pinned: dict
+) -> None:
     lying = copy.deepcopy(pinned)
     lying["cards"]["site-02"]["public_key"] = raw_public_key(site_key("site-02", 9)).hex()  # roster hash kept
     with open_ledger(tmp_path / "l.db", keystore) as ledger:
@@ -251,11 +275,14 @@ def test_cards_that_do_not_hash_to_the_pinned_roster_are_refused(tmp_path: Path,
             make_witness(tmp_path / "w", accepted={pinned["roster_sha256"]}).add_checkpoint(request(ledger))
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda r: r["checkpoint"].update(signature=_flip(r["checkpoint"]["signature"])), "is not signed by log key"),
-    (lambda r: r["checkpoint"].update(tree_size=r["checkpoint"]["tree_size"] + 1), "is not signed by log key"),
-    (lambda r: r.update(log_key=raw_public_key(site_key("mallory")).hex()), "is not signed by log key"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda r: r["checkpoint"].update(signature=_flip(r["checkpoint"]["signature"])), "is not signed by log key"),
+        (lambda r: r["checkpoint"].update(tree_size=r["checkpoint"]["tree_size"] + 1), "is not signed by log key"),
+        (lambda r: r.update(log_key=raw_public_key(site_key("mallory")).hex()), "is not signed by log key"),
+    ],
+)
 def test_bad_log_signature_is_refused(coordinator: Ledger, site01: Witness, change, message: str) -> None:
     forged = request(coordinator)
     change(forged)
@@ -275,14 +302,17 @@ def test_a_new_log_key_after_pinning_is_refused(coordinator: Ledger, site01: Wit
         site01.add_checkpoint(forged)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda a: a.pop("anchor"), "does not know origin .* needs the run_started entry"),
-    (lambda a: a["anchor"]["entry"]["payload"].update(seed=2), "anchor entry_hash does not match"),
-    (lambda a: a["anchor"].update(proof=a["anchor"]["proof"][:-1]), "is not included in the checkpoint"),
-    (lambda a: a["anchor"]["proof"].reverse(), "is not included in the checkpoint"),
-    (lambda a: a.update(origin=origin_of("another-run")), "whose log is not pharmafl/another-run"),
-    (lambda a: a.update(proof=[a["checkpoint"]["root_hash"]]), "proof must be empty when old_size is 0"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.pop("anchor"), "does not know origin .* needs the run_started entry"),
+        (lambda a: a["anchor"]["entry"]["payload"].update(seed=2), "anchor entry_hash does not match"),
+        (lambda a: a["anchor"].update(proof=a["anchor"]["proof"][:-1]), "is not included in the checkpoint"),
+        (lambda a: a["anchor"]["proof"].reverse(), "is not included in the checkpoint"),
+        (lambda a: a.update(origin=origin_of("another-run")), "whose log is not pharmafl/another-run"),
+        (lambda a: a.update(proof=[a["checkpoint"]["root_hash"]]), "proof must be empty when old_size is 0"),
+    ],
+)
 def test_first_contact_needs_a_valid_anchor(coordinator: Ledger, site01: Witness, change, message: str) -> None:
     bad = request(coordinator)
     change(bad)
@@ -306,8 +336,9 @@ def _flip(hex_text: str) -> str:
 # -- persistence ----------------------------------------------------------------------------
 
 
-def test_the_head_survives_a_restart(tmp_path: Path, keystore: KeyStore, pinned: dict, coordinator: Ledger,
-                                     site01: Witness) -> None:
+def test_the_head_survives_a_restart(
+    tmp_path: Path, keystore: KeyStore, pinned: dict, coordinator: Ledger, site01: Witness
+) -> None:
     size = site01.add_checkpoint(request(coordinator))["tree_size"]
     restarted = make_witness(tmp_path / "witness", accepted={pinned["roster_sha256"]})  # a new process
     assert restarted.head(ORIGIN)["tree_size"] == size
@@ -319,8 +350,9 @@ def test_the_head_survives_a_restart(tmp_path: Path, keystore: KeyStore, pinned:
     fake.close()
 
 
-def test_no_cosignature_without_the_head_on_disk(coordinator: Ledger, site01: Witness,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_cosignature_without_the_head_on_disk(
+    coordinator: Ledger, site01: Witness, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = site01.add_checkpoint(request(coordinator))
     extend(coordinator, "round 2")
 
@@ -349,8 +381,13 @@ def test_unreadable_state_is_refused_not_reset(coordinator: Ledger, site01: Witn
 
 
 def test_a_sign_callable_with_another_key_is_refused(tmp_path: Path, pinned: dict, coordinator: Ledger) -> None:
-    witness = Witness(tmp_path / "w", "site-01", site_key("site-02").sign, raw_public_key(site_key("site-01")),
-                      accepted_rosters={pinned["roster_sha256"]})
+    witness = Witness(
+        tmp_path / "w",
+        "site-01",
+        site_key("site-02").sign,
+        raw_public_key(site_key("site-01")),
+        accepted_rosters={pinned["roster_sha256"]},
+    )
     with pytest.raises(WitnessError, match="signing key of site-01 does not match its public key"):
         witness.add_checkpoint(request(coordinator))
     assert witness.head(ORIGIN) is None
@@ -359,8 +396,12 @@ def test_a_sign_callable_with_another_key_is_refused(tmp_path: Path, pinned: dic
 # -- malformed requests: one error type, whatever arrives ------------------------------------------
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70) | st.floats()
-    | st.text(max_size=8) | st.sampled_from(["0" * 64, "f" * 128, "", "pharmafl/x", "00" * 31]),
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.sampled_from(["0" * 64, "f" * 128, "", "pharmafl/x", "00" * 31]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=6,
 )
@@ -423,12 +464,14 @@ def test_deep_nesting_and_huge_numbers_are_one_witness_error(valid_request: dict
     deep: Any = {}
     for _ in range(5000):
         deep = {"d": deep}
-    for change in (lambda r: r["anchor"]["entry"]["payload"].update(deep=deep),
-                   lambda r: r["anchor"]["entry"]["payload"].update(n=2**80 + 1),
-                   lambda r: r["anchor"]["entry"]["payload"].update(x=float("nan")),
-                   lambda r: r.update(old_size=2**64),
-                   lambda r: r["checkpoint"].update(tree_size=True),
-                   lambda r: r.update(proof=["00" * 32] * 64)):
+    for change in (
+        lambda r: r["anchor"]["entry"]["payload"].update(deep=deep),
+        lambda r: r["anchor"]["entry"]["payload"].update(n=2**80 + 1),
+        lambda r: r["anchor"]["entry"]["payload"].update(x=float("nan")),
+        lambda r: r.update(old_size=2**64),
+        lambda r: r["checkpoint"].update(tree_size=True),
+        lambda r: r.update(proof=["00" * 32] * 64),
+    ):
         bad = json.loads(json.dumps(valid_request))
         change(bad)
         with pytest.raises(WitnessError):

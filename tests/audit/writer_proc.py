@@ -33,8 +33,10 @@ def main(target: str, keystore: str, actor: str, count: int, go: str | None = No
             n = 1 if rng.random() < 0.5 else rng.randint(1, 20)
             if count:
                 n = min(n, count - done)
-            items = [(actor, "round_note", {"writer": actor, "i": done + j, "pad": "x" * rng.randint(0, 300)})
-                     for j in range(n)]
+            items = [
+                (actor, "round_note", {"writer": actor, "i": done + j, "pad": "x" * rng.randint(0, 300)})
+                for j in range(n)
+            ]
             if n == 1:
                 ledger.append(*items[0])
             else:

@@ -21,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import shutil
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from pharmafl.audit.keys import raw_public_key
 from pharmafl.audit.listener import LedgerListener
 from pharmafl.audit.messages import canonical, make_card, make_statement
@@ -58,7 +59,7 @@ class Clock:
     """A settable UTC clock for password ageing."""
 
     def __init__(self) -> None:
-        self.now = datetime.now(timezone.utc)
+        self.now = datetime.now(UTC)
 
     def __call__(self) -> datetime:
         return self.now
@@ -78,19 +79,33 @@ def site_key(site: str) -> Ed25519PrivateKey:
 
 
 def consortium(sites=SITES) -> dict:
-    cards = {s: make_card(site_key(s).sign, {
-        "counts": {"pairs": 30, "train": 24, "val": 3, "test": 3}, "created": "2026-12-01T11:00:00.000000Z",
-        "manifest_sha256": hashlib.sha256(f"manifest {s}".encode()).hexdigest(),
-        "public_key": raw_public_key(site_key(s)).hex(), "site": s, "units": {"compound": 4, "pair": 24}})
-        for s in sites}
+    cards = {
+        s: make_card(
+            site_key(s).sign,
+            {
+                "counts": {"pairs": 30, "train": 24, "val": 3, "test": 3},
+                "created": "2026-12-01T11:00:00.000000Z",
+                "manifest_sha256": hashlib.sha256(f"manifest {s}".encode()).hexdigest(),
+                "public_key": raw_public_key(site_key(s)).hex(),
+                "site": s,
+                "units": {"compound": 4, "pair": 24},
+            },
+        )
+        for s in sites
+    }
     return {"cards": cards, "roster_sha256": hashlib.sha256(canonical(cards).encode()).hexdigest()}
 
 
 def statement(site: str, type_: str, rnd: int | None, payload: dict, **annotations) -> SimpleNamespace:
     """A site's signed statement as the bus hands it to the ledger listener."""
     stmt = make_statement(site_key(site).sign, run_id=RUN_ID, round=rnd, site=site, type=type_, payload=payload)
-    return SimpleNamespace(type=type_, actor=site, payload={"round": rnd, **payload, **annotations},
-                           statement=stmt, annotations=annotations)
+    return SimpleNamespace(
+        type=type_,
+        actor=site,
+        payload={"round": rnd, **payload, **annotations},
+        statement=stmt,
+        annotations=annotations,
+    )
 
 
 def event(type_: str, actor: str, **payload) -> SimpleNamespace:
@@ -105,39 +120,127 @@ def _cosign(listener: LedgerListener, witnesses: dict[str, Witness]) -> None:
 def record_run(run: Path, witness_dir: Path, rounds: int = 2) -> None:
     """A complete small DP run, as the coordinator records it (see the module docstring)."""
     pinned = consortium()
-    witnesses = {s: Witness(witness_dir / s, s, site_key(s).sign, raw_public_key(site_key(s)),
-                            accepted_rosters={pinned["roster_sha256"]}) for s in SITES}
+    witnesses = {
+        s: Witness(
+            witness_dir / s,
+            s,
+            site_key(s).sign,
+            raw_public_key(site_key(s)),
+            accepted_rosters={pinned["roster_sha256"]},
+        )
+        for s in SITES
+    }
     listener = LedgerListener.for_run(run, PASSPHRASE, scrypt_n=FAST_SCRYPT)
     try:
-        listener.on_event(event("run_started", "server", run_id=RUN_ID, config={"federation": {"rounds": rounds}},
-                                config_hash="c" * 64, git_commit="f" * 40, versions={"pharmafl": "0.1.0"}, seed=1,
-                                engine="local", sites=list(SITES), consortium=pinned, privacy={
-                                    "mode": "local", "epsilon": 8.0, "unit": "pair", "accountant": "prv",
-                                    "protects": "one measurement (a drug-target pair's affinity)", "clip_norm": 1.0}))
+        listener.on_event(
+            event(
+                "run_started",
+                "server",
+                run_id=RUN_ID,
+                config={"federation": {"rounds": rounds}},
+                config_hash="c" * 64,
+                git_commit="f" * 40,
+                versions={"pharmafl": "0.1.0"},
+                seed=1,
+                engine="local",
+                sites=list(SITES),
+                consortium=pinned,
+                privacy={
+                    "mode": "local",
+                    "epsilon": 8.0,
+                    "unit": "pair",
+                    "accountant": "prv",
+                    "protects": "one measurement (a drug-target pair's affinity)",
+                    "clip_norm": 1.0,
+                },
+            )
+        )
         for rnd in range(1, rounds + 1):
             listener.on_event(event("round_started", "server", round=rnd, sites=list(SITES)))
             for i, site in enumerate(SITES):
                 update = hashlib.sha256(f"{site}/{rnd}".encode()).hexdigest()
-                listener.on_event(statement(site, "site_update", rnd, {
-                    "update_hash": update, "num_examples": 24, "update_bytes": 1000,
-                    "metrics": {"val_mse": 0.5 - 0.1 * rnd}}, accepted=True, problem=None))
-                listener.on_event(statement(site, "clip", rnd, {"clip_norm": 1.0, "clipped": 3, "total": 24,
-                                                                "max_norm": 2.5, "mean_norm": 0.9}))
-                listener.on_event(statement(site, "privacy_spent", rnd, {
-                    "epsilon_round": 1.5 + i / 10, "epsilon_total": (1.5 + i / 10) * rnd, "delta": 1e-4,
-                    "budget": 8.0, "accountant": "prv", "noise_multiplier": 1.1, "sample_rate": 0.25, "steps": 4,
-                    "privacy_unit": "pair", "noise_source": "seeded", "epsilon_prior": 0.0}))
-            listener.on_event(event("aggregated", "server", round=rnd, participants=list(SITES),
-                                    weights={s: 1 / 3 for s in SITES}, aggregate_hash=f"{rnd}" * 64,
-                                    checkpoint_hash="d" * 64, strategy="fedavg"))
-            listener.on_event(event("round_ended", "server", round=rnd, metrics={
-                "global": {"test_mse": 0.4}, "sites": {s: {"global_val_mse": 0.3, "global_val_ci": 0.7}
-                                                       for s in SITES}}, diagnostics={
-                "cosine_to_mean": {s: 0.9 - i / 10 for i, s in enumerate(SITES)}, "sites": list(SITES),
-                "cosine_matrix": [[1.0 if a == b else 0.8 for b in SITES] for a in SITES]}))
+                listener.on_event(
+                    statement(
+                        site,
+                        "site_update",
+                        rnd,
+                        {
+                            "update_hash": update,
+                            "num_examples": 24,
+                            "update_bytes": 1000,
+                            "metrics": {"val_mse": 0.5 - 0.1 * rnd},
+                        },
+                        accepted=True,
+                        problem=None,
+                    )
+                )
+                listener.on_event(
+                    statement(
+                        site,
+                        "clip",
+                        rnd,
+                        {"clip_norm": 1.0, "clipped": 3, "total": 24, "max_norm": 2.5, "mean_norm": 0.9},
+                    )
+                )
+                listener.on_event(
+                    statement(
+                        site,
+                        "privacy_spent",
+                        rnd,
+                        {
+                            "epsilon_round": 1.5 + i / 10,
+                            "epsilon_total": (1.5 + i / 10) * rnd,
+                            "delta": 1e-4,
+                            "budget": 8.0,
+                            "accountant": "prv",
+                            "noise_multiplier": 1.1,
+                            "sample_rate": 0.25,
+                            "steps": 4,
+                            "privacy_unit": "pair",
+                            "noise_source": "seeded",
+                            "epsilon_prior": 0.0,
+                        },
+                    )
+                )
+            listener.on_event(
+                event(
+                    "aggregated",
+                    "server",
+                    round=rnd,
+                    participants=list(SITES),
+                    weights={s: 1 / 3 for s in SITES},
+                    aggregate_hash=f"{rnd}" * 64,
+                    checkpoint_hash="d" * 64,
+                    strategy="fedavg",
+                )
+            )
+            listener.on_event(
+                event(
+                    "round_ended",
+                    "server",
+                    round=rnd,
+                    metrics={
+                        "global": {"test_mse": 0.4},
+                        "sites": {s: {"global_val_mse": 0.3, "global_val_ci": 0.7} for s in SITES},
+                    },
+                    diagnostics={
+                        "cosine_to_mean": {s: 0.9 - i / 10 for i, s in enumerate(SITES)},
+                        "sites": list(SITES),
+                        "cosine_matrix": [[1.0 if a == b else 0.8 for b in SITES] for a in SITES],
+                    },
+                )
+            )
             _cosign(listener, witnesses)
-        listener.on_event(event("run_ended", "server", status="completed", rounds=rounds,
-                                model_hash=hashlib.sha256(MODEL).hexdigest(), metrics={"test_mse": 0.4}))
+        listener.on_event(
+            event(
+                "run_ended",
+                "server",
+                status="completed",
+                rounds=rounds,
+                model_hash=hashlib.sha256(MODEL).hexdigest(),
+                metrics={"test_mse": 0.4},
+            )
+        )
         _cosign(listener, witnesses)
     finally:
         listener.close()
@@ -204,9 +307,15 @@ def _excerpt_config(tables: Path, name: str, **kw):
     from pharmafl.sites.training import TrainConfig
 
     return RunConfig(
-        name=name, seed=7, data=DataConfig(dataset=str(tables), sites=3, partition="iid"),
-        model=ModelConfig(max_len=64, embed_dim=16, kernel_size=4, latent_dim=32), train=TrainConfig(batch_size=64),
-        federation=FederationConfig(rounds=2, engine="local"), ledger=LedgerConfig(enabled=True), **kw)
+        name=name,
+        seed=7,
+        data=DataConfig(dataset=str(tables), sites=3, partition="iid"),
+        model=ModelConfig(max_len=64, embed_dim=16, kernel_size=4, latent_dim=32),
+        train=TrainConfig(batch_size=64),
+        federation=FederationConfig(rounds=2, engine="local"),
+        ledger=LedgerConfig(enabled=True),
+        **kw,
+    )
 
 
 def _run(cfg, run: Path) -> Path:
@@ -223,8 +332,11 @@ def real_run_template(small_davis: Path, tmp_path_factory: pytest.TempPathFactor
     """A real DP run (3 sites, 2 rounds, ledger on) on 24 drugs x 30 targets of DAVIS."""
     from pharmafl.sites.privacy import PrivacyConfig
 
-    cfg = _excerpt_config(small_davis, "compliance", privacy=PrivacyConfig(
-        mode="local", epsilon=8.0, batch_size=32, chunk_pairs=48, noise_source="seeded"))
+    cfg = _excerpt_config(
+        small_davis,
+        "compliance",
+        privacy=PrivacyConfig(mode="local", epsilon=8.0, batch_size=32, chunk_pairs=48, noise_source="seeded"),
+    )
     return _run(cfg, tmp_path_factory.mktemp("real") / "run")
 
 
@@ -233,8 +345,7 @@ def secure_run_template(small_davis: Path, tmp_path_factory: pytest.TempPathFact
     """The same run under secure aggregation (no DP): secure_shares, bound_check, null diagnostics."""
     from pharmafl.pipeline.secure_agg.config import SecureAggregationConfig
 
-    cfg = _excerpt_config(small_davis, "compliance-secure",
-                          secure_aggregation=SecureAggregationConfig(enabled=True))
+    cfg = _excerpt_config(small_davis, "compliance-secure", secure_aggregation=SecureAggregationConfig(enabled=True))
     return _run(cfg, tmp_path_factory.mktemp("secure") / "run")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pharmafl.audit.verify import verify_path
 from pharmafl.compliance.access import ACCESS_CONTROL, AccessControl
 from pharmafl.compliance.credentials import PasswordPolicy
@@ -113,14 +114,17 @@ def test_password_ageing_is_configurable(people, clock) -> None:
     assert entries_of(people, "policy_changed")[-1].data["policy"]["max_age_days"] == 0
 
 
-@pytest.mark.parametrize("user, action, args", [
-    ("quinn", "create_user", ("eve", "Eve Other", "qa", "Temporary-Pass-9")),
-    ("dana", "create_user", ("eve", "Eve Other", "admin", "Temporary-Pass-9")),
-    ("rita", "set_role", ("rita", "admin")),
-    ("rita", "unlock", ("quinn",)),
-    ("quinn", "disable", ("dana",)),
-    ("rita", "set_policy", (PasswordPolicy(max_age_days=0),)),
-])
+@pytest.mark.parametrize(
+    "user, action, args",
+    [
+        ("quinn", "create_user", ("eve", "Eve Other", "qa", "Temporary-Pass-9")),
+        ("dana", "create_user", ("eve", "Eve Other", "admin", "Temporary-Pass-9")),
+        ("rita", "set_role", ("rita", "admin")),
+        ("rita", "unlock", ("quinn",)),
+        ("quinn", "disable", ("dana",)),
+        ("rita", "set_policy", (PasswordPolicy(max_age_days=0),)),
+    ],
+)
 def test_refusals_by_role(people, user, action, args) -> None:
     session = people.login(user, password(user))
     before_users, before = people.users.all(), len(people.ledger)
@@ -158,13 +162,16 @@ def test_user_ids_are_never_reused(people) -> None:
     assert len(people.ledger) == before
 
 
-@pytest.mark.parametrize("user_id, name, temp, message", [
-    ("Eve", "Eve Other", "Temporary-Pass-9", "user id 'Eve' is not valid"),
-    ("eve", "  ", "Temporary-Pass-9", r"full \(printed\) name is required"),
-    ("eve", "Eve Other", "short-1A", "too short"),
-    ("eve", "Eve Other", "eve-is-my-Pass-1", "must not contain the user id or name"),
-    ("eve", "Eve Other", "alllowercaseletters", "one kind of character"),
-])
+@pytest.mark.parametrize(
+    "user_id, name, temp, message",
+    [
+        ("Eve", "Eve Other", "Temporary-Pass-9", "user id 'Eve' is not valid"),
+        ("eve", "  ", "Temporary-Pass-9", r"full \(printed\) name is required"),
+        ("eve", "Eve Other", "short-1A", "too short"),
+        ("eve", "Eve Other", "eve-is-my-Pass-1", "must not contain the user id or name"),
+        ("eve", "Eve Other", "alllowercaseletters", "one kind of character"),
+    ],
+)
 def test_bad_input_writes_nothing(people, user_id, name, temp, message) -> None:
     admin = people.login("ada", password("ada"))
     before = len(people.ledger)
@@ -221,7 +228,9 @@ def test_a_session_does_not_outlive_a_role_change_or_a_disable(people) -> None:
         people.require(dana, "generate_report", "generate a report")
     refused = [e for e in people.ledger.entries(before) if e.type != "actor_key"]  # access-control's first entry
     assert [(e.type, e.actor, e.data["user_id"]) for e in refused] == [
-        ("login_refused", ACCESS_CONTROL, "quinn"), ("login_refused", ACCESS_CONTROL, "dana")]
+        ("login_refused", ACCESS_CONTROL, "quinn"),
+        ("login_refused", ACCESS_CONTROL, "dana"),
+    ]
     with pytest.raises(AuthorityError, match="only qa may"):  # a fresh login carries the new role
         people.require(people.login("quinn", password("quinn")), "sign:approved", "sign records as 'approved'")
 
@@ -326,8 +335,12 @@ def test_a_killed_process_leaves_the_entry_and_the_table_row_together(people, wh
     from ..audit.conftest import FAST_SCRYPT, PASSPHRASE
 
     run = people.ledger.storage.url.removeprefix("sqlite:///").removesuffix("/ledger.db")
-    done = subprocess.run([sys.executable, "-c", CRASH, run, PASSPHRASE, str(FAST_SCRYPT), password("ada"), where],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", CRASH, run, PASSPHRASE, str(FAST_SCRYPT), password("ada"), where],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 9, done.stderr[-2000:]
     created = [e for e in entries_of(people, "user_created") if e.data["user_id"] == "eve"]
     assert (len(created), people.users.get("eve") is not None) == (int(written), written)

@@ -5,13 +5,27 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from pharmafl.pipeline.cli import main
 
 from ..audit.conftest import PASSPHRASE
 
-NEW = [("users",), ("users", "init"), ("users", "create"), ("users", "passwd"), ("users", "role"),
-       ("users", "unlock"), ("users", "disable"), ("users", "login"), ("users", "list"), ("report",), ("sign",),
-       ("evidence",), ("evidence", "export"), ("evidence", "verify")]
+NEW = [
+    ("users",),
+    ("users", "init"),
+    ("users", "create"),
+    ("users", "passwd"),
+    ("users", "role"),
+    ("users", "unlock"),
+    ("users", "disable"),
+    ("users", "login"),
+    ("users", "list"),
+    ("report",),
+    ("sign",),
+    ("evidence",),
+    ("evidence", "export"),
+    ("evidence", "verify"),
+]
 
 
 @pytest.fixture
@@ -39,10 +53,42 @@ def test_help_on_every_compliance_command(path, capsys) -> None:
 def test_the_readme_walkthrough(real_run, tmp_path, as_user, capsys) -> None:
     run, ada, quinn, rita = real_run, "river-Stone-0001", "qa-Secret-00042", "reg-Secret-00042"
     assert as_user("users", "init", run, "--admin", "ada", "--name", "Ada Lovelace", new=ada) == 0
-    assert as_user("users", "create", run, "--user", "ada", "--id", "quinn", "--name", "Quinn Quality", "--role", "qa",
-                   password=ada, new="Temporary-Pass-1") == 0
-    assert as_user("users", "create", run, "--user", "ada", "--id", "rita", "--name", "Rita Regulator", "--role",
-                   "regulator", password=ada, new="Temporary-Pass-2") == 0
+    assert (
+        as_user(
+            "users",
+            "create",
+            run,
+            "--user",
+            "ada",
+            "--id",
+            "quinn",
+            "--name",
+            "Quinn Quality",
+            "--role",
+            "qa",
+            password=ada,
+            new="Temporary-Pass-1",
+        )
+        == 0
+    )
+    assert (
+        as_user(
+            "users",
+            "create",
+            run,
+            "--user",
+            "ada",
+            "--id",
+            "rita",
+            "--name",
+            "Rita Regulator",
+            "--role",
+            "regulator",
+            password=ada,
+            new="Temporary-Pass-2",
+        )
+        == 0
+    )
     assert as_user("users", "passwd", run, "--user", "quinn", password="Temporary-Pass-1", new=quinn) == 0
     assert as_user("users", "passwd", run, "--user", "rita", password="Temporary-Pass-2", new=rita) == 0
     report = run / "reports" / "r1"
@@ -52,33 +98,59 @@ def test_the_readme_walkthrough(real_run, tmp_path, as_user, capsys) -> None:
     head = tmp_path / "head.json"
     assert as_user("ledger", "head", run, "--out", head) == 0
     package = tmp_path / "evidence"
-    assert as_user("evidence", "export", run, "--user", "rita", "--report", report, "--out", package,
-                   password=rita) == 0
+    assert (
+        as_user("evidence", "export", run, "--user", "rita", "--report", report, "--out", package, password=rita) == 0
+    )
     capsys.readouterr()
     assert as_user("evidence", "verify", package, "--trusted-head", head) == 0
     out = capsys.readouterr().out
     assert out.startswith("OK: evidence package") and "1 e-signature(s)" in out
     assert as_user("users", "list", run) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert [line.split("\t")[:3] for line in listed] == [["ada", "admin", "active"], ["quinn", "qa", "active"],
-                                                         ["rita", "regulator", "active"]]
+    assert [line.split("\t")[:3] for line in listed] == [
+        ["ada", "admin", "active"],
+        ["quinn", "qa", "active"],
+        ["rita", "regulator", "active"],
+    ]
 
 
 def test_refusals_are_one_error_line(real_run, as_user, capsys) -> None:
     ada = "river-Stone-0001"
     assert as_user("users", "init", real_run, "--admin", "ada", "--name", "Ada Lovelace", new=ada) == 0
-    assert as_user("users", "create", real_run, "--user", "ada", "--id", "rita", "--name", "Rita Regulator",
-                   "--role", "regulator", password=ada, new="Temporary-Pass-2") == 0
-    assert as_user("users", "passwd", real_run, "--user", "rita", password="Temporary-Pass-2",
-                   new="reg-Secret-00042") == 0
+    assert (
+        as_user(
+            "users",
+            "create",
+            real_run,
+            "--user",
+            "ada",
+            "--id",
+            "rita",
+            "--name",
+            "Rita Regulator",
+            "--role",
+            "regulator",
+            password=ada,
+            new="Temporary-Pass-2",
+        )
+        == 0
+    )
+    assert (
+        as_user("users", "passwd", real_run, "--user", "rita", password="Temporary-Pass-2", new="reg-Secret-00042") == 0
+    )
     capsys.readouterr()
-    code = as_user("report", real_run, "--user", "rita", "--out", real_run / "reports" / "x",
-                   password="reg-Secret-00042")
+    code = as_user(
+        "report", real_run, "--user", "rita", "--out", real_run / "reports" / "x", password="reg-Secret-00042"
+    )
     err = capsys.readouterr().err
     assert code == 1 and err.count("error:") == 1 and "Traceback" not in err
     assert "'rita' (role regulator) may not generate a report" in " ".join(err.split())
-    assert as_user("users", "role", real_run, "--user", "rita", "--id", "rita", "--role", "admin",
-                   password="reg-Secret-00042") == 1
+    assert (
+        as_user(
+            "users", "role", real_run, "--user", "rita", "--id", "rita", "--role", "admin", password="reg-Secret-00042"
+        )
+        == 1
+    )
     assert "only admin may" in " ".join(capsys.readouterr().err.split())
     assert as_user("users", "login", real_run, "--user", "rita", password="wrong-Secret-1") == 1
     assert "unknown user id or wrong password" in capsys.readouterr().err
@@ -99,10 +171,30 @@ def test_sign_finds_the_run_above_the_report_or_asks_for_it(tmp_path, as_user, c
 
 def test_lockout_unlock_and_disable_from_the_command_line(ledger_run, as_user, capsys) -> None:
     ada, quinn = "river-Stone-0001", "qa-Secret-00042"
-    assert as_user("users", "init", ledger_run, "--admin", "ada", "--name", "Ada Lovelace", "--max-failed-logins",
-                   "2", new=ada) == 0
-    assert as_user("users", "create", ledger_run, "--user", "ada", "--id", "quinn", "--name", "Quinn Quality",
-                   "--role", "qa", password=ada, new="Temporary-Pass-1") == 0
+    assert (
+        as_user(
+            "users", "init", ledger_run, "--admin", "ada", "--name", "Ada Lovelace", "--max-failed-logins", "2", new=ada
+        )
+        == 0
+    )
+    assert (
+        as_user(
+            "users",
+            "create",
+            ledger_run,
+            "--user",
+            "ada",
+            "--id",
+            "quinn",
+            "--name",
+            "Quinn Quality",
+            "--role",
+            "qa",
+            password=ada,
+            new="Temporary-Pass-1",
+        )
+        == 0
+    )
     assert as_user("users", "passwd", ledger_run, "--user", "quinn", password="Temporary-Pass-1", new=quinn) == 0
     for _ in range(2):
         assert as_user("users", "login", ledger_run, "--user", "quinn", password="wrong-Secret-1") == 1
@@ -111,8 +203,10 @@ def test_lockout_unlock_and_disable_from_the_command_line(ledger_run, as_user, c
     assert "an admin must unlock it" in " ".join(capsys.readouterr().err.split())
     assert as_user("users", "unlock", ledger_run, "--user", "ada", "--id", "quinn", password=ada) == 0
     assert as_user("users", "login", ledger_run, "--user", "quinn", password=quinn) == 0
-    assert as_user("users", "role", ledger_run, "--user", "ada", "--id", "quinn", "--role", "data_scientist",
-                   password=ada) == 0
+    assert (
+        as_user("users", "role", ledger_run, "--user", "ada", "--id", "quinn", "--role", "data_scientist", password=ada)
+        == 0
+    )
     assert as_user("users", "disable", ledger_run, "--user", "ada", "--id", "quinn", password=ada) == 0
     capsys.readouterr()
     assert as_user("users", "list", ledger_run) == 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
+
 from pharmafl.compliance.credentials import (
     PasswordPolicy,
     check_new_password,
@@ -52,10 +52,15 @@ def test_a_sealed_key_relabelled_for_another_user_does_not_open() -> None:
         open_key(forged, "qa-Secret-00042", "user:rita")
 
 
-@pytest.mark.parametrize("password, message", [
-    ("Short-1", "too short"), ("quinn-Password-1", "must not contain"), ("my-Quality-pass-1", "must not contain"),
-    ("abcdefghijklmnop", "one kind of character"),
-])
+@pytest.mark.parametrize(
+    "password, message",
+    [
+        ("Short-1", "too short"),
+        ("quinn-Password-1", "must not contain"),
+        ("my-Quality-pass-1", "must not contain"),
+        ("abcdefghijklmnop", "one kind of character"),
+    ],
+)
 def test_weak_passwords_are_refused(password: str, message: str) -> None:
     with pytest.raises(ComplianceError, match=message):
         check_new_password(password, PasswordPolicy(), "quinn", "Quinn Quality")
@@ -65,11 +70,16 @@ def test_a_good_password_passes() -> None:
     check_new_password("river-Stone-0001", PasswordPolicy(), "quinn", "Quinn Quality")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"min_length": 4}, "min_length must be >= 8"), ({"max_age_days": -1}, "max_age_days must be >= 0"),
-    ({"max_failed_logins": 0}, "max_failed_logins must be >= 1"), ({"scrypt_n": 1000}, "power of two"),
-    ({"scrypt_n": 2**16}, r"power of two >= 2\*\*17.*for_tests\(\) allows less, in tests only"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"min_length": 4}, "min_length must be >= 8"),
+        ({"max_age_days": -1}, "max_age_days must be >= 0"),
+        ({"max_failed_logins": 0}, "max_failed_logins must be >= 1"),
+        ({"scrypt_n": 1000}, "power of two"),
+        ({"scrypt_n": 2**16}, r"power of two >= 2\*\*17.*for_tests\(\) allows less, in tests only"),
+    ],
+)
 def test_policy_validates_itself(kwargs: dict, message: str) -> None:
     with pytest.raises(ComplianceError, match=message):
         PasswordPolicy(**kwargs)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from pharmafl.audit.errors import LedgerError
 from pharmafl.audit.evidence import enrolment_mac, verify_package
 from pharmafl.audit.keys import KeyStore
@@ -47,15 +48,23 @@ def pending(ledger_run: Path, clock):
 
 @pytest.fixture
 def report(pending: AccessControl, ledger_run: Path, tmp_path: Path) -> Path:
-    return generate_report(pending, pending.login("dana", password("dana")), ledger_run, tmp_path / "r1",
-                           formats=("parquet",))
+    return generate_report(
+        pending, pending.login("dana", password("dana")), ledger_run, tmp_path / "r1", formats=("parquet",)
+    )
 
 
 def approval(key: Ed25519PrivateKey, report: Path) -> dict:
     """An 'approved' e-signature in Quinn's name, made with ``key``."""
-    return make_signature(key, signer="user:quinn", printed_name="Quinn Quality", role="qa", record="report",
-                          record_hash=load_report(report)[1], meaning="approved",
-                          signed_at="2030-01-01T00:00:00.000000Z")
+    return make_signature(
+        key,
+        signer="user:quinn",
+        printed_name="Quinn Quality",
+        role="qa",
+        record="report",
+        record_hash=load_report(report)[1],
+        meaning="approved",
+        signed_at="2030-01-01T00:00:00.000000Z",
+    )
 
 
 class AttackerKeys:
@@ -118,8 +127,9 @@ def forge(pending: AccessControl, run: Path, report: Path, forgery) -> None:
 
 
 @pytest.mark.parametrize("forgery, message", FORGERIES, ids=[f.__name__ for f, _ in FORGERIES])
-def test_enrolment_without_the_temporary_password_is_refused_at_write_time(pending, ledger_run, report, tmp_path,
-                                                                          forgery, message) -> None:
+def test_enrolment_without_the_temporary_password_is_refused_at_write_time(
+    pending, ledger_run, report, tmp_path, forgery, message
+) -> None:
     forge(pending, ledger_run, report, forgery)
     with pytest.raises(ComplianceError, match=message):
         pending.accounts()
@@ -136,8 +146,9 @@ def test_enrolment_without_the_temporary_password_is_refused_at_write_time(pendi
 
 
 @pytest.mark.parametrize("forgery, message", FORGERIES[:1] + FORGERIES[2:3], ids=["made_up", "bootstrap"])
-def test_forged_enrolment_fails_the_evidence_package(pending, ledger_run, report, tmp_path, monkeypatch,
-                                                     forgery, message) -> None:
+def test_forged_enrolment_fails_the_evidence_package(
+    pending, ledger_run, report, tmp_path, monkeypatch, forgery, message
+) -> None:
     forge(pending, ledger_run, report, forgery)
     monkeypatch.setattr(AccessControl, "accounts", lambda self: None)  # an exporter that skips the replay
     package = export_evidence(pending, pending.login("rita", password("rita")), [report], tmp_path / "package")
@@ -156,8 +167,9 @@ def test_enrolment_answers_the_commitment_of_user_created(pending) -> None:
     code_key = derive(TEMPORARY, commitment["kdf"])  # the temporary password, and only it, makes the code key
     assert answer["code_key"] == code_key.hex()
     assert hashlib.sha256(code_key).hexdigest() == commitment["code_key_sha256"]
-    assert hmac.compare_digest(answer["mac"], enrolment_mac(code_key, "user:quinn", key_entry.data["public_key"],
-                                                            created.seq))
+    assert hmac.compare_digest(
+        answer["mac"], enrolment_mac(code_key, "user:quinn", key_entry.data["public_key"], created.seq)
+    )
     assert key_entry.data["public_key"] == pending.users.get("quinn").public_key
     ada = [e for e in entries_of(pending, "actor_key") if e.data["actor"] == "user:ada"][0]
     assert ada.actor == "user:ada" and ada.data["enrolment"] == {"method": "bootstrap"}  # trust on first use

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from pharmafl.audit.canonical import canonical_json
 from pharmafl.audit.evidence import verify_package
 from pharmafl.audit.verify import VerificationError
@@ -66,8 +67,11 @@ def pkg(built: Built, tmp_path: Path) -> Path:
 def remanifest(pkg: Path) -> None:
     """What a forger does after editing: recompute every SHA-256 in MANIFEST.json."""
     manifest = json.loads((pkg / "MANIFEST.json").read_text())
-    manifest["files"] = {p.relative_to(pkg).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                         for p in sorted(pkg.rglob("*")) if p.is_file() and p.name != "MANIFEST.json"}
+    manifest["files"] = {
+        p.relative_to(pkg).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(pkg.rglob("*"))
+        if p.is_file() and p.name != "MANIFEST.json"
+    }
     (pkg / "MANIFEST.json").write_text(canonical_json(manifest) + "\n")
 
 
@@ -88,9 +92,18 @@ def test_package_verifies_offline_with_the_trusted_head(built: Built) -> None:
     line = verify_package(str(built.package), trusted_head=str(built.head))
     assert line.startswith("OK: evidence package of run run: ") and "2 report(s), 2 e-signature(s)" in line
     names = {p.relative_to(built.package).as_posix() for p in built.package.rglob("*") if p.is_file()}
-    assert {"MANIFEST.json", "README.txt", "head.json", "signatures.json", "ledger/entries.jsonl",
-            "ledger/keys.json", "ledger/checkpoints.jsonl", "reports/r1/report.pdf", "reports/r1/report.json",
-            "reports/r2/report.pdf"} <= names
+    assert {
+        "MANIFEST.json",
+        "README.txt",
+        "head.json",
+        "signatures.json",
+        "ledger/entries.jsonl",
+        "ledger/keys.json",
+        "ledger/checkpoints.jsonl",
+        "reports/r1/report.pdf",
+        "reports/r1/report.json",
+        "reports/r2/report.pdf",
+    } <= names
     assert [s["meaning"] for s in signatures(built.package)["signatures"]] == ["authored", "approved"]
 
 
@@ -103,8 +116,13 @@ def test_the_export_is_recorded_by_the_regulator(built: Built) -> None:
 
 
 def test_standalone_module_and_cli_agree(built: Built) -> None:
-    done = subprocess.run([sys.executable, "-m", "pharmafl.audit.evidence", str(built.package), "--trusted-head",
-                           str(built.head)], capture_output=True, text=True, cwd=REPO_ROOT.parent, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pharmafl.audit.evidence", str(built.package), "--trusted-head", str(built.head)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT.parent,
+        timeout=300,
+    )
     assert done.returncode == 0 and done.stdout.startswith("OK: evidence package"), done.stdout + done.stderr
     from pharmafl.pipeline.cli import main
 
@@ -199,13 +217,21 @@ def test_signature_by_a_role_not_allowed_is_caught_offline(ledger_run: Path, tmp
     """A regulator's key writes an 'approval' straight into the ledger, around the authority check."""
     with open_access(ledger_run) as ac:
         enrol_people(ac)
-        report = generate_report(ac, ac.login("quinn", password("quinn")), ledger_run, tmp_path / "r1",
-                                 formats=("parquet",))  # no human-readable copy to re-render
+        report = generate_report(
+            ac, ac.login("quinn", password("quinn")), ledger_run, tmp_path / "r1", formats=("parquet",)
+        )  # no human-readable copy to re-render
         rita = ac.login("rita", password("rita"))
         key = ac.keys.get_or_create(rita.actor)
-        forged = make_signature(key, signer=rita.actor, printed_name="Rita Regulator", role="regulator",
-                                record="report", record_hash=hashlib.sha256((report / "report.json").read_bytes())
-                                .hexdigest(), meaning="approved", signed_at="2030-01-01T00:00:00.000000Z")
+        forged = make_signature(
+            key,
+            signer=rita.actor,
+            printed_name="Rita Regulator",
+            role="regulator",
+            record="report",
+            record_hash=hashlib.sha256((report / "report.json").read_bytes()).hexdigest(),
+            meaning="approved",
+            signed_at="2030-01-01T00:00:00.000000Z",
+        )
         ac.ledger.record(rita.actor, "e_signature", **forged)
         with pytest.raises(ComplianceError, match="users do not check"):  # refused when exported ...
             export_evidence(ac, ac.login("rita", password("rita")), [report], tmp_path / "package")
@@ -249,11 +275,24 @@ def test_regulator_machine_without_pharmafl_dependencies(built: Built, tmp_path:
     for args in (["--no-deps", str(source)], ["cryptography==50.0.2"]):
         done = subprocess.run(pip + args, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
-    probe = subprocess.run([python, "-c", "import importlib.util as u; print([m for m in ('torch', 'sqlalchemy', "
-                            "'typer', 'fpdf', 'pandas') if u.find_spec(m)])"], capture_output=True, text=True)
+    probe = subprocess.run(
+        [
+            python,
+            "-c",
+            "import importlib.util as u; print([m for m in ('torch', 'sqlalchemy', "
+            "'typer', 'fpdf', 'pandas') if u.find_spec(m)])",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert probe.stdout.strip() == "[]"
-    ok = subprocess.run([python, "-m", "pharmafl.audit.evidence", str(built.package), "--trusted-head",
-                         str(built.head)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    ok = subprocess.run(
+        [python, "-m", "pharmafl.audit.evidence", str(built.package), "--trusted-head", str(built.head)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert ok.returncode == 0 and ok.stdout.startswith("OK: evidence package"), ok.stdout + ok.stderr
     forged = tmp_path / "forged"
     shutil.copytree(built.package, forged)
@@ -261,8 +300,13 @@ def test_regulator_machine_without_pharmafl_dependencies(built: Built, tmp_path:
     doc["signatures"].append({**doc["signatures"][1], "report": "reports/r2"})
     write_signatures(forged, doc)
     remanifest(forged)
-    bad = subprocess.run([python, "-m", "pharmafl.audit.evidence", str(forged)], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=300)
+    bad = subprocess.run(
+        [python, "-m", "pharmafl.audit.evidence", str(forged)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert bad.returncode == 1 and "cannot be copied onto another record" in bad.stdout
 
 
@@ -304,18 +348,24 @@ def test_malformed_manifest_fails_instead_of_crashing(pkg: Path) -> None:
 
 
 @pytest.mark.parametrize("actor", ["server", "user:quinn"])
-def test_rendering_recorded_apart_from_a_signature_is_rejected(ledger_run: Path, tmp_path: Path, actor: str,
-                                                              monkeypatch) -> None:
+def test_rendering_recorded_apart_from_a_signature_is_rejected(
+    ledger_run: Path, tmp_path: Path, actor: str, monkeypatch
+) -> None:
     """A forged PDF whose hash someone with a ledger key records as a 'rendering' of the signed report."""
     forged = b"%PDF-1.4 other figures under the same signature block"
     with open_access(ledger_run) as ac:
         enrol_people(ac)
-        report = generate_report(ac, ac.login("quinn", password("quinn")), ledger_run, tmp_path / "r1",
-                                 formats=("pdf",))
+        report = generate_report(
+            ac, ac.login("quinn", password("quinn")), ledger_run, tmp_path / "r1", formats=("pdf",)
+        )
         sign(ac, ac.login("quinn", password("quinn")), report, "approved")
-        ac.ledger.record(actor, "report_rendered", record_hash=load_report(report)[1],
-                         files={"report.pdf": hashlib.sha256(forged).hexdigest()},
-                         signatures=[e.data["signature"] for e in entries_of(ac, "e_signature")])
+        ac.ledger.record(
+            actor,
+            "report_rendered",
+            record_hash=load_report(report)[1],
+            files={"report.pdf": hashlib.sha256(forged).hexdigest()},
+            signatures=[e.data["signature"] for e in entries_of(ac, "e_signature")],
+        )
         (report / "report.pdf").write_bytes(forged)
         monkeypatch.setattr(AccessControl, "accounts", lambda self: None)  # an exporter that skips the replay
         package = export_evidence(ac, ac.login("rita", password("rita")), [report], tmp_path / "package")
@@ -323,22 +373,31 @@ def test_rendering_recorded_apart_from_a_signature_is_rejected(ledger_run: Path,
 
 
 @pytest.mark.parametrize("actor", ["server", "user:rita"])
-def test_report_recorded_by_a_role_that_may_not_generate_is_rejected(ledger_run: Path, tmp_path: Path,
-                                                                      actor: str, monkeypatch) -> None:
+def test_report_recorded_by_a_role_that_may_not_generate_is_rejected(
+    ledger_run: Path, tmp_path: Path, actor: str, monkeypatch
+) -> None:
     """An edited record whose hash a system key or a regulator records as 'generated'."""
     with open_access(ledger_run) as ac:
         enrol_people(ac)
-        genuine = generate_report(ac, ac.login("quinn", password("quinn")), ledger_run, tmp_path / "r1",
-                                  formats=("parquet",))
+        genuine = generate_report(
+            ac, ac.login("quinn", password("quinn")), ledger_run, tmp_path / "r1", formats=("parquet",)
+        )
         forged = tmp_path / "r2"
         shutil.copytree(genuine, forged)
         text = (forged / "report.json").read_text().replace('"status":"completed"', '"status":"approved by FDA"')
         (forged / "report.json").write_text(text)
         record, record_hash = load_report(forged)
         ac.login("rita", password("rita"))  # unlocks her key, as a raw ledger write would need
-        ac.ledger.record(actor, "report_generated", record_hash=record_hash, run_id=record["meta"]["run_id"],
-                         tree_size=record["certificate"]["tree_size"], formats=["parquet"], files=file_hashes(forged),
-                         signatures=[])
+        ac.ledger.record(
+            actor,
+            "report_generated",
+            record_hash=record_hash,
+            run_id=record["meta"]["run_id"],
+            tree_size=record["certificate"]["tree_size"],
+            formats=["parquet"],
+            files=file_hashes(forged),
+            signatures=[],
+        )
         monkeypatch.setattr(AccessControl, "accounts", lambda self: None)  # an exporter that skips the replay
         package = export_evidence(ac, ac.login("rita", password("rita")), [forged], tmp_path / "package")
     fails(package, f"report_generated by '{actor}' \\(.*\\), who may not")

@@ -31,5 +31,14 @@ def test_every_cited_test_exists() -> None:
 
 
 def test_alcoa_plus_attributes() -> None:
-    assert [a["attribute"] for a in alcoa_rows()] == ["Attributable", "Legible", "Contemporaneous", "Original",
-                                                      "Accurate", "Complete", "Consistent", "Enduring", "Available"]
+    assert [a["attribute"] for a in alcoa_rows()] == [
+        "Attributable",
+        "Legible",
+        "Contemporaneous",
+        "Original",
+        "Accurate",
+        "Complete",
+        "Consistent",
+        "Enduring",
+        "Available",
+    ]

@@ -8,6 +8,8 @@ import sqlite3
 
 import pandas as pd
 import pytest
+from pypdf import PdfReader
+
 from pharmafl.audit.keys import KeyStore
 from pharmafl.audit.ledger import Ledger
 from pharmafl.audit.records import asserted
@@ -15,13 +17,18 @@ from pharmafl.compliance.errors import AuthorityError, ComplianceError
 from pharmafl.compliance.report import FORMATS, generate_report, load_report, parse_formats
 from pharmafl.compliance.signing import sign
 from pharmafl.compliance.trail import TrailFilter, trail_rows
-from pypdf import PdfReader
 
 from ..audit.conftest import FAST_SCRYPT, PASSPHRASE
 from .conftest import entries_of, statement
 
-SECTIONS = ("1. Verification certificate", "2. Run summary", "3. Privacy statement", "4. Model lineage",
-            "5. Audit trail", "6. 21 CFR Part 11 matrix")
+SECTIONS = (
+    "1. Verification certificate",
+    "2. Run summary",
+    "3. Privacy statement",
+    "4. Model lineage",
+    "5. Audit trail",
+    "6. 21 CFR Part 11 matrix",
+)
 
 
 def pdf_pages(path) -> list[str]:
@@ -36,8 +43,15 @@ def test_report_in_every_format_is_recorded_with_its_hashes(team, tmp_path) -> N
     assert entry.data["formats"] == list(FORMATS) and entry.data["tree_size"] == record["certificate"]["tree_size"]
     for name, digest in entry.data["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
-    assert {"report.json", "report.pdf", "report.html", "tables/audit_trail.parquet", "tables/privacy.csv",
-            "plots/privacy_epsilon.png", "plots/cosine_heatmap.png"} <= set(entry.data["files"])
+    assert {
+        "report.json",
+        "report.pdf",
+        "report.html",
+        "tables/audit_trail.parquet",
+        "tables/privacy.csv",
+        "plots/privacy_epsilon.png",
+        "plots/cosine_heatmap.png",
+    } <= set(entry.data["files"])
     assert record["meta"]["generated_by"] == {"user_id": "quinn", "printed_name": "Quinn Quality", "role": "qa"}
 
 
@@ -84,11 +98,11 @@ def test_lineage_links_manifests_updates_aggregates_and_the_model(team, tmp_path
     lineage = load_report(out)[0]["lineage"]
     cards = entries_of(team.ac, "run_started")[0].data["consortium"]["cards"]
     assert lineage["manifests"] == {site: card["manifest_sha256"] for site, card in cards.items()}  # site-signed
-    updates = {(d["round"], site): d["update_hash"]
-               for site, d in map(asserted, entries_of(team.ac, "site_update"))}
+    updates = {(d["round"], site): d["update_hash"] for site, d in map(asserted, entries_of(team.ac, "site_update"))}
     assert {(r["round"], s): u["update_hash"] for r in lineage["rounds"] for s, u in r["updates"].items()} == updates
     assert [r["aggregate_hash"] for r in lineage["rounds"]] == [
-        e.data["aggregate_hash"] for e in entries_of(team.ac, "aggregated")]
+        e.data["aggregate_hash"] for e in entries_of(team.ac, "aggregated")
+    ]
     assert lineage["model_file_matches"] is True
     assert lineage["model_hash"] == hashlib.sha256((team.run / "model.safetensors").read_bytes()).hexdigest()
 
@@ -99,8 +113,14 @@ def test_audit_trail_filters(team, tmp_path) -> None:
     trail = pd.read_parquet(out / "tables" / "audit_trail.parquet")
     assert set(trail["round"]) == {2} and set(trail["site"]) == {"site-01"}
     assert sorted(trail["type"]) == ["clip", "privacy_spent", "site_update"]
-    only = generate_report(team.ac, team.login("quinn"), team.run, tmp_path / "r2", formats=("parquet",),
-                           keep=TrailFilter(types=("user_login",)))
+    only = generate_report(
+        team.ac,
+        team.login("quinn"),
+        team.run,
+        tmp_path / "r2",
+        formats=("parquet",),
+        keep=TrailFilter(types=("user_login",)),
+    )
     rows = load_report(only)[0]["audit_trail"]
     assert rows and {r["type"] for r in rows} == {"user_login"} and rows[0]["why"].startswith("the user authenticated")
 
@@ -135,10 +155,12 @@ def test_lineage_under_secure_aggregation_uses_the_commitments() -> None:
     def entry(type_, actor, **data):
         return SimpleNamespace(type=type_, actor=actor, data=data)
 
-    entries = [entry("run_started", "server", manifests={"site-01": "m" * 64}),
-               entry("secure_shares", "site-01", round=1, commitment="c" * 64, num_examples=5),
-               entry("aggregated", "server", round=1, aggregate_hash="a" * 64, participants=["site-01"]),
-               entry("run_ended", "server", model_hash="f" * 64)]
+    entries = [
+        entry("run_started", "server", manifests={"site-01": "m" * 64}),
+        entry("secure_shares", "site-01", round=1, commitment="c" * 64, num_examples=5),
+        entry("aggregated", "server", round=1, aggregate_hash="a" * 64, participants=["site-01"]),
+        entry("run_ended", "server", model_hash="f" * 64),
+    ]
     lineage = lineage_section(entries, None)
     assert lineage["rounds"][0]["updates"]["site-01"]["update_hash"] == "c" * 64
     assert lineage["rounds"][0]["aggregate_hash"] == "a" * 64 and lineage["model_file_matches"] is None
@@ -148,8 +170,10 @@ def test_tampered_ledger_refuses_report(team, tmp_path) -> None:
     victim = entries_of(team.ac, "privacy_spent")[1]
     db = sqlite3.connect(team.run / "ledger.db")
     db.execute("DROP TRIGGER ledger_entries_no_update")  # the database owner can; the verifier still catches it
-    db.execute("UPDATE ledger_entries SET payload = replace(payload, '\"budget\":8', '\"budget\":80') WHERE seq = ?",
-               (victim.seq,))
+    db.execute(
+        "UPDATE ledger_entries SET payload = replace(payload, '\"budget\":8', '\"budget\":80') WHERE seq = ?",
+        (victim.seq,),
+    )
     db.commit()
     db.close()
     with pytest.raises(ComplianceError, match=f"does not verify \\(first bad entry: seq {victim.seq}\\)"):
@@ -218,9 +242,22 @@ def test_budget_overrun_is_reported_not_hidden() -> None:
 
     from pharmafl.compliance.sections import privacy_section
 
-    spent = [SimpleNamespace(type="privacy_spent", actor="site-01",
-                             data={"round": r, "epsilon_round": 3.0, "epsilon_total": 3.0 * r, "budget": 8,
-                                   "delta": 1e-5, "accountant": "rdp", "privacy_unit": "pair"}) for r in (1, 2, 3)]
+    spent = [
+        SimpleNamespace(
+            type="privacy_spent",
+            actor="site-01",
+            data={
+                "round": r,
+                "epsilon_round": 3.0,
+                "epsilon_total": 3.0 * r,
+                "budget": 8,
+                "delta": 1e-5,
+                "accountant": "rdp",
+                "privacy_unit": "pair",
+            },
+        )
+        for r in (1, 2, 3)
+    ]
     privacy = privacy_section(spent)
     assert privacy["respected"] is False and privacy["sites"][0]["epsilon_total"] == 9.0
     assert "WARNING: at least one party exceeded its ε budget" in privacy["statement"]
@@ -235,21 +272,34 @@ def test_lineage_under_secure_aggregation_keeps_commitments_and_the_secure_sum()
     def entry(type_, actor, **data):
         return SimpleNamespace(type=type_, actor=actor, data=data)
 
-    entries = [entry("run_started", "server", manifests={"site-01": "m" * 64}),
-               entry("site_update", "site-01", round=1, update_hash="e" * 64, num_examples=5, accepted=True),
-               entry("secure_shares", "site-01", round=1, commitment="c" * 64, envelope_hash="e" * 64,
-                     num_examples=5, share_hashes={"server": "1" * 64, "helper1": "2" * 64}),
-               entry("bound_check", "server", round=1, site="site-01", passed=True),
-               entry("aggregated", "server", round=1, aggregate_hash="a" * 64, participants=["site-01"],
-                     secure={"parties": ["server", "helper1"], "sum_hash": "5" * 64, "excluded": {},
-                             "seconds": {"sum": 0.1}}),
-               entry("round_ended", "server", round=1, metrics={}, diagnostics=None),
-               entry("run_ended", "server", model_hash="f" * 64)]
+    entries = [
+        entry("run_started", "server", manifests={"site-01": "m" * 64}),
+        entry("site_update", "site-01", round=1, update_hash="e" * 64, num_examples=5, accepted=True),
+        entry(
+            "secure_shares",
+            "site-01",
+            round=1,
+            commitment="c" * 64,
+            envelope_hash="e" * 64,
+            num_examples=5,
+            share_hashes={"server": "1" * 64, "helper1": "2" * 64},
+        ),
+        entry("bound_check", "server", round=1, site="site-01", passed=True),
+        entry(
+            "aggregated",
+            "server",
+            round=1,
+            aggregate_hash="a" * 64,
+            participants=["site-01"],
+            secure={"parties": ["server", "helper1"], "sum_hash": "5" * 64, "excluded": {}, "seconds": {"sum": 0.1}},
+        ),
+        entry("round_ended", "server", round=1, metrics={}, diagnostics=None),
+        entry("run_ended", "server", model_hash="f" * 64),
+    ]
     lineage = lineage_section(entries, None)
     update = lineage["rounds"][0]["updates"]["site-01"]
     assert update["update_hash"] == "e" * 64 and update["commitment"] == "c" * 64
-    assert lineage["rounds"][0]["secure"] == {"parties": ["server", "helper1"], "sum_hash": "5" * 64,
-                                              "excluded": {}}
+    assert lineage["rounds"][0]["secure"] == {"parties": ["server", "helper1"], "sum_hash": "5" * 64, "excluded": {}}
 
 
 def test_report_of_a_secure_run(secure_run_template, tmp_path, clock) -> None:
@@ -290,8 +340,7 @@ def test_report_of_a_secure_run(secure_run_template, tmp_path, clock) -> None:
 
 def test_report_of_a_real_run(real_team, tmp_path) -> None:
     """A trained run: every site figure is the site's signed statement; the model file matches."""
-    out = generate_report(real_team.ac, real_team.login("quinn"), real_team.run, tmp_path / "r1",
-                          formats=("parquet",))
+    out = generate_report(real_team.ac, real_team.login("quinn"), real_team.run, tmp_path / "r1", formats=("parquet",))
     record = load_report(out)[0]
     spent = [asserted(e) for e in entries_of(real_team.ac, "privacy_spent") if "statement" in e.data]
     assert spent and {s["party"] for s in record["privacy"]["sites"]} >= {site for site, _ in spent}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
 from pharmafl.audit import evidence
-from pharmafl.compliance.errors import ComplianceError
 from pharmafl.compliance import credentials
+from pharmafl.compliance.errors import ComplianceError
 from pharmafl.compliance.roles import MEANINGS, PERMISSIONS, SIGNING_ROLES, Role, may, parse_meaning, parse_role
 
 

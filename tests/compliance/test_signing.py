@@ -6,6 +6,7 @@ import hashlib
 import shutil
 
 import pytest
+
 from pharmafl.compliance.errors import AuthenticationError, AuthorityError, ComplianceError
 from pharmafl.compliance.report import generate_report, load_report
 from pharmafl.compliance.signatures import manifestation, signature_valid
@@ -48,8 +49,11 @@ def test_several_signatures_all_show(team, report) -> None:
     sign(team.ac, team.login("quinn"), report, "reviewed")
     sign(team.ac, team.login("quinn"), report, "approved")
     html = (report / "report.html").read_text()
-    for line in ("Authored by Dana Scientist (user:dana, data_scientist)", "Reviewed by Quinn Quality",
-                 "Approved by Quinn Quality"):
+    for line in (
+        "Authored by Dana Scientist (user:dana, data_scientist)",
+        "Reviewed by Quinn Quality",
+        "Approved by Quinn Quality",
+    ):
         assert line in html
 
 

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from scipy import stats
 
 from pharmafl.models.metrics import (
@@ -49,7 +48,9 @@ def test_regression_metrics_agree_with_scipy():
     assert m["spearman"] == pytest.approx(stats.spearmanr(y, p).statistic) == pytest.approx(spearman(y, p))
 
 
-@pytest.mark.parametrize("y, p, match", [([1.0, 2.0], [1.0], "2 values"), ([], [], "at least one"), ([1.0, np.nan], [1.0, 2.0], "NaN")])
+@pytest.mark.parametrize(
+    "y, p, match", [([1.0, 2.0], [1.0], "2 values"), ([], [], "at least one"), ([1.0, np.nan], [1.0, 2.0], "NaN")]
+)
 def test_bad_inputs_raise(y, p, match):
     with pytest.raises(ValueError, match=match):
         concordance_index(y, p)

@@ -53,8 +53,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from .unixusers import (ProcessRecorder, Runtime, as_user, create_user, free_port, listening, remove_user,
-                        stop_processes_of, try_as)  # fmt: skip
+from .unixusers import (
+    ProcessRecorder,
+    Runtime,
+    as_user,
+    create_user,
+    free_port,
+    listening,
+    remove_user,
+    stop_processes_of,
+    try_as,
+)
 
 PREFIX = "pflt-"
 LOCK = Path("/run/lock" if Path("/run/lock").is_dir() else "/tmp") / "pharmafl-multiuser.lock"
@@ -78,8 +87,10 @@ def davis_tables(shared: Path, out: Path, *, drugs: int, targets: int) -> Path:
     d = pd.read_csv(shared / "davis_deepdta_drugs.csv.gz").iloc[:drugs]
     t = pd.read_csv(shared / "davis_deepdta_targets.csv.gz").iloc[::15].iloc[:targets]
     if len(d) < drugs or len(t) < targets:
-        raise DeploymentError(f"{shared}: DAVIS has {len(d)} compounds and {len(t)} targets (every 15th) for the "
-                              f"{drugs} x {targets} asked")  # fmt: skip
+        raise DeploymentError(
+            f"{shared}: DAVIS has {len(d)} compounds and {len(t)} targets (every 15th) for the "
+            f"{drugs} x {targets} asked"
+        )
     p = pd.read_csv(shared / "davis_deepdta_pairs.csv.gz")
     p = p[p.drug_id.isin(d.drug_id) & p.target_id.isin(t.target_id)].rename(columns={"deepdta_fold": "fold"})
     d[["drug_id", "smiles"]].to_csv(out / "drugs.csv", index=False)
@@ -97,7 +108,7 @@ def split_tables(tables: Path, n_sites: int, out: Path) -> dict[str, Path]:
         raise DeploymentError(f"{tables}: {len(drugs)} compounds cannot give each of {n_sites} sites two or more")
     found = {}
     for k, site in enumerate(site_names(n_sites)):
-        mine = drugs.iloc[k * per:(k + 1) * per]
+        mine = drugs.iloc[k * per : (k + 1) * per]
         found[site] = folder = out / site
         folder.mkdir(parents=True)
         mine.to_csv(folder / "drugs.csv", index=False)
@@ -142,17 +153,28 @@ class Deployment:
     :meth:`provision`, :meth:`start`, :meth:`run`, :meth:`verify`.
     """
 
-    def __init__(self, n_sites: int, tables: Path, *, rounds: int = 2, venv: Path | None = None,
-                 log: Callable[[str], None] = print):  # fmt: skip
+    def __init__(
+        self,
+        n_sites: int,
+        tables: Path,
+        *,
+        rounds: int = 2,
+        venv: Path | None = None,
+        log: Callable[[str], None] = print,
+    ):
         self.n_sites, self.tables, self.rounds, self.log = n_sites, Path(tables), rounds, log
         self.venv = Path(venv) if venv else Path(sys.executable).parent.parent
         self.sites = site_names(n_sites)
         self.coord = Party("coordinator", "coordinator", f"{PREFIX}coord", _secret("PHARMAFL_KEY_PASSPHRASE"))
-        self.parties = {SERVER_PARTY: Party(SERVER_PARTY, "server-party", f"{PREFIX}srvparty",
-                                            _secret("PHARMAFL_PARTY_PASSPHRASE")),
-                        HELPER: Party(HELPER, "helper", f"{PREFIX}helper", _secret("PHARMAFL_PARTY_PASSPHRASE"))}
-        self.site_parties = {s: Party(s, "site", f"{PREFIX}{s}", _secret("PHARMAFL_SITE_PASSPHRASE"))
-                             for s in self.sites}  # fmt: skip
+        self.parties = {
+            SERVER_PARTY: Party(
+                SERVER_PARTY, "server-party", f"{PREFIX}srvparty", _secret("PHARMAFL_PARTY_PASSPHRASE")
+            ),
+            HELPER: Party(HELPER, "helper", f"{PREFIX}helper", _secret("PHARMAFL_PARTY_PASSPHRASE")),
+        }
+        self.site_parties = {
+            s: Party(s, "site", f"{PREFIX}{s}", _secret("PHARMAFL_SITE_PASSPHRASE")) for s in self.sites
+        }
         self.regulator = Party("regulator", "regulator", f"{PREFIX}regulator")
         self.everyone = [self.coord, *self.parties.values(), *self.site_parties.values(), self.regulator]
         self.seconds: dict[str, float] = {}
@@ -185,19 +207,38 @@ class Deployment:
     # -- commands as a party ----------------------------------------------------------------
 
     def _env(self, party: Party) -> dict[str, str]:
-        return {"HOME": str(party.home), "USER": party.user, "LOGNAME": party.user, "SHELL": "/bin/bash",
-                "PATH": f"{self.runtime.bin}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-                "TMPDIR": str(party.home / "tmp"), "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
-                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **self.runtime.env, **party.secrets}  # fmt: skip
+        return {
+            "HOME": str(party.home),
+            "USER": party.user,
+            "LOGNAME": party.user,
+            "SHELL": "/bin/bash",
+            "PATH": f"{self.runtime.bin}:/usr/local/bin:/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "TMPDIR": str(party.home / "tmp"),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            **self.runtime.env,
+            **party.secrets,
+        }
 
     def sh(self, party: Party, *argv: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
         """``argv`` as ``party`` in its home (a session of its own); raises with its output if it fails."""
-        done = subprocess.run(as_user(party.uid, party.gid, self._env(party), list(argv)), capture_output=True,
-                              text=True, timeout=timeout, cwd=party.home, stdin=subprocess.DEVNULL,
-                              start_new_session=True)  # fmt: skip
+        done = subprocess.run(
+            as_user(party.uid, party.gid, self._env(party), list(argv)),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=party.home,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         if check and done.returncode != 0:
-            raise DeploymentError(f"as {party.user}: {' '.join(argv)} exited {done.returncode}:\n"
-                                  f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")  # fmt: skip
+            raise DeploymentError(
+                f"as {party.user}: {' '.join(argv)} exited {done.returncode}:\n"
+                f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            )
         return done
 
     def pharmafl(self, party: Party, *args: str, **kw) -> subprocess.CompletedProcess:
@@ -240,8 +281,17 @@ class Deployment:
 
             def init(p: Party) -> None:
                 if p.role == "site":
-                    self.pharmafl(p, "site", "init", "--id", p.name, "--data", str(p.home / "tables"), "--home",
-                                  str(p.home / "site"))  # fmt: skip
+                    self.pharmafl(
+                        p,
+                        "site",
+                        "init",
+                        "--id",
+                        p.name,
+                        "--data",
+                        str(p.home / "tables"),
+                        "--home",
+                        str(p.home / "site"),
+                    )
                 else:
                     role = "server" if p.role == "server-party" else "helper"
                     self.pharmafl(p, "party", "init", "--id", p.name, "--home", str(p.home / "party"), "--role", role)
@@ -252,16 +302,41 @@ class Deployment:
         """Cards to the coordinator; the roster and NVFlare's kits; roster and kits out; everyone accepts."""
         c = self.coord
         with self.phase("provisioning"):
-            flags = [a for s, p in self.site_parties.items() for a in (
-                "--site-card", str(self.hand_over(p.home / "site" / "site-card.json", p, c, f"{s}.card.json")))]
-            flags += [a for n, p in self.parties.items() for a in (
-                "--party-card", str(self.hand_over(p.home / "party" / "party-card.json", p, c, f"{n}.card.json")))]
+            flags = [
+                a
+                for s, p in self.site_parties.items()
+                for a in (
+                    "--site-card",
+                    str(self.hand_over(p.home / "site" / "site-card.json", p, c, f"{s}.card.json")),
+                )
+            ]
+            flags += [
+                a
+                for n, p in self.parties.items()
+                for a in (
+                    "--party-card",
+                    str(self.hand_over(p.home / "party" / "party-card.json", p, c, f"{n}.card.json")),
+                )
+            ]
             self.fl_port = free_port()
             while self.admin_port in (0, self.fl_port):
                 self.admin_port = free_port()
-            out = self.pharmafl(c, "consortium", "init", *flags, "--out", str(c.home / "coord"), "--nvflare-server",
-                                SERVER_HOST, "--admin", ADMIN, "--fl-port", str(self.fl_port), "--admin-port",
-                                str(self.admin_port)).stdout  # fmt: skip
+            out = self.pharmafl(
+                c,
+                "consortium",
+                "init",
+                *flags,
+                "--out",
+                str(c.home / "coord"),
+                "--nvflare-server",
+                SERVER_HOST,
+                "--admin",
+                ADMIN,
+                "--fl-port",
+                str(self.fl_port),
+                "--admin-port",
+                str(self.admin_port),
+            ).stdout
             self.kits = {m[1]: Path(m[2]) for m in re.finditer(r"^kit \S+ (\S+)\s+(\S+)$", out, re.M)}
             if set(self.kits) != {SERVER_HOST, ADMIN, *self.sites, HELPER}:
                 raise DeploymentError(f"consortium init printed the kits {sorted(self.kits)}:\n{out}")
@@ -274,8 +349,15 @@ class Deployment:
                 roster, kit = str(p.home / "inbox" / "consortium.json"), str(p.home / "inbox" / "kit")
                 if p.role == "coordinator":
                     self.sh(c, "mkdir", "-p", str(c.home / "runs"))
-                    self.pharmafl(c, "consortium", "nvflare-config", "--kit", str(self.kits[SERVER_HOST]), "--runs",
-                                  str(c.home / "runs"))  # fmt: skip
+                    self.pharmafl(
+                        c,
+                        "consortium",
+                        "nvflare-config",
+                        "--kit",
+                        str(self.kits[SERVER_HOST]),
+                        "--runs",
+                        str(c.home / "runs"),
+                    )
                 elif p.role == "site":
                     self.pharmafl(p, "site", "accept", str(p.home / "site"), roster)
                     self.pharmafl(p, "site", "nvflare-config", "--home", str(p.home / "site"), "--kit", kit)
@@ -288,9 +370,14 @@ class Deployment:
         log = party.home / "logs" / f"{name}.log"
         with open(log, "ab") as fh:
             os.chown(log, party.uid, party.gid)
-            proc = subprocess.Popen(as_user(party.uid, party.gid, self._env(party), argv), stdout=fh,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=party.home,
-                                    start_new_session=True)  # fmt: skip
+            proc = subprocess.Popen(
+                as_user(party.uid, party.gid, self._env(party), argv),
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=party.home,
+                start_new_session=True,
+            )
         self.services[name] = (party, proc, log)
 
     def _wait(self, what: str, ready: Callable[[], bool], timeout: float, names: list[str]) -> None:
@@ -308,11 +395,24 @@ class Deployment:
             self.recorder = ProcessRecorder({p.uid for p in self.everyone}, [f"{p.home}/" for p in self.everyone])
             self.recorder.start()
             for name, p in self.parties.items():
-                self._spawn(name, p, ["pharmafl", "party", "serve", str(p.home / "party"), "--listen", "127.0.0.1:0",
-                                      "--ready-file", str(p.home / "party" / "serve.ready")])  # fmt: skip
+                self._spawn(
+                    name,
+                    p,
+                    [
+                        "pharmafl",
+                        "party",
+                        "serve",
+                        str(p.home / "party"),
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--ready-file",
+                        str(p.home / "party" / "serve.ready"),
+                    ],
+                )
             # sub_start.sh --once: start.sh's NVFlare process in the foreground, without its restart loop
-            self._spawn("server", self.coord, ["bash", str(self.kits[SERVER_HOST] / "startup" / "sub_start.sh"),
-                                               "--once"])  # fmt: skip
+            self._spawn(
+                "server", self.coord, ["bash", str(self.kits[SERVER_HOST] / "startup" / "sub_start.sh"), "--once"]
+            )
             for s, p in self.site_parties.items():
                 self._spawn(s, p, ["bash", str(p.home / "inbox" / "kit" / "startup" / "sub_start.sh"), "--once"])
             ready = {n: p.home / "party" / "serve.ready" for n, p in self.parties.items()}
@@ -321,27 +421,38 @@ class Deployment:
                 host, port = path.read_text().split()
                 self.endpoints[name] = f"{host}:{port}"
                 self.handed.append((self.parties[name].user, self.coord.user, f"endpoint {name}"))
-            self._wait("the NVFlare server", lambda: listening(self.fl_port) and listening(self.admin_port), 180,
-                       ["server"])  # fmt: skip
+            self._wait(
+                "the NVFlare server", lambda: listening(self.fl_port) and listening(self.admin_port), 180, ["server"]
+            )
             logs = [p.home / "inbox" / "kit" / "log.txt" for p in self.site_parties.values()]
-            self._wait("every site to register with the server", lambda: all(
-                f.is_file() and "Successfully registered client" in f.read_text(errors="replace") for f in logs),
-                300, self.sites)  # fmt: skip
+            self._wait(
+                "every site to register with the server",
+                lambda: all(
+                    f.is_file() and "Successfully registered client" in f.read_text(errors="replace") for f in logs
+                ),
+                300,
+                self.sites,
+            )
 
     def config(self) -> dict:
         """The coordinator's run: tiny model, DP-SGD at every site, secure aggregation at the two
         parties' endpoints, the ledger witnessed by the sites; no benchmark (the sites' data stays home)."""
         return {
-            "name": "deployment", "seed": 3,
+            "name": "deployment",
+            "seed": 3,
             "data": {"sites": self.n_sites, "benchmark": "none"},
             "model": {"max_len": 64, "embed_dim": 16, "kernel_size": 4, "latent_dim": 32},
             "train": {"batch_size": 64},
-            "federation": {"rounds": self.rounds, "engine": "nvflare", "nvflare_env": "prod",
-                           "nvflare_admin_kit": str(self.kits[ADMIN])},
+            "federation": {
+                "rounds": self.rounds,
+                "engine": "nvflare",
+                "nvflare_env": "prod",
+                "nvflare_admin_kit": str(self.kits[ADMIN]),
+            },
             "ledger": {"enabled": True},
             "privacy": {"mode": "local", "epsilon": 8.0, "batch_size": 32},
             "secure_aggregation": {"enabled": True, "endpoints": dict(self.endpoints)},
-        }  # fmt: skip
+        }
 
     def run(self, timeout: float = 900) -> dict:
         """``pharmafl run`` as the coordinator, through its admin kit; the run's ``metrics.json``."""
@@ -352,13 +463,24 @@ class Deployment:
             cfg = c.home / "run.yaml"
             cfg.write_text(yaml.safe_dump(self.config(), sort_keys=False))
             os.chown(cfg, c.uid, c.gid)
-            done = self.pharmafl(c, "run", str(cfg), "--consortium", str(c.home / "coord" / "consortium.json"),
-                                 "--out", str(self.run_dir), timeout=timeout, check=False)  # fmt: skip
+            done = self.pharmafl(
+                c,
+                "run",
+                str(cfg),
+                "--consortium",
+                str(c.home / "coord" / "consortium.json"),
+                "--out",
+                str(self.run_dir),
+                timeout=timeout,
+                check=False,
+            )
             (c.home / "logs" / "run.log").write_text(done.stdout + done.stderr)
             self.processes = self.recorder.stop()
             if done.returncode != 0 or not (self.run_dir / "metrics.json").is_file():
-                raise DeploymentError(f"pharmafl run exited {done.returncode}:\n{done.stdout[-4000:]}\n"
-                                      f"{done.stderr[-4000:]}\n{self.tails()}")  # fmt: skip
+                raise DeploymentError(
+                    f"pharmafl run exited {done.returncode}:\n{done.stdout[-4000:]}\n"
+                    f"{done.stderr[-4000:]}\n{self.tails()}"
+                )
             return json.loads((self.run_dir / "metrics.json").read_text())
 
     def verify(self) -> dict:
@@ -373,8 +495,17 @@ class Deployment:
             first = self.site_parties[self.sites[0]]
             mine = self.hand_over(bundle, c, r, "bundle")
             roster = self.hand_over(first.home / "inbox" / "consortium.json", first, r)
-            out["regulator"] = self.sh(r, "python3", "-m", "pharmafl.audit.verify", str(mine), "--roster", str(roster),
-                                       "--witnesses", str(self.n_sites)).stdout.strip()  # fmt: skip
+            out["regulator"] = self.sh(
+                r,
+                "python3",
+                "-m",
+                "pharmafl.audit.verify",
+                str(mine),
+                "--roster",
+                str(roster),
+                "--witnesses",
+                str(self.n_sites),
+            ).stdout.strip()
 
             def audit(p: Party) -> str:
                 mine = self.hand_over(bundle, c, p, "ledger-bundle")
@@ -421,8 +552,11 @@ class Deployment:
 
         entries = [json.loads(line) for line in (bundle / "entries.jsonl").read_text().splitlines()]
         starts = {e["payload"]["round"]: t(e) for e in entries if e["type"] == "round_started"}
-        return {r: round(t(e) - starts[r], 1) for e in entries if e["type"] == "round_ended"
-                and (r := e["payload"]["round"]) in starts}  # fmt: skip
+        return {
+            r: round(t(e) - starts[r], 1)
+            for e in entries
+            if e["type"] == "round_ended" and (r := e["payload"]["round"]) in starts
+        }
 
     def tails(self, names: list[str] | None = None, lines: int = 25) -> str:
         """The last lines of the services' logs (their console: NVFlare's log.txt as it prints it)."""
@@ -468,8 +602,9 @@ class Deployment:
 def _a_file_of(party: Party) -> Path:
     """A file the party holds: its key material where it has some, else any file of its home."""
     for folder in ("site/keys", "party/keys", "coord/nvflare", "inbox", ""):
-        files = sorted(f for f in (party.home / folder).rglob("*") if f.is_file()) if (party.home / folder).is_dir() \
-            else []  # fmt: skip
+        files = (
+            sorted(f for f in (party.home / folder).rglob("*") if f.is_file()) if (party.home / folder).is_dir() else []
+        )
         if files:
             return files[0]
     raise DeploymentError(f"{party.home} holds no file")

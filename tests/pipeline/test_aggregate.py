@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from pharmafl.pipeline.aggregate import l2_norm, site_weights, weighted_sum
@@ -57,8 +56,10 @@ def test_weights_modes():
 @given(st.integers(2, 5), st.integers(0, 10_000))
 def test_update_diagnostics_match_explicit_vectors(n_sites, seed):
     rng = np.random.default_rng(seed)
-    deltas = [{"a": rng.normal(size=(3, 4)).astype(np.float32), "b": rng.normal(size=70_000).astype(np.float32)}
-              for _ in range(n_sites)]  # "b" spans two Gram chunks
+    deltas = [
+        {"a": rng.normal(size=(3, 4)).astype(np.float32), "b": rng.normal(size=70_000).astype(np.float32)}
+        for _ in range(n_sites)
+    ]  # "b" spans two Gram chunks
     w = rng.dirichlet(np.ones(n_sites))
     d = update_diagnostics([f"s{i}" for i in range(n_sites)], deltas, w)
     vectors = np.stack([flatten(x) for x in deltas])

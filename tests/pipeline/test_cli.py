@@ -33,7 +33,9 @@ def test_help_on_every_command(capsys):
 
 def test_train_central_one_epoch(small_davis, tmp_path, capsys):
     out = tmp_path / "central"
-    code = main(["train-central", "--dataset", str(small_davis), "--epochs", "2", "--batch-size", "64", "--out", str(out)])
+    code = main(
+        ["train-central", "--dataset", str(small_davis), "--epochs", "2", "--batch-size", "64", "--out", str(out)]
+    )
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"test_mse", "test_ci", "test_pearson", "epochs", "seconds"} <= set(metrics)
@@ -76,15 +78,22 @@ def test_bad_config_is_one_clear_error_and_writes_nothing(tmp_path, capsys, sect
 
 def small_run_config(path, small_davis, **sections):
     """2 sites x 1 round on the small DAVIS subset with a narrow model, plus ``sections``."""
-    base = {"data": {"dataset": str(small_davis), "sites": 2, "partition": "iid"},
-            "model": {"max_len": 64, "embed_dim": 16, "kernel_size": 4, "latent_dim": 32},
-            "ledger": {"enabled": False}}  # fmt: skip
+    base = {
+        "data": {"dataset": str(small_davis), "sites": 2, "partition": "iid"},
+        "model": {"max_len": 64, "embed_dim": 16, "kernel_size": 4, "latent_dim": 32},
+        "ledger": {"enabled": False},
+    }
     return write_config(path, **{**base, **sections})
 
 
 def test_run_local_from_cli(small_davis, tmp_path, capsys):
-    cfg = small_run_config(tmp_path / "cfg.yaml", small_davis, name="cli", train={"batch_size": 64},
-                           federation={"rounds": 1, "engine": "nvflare"})  # fmt: skip
+    cfg = small_run_config(
+        tmp_path / "cfg.yaml",
+        small_davis,
+        name="cli",
+        train={"batch_size": 64},
+        federation={"rounds": 1, "engine": "nvflare"},
+    )
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--engine", "local", "--out", str(out)]) == 0
     text = capsys.readouterr().out
@@ -93,9 +102,13 @@ def test_run_local_from_cli(small_davis, tmp_path, capsys):
 
 
 def test_dp_run_from_cli_shows_epsilon_spent(small_davis, tmp_path, capsys):
-    cfg = small_run_config(tmp_path / "cfg.yaml", small_davis, name="cli-dp",
-                           federation={"rounds": 1, "engine": "local"},
-                           privacy={"mode": "local", "epsilon": 6, "batch_size": 32})  # fmt: skip
+    cfg = small_run_config(
+        tmp_path / "cfg.yaml",
+        small_davis,
+        name="cli-dp",
+        federation={"rounds": 1, "engine": "local"},
+        privacy={"mode": "local", "epsilon": 6, "batch_size": 32},
+    )
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--out", str(out)]) == 0
     text = capsys.readouterr().out
@@ -106,9 +119,14 @@ def test_dp_run_from_cli_shows_epsilon_spent(small_davis, tmp_path, capsys):
 
 def test_secure_run_from_cli_and_a_site_proves_what_it_sent(small_davis, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PHARMAFL_KEY_PASSPHRASE", "a test passphrase")
-    cfg = small_run_config(tmp_path / "cfg.yaml", small_davis, name="cli-secure",
-                           federation={"rounds": 1, "engine": "local"}, ledger={"enabled": True},
-                           secure_aggregation={"enabled": True, "max_update_norm": 5.0})  # fmt: skip
+    cfg = small_run_config(
+        tmp_path / "cfg.yaml",
+        small_davis,
+        name="cli-secure",
+        federation={"rounds": 1, "engine": "local"},
+        ledger={"enabled": True},
+        secure_aggregation={"enabled": True, "max_update_norm": 5.0},
+    )
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--out", str(out)]) == 0
     assert "the server saw only the sums; 0 update(s) excluded" in " ".join(capsys.readouterr().out.split())

@@ -27,8 +27,9 @@ SITES = ("site-01", "site-02", "site-03")
 
 
 def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).parent / "pharmafl"), *args], capture_output=True, text=True,
-                          timeout=300, env=env)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "pharmafl"), *args], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 @pytest.fixture
@@ -44,18 +45,35 @@ def consortium(small_davis: Path, tmp_path: Path, monkeypatch) -> tuple[Path, Pa
     homes = tmp_path / "homes"
     cards = []
     for k, site in enumerate(SITES):  # each site holds 8 of the 24 compounds and their measurements
-        mine = drugs.iloc[k * 8:(k + 1) * 8]
+        mine = drugs.iloc[k * 8 : (k + 1) * 8]
         tables = tmp_path / f"tables-{site}"
         tables.mkdir()
         mine.to_csv(tables / "drugs.csv", index=False)
         targets.to_csv(tables / "targets.csv", index=False)
         pairs[pairs.drug_id.isin(mine.drug_id)].to_csv(tables / "measurements.csv", index=False)
-        done = cli("site", "init", "--id", site, "--data", str(tables), "--home", str(homes / site),
-                   "--epsilon-budget", "5", env=env)
+        done = cli(
+            "site",
+            "init",
+            "--id",
+            site,
+            "--data",
+            str(tables),
+            "--home",
+            str(homes / site),
+            "--epsilon-budget",
+            "5",
+            env=env,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         cards.append(homes / site / "site-card.json")
-    done = cli("consortium", "init", *[a for c in cards for a in ("--site-card", str(c))], "--out",
-               str(tmp_path / "coordinator"), env=env)
+    done = cli(
+        "consortium",
+        "init",
+        *[a for c in cards for a in ("--site-card", str(c))],
+        "--out",
+        str(tmp_path / "coordinator"),
+        env=env,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     agreed = tmp_path / "coordinator" / "consortium.json"
     for site in SITES:
@@ -66,9 +84,12 @@ def consortium(small_davis: Path, tmp_path: Path, monkeypatch) -> tuple[Path, Pa
 
 def test_two_runs_on_the_sites_own_homes_share_one_privacy_budget(consortium, small_cfg, tmp_path) -> None:
     agreed, homes = consortium
-    cfg = replace(small_cfg, ledger=LedgerConfig(enabled=True),
-                  federation=replace(small_cfg.federation, rounds=1, min_sites=1),
-                  privacy=PrivacyConfig(mode="local", epsilon=4.0, batch_size=32, noise_source="seeded"))
+    cfg = replace(
+        small_cfg,
+        ledger=LedgerConfig(enabled=True),
+        federation=replace(small_cfg.federation, rounds=1, min_sites=1),
+        privacy=PrivacyConfig(mode="local", epsilon=4.0, batch_size=32, noise_source="seeded"),
+    )
     first = run_federated(cfg, tmp_path / "run-1", consortium=agreed, site_homes=homes)
     assert first["status"] == "completed"
     spent = {e["actor"]: e["payload"]["epsilon_total"] for e in events(tmp_path / "run-1", "privacy_spent")}
@@ -93,6 +114,7 @@ def test_a_site_that_did_not_accept_the_consortium_is_refused(consortium, small_
     from pharmafl.errors import ConfigError
 
     with pytest.raises(ConfigError, match="site-02 has not accepted"):
-        run_federated(replace(small_cfg, ledger=LedgerConfig(enabled=True)), tmp_path / "run", consortium=agreed,
-                      site_homes=homes)
+        run_federated(
+            replace(small_cfg, ledger=LedgerConfig(enabled=True)), tmp_path / "run", consortium=agreed, site_homes=homes
+        )
     assert not (tmp_path / "run").exists()

@@ -15,6 +15,7 @@ import traceback
 import numpy as np
 import pytest
 import torch
+
 from pharmafl.pipeline.secure_agg.crypten_link import check_ttp_request
 from pharmafl.pipeline.secure_agg.mesh import Mesh, MeshError, bind_listener, make_tls_identity
 
@@ -166,8 +167,10 @@ def _run_ranks(n: int, roles: list[str], delays: list[float] | None = None, time
     identities = {r: make_tls_identity(f"rank{r}") for r in range(n + 1)}
     up, downs = ctx.Queue(), [ctx.Queue() for _ in range(n + 1)]
     delays = delays or [0.0] * (n + 1)
-    procs = [ctx.Process(target=_member, args=(r, n, identities, roles[r], delays[r], up, downs[r]), daemon=True)
-             for r in range(n + 1)]  # fmt: skip
+    procs = [
+        ctx.Process(target=_member, args=(r, n, identities, roles[r], delays[r], up, downs[r]), daemon=True)
+        for r in range(n + 1)
+    ]
     for p in procs:
         p.start()
     ports, results = {}, {}
@@ -252,14 +255,22 @@ def test_ttp_request_check_accepts_crypten_requests():
     assert conv[3] == {"padding": 1}
 
 
-@pytest.mark.parametrize("message", [
-    _req("__init__"), _req("_get_additive_PRSS", torch.Size([2])), _req("generate_additive_triple"),
-    _req("additive", torch.Size([2]), torch.Size([2]), "save"), _req("square", (-1,)),
-    _req("square", torch.Size([1 << 20, 1 << 20])), _req("square", torch.Size([2]), bitlength=3),
-    _req("additive", torch.Size([2]), torch.Size([2]), "mul", stride=2), "shutdown",
-    {**_req("square", torch.Size([2])), "extra": 1},
-], ids=["dunder", "private", "client-side", "torch-save", "negative", "huge", "kwargs", "mul-kwargs", "str",
-        "extra"])  # fmt: skip
+@pytest.mark.parametrize(
+    "message",
+    [
+        _req("__init__"),
+        _req("_get_additive_PRSS", torch.Size([2])),
+        _req("generate_additive_triple"),
+        _req("additive", torch.Size([2]), torch.Size([2]), "save"),
+        _req("square", (-1,)),
+        _req("square", torch.Size([1 << 20, 1 << 20])),
+        _req("square", torch.Size([2]), bitlength=3),
+        _req("additive", torch.Size([2]), torch.Size([2]), "mul", stride=2),
+        "shutdown",
+        {**_req("square", torch.Size([2])), "extra": 1},
+    ],
+    ids=["dunder", "private", "client-side", "torch-save", "negative", "huge", "kwargs", "mul-kwargs", "str", "extra"],
+)
 def test_ttp_request_check_refuses_forged_requests(message):
     with pytest.raises(MeshError, match="refuses"):
         check_ttp_request(message)

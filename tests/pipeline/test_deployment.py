@@ -48,8 +48,10 @@ def deployed(small_davis: Path):
         d.verified = d.verify()
         d.entries = [json.loads(line) for line in (d.verified["bundle"] / "entries.jsonl").read_text().splitlines()]
         total = sum(d.seconds.values())
-        print(f"\n[deployment] {len(SITES)} sites x {ROUNDS} rounds: {d.seconds} (total {total:.0f} s), "
-              f"rounds {d.round_seconds(d.verified['bundle'])}")  # fmt: skip
+        print(
+            f"\n[deployment] {len(SITES)} sites x {ROUNDS} rounds: {d.seconds} (total {total:.0f} s), "
+            f"rounds {d.round_seconds(d.verified['bundle'])}"
+        )
         yield d
 
 
@@ -58,8 +60,9 @@ def test_the_secure_dp_run_completes(deployed):
     assert m["status"] == "completed" and m["rounds"] == ROUNDS, m
     assert {e["payload"]["round"] for e in deployed.entries if e["type"] == "aggregated"} == {1, 2}
     aggregated = [e["payload"] for e in deployed.entries if e["type"] == "aggregated"]
-    assert all(a["participants"] == list(SITES) and a["secure"]["parties"] == [SERVER_PARTY, HELPER]
-               for a in aggregated), aggregated  # fmt: skip
+    assert all(
+        a["participants"] == list(SITES) and a["secure"]["parties"] == [SERVER_PARTY, HELPER] for a in aggregated
+    ), aggregated
 
 
 def test_the_ledger_verifies_with_the_sites_signatures_and_witness_quorum(deployed):
@@ -84,8 +87,10 @@ def test_the_parties_and_the_sites_signed_their_statements(deployed):
             continue
         assert st["run_id"] == started["run_id"] and st["type"] == e["type"]
         assert st["payload_sha256"] == hashlib.sha256(canonical(st["payload"]).encode()).hexdigest()
-        keys[st["site"]].verify(bytes.fromhex(st["signature"]), statement_message(
-            st["run_id"], st["round"], st["site"], st["type"], st["payload_sha256"]))  # raises if forged
+        keys[st["site"]].verify(
+            bytes.fromhex(st["signature"]),
+            statement_message(st["run_id"], st["round"], st["site"], st["type"], st["payload_sha256"]),
+        )  # raises if forged
         signed.setdefault((e["type"], st["site"]), []).append(st["round"])
     rounds = list(range(1, ROUNDS + 1))
     for site in SITES:
@@ -129,8 +134,11 @@ def test_every_process_ran_as_the_user_of_its_party(deployed):
     users = {p.pid: p.user for p in procs}
 
     def find(*needles: str) -> list:  # the programs, not their launch (setpriv, then env -i, exec in place)
-        return [p for p in procs if all(n in p.cmdline for n in needles) and not p.cmdline.startswith(("setpriv ",
-                                                                                                         "env -i "))]
+        return [
+            p
+            for p in procs
+            if all(n in p.cmdline for n in needles) and not p.cmdline.startswith(("setpriv ", "env -i "))
+        ]
 
     for name, party in deployed.parties.items():  # the service and its MPC worker (the dealer at the helper)
         (service,) = find("party serve", f"{party.home}/party")

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+
 from pharmafl.pipeline.secure_agg.mesh import (
     Mesh,
     MeshError,
@@ -205,8 +206,12 @@ class _Opaque:
 
 
 def test_object_codec_round_trips_what_crypten_sends():
-    request = {"function": "additive", "device": None, "args": (torch.Size([3, 2]), torch.Size([3, 2]), "mul"),
-               "kwargs": {"stride": (1, 1)}}  # fmt: skip
+    request = {
+        "function": "additive",
+        "device": None,
+        "args": (torch.Size([3, 2]), torch.Size([3, 2]), "mul"),
+        "kwargs": {"stride": (1, 1)},
+    }
     for obj in (request, "terminate", torch.Size([4, 8]), [1, (2, 3)], None, 1.5):
         back = decode_object(encode_object(obj))
         assert back == obj and type(back) is type(obj)
@@ -214,16 +219,27 @@ def test_object_codec_round_trips_what_crypten_sends():
     assert type(back["args"]) is tuple and type(back["args"][0]) is torch.Size
 
 
-@pytest.mark.parametrize("obj", [_Opaque(), {1, 2}, b"raw", torch.zeros(2), {1: "int key"}, float("nan")],
-                         ids=["reduce", "set", "bytes", "tensor", "int-key", "nan"])  # fmt: skip
+@pytest.mark.parametrize(
+    "obj",
+    [_Opaque(), {1, 2}, b"raw", torch.zeros(2), {1: "int key"}, float("nan")],
+    ids=["reduce", "set", "bytes", "tensor", "int-key", "nan"],
+)
 def test_object_codec_refuses_to_encode_pickle_only_objects(obj):
     with pytest.raises(MeshError, match="over the mesh"):
         encode_object(obj)
 
 
-@pytest.mark.parametrize("payload", [pickle.dumps(_Opaque()), pickle.dumps({"function": "square"}),
-                                     b'{"__reduce__": ["os.system", "id"]}', b"NaN", b'{"size": [-1]}'],
-                         ids=["pickle-reduce", "pickle-dict", "unknown-tag", "nan", "negative-size"])  # fmt: skip
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pickle.dumps(_Opaque()),
+        pickle.dumps({"function": "square"}),
+        b'{"__reduce__": ["os.system", "id"]}',
+        b"NaN",
+        b'{"size": [-1]}',
+    ],
+    ids=["pickle-reduce", "pickle-dict", "unknown-tag", "nan", "negative-size"],
+)
 def test_object_codec_refuses_to_decode_anything_else(payload):
     with pytest.raises(MeshError):
         decode_object(payload)

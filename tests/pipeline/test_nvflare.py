@@ -37,6 +37,7 @@ def test_nvflare_simulator_matches_local_engine(small_cfg, tmp_path):
     assert max(float(np.abs(a[k] - b[k]).max()) for k in a) <= 1e-6  # the bound...
     assert flare["model_sha256"] == local["model_sha256"]  # ...and in fact bit for bit
     assert set(flare["sites"]) == {"site-01", "site-02"} and "val_ci" in flare["sites"]["site-01"]
+
     # same events, same order, in both runs (up to timestamps and engine names)
     def trace(run):
         lines = (tmp_path / run / "events.jsonl").read_text().splitlines()
@@ -68,8 +69,10 @@ def test_nvflare_matches_local_engine_under_dp_with_a_declining_site(small_cfg, 
 
     def trace(run):
         lines = (tmp_path / run / "events.jsonl").read_text().splitlines()
-        return [(e["type"], e["actor"], e["payload"].get("round"), e["payload"].get("epsilon_total"))
-                for e in map(json.loads, lines)]  # fmt: skip
+        return [
+            (e["type"], e["actor"], e["payload"].get("round"), e["payload"].get("epsilon_total"))
+            for e in map(json.loads, lines)
+        ]
 
     assert trace("local") == trace("nvflare")
     assert ("site_declined", "site-02", 2) in [t[:3] for t in trace("nvflare")]
@@ -99,7 +102,9 @@ def test_site_result_roundtrip_and_failures():
     back = result_from_model("site-01", 3, model_from_result(res))
     assert back == res
     assert "arrived in round 4" in result_from_model("site-01", 4, model_from_result(res))
-    assert result_from_model("site-01", 3, model_from_error(3, "OSError: disk")) == "local training failed: OSError: disk"
+    assert (
+        result_from_model("site-01", 3, model_from_error(3, "OSError: disk")) == "local training failed: OSError: disk"
+    )
 
 
 def test_export_job_for_submission(small_cfg, tmp_path):

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pharmafl.audit import messages
 from pharmafl.errors import ConfigError
@@ -37,11 +36,19 @@ LAYOUT = [["delta/a", [2, 3]], ["delta/b", [4]]]
 def world(tmp_path_factory):
     root, ds = tmp_path_factory.mktemp("world"), load_dataset(ASSETS)
     sites = {s: SiteHome.init(root / s, s, ds, passphrase=f"pw-{s}", scrypt_n=2**14) for s in SITES}
-    parties = {"server-party": PartyHome.init(root / "server-party", "server-party", role="server", simulated=True,
-                                              scrypt_n=2**14),
-               "helper-1": PartyHome.init(root / "helper-1", "helper-1", simulated=True, scrypt_n=2**14)}  # fmt: skip
-    cons = load_consortium(init_consortium([h.path / "site-card.json" for h in sites.values()], root / "coord",
-                                           [p.path / "party-card.json" for p in parties.values()]))  # fmt: skip
+    parties = {
+        "server-party": PartyHome.init(
+            root / "server-party", "server-party", role="server", simulated=True, scrypt_n=2**14
+        ),
+        "helper-1": PartyHome.init(root / "helper-1", "helper-1", simulated=True, scrypt_n=2**14),
+    }
+    cons = load_consortium(
+        init_consortium(
+            [h.path / "site-card.json" for h in sites.values()],
+            root / "coord",
+            [p.path / "party-card.json" for p in parties.values()],
+        )
+    )
     for h in [*sites.values(), *parties.values()]:
         h.accept_consortium(cons)
     return {"root": root, "sites": sites, "parties": parties, "consortium": cons}
@@ -49,24 +56,58 @@ def world(tmp_path_factory):
 
 def terms(world, **kw) -> dict:
     cons = world["consortium"]
-    base = {"run_id": "run-1", "context": "run-1:abc", "roster_sha256": cons["roster_sha256"],
-            "parties": ranked(cons["parties"]), "dealer": "helper-1", "min_sites": 2, "weighting": "examples",
-            "max_examples": 1000, "max_update_norm": 10.0, "slack": 0.16, "sketches": 4, "buckets": 1024,
-            "layout": LAYOUT}  # fmt: skip
+    base = {
+        "run_id": "run-1",
+        "context": "run-1:abc",
+        "roster_sha256": cons["roster_sha256"],
+        "parties": ranked(cons["parties"]),
+        "dealer": "helper-1",
+        "min_sites": 2,
+        "weighting": "examples",
+        "max_examples": 1000,
+        "max_update_norm": 10.0,
+        "slack": 0.16,
+        "sketches": 4,
+        "buckets": 1024,
+        "layout": LAYOUT,
+    }
     return {**base, **kw}
 
 
-def envelope(world, site: str, round: int = 1, num_examples: int = 10, context: str = "run-1:abc",
-             run_id: str = "run-1", value: float = 0.01):  # fmt: skip
+def envelope(
+    world,
+    site: str,
+    round: int = 1,
+    num_examples: int = 10,
+    context: str = "run-1:abc",
+    run_id: str = "run-1",
+    value: float = 0.01,
+):
     """What the coordinator relays to a party: the site's signed statement, the header, its blob."""
     parts = {"delta": {"a": np.full((2, 3), value, np.float32), "b": np.full(4, value, np.float32)}}
     payload = wire.encode(wire.Update(site, round, num_examples, parts))
-    sealed = seal_update(site=site, round=round, num_examples=num_examples, parts=parts,
-                         update_hash=wire.sha256(payload), parties=party_keys(world["consortium"]), context=context)
+    sealed = seal_update(
+        site=site,
+        round=round,
+        num_examples=num_examples,
+        parts=parts,
+        update_hash=wire.sha256(payload),
+        parties=party_keys(world["consortium"]),
+        context=context,
+    )
     env = parse_envelope(sealed.envelope)
-    stmt = world["sites"][site].sign_statement(run_id, round, "secure_shares", {
-        "commitment": env.header["commitment"], "share_hashes": env.share_hashes(), "header_sha256": env.header_sha256,
-        "envelope_hash": wire.sha256(sealed.envelope), "num_examples": num_examples})  # fmt: skip
+    stmt = world["sites"][site].sign_statement(
+        run_id,
+        round,
+        "secure_shares",
+        {
+            "commitment": env.header["commitment"],
+            "share_hashes": env.share_hashes(),
+            "header_sha256": env.header_sha256,
+            "envelope_hash": wire.sha256(sealed.envelope),
+            "num_examples": num_examples,
+        },
+    )
     return env, stmt
 
 
@@ -76,8 +117,15 @@ def relay(env, stmt, party="helper-1") -> dict:
 
 def open_(world, site, item, party="helper-1", round=1, t=None):
     t = t or terms(world)
-    return open_site(site, item, terms=t, consortium=world["consortium"], me=world["parties"][party].hpke,
-                     round=round, length=layout_length(t["layout"]))  # fmt: skip
+    return open_site(
+        site,
+        item,
+        terms=t,
+        consortium=world["consortium"],
+        me=world["parties"][party].hpke,
+        round=round,
+        length=layout_length(t["layout"]),
+    )
 
 
 # --- the party's home and card ----------------------------------------------------------
@@ -126,15 +174,18 @@ def test_a_party_refuses_a_consortium_without_its_own_card(world, tmp_path):
 # --- terms ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"min_sites": 1}, "below 2: a sum over one site reveals"),
-    ({"max_examples": 2**42}, "could wrap the 64-bit ring"),
-    ({"dealer": "server-party"}, "not the server's"),
-    ({"parties": ["helper-1", "server-party"]}, "rank order"),
-    ({"roster_sha256": "0" * 64}, "did not accept roster"),
-    ({"context": "other:abc"}, "must start with the run id"),
-    ({"weighting": "quality"}, "weighting"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"min_sites": 1}, "below 2: a sum over one site reveals"),
+        ({"max_examples": 2**42}, "could wrap the 64-bit ring"),
+        ({"dealer": "server-party"}, "not the server's"),
+        ({"parties": ["helper-1", "server-party"]}, "rank order"),
+        ({"roster_sha256": "0" * 64}, "did not accept roster"),
+        ({"context": "other:abc"}, "must start with the run id"),
+        ({"weighting": "quality"}, "weighting"),
+    ],
+)
 def test_terms_that_break_the_promise_are_refused(world, change, match):
     helper = world["parties"]["helper-1"]
     t = terms(world, **change)
@@ -175,31 +226,46 @@ def test_an_honest_envelope_opens_with_the_signed_weight(world):
 
 def _resign(world, site, env, header: dict, **payload):
     head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    stmt = world["sites"][site].sign_statement("run-1", header["round"], "secure_shares", {
-        "commitment": header["commitment"], "share_hashes": env.share_hashes(),
-        "header_sha256": hashlib.sha256(head).hexdigest(), "envelope_hash": "0" * 64,
-        "num_examples": header["num_examples"], **payload})  # fmt: skip
+    stmt = world["sites"][site].sign_statement(
+        "run-1",
+        header["round"],
+        "secure_shares",
+        {
+            "commitment": header["commitment"],
+            "share_hashes": env.share_hashes(),
+            "header_sha256": hashlib.sha256(head).hexdigest(),
+            "envelope_hash": "0" * 64,
+            "num_examples": header["num_examples"],
+            **payload,
+        },
+    )
     return head, stmt
 
 
-@pytest.mark.parametrize("attack, match", [
-    ("forged", "not signed by site-02's pinned key"),
-    ("replayed", "labelled site-02 round 1"),
-    ("other-run", "labelled site-02 round 2 of run 'run-0'"),
-    ("truncated", "does not open|does not match its header hash"),
-    ("mislabelled", "the header is labelled site-03"),
-    ("header-swapped", "not the one the site signed"),
-    ("over-cap", "outside 1..1000"),
-    ("missing-field", "header fields"),
-    ("unknown-site", "not a site of the accepted roster"),
-    ("no-statement", "statement is missing"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "attack, match",
+    [
+        ("forged", "not signed by site-02's pinned key"),
+        ("replayed", "labelled site-02 round 1"),
+        ("other-run", "labelled site-02 round 2 of run 'run-0'"),
+        ("truncated", "does not open|does not match its header hash"),
+        ("mislabelled", "the header is labelled site-03"),
+        ("header-swapped", "not the one the site signed"),
+        ("over-cap", "outside 1..1000"),
+        ("missing-field", "header fields"),
+        ("unknown-site", "not a site of the accepted roster"),
+        ("no-statement", "statement is missing"),
+    ],
+)
 def test_a_bad_envelope_is_one_refusal_not_a_crash(world, attack, match):
     env, stmt = envelope(world, "site-02", round=2)
     item, site = relay(env, stmt), "site-02"
     if attack == "forged":  # signed by another site's key
-        fake = world["sites"]["site-01"]._key.sign(messages.statement_message(
-            "run-1", 2, "site-02", "secure_shares", stmt["payload_sha256"])).hex()  # fmt: skip
+        fake = (
+            world["sites"]["site-01"]
+            ._key.sign(messages.statement_message("run-1", 2, "site-02", "secure_shares", stmt["payload_sha256"]))
+            .hex()
+        )
         item["statement"] = {**stmt, "signature": fake}
     elif attack == "replayed":  # round 1's envelope relayed into round 2
         old, old_stmt = envelope(world, "site-02", round=1)
@@ -222,8 +288,12 @@ def test_a_bad_envelope_is_one_refusal_not_a_crash(world, attack, match):
         head, item["statement"] = _resign(world, "site-02", env, {**header, "commitment": "0" * 64})
         item["header"] = json.dumps(header).encode()
         item["statement"] = _resign(world, "site-02", env, {**header, "commitment": "0" * 64})[1]
-        item["statement"] = world["sites"]["site-02"].sign_statement("run-1", 2, "secure_shares", {
-            **item["statement"]["payload"], "header_sha256": hashlib.sha256(item["header"]).hexdigest()})
+        item["statement"] = world["sites"]["site-02"].sign_statement(
+            "run-1",
+            2,
+            "secure_shares",
+            {**item["statement"]["payload"], "header_sha256": hashlib.sha256(item["header"]).hexdigest()},
+        )
     elif attack == "unknown-site":
         site = "site-99"
     elif attack == "no-statement":

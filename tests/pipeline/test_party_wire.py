@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
+
 from pharmafl.audit.messages import canonical
 from pharmafl.errors import PharmaflError
 from pharmafl.pipeline.consortium import init_consortium, load_consortium
@@ -92,7 +92,7 @@ def mangled_frames(draw) -> bytes:
     frame = bytearray(_frame(draw(docs), draw(blob_lists)))
     how = draw(st.sampled_from(["cut", "flip", "length", "raw"]))
     if how == "cut":
-        del frame[draw(st.integers(0, len(frame) - 1)):]
+        del frame[draw(st.integers(0, len(frame) - 1)) :]
     elif how == "flip":
         for _ in range(draw(st.integers(1, 4))):
             frame[draw(st.integers(0, len(frame) - 1))] ^= draw(st.integers(1, 255))
@@ -132,11 +132,15 @@ def test_send_and_recv_round_trip(doc, blobs):
 _OBJECT = struct.pack("<I", 2) + b"{}"
 
 
-@pytest.mark.parametrize("header, what", [
-    (struct.pack("<I", wire.MAX_JSON + 1), "JSON"),
-    (_OBJECT + struct.pack("<I", wire.MAX_BLOBS + 1), "binary parts"),
-    (_OBJECT + struct.pack("<IQ", 1, wire.MAX_BLOB + 1), "binary part of"),
-], ids=["json", "count", "blob"])  # fmt: skip
+@pytest.mark.parametrize(
+    "header, what",
+    [
+        (struct.pack("<I", wire.MAX_JSON + 1), "JSON"),
+        (_OBJECT + struct.pack("<I", wire.MAX_BLOBS + 1), "binary parts"),
+        (_OBJECT + struct.pack("<IQ", 1, wire.MAX_BLOB + 1), "binary part of"),
+    ],
+    ids=["json", "count", "blob"],
+)
 def test_a_frame_announcing_more_than_the_limits_is_refused_before_reading_on(header, what):
     """The writer keeps the channel open: a reader that waited for the announced bytes would
     time out instead, and the bytes after the header stay unread."""
@@ -147,8 +151,9 @@ def test_a_frame_announcing_more_than_the_limits_is_refused_before_reading_on(he
     assert rest == b"tail"
 
 
-@pytest.mark.parametrize("header", [struct.pack("<I", wire.MAX_JSON),
-                                    _OBJECT + struct.pack("<IQ", 1, wire.MAX_BLOB)], ids=["json", "blob"])
+@pytest.mark.parametrize(
+    "header", [struct.pack("<I", wire.MAX_JSON), _OBJECT + struct.pack("<IQ", 1, wire.MAX_BLOB)], ids=["json", "blob"]
+)
 def test_a_frame_announcing_the_limit_allocates_only_what_arrives(header):
     tracemalloc.start()
     try:
@@ -160,8 +165,17 @@ def test_a_frame_announcing_the_limit_allocates_only_what_arrives(header):
     assert peak < 8 << 20  # a reader that allocated the announced size would need 64 MiB or 16 GiB
 
 
-@given(blob_lists, st.one_of(st.integers(-5, 8), st.booleans(), st.floats(), st.text(max_size=3), st.none(),
-                             st.lists(st.integers(0, 3), max_size=2)))  # fmt: skip
+@given(
+    blob_lists,
+    st.one_of(
+        st.integers(-5, 8),
+        st.booleans(),
+        st.floats(),
+        st.text(max_size=3),
+        st.none(),
+        st.lists(st.integers(0, 3), max_size=2),
+    ),
+)
 def test_blob_references_are_indices_in_range(blobs, ref):
     if type(ref) is int and 0 <= ref < len(blobs):
         assert wire.blob(blobs, ref) is blobs[ref]
@@ -212,15 +226,33 @@ class Party:
 def party(tmp_path_factory):
     root, ds = tmp_path_factory.mktemp("wire"), load_dataset(ASSETS)
     sites = [SiteHome.init(root / s, s, ds, passphrase=f"pw-{s}", scrypt_n=2**14) for s in ("site-01", "site-02")]
-    homes = {ME: PartyHome.init(root / ME, ME, role="server", simulated=True, scrypt_n=2**14),
-             DEALER: PartyHome.init(root / DEALER, DEALER, simulated=True, scrypt_n=2**14)}  # fmt: skip
-    cons = load_consortium(init_consortium([h.path / "site-card.json" for h in sites], root / "coord",
-                                           [p.path / "party-card.json" for p in homes.values()]))  # fmt: skip
+    homes = {
+        ME: PartyHome.init(root / ME, ME, role="server", simulated=True, scrypt_n=2**14),
+        DEALER: PartyHome.init(root / DEALER, DEALER, simulated=True, scrypt_n=2**14),
+    }
+    cons = load_consortium(
+        init_consortium(
+            [h.path / "site-card.json" for h in sites],
+            root / "coord",
+            [p.path / "party-card.json" for p in homes.values()],
+        )
+    )
     homes[ME].accept_consortium(cons)
-    terms = {"run_id": RUN, "context": f"{RUN}:test", "roster_sha256": cons["roster_sha256"],
-             "parties": ranked(cons["parties"]), "dealer": DEALER, "min_sites": 2, "weighting": "examples",
-             "max_examples": 10_000, "max_update_norm": 2.0, "slack": 0.16, "sketches": 4, "buckets": 1024,
-             "layout": [["delta/a", [2, 3]]]}  # fmt: skip
+    terms = {
+        "run_id": RUN,
+        "context": f"{RUN}:test",
+        "roster_sha256": cons["roster_sha256"],
+        "parties": ranked(cons["parties"]),
+        "dealer": DEALER,
+        "min_sites": 2,
+        "weighting": "examples",
+        "max_examples": 10_000,
+        "max_update_norm": 2.0,
+        "slack": 0.16,
+        "sketches": 4,
+        "buckets": 1024,
+        "layout": [["delta/a", [2, 3]]],
+    }
     service = _WatchedService(homes[ME])
     thread = threading.Thread(target=service.serve_forever, daemon=True)
     thread.start()
@@ -260,9 +292,15 @@ def _assert_refused(party: Party, reply: dict, doc: dict, *, run_id: str | None 
     if run_id is None or not _signable(party, run_id, rnd):
         assert reply["statement"] is None, reply
         return
-    problem = statement_problem(reply["statement"], site=ME, round=rnd, run_id=run_id, type_="party_refused",
-                                payload={"request": str(doc.get("op")), "reason": reply["error"]},
-                                key=bytes.fromhex(party.card["public_key"]))  # fmt: skip
+    problem = statement_problem(
+        reply["statement"],
+        site=ME,
+        round=rnd,
+        run_id=run_id,
+        type_="party_refused",
+        payload={"request": str(doc.get("op")), "reason": reply["error"]},
+        key=bytes.fromhex(party.card["public_key"]),
+    )
     assert problem is None, problem
 
 
@@ -298,11 +336,15 @@ run_ids = st.one_of(st.sampled_from([RUN, "other-run", "../up"]), json_values)
 ops = st.one_of(st.sampled_from(["register", "start", "round", "", "ping"]), json_values.filter(lambda v: v != "close"))
 requests = st.fixed_dictionaries(
     {"op": ops},
-    optional={"terms": st.one_of(json_values, st.fixed_dictionaries({"run_id": run_ids},
-                                                                    optional={"roster_sha256": st.text()})),
-              "round": st.one_of(st.integers(), st.just(2**60), json_values),
-              "addresses": json_values, "sites": json_values},
-)  # fmt: skip
+    optional={
+        "terms": st.one_of(
+            json_values, st.fixed_dictionaries({"run_id": run_ids}, optional={"roster_sha256": st.text()})
+        ),
+        "round": st.one_of(st.integers(), st.just(2**60), json_values),
+        "addresses": json_values,
+        "sites": json_values,
+    },
+)
 
 
 @given(requests)
@@ -360,7 +402,7 @@ def test_register_with_missing_garbage_or_foreign_terms_is_refused(party):
         ({"op": "register", "terms": {**good, "parties": [DEALER, ME]}}, RUN, "in rank order"),
         ({"op": "register", "terms": {**good, "run_id": "../escape", "context": "../escape:x"}}, "../escape", ""),
         ({"op": "register", "terms": {**good, "context": "other-run:x"}}, RUN, "must start with the run id"),
-    ]  # fmt: skip
+    ]
     replies, outcome = _session(party, [doc for doc, _, _ in cases])  # all on one connection
     assert outcome == "ended"
     for (doc, run_id, needle), reply in zip(cases, replies):
@@ -373,17 +415,34 @@ def test_a_registered_run_refuses_a_second_register_bad_starts_and_changed_terms
     register = {"op": "register", "terms": party.terms}
     n = len(party.terms["parties"])  # ranks 0..n (the dealer is rank n)
     good = {str(i): ["127.0.0.1", 1] for i in range(n + 1)}
-    bad_starts = [None, [], {"0": ["127.0.0.1", 1]}, {**good, str(n + 1): ["127.0.0.1", 1]},
-                  {**good, "0": ["127.0.0.1", "1"]}, {**good, "0": [1, 2]}, {**good, "0": ["127.0.0.1"]},
-                  {**good, "0": "127.0.0.1:1"}]  # fmt: skip
+    bad_starts = [
+        None,
+        [],
+        {"0": ["127.0.0.1", 1]},
+        {**good, str(n + 1): ["127.0.0.1", 1]},
+        {**good, "0": ["127.0.0.1", "1"]},
+        {**good, "0": [1, 2]},
+        {**good, "0": ["127.0.0.1"]},
+        {**good, "0": "127.0.0.1:1"},
+    ]
     sock = party.dial()
     address = sock.getsockname()
     try:
         reply = _ask(sock, register)
         assert reply["ok"] is True and reply["rank"] == party.terms["parties"].index(ME)
         payload = reply["statement"]["payload"]
-        assert statement_problem(reply["statement"], site=ME, round=None, run_id=RUN, type_="party_registered",
-                                 payload=payload, key=bytes.fromhex(party.card["public_key"])) is None
+        assert (
+            statement_problem(
+                reply["statement"],
+                site=ME,
+                round=None,
+                run_id=RUN,
+                type_="party_registered",
+                payload=payload,
+                key=bytes.fromhex(party.card["public_key"]),
+            )
+            is None
+        )
         _assert_refused(party, _ask(sock, register), register, run_id=RUN, needle="already registered a run")
         for addresses in bad_starts:
             doc = {"op": "start", "addresses": addresses}
@@ -402,15 +461,19 @@ def test_a_registered_run_refuses_a_second_register_bad_starts_and_changed_terms
     _assert_still_serves(party)
 
 
-@pytest.mark.parametrize("garbage", [
-    b"\xff" * 64,
-    struct.pack("<I", 5) + b"hello" + struct.pack("<I", 0),
-    struct.pack("<I", 2) + b"[]" + struct.pack("<I", 0),
-    struct.pack("<I", 10) + b'"a string"' + struct.pack("<I", 0),
-    _OBJECT + struct.pack("<I", wire.MAX_BLOBS + 1),
-    _OBJECT + struct.pack("<IQ", 1, wire.MAX_BLOB + 1),
-    struct.pack("<I", 4) + b"\xc3\x28{}" + struct.pack("<I", 0),
-], ids=["ff", "not-json", "array", "string", "blob-count", "blob-size", "bad-utf8"])  # fmt: skip
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\xff" * 64,
+        struct.pack("<I", 5) + b"hello" + struct.pack("<I", 0),
+        struct.pack("<I", 2) + b"[]" + struct.pack("<I", 0),
+        struct.pack("<I", 10) + b'"a string"' + struct.pack("<I", 0),
+        _OBJECT + struct.pack("<I", wire.MAX_BLOBS + 1),
+        _OBJECT + struct.pack("<IQ", 1, wire.MAX_BLOB + 1),
+        struct.pack("<I", 4) + b"\xc3\x28{}" + struct.pack("<I", 0),
+    ],
+    ids=["ff", "not-json", "array", "string", "blob-count", "blob-size", "bad-utf8"],
+)
 def test_garbage_after_the_handshake_closes_only_that_connection(party, garbage):
     sock = party.dial()
     address = sock.getsockname()
@@ -431,8 +494,11 @@ _PING = {"op": "ping", "pad": "x" * 16}
 _JSON_END = 4 + len(json.dumps(_PING, separators=(",", ":")))
 
 
-@pytest.mark.parametrize("cut", [2, 4, _JSON_END - 5, _JSON_END + 2, _JSON_END + 4 + 3, _JSON_END + 12 + 10],
-                         ids=["in-length", "after-length", "in-json", "in-count", "in-size", "in-blob"])  # fmt: skip
+@pytest.mark.parametrize(
+    "cut",
+    [2, 4, _JSON_END - 5, _JSON_END + 2, _JSON_END + 4 + 3, _JSON_END + 12 + 10],
+    ids=["in-length", "after-length", "in-json", "in-count", "in-size", "in-blob"],
+)
 def test_a_frame_that_stops_mid_way_ends_the_session(party, cut):
     frame = _frame(_PING, [b"0123456789" * 3])
     assert frame[4:_JSON_END] == json.dumps(_PING, separators=(",", ":")).encode() and cut < len(frame)

@@ -126,8 +126,10 @@ def test_spent_budget_survives_a_site_restart(small_cfg, tmp_path):
 
 
 def test_client_level_dp_clips_updates_and_accounts_at_the_server(small_cfg, tmp_path):
-    cfg = replace(with_federation(small_cfg, weighting="uniform"),
-                  privacy=PrivacyConfig(mode="client", epsilon=20.0, clip_norm=0.05, noise_source="seeded"))  # fmt: skip
+    cfg = replace(
+        with_federation(small_cfg, weighting="uniform"),
+        privacy=PrivacyConfig(mode="client", epsilon=20.0, clip_norm=0.05, noise_source="seeded"),
+    )
     out = tmp_path / "run"
     metrics = run_federated(cfg, out)
     assert metrics["status"] == "completed"
@@ -142,8 +144,10 @@ def test_client_level_dp_clips_updates_and_accounts_at_the_server(small_cfg, tmp
 
 
 def test_update_clip_site_bounds_the_update(small_cfg, tmp_path):
-    cfg = replace(with_federation(small_cfg, weighting="uniform"),
-                  privacy=PrivacyConfig(mode="client", epsilon=20.0, clip_norm=0.01))  # fmt: skip
+    cfg = replace(
+        with_federation(small_cfg, weighting="uniform"),
+        privacy=PrivacyConfig(mode="client", epsilon=20.0, clip_norm=0.01),
+    )
     plan = prepare(cfg, tmp_path / "run")
     from pharmafl.pipeline.run import initial_state
 

@@ -28,8 +28,9 @@ from pharmafl.sites.training import TrainConfig
 ASSETS = Path(__file__).parents[1] / "sites" / "assets"
 FAST = 2**14  # scrypt cost for tests (the default is 2**17)
 SITES = ("site-01", "site-02", "site-03")
-SETTINGS = dict(server_host="localhost", fl_port=18002, admin_port=18003, admin="admin@coordinator.org",
-                project="pharmafl")  # fmt: skip
+SETTINGS = dict(
+    server_host="localhost", fl_port=18002, admin_port=18003, admin="admin@coordinator.org", project="pharmafl"
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +53,15 @@ def exported(small_davis, tmp_path_factory):
     from pharmafl.pipeline.engines import export_federated
     from pharmafl.pipeline.run import RunPlan
 
-    cfg = RunConfig(name="small", seed=7, data=DataConfig(dataset=str(small_davis), sites=3, partition="iid"),
-                    model=ModelConfig(max_len=64, embed_dim=16, kernel_size=4, latent_dim=32),
-                    train=TrainConfig(batch_size=64), federation=FederationConfig(rounds=1),
-                    ledger=LedgerConfig(enabled=False))  # fmt: skip
+    cfg = RunConfig(
+        name="small",
+        seed=7,
+        data=DataConfig(dataset=str(small_davis), sites=3, partition="iid"),
+        model=ModelConfig(max_len=64, embed_dim=16, kernel_size=4, latent_dim=32),
+        train=TrainConfig(batch_size=64),
+        federation=FederationConfig(rounds=1),
+        ledger=LedgerConfig(enabled=False),
+    )
     root = tmp_path_factory.mktemp("coordinator")
     job = export_federated(cfg, root / "runs" / "run", root / "job")
     return SimpleNamespace(run=root / "runs" / "run", job=job, plan=RunPlan.load(root / "runs" / "run" / "plan.json"))
@@ -69,25 +75,41 @@ def test_project_yml_names_server_sites_parties_and_admin(consortium, tmp_path):
     assert consortium["roster_sha256"] in doc["description"]
     by_name = {p["name"]: p for p in doc["participants"]}
     assert list(by_name) == ["localhost", *SITES, "helper-1", "admin@coordinator.org"]
-    assert by_name["localhost"] == {"name": "localhost", "type": "server", "org": "coordinator",
-                                    "fed_learn_port": 18002, "admin_port": 18003}  # fmt: skip
+    assert by_name["localhost"] == {
+        "name": "localhost",
+        "type": "server",
+        "org": "coordinator",
+        "fed_learn_port": 18002,
+        "admin_port": 18003,
+    }
     assert by_name["site-02"] == {"name": "site-02", "type": "client", "org": "site_02"}  # '-' is no org character
     assert by_name["helper-1"]["type"] == "client"  # the 'server' party runs in the server process: no kit
-    assert by_name["admin@coordinator.org"] == {"name": "admin@coordinator.org", "type": "admin",
-                                                "org": "coordinator", "role": "project_admin"}  # fmt: skip
-    assert [b["path"].rsplit(".", 1)[1] for b in doc["builders"]] == ["WorkspaceBuilder", "StaticFileBuilder",
-                                                                      "CertBuilder", "SignatureBuilder"]  # fmt: skip
+    assert by_name["admin@coordinator.org"] == {
+        "name": "admin@coordinator.org",
+        "type": "admin",
+        "org": "coordinator",
+        "role": "project_admin",
+    }
+    assert [b["path"].rsplit(".", 1)[1] for b in doc["builders"]] == [
+        "WorkspaceBuilder",
+        "StaticFileBuilder",
+        "CertBuilder",
+        "SignatureBuilder",
+    ]
     with pytest.raises(ConfigError, match="a project file is already there"):
         write_project(consortium, tmp_path, **SETTINGS)
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ({"server_host": "bad host"}, "--nvflare-server 'bad host' is not a host name"),
-    ({"fl_port": 0}, "--fl-port 0 is not a TCP port"),
-    ({"admin_port": 70000}, "--admin-port 70000 is not a TCP port"),
-    ({"admin": "admin"}, "--admin 'admin' is not an e-mail address"),
-    ({"server_host": "site-01"}, "'site-01' already names the server"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"server_host": "bad host"}, "--nvflare-server 'bad host' is not a host name"),
+        ({"fl_port": 0}, "--fl-port 0 is not a TCP port"),
+        ({"admin_port": 70000}, "--admin-port 70000 is not a TCP port"),
+        ({"admin": "admin"}, "--admin 'admin' is not an e-mail address"),
+        ({"server_host": "site-01"}, "'site-01' already names the server"),
+    ],
+)
 def test_bad_settings_are_refused(consortium, tmp_path, change, message):
     with pytest.raises(ConfigError, match=message):
         write_project(consortium, tmp_path, **{**SETTINGS, **change})
@@ -128,7 +150,7 @@ def test_consortium_init_provisions_with_nvflare_server(consortium, tmp_path, ca
     assert main([*args[:-1], str(home), "--nvflare-server", "localhost", "--admin", "admin@coordinator.org"]) == 0
     out = capsys.readouterr().out
     prod = home / "nvflare" / "workspace" / "pharmafl" / "prod_00"
-    assert f"kit site site-02  {prod / 'site-02'}" in out and f"kit admin admin@coordinator.org  " in out
+    assert f"kit site site-02  {prod / 'site-02'}" in out and "kit admin admin@coordinator.org  " in out
     server = json.loads((prod / "localhost" / "startup" / "fed_server.json").read_text())["servers"][0]
     assert server["service"]["target"] == "localhost:8002" and server["admin_port"] == 8002  # defaults
 
@@ -137,8 +159,11 @@ def test_exported_job_carries_no_path_and_no_site_data(exported, tmp_path_factor
     files = sorted(str(p.relative_to(exported.job)) for p in exported.job.rglob("*") if p.is_file())
     expected = ["app_server/config/config_fed_server.json", "app_server/custom/pharmafl_nvflare.py", "meta.json"]
     for site in SITES:
-        expected += [f"app_{site}/config/config_fed_client.json", f"app_{site}/custom/client.py",
-                     f"app_{site}/custom/pharmafl_plan.json"]  # fmt: skip
+        expected += [
+            f"app_{site}/config/config_fed_client.json",
+            f"app_{site}/custom/client.py",
+            f"app_{site}/custom/pharmafl_plan.json",
+        ]
     assert files == sorted(expected)  # no store, table or key of any site
     stores = [str(exported.plan.site_home(s) / "store") for s in SITES]
     assert all(Path(s).is_dir() for s in stores)
@@ -170,8 +195,12 @@ def test_site_and_server_resolve_their_paths_from_their_kits(exported, tmp_path)
         write_site_config(kit, exported.plan.site_home("site-02"))
     assert main(["site", "nvflare-config", "--home", str(home), "--kit", str(kit)]) == 0
     assert json.loads(local_config_path(kit).read_text()) == {
-        "cache_dir": None, "format": "pharmafl-nvflare-local-v1", "role": "site", "site": "site-01",
-        "site_home": str(home)}  # fmt: skip
+        "cache_dir": None,
+        "format": "pharmafl-nvflare-local-v1",
+        "role": "site",
+        "site": "site-01",
+        "site_home": str(home),
+    }
     assert site_of_kit(kit, "site-01") == (home, None)
     plan = plan_at_site(custom, "pharmafl_plan.json", "site-01", job_id)
     assert plan.site_home("site-01") == home and plan.run_id == exported.plan.run_id
@@ -199,8 +228,9 @@ def test_prod_needs_an_admin_kit(kits, tmp_path):
     config.write_text(yaml.safe_dump({"federation": {"nvflare_env": "prod"}}))
     with pytest.raises(ConfigError, match="federation.nvflare_admin_kit"):
         load_run_config(config)
-    with pytest.raises(ConfigError, match="federation.nvflare_admin_kit: .* is the site kit, not the startup kit of an "
-                                          "NVFlare admin"):  # fmt: skip
+    with pytest.raises(
+        ConfigError, match="federation.nvflare_admin_kit: .* is the site kit, not the startup kit of an NVFlare admin"
+    ):
         FederationConfig(nvflare_env="prod", nvflare_admin_kit=str(kits["site-01"])).admin_kit()
     with pytest.raises(ConfigError, match="federation.nvflare_admin_kit: .* is no startup kit"):
         FederationConfig(nvflare_env="prod", nvflare_admin_kit=str(tmp_path / "missing")).admin_kit()
@@ -217,8 +247,10 @@ def test_the_server_kit_keeps_its_job_and_snapshot_stores_in_the_kit(kits, tmp_p
     assert "/tmp/nvflare/jobs-storage" in json.dumps(default)  # what NVFlare provisions
     write_server_config(server, tmp_path)
     doc = json.loads((server / "local" / "resources.json").read_text())  # NVFlare reads it before the default
-    assert doc["snapshot_persistor"]["args"]["storage"]["args"]["root_dir"] == str(server / "storage" /
-                                                                                  "snapshot-storage")  # fmt: skip
+    assert doc["snapshot_persistor"]["args"]["storage"]["args"]["root_dir"] == str(
+        server / "storage" / "snapshot-storage"
+    )
     assert [c["args"]["uri_root"] for c in doc["components"] if c["id"] == "job_manager"] == [
-        str(server / "storage" / "jobs-storage")]  # fmt: skip
+        str(server / "storage" / "jobs-storage")
+    ]
     assert "/tmp/nvflare" not in json.dumps(doc) and (server / "storage").stat().st_mode & 0o077 == 0

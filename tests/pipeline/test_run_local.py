@@ -106,8 +106,10 @@ def test_only_updates_and_metrics_leave_a_site(small_cfg, tmp_path, privacy):
 
     cfg = small_cfg
     if privacy is not None:
-        cfg = replace(with_federation(cfg, weighting="uniform"),
-                      privacy=PrivacyConfig(mode=privacy, epsilon=20.0, batch_size=32, noise_source="seeded"))  # fmt: skip
+        cfg = replace(
+            with_federation(cfg, weighting="uniform"),
+            privacy=PrivacyConfig(mode=privacy, epsilon=20.0, batch_size=32, noise_source="seeded"),
+        )
     plan = prepare(cfg, tmp_path / "run")
     seen: list[FitResult] = []
 
@@ -124,8 +126,16 @@ def test_only_updates_and_metrics_leave_a_site(small_cfg, tmp_path, privacy):
         m = pd.read_parquet((plan.site_home(site) / "store") / "measurements.parquet")
         ds_ids |= set(m.drug_id) | set(m.target_id)
     for res in seen:
-        assert set(vars(res)) == {"site", "round", "payload", "update_hash", "num_examples", "metrics", "privacy",
-                                  "statements"}
+        assert set(vars(res)) == {
+            "site",
+            "round",
+            "payload",
+            "update_hash",
+            "num_examples",
+            "metrics",
+            "privacy",
+            "statements",
+        }
         assert {s["type"] for s in res.statements} <= {"site_update", "clip", "privacy_spent"}
         assert (res.privacy is None) == (privacy is None)
         for value in (res.privacy or {}).values():  # DP accounting and clip figures: scalars and names
@@ -301,7 +311,9 @@ def test_scaffold_update_without_or_with_bad_control_is_a_site_failure(small_cfg
     rec = Recorder()
     metrics = LocalEngine(site_factory=factory).run(plan, EventBus([rec]))
     assert metrics["status"] == "completed"
-    failed = {(e.payload["site"], e.payload["round"]): e.payload["error"] for e in rec.events if e.type == ev.SITE_FAILED}
+    failed = {
+        (e.payload["site"], e.payload["round"]): e.payload["error"] for e in rec.events if e.type == ev.SITE_FAILED
+    }
     assert "lacks the parts ['control']" in failed["site-01", 1]
     assert "control/" in failed["site-02", 1] and "NaN" in failed["site-02", 1]
     assert all(e.payload["participants"] == ["site-03"] for e in rec.events if e.type == ev.AGGREGATED)

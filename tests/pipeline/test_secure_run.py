@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-
 from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
+
 from pharmafl.audit import Ledger
 from pharmafl.audit.dbsource import verify_target
 from pharmafl.audit.records import asserted
@@ -21,11 +22,10 @@ from pharmafl.pipeline.events import EventBus
 from pharmafl.pipeline.run import initial_state, make_site, prepare, sign_site
 from pharmafl.pipeline.secure_agg.config import SecureAggregationConfig
 from pharmafl.sites import update as wire
-from pharmafl.sites.privacy import PrivacyConfig
 from pharmafl.sites.party_card import party_keys
+from pharmafl.sites.privacy import PrivacyConfig
 from pharmafl.sites.secret_sharing import PartyKey
 from pharmafl.sites.secure_site import SecureSite, open_commitment
-from safetensors.numpy import load_file
 
 from .conftest import events, with_federation
 
@@ -51,7 +51,7 @@ def expected_model(run_dir, cfg, rounds, participants):
         ups = [kept_update(run_dir, s, r) for s in participants[r]]
         n = sum(u.num_examples for u in ups)
         for k in state:
-            state[k] = (state[k] + sum(u.num_examples * u.delta[k].astype(np.float64) for u in ups) / n)
+            state[k] = state[k] + sum(u.num_examples * u.delta[k].astype(np.float64) for u in ups) / n
             state[k] = state[k].astype(np.float32).astype(np.float64)
     return state
 
@@ -88,8 +88,9 @@ def test_secure_run_records_commitments_bound_checks_and_sums(small_cfg, tmp_pat
         assert len(agg["secure"]["sum_hash"]) == 64
     # the plaintext update never left a site: what the server logged holds envelopes only
     update_entries = [e for e in entries if e.type == "site_update"]
-    assert all(e.data["update_bytes"] > 2 * 4 * sum(v.size for v in initial_state(cfg).values())
-               for e in update_entries)  # fmt: skip
+    assert all(
+        e.data["update_bytes"] > 2 * 4 * sum(v.size for v in initial_state(cfg).values()) for e in update_entries
+    )
     model = load_file(out / "model.safetensors")
     want = expected_model(out, cfg, 2, {1: sites, 2: sites})
     assert max(float(np.abs(model[k] - want[k]).max()) for k in model) <= 1e-4
@@ -131,8 +132,9 @@ class Faulty:
     def fit(self, round, state, instructions):
         res = self.inner.fit(round, state, instructions)
         u = wire.decode(res.payload)
-        payload = wire.encode(wire.Update(u.site, u.round, u.num_examples,
-                                          {"delta": {k: v * self.factor for k, v in u.delta.items()}}))  # fmt: skip
+        payload = wire.encode(
+            wire.Update(u.site, u.round, u.num_examples, {"delta": {k: v * self.factor for k, v in u.delta.items()}})
+        )
         return replace(res, payload=payload, update_hash=wire.sha256(payload))
 
 
@@ -169,8 +171,10 @@ def test_sites_dropping_out_mid_round_are_left_out_of_the_sum(small_cfg, tmp_pat
 
 @pytest.mark.slow
 def test_an_over_bound_update_is_excluded_and_a_share_for_the_wrong_key_dropped(small_cfg, tmp_path):
-    cfg = secure(with_federation(replace(small_cfg, data=replace(small_cfg.data, sites=4)), min_sites=2, rounds=1),
-                 max_update_norm=5.0)  # fmt: skip
+    cfg = secure(
+        with_federation(replace(small_cfg, data=replace(small_cfg.data, sites=4)), min_sites=2, rounds=1),
+        max_update_norm=5.0,
+    )
     plan = prepare(cfg, tmp_path / "run")
     keys = party_keys(plan.consortium)
     impostor = [keys[0], PartyKey.generate("helper-1")]  # a misconfigured site: the wrong helper key
@@ -213,23 +217,29 @@ def test_client_level_dp_noises_the_revealed_mean(small_cfg, tmp_path):
     assert len(server) == 1 and server[0]["payload"]["participants"] == 3
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"strategy": "scaffold"}, "scaffold' cannot run under secure_aggregation"),
-    ({"weighting": "quality"}, "quality' cannot run under secure_aggregation"),
-    ({"min_sites": 1}, "min_sites 1 cannot run under secure_aggregation"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"strategy": "scaffold"}, "scaffold' cannot run under secure_aggregation"),
+        ({"weighting": "quality"}, "quality' cannot run under secure_aggregation"),
+        ({"min_sites": 1}, "min_sites 1 cannot run under secure_aggregation"),
+    ],
+)
 def test_strategies_that_need_individual_updates_are_refused(small_cfg, change, message):
     with pytest.raises(ConfigError, match=message):
         secure(with_federation(small_cfg, **change))
 
 
-@pytest.mark.parametrize("kw, message", [
-    ({"max_update_norm": 5000.0}, "too large to check"),
-    ({"helpers": 0}, "helpers must be in 1..4"),
-    ({"buckets": 8}, "buckets in 64..4096"),
-    ({"max_examples": 0}, "max_examples must be an integer"),
-    ({"endpoints": {"helper-1": "no-port"}}, "is not host:port"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"max_update_norm": 5000.0}, "too large to check"),
+        ({"helpers": 0}, "helpers must be in 1..4"),
+        ({"buckets": 8}, "buckets in 64..4096"),
+        ({"max_examples": 0}, "max_examples must be an integer"),
+        ({"endpoints": {"helper-1": "no-port"}}, "is not host:port"),
+    ],
+)
 def test_bad_secure_settings_are_one_clear_error(kw, message):
     with pytest.raises(ConfigError, match=message):
         SecureAggregationConfig(enabled=True, **kw)
@@ -241,10 +251,15 @@ def test_ten_site_davis_with_secure_aggregation_ends_within_0005_ci_of_the_clear
     from pharmafl.pipeline.config import DataConfig, FederationConfig
     from pharmafl.sites.training import TrainConfig
 
-    cfg = RunConfig(name="davis", seed=0, data=DataConfig(dataset="davis", sites=10, partition="iid"),
-                    model=ModelConfig(label_offset=5.0), train=TrainConfig(batch_size=512, lr=2e-3),
-                    federation=FederationConfig(rounds=2, local_epochs=1, engine="local", min_sites=8),
-                    ledger=LedgerConfig(enabled=False))  # fmt: skip
+    cfg = RunConfig(
+        name="davis",
+        seed=0,
+        data=DataConfig(dataset="davis", sites=10, partition="iid"),
+        model=ModelConfig(label_offset=5.0),
+        train=TrainConfig(batch_size=512, lr=2e-3),
+        federation=FederationConfig(rounds=2, local_epochs=1, engine="local", min_sites=8),
+        ledger=LedgerConfig(enabled=False),
+    )
     cache = tmp_path / "cache"
     clear = run_federated(cfg, tmp_path / "clear", data_dir=shared_data_dir, cache_dir=cache)
     hidden = run_federated(secure(cfg), tmp_path / "secure", data_dir=shared_data_dir, cache_dir=cache)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
+
 from pharmafl.pipeline.consortium import init_consortium, load_consortium
 from pharmafl.pipeline.secure_agg.bound import limits, plain_check, sketch, sketch_plan
 from pharmafl.pipeline.secure_agg.client import AggregationService, LocalParties
@@ -42,17 +42,36 @@ def parties(tmp_path_factory):
     root, ds = tmp_path_factory.mktemp("consortium"), load_dataset(ASSETS)
     transcripts = tmp_path_factory.mktemp("transcripts")
     sites = {s: SiteHome.init(root / s, s, ds, passphrase=f"pw-{s}", scrypt_n=2**14) for s in SITES}
-    homes = {"server-party": PartyHome.init(root / "server-party", "server-party", role="server", simulated=True,
-                                            scrypt_n=2**14),
-             "helper-1": PartyHome.init(root / "helper-1", "helper-1", simulated=True, scrypt_n=2**14)}  # fmt: skip
-    cons = load_consortium(init_consortium([h.path / "site-card.json" for h in sites.values()], root / "coord",
-                                           [p.path / "party-card.json" for p in homes.values()]))  # fmt: skip
+    homes = {
+        "server-party": PartyHome.init(
+            root / "server-party", "server-party", role="server", simulated=True, scrypt_n=2**14
+        ),
+        "helper-1": PartyHome.init(root / "helper-1", "helper-1", simulated=True, scrypt_n=2**14),
+    }
+    cons = load_consortium(
+        init_consortium(
+            [h.path / "site-card.json" for h in sites.values()],
+            root / "coord",
+            [p.path / "party-card.json" for p in homes.values()],
+        )
+    )
     for h in [*sites.values(), *homes.values()]:
         h.accept_consortium(cons)
-    terms = {"run_id": "svc-run", "context": CONTEXT, "roster_sha256": cons["roster_sha256"],
-             "parties": ranked(cons["parties"]), "dealer": "helper-1", "min_sites": 2, "weighting": "examples",
-             "max_examples": 10_000, "max_update_norm": BOUND, "slack": SLACK, "sketches": M, "buckets": K,
-             "layout": [["delta/a", [2, 3]], ["delta/b", [4000]]]}  # fmt: skip
+    terms = {
+        "run_id": "svc-run",
+        "context": CONTEXT,
+        "roster_sha256": cons["roster_sha256"],
+        "parties": ranked(cons["parties"]),
+        "dealer": "helper-1",
+        "min_sites": 2,
+        "weighting": "examples",
+        "max_examples": 10_000,
+        "max_update_norm": BOUND,
+        "slack": SLACK,
+        "sketches": M,
+        "buckets": K,
+        "layout": [["delta/a", [2, 3]], ["delta/b", [4000]]],
+    }
     local = LocalParties({p: h.path for p, h in homes.items()}, transcript_dir=transcripts)
     service = AggregationService(cons["parties"], local.endpoints, terms)
     yield service, (sites, party_keys(cons)), transcripts
@@ -73,12 +92,28 @@ def envelopes(updates: dict, keys, round: int, weights: dict | None = None) -> d
     for site, parts in updates.items():
         n = (weights or {}).get(site, 10)
         payload = wire.encode(wire.Update(site, round, n, parts))
-        sealed = seal_update(site=site, round=round, num_examples=n, parts=parts, update_hash=wire.sha256(payload),
-                             parties=parties, context=CONTEXT)  # fmt: skip
+        sealed = seal_update(
+            site=site,
+            round=round,
+            num_examples=n,
+            parts=parts,
+            update_hash=wire.sha256(payload),
+            parties=parties,
+            context=CONTEXT,
+        )
         env = parse_envelope(sealed.envelope)
-        stmt = homes[site].sign_statement("svc-run", round, "secure_shares", {
-            "commitment": env.header["commitment"], "share_hashes": env.share_hashes(),
-            "header_sha256": env.header_sha256, "envelope_hash": wire.sha256(sealed.envelope), "num_examples": n})
+        stmt = homes[site].sign_statement(
+            "svc-run",
+            round,
+            "secure_shares",
+            {
+                "commitment": env.header["commitment"],
+                "share_hashes": env.share_hashes(),
+                "header_sha256": env.header_sha256,
+                "envelope_hash": wire.sha256(sealed.envelope),
+                "num_examples": n,
+            },
+        )
         out[site] = (env, stmt)
     return out
 
@@ -110,8 +145,10 @@ def test_drop_outs_of_one_and_three_sites_mid_round(parties):
     # site-02 vanished before sending; site-05's helper share was cut off in transit
     del envs["site-02"]
     env, stmt = envs["site-05"]
-    envs["site-05"] = (type(env)(env.header, {**env.blobs, "helper-1": env.blobs["helper-1"][:-7]}, env.header_bytes),
-                       stmt)  # fmt: skip
+    envs["site-05"] = (
+        type(env)(env.header, {**env.blobs, "helper-1": env.blobs["helper-1"][:-7]}, env.header_bytes),
+        stmt,
+    )
     res = run(service, envs, round=2)
     assert set(res.excluded) == {"site-05"} and "does not match its header hash" in res.excluded["site-05"]
     assert "site-05" not in res.usable and len(res.usable) == 8

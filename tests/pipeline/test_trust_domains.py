@@ -40,10 +40,15 @@ def witnessed_run(small_davis: Path, tmp_path_factory) -> Path:
     from pharmafl.pipeline.config import DataConfig, FederationConfig, RunConfig
     from pharmafl.sites.training import TrainConfig
 
-    cfg = RunConfig(name="trust", seed=7, data=DataConfig(dataset=str(small_davis), sites=3, partition="iid"),
-                    model=ModelConfig(max_len=64, embed_dim=16, kernel_size=4, latent_dim=32),
-                    train=TrainConfig(batch_size=64), federation=FederationConfig(rounds=2, engine="local"),
-                    ledger=LedgerConfig(enabled=True))
+    cfg = RunConfig(
+        name="trust",
+        seed=7,
+        data=DataConfig(dataset=str(small_davis), sites=3, partition="iid"),
+        model=ModelConfig(max_len=64, embed_dim=16, kernel_size=4, latent_dim=32),
+        train=TrainConfig(batch_size=64),
+        federation=FederationConfig(rounds=2, engine="local"),
+        ledger=LedgerConfig(enabled=True),
+    )
     before = os.environ.get("PHARMAFL_KEY_PASSPHRASE")
     os.environ["PHARMAFL_KEY_PASSPHRASE"] = PASSPHRASE
     try:
@@ -58,8 +63,9 @@ def witnessed_run(small_davis: Path, tmp_path_factory) -> Path:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).parent / "pharmafl"), *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "pharmafl"), *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def verify(target: Path, *args: str) -> subprocess.CompletedProcess:
@@ -78,8 +84,7 @@ def copy_prefix(run: Path, size: int, out: Path) -> Path:
     con.execute("ATTACH DATABASE ? AS src", (str(run / "ledger.db"),))
     con.execute("INSERT INTO ledger_entries SELECT * FROM src.ledger_entries WHERE seq < ?", (size,))
     con.execute("INSERT INTO ledger_checkpoints SELECT * FROM src.ledger_checkpoints WHERE tree_size <= ?", (size,))
-    con.execute("INSERT INTO ledger_cosignatures SELECT * FROM src.ledger_cosignatures WHERE tree_size <= ?",
-                (size,))
+    con.execute("INSERT INTO ledger_cosignatures SELECT * FROM src.ledger_cosignatures WHERE tree_size <= ?", (size,))
     con.commit()
     con.close()
     return out
@@ -97,8 +102,18 @@ def test_the_honest_run_verifies_with_site_signatures_and_witness_quorum(witness
     for e in site_entries:  # every one carries its site's own signature, and the coordinator signed the chain
         stmt = e.data["statement"]
         assert e.actor == "server"
-        assert statement_problem(stmt, site=stmt["site"], round=stmt["round"], run_id=plan.run_id,
-                                 type_=e.type, payload=stmt["payload"], key=plan.site_keys[stmt["site"]]) is None
+        assert (
+            statement_problem(
+                stmt,
+                site=stmt["site"],
+                round=stmt["round"],
+                run_id=plan.run_id,
+                type_=e.type,
+                payload=stmt["payload"],
+                key=plan.site_keys[stmt["site"]],
+            )
+            is None
+        )
     assert sorted({e.data["statement"]["site"] for e in site_entries}) == list(plan.sites)
     by_size: dict[int, set[str]] = {}
     for c in cosigs:
@@ -121,8 +136,9 @@ def reachable_keys(root) -> list[Ed25519PrivateKey]:
     found, seen, todo = [], set(), [root]
     while todo:
         obj = todo.pop()
-        if id(obj) in seen or isinstance(obj, (str, bytes, int, float, type(None), type, types.ModuleType,
-                                               types.CodeType, types.BuiltinFunctionType)):
+        if id(obj) in seen or isinstance(
+            obj, (str, bytes, int, float, type(None), type, types.ModuleType, types.CodeType, types.BuiltinFunctionType)
+        ):
             continue
         seen.add(id(obj))
         if isinstance(obj, Ed25519PrivateKey):
@@ -154,15 +170,32 @@ def test_the_in_process_coordinator_never_receives_a_site_key_object(witnessed_r
 
 
 def forged_statement(plan: RunPlan, site: str, key: Ed25519PrivateKey) -> dict:
-    return make_statement(key.sign, run_id=plan.run_id, round=2, site=site, type="privacy_spent",
-                          payload={"epsilon_round": 0.001, "epsilon_total": 0.01, "delta": 1e-4, "budget": 8.0,
-                                   "accountant": "prv", "noise_multiplier": 9.0, "sample_rate": 0.1, "steps": 1,
-                                   "privacy_unit": "pair", "noise_source": "csprng", "epsilon_prior": 0.0})
+    return make_statement(
+        key.sign,
+        run_id=plan.run_id,
+        round=2,
+        site=site,
+        type="privacy_spent",
+        payload={
+            "epsilon_round": 0.001,
+            "epsilon_total": 0.01,
+            "delta": 1e-4,
+            "budget": 8.0,
+            "accountant": "prv",
+            "noise_multiplier": 9.0,
+            "sample_rate": 0.1,
+            "steps": 1,
+            "privacy_unit": "pair",
+            "noise_source": "csprng",
+            "epsilon_prior": 0.0,
+        },
+    )
 
 
 @pytest.mark.parametrize("signer", ["fresh key", "coordinator key"])
-def test_a_forged_site_statement_appended_by_the_coordinator_fails(witnessed_run: Path, tmp_path: Path,
-                                                                   signer: str) -> None:
+def test_a_forged_site_statement_appended_by_the_coordinator_fails(
+    witnessed_run: Path, tmp_path: Path, signer: str
+) -> None:
     plan = RunPlan.load(witnessed_run / "plan.json")
     db = copy_prefix(witnessed_run, 10**9, tmp_path / "ledger.db")
     with coordinator_ledger(witnessed_run, db) as ledger:
@@ -179,7 +212,8 @@ def test_a_forged_site_statement_appended_by_the_coordinator_fails(witnessed_run
 
 
 def test_truncating_after_a_cosigned_head_and_re_extending_fails_and_no_site_cosigns_it(
-        witnessed_run: Path, tmp_path: Path) -> None:
+    witnessed_run: Path, tmp_path: Path
+) -> None:
     plan = RunPlan.load(witnessed_run / "plan.json")
     with Ledger.open(witnessed_run / "ledger.db") as ledger:
         first = ledger.checkpoints()[0]  # the end of round 1, cosigned by every site
@@ -191,8 +225,9 @@ def test_truncating_after_a_cosigned_head_and_re_extending_fails_and_no_site_cos
         ledger.append("server", "round_ended", {"round": 2, "metrics": {}, "diagnostics": None})
         ledger.checkpoint()
         # what it would ask each witness: extend the round-1 head they all cosigned
-        request = ledger.witness_request(first.tree_size, origin=origin_of(plan.run_id), log_signer="server",
-                                         anchor_seq=None)
+        request = ledger.witness_request(
+            first.tree_size, origin=origin_of(plan.run_id), log_signer="server", anchor_seq=None
+        )
     done = verify(db, "--trusted-head", str(trusted))
     assert done.returncode == 1 and "FAIL" in done.stdout, done.stdout + done.stderr
     from pharmafl.audit.witness import WitnessError
@@ -209,12 +244,15 @@ def test_a_site_audit_finds_every_statement_of_the_honest_run(witnessed_run: Pat
 
 
 def test_a_site_statement_dropped_by_the_coordinator_is_found_by_the_site_audit(
-        witnessed_run: Path, tmp_path: Path) -> None:
+    witnessed_run: Path, tmp_path: Path
+) -> None:
     from pharmafl.audit.bundle import export
 
     bundle = export(witnessed_run, tmp_path / "bundle")
     lines = (bundle / "entries.jsonl").read_text().splitlines()
-    mine = [i for i, line in enumerate(lines) if json.loads(line)["payload"].get("statement", {}).get("site") == "site-02"]
+    mine = [
+        i for i, line in enumerate(lines) if json.loads(line)["payload"].get("statement", {}).get("site") == "site-02"
+    ]
     assert mine
     run_copy = tmp_path / "ledger.db"
     # the coordinator's version of the run without site-02's last statement: a rebuilt chain
@@ -253,8 +291,9 @@ def test_a_site_home_swapped_for_another_is_refused(witnessed_run: Path, tmp_pat
 
 
 @pytest.mark.slow
-def test_ten_sites_on_the_nvflare_simulator_sign_and_witness_everything(small_davis: Path, tmp_path: Path,
-                                                                        monkeypatch) -> None:
+def test_ten_sites_on_the_nvflare_simulator_sign_and_witness_everything(
+    small_davis: Path, tmp_path: Path, monkeypatch
+) -> None:
     """The issue's "done when": a 10-site simulator run whose every site entry carries that site's
     own signature and every checkpoint a quorum of site cosignatures, enforced by the verifier."""
     from pharmafl.models.dti import ModelConfig
@@ -262,11 +301,15 @@ def test_ten_sites_on_the_nvflare_simulator_sign_and_witness_everything(small_da
     from pharmafl.sites.training import TrainConfig
 
     monkeypatch.setenv("PHARMAFL_KEY_PASSPHRASE", PASSPHRASE)
-    cfg = RunConfig(name="ten", seed=3, data=DataConfig(dataset=str(small_davis), sites=10, partition="iid"),
-                    model=ModelConfig(max_len=64, embed_dim=16, kernel_size=4, latent_dim=32),
-                    train=TrainConfig(batch_size=64),
-                    federation=FederationConfig(rounds=2, engine="nvflare", nvflare_env="sim"),
-                    ledger=LedgerConfig(enabled=True))
+    cfg = RunConfig(
+        name="ten",
+        seed=3,
+        data=DataConfig(dataset=str(small_davis), sites=10, partition="iid"),
+        model=ModelConfig(max_len=64, embed_dim=16, kernel_size=4, latent_dim=32),
+        train=TrainConfig(batch_size=64),
+        federation=FederationConfig(rounds=2, engine="nvflare", nvflare_env="sim"),
+        ledger=LedgerConfig(enabled=True),
+    )
     out = tmp_path / "run"
     assert run_federated(cfg, out)["status"] == "completed"
     done = verify(out)

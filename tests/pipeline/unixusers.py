@@ -73,8 +73,22 @@ def create_user(user: str, subdirs: tuple[str, ...] = ()) -> tuple[int, int, Pat
     home = Path("/home") / user
     if home.exists():
         raise UsersError(f"{home} exists without its user {user}; move it away (useradd would keep its owner)")
-    subprocess.run(["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/bash", "--user-group",
-                    "--comment", MARKER, user], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            "useradd",
+            "--create-home",
+            "--home-dir",
+            str(home),
+            "--shell",
+            "/bin/bash",
+            "--user-group",
+            "--comment",
+            MARKER,
+            user,
+        ],
+        check=True,
+        capture_output=True,
+    )
     entry = pwd.getpwnam(user)
     home.chmod(0o700)
     for sub in subdirs:
@@ -102,14 +116,29 @@ def remove_user(user: str) -> None:
 
 def as_user(uid: int, gid: int, env: dict[str, str], argv: list[str]) -> list[str]:
     """The command line that runs ``argv`` as ``uid``/``gid`` with exactly ``env``."""
-    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--", "env", "-i",
-            *[f"{k}={v}" for k, v in env.items()], *argv]  # fmt: skip
+    return [
+        "setpriv",
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        "--init-groups",
+        "--",
+        "env",
+        "-i",
+        *[f"{k}={v}" for k, v in env.items()],
+        *argv,
+    ]
 
 
 def try_as(user: str, argv: list[str]) -> subprocess.CompletedProcess:
     """``runuser -u USER -- argv``: what that user's shell would get (for access checks)."""
-    return subprocess.run(["runuser", "-u", user, "--", *argv], capture_output=True, text=True, timeout=30,
-                          stdin=subprocess.DEVNULL, cwd="/")  # fmt: skip
+    return subprocess.run(
+        ["runuser", "-u", user, "--", *argv],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+        cwd="/",
+    )
 
 
 # --- processes ---------------------------------------------------------------------------
@@ -230,20 +259,31 @@ class Runtime:
 
     @classmethod
     def _build(cls, venv: Path) -> Runtime:
-        base = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sys; print(sys.base_prefix)"],
-                                   capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
+        base = Path(
+            subprocess.run(
+                [str(venv / "bin" / "python"), "-c", "import sys; print(sys.base_prefix)"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        )
         version = f"python{sys.version_info.major}.{sys.version_info.minor}"
         root = Path(tempfile.mkdtemp(prefix="pflt-runtime-"))
         root.chmod(0o755)
         try:
-            _link_tree(base, root / "python", skip={base / "lib" / version / "site-packages",
-                                                    base / "lib" / version / "test"})  # fmt: skip
+            _link_tree(
+                base, root / "python", skip={base / "lib" / version / "site-packages", base / "lib" / version / "test"}
+            )
             env = {"LD_LIBRARY_PATH": str(root / "python" / "lib")}  # its RUNPATH names the original
-            subprocess.run([str(root / "python" / "bin" / version), "-m", "venv", "--without-pip", str(root / "venv")],
-                           env={**env, "PATH": "/usr/bin:/bin"}, check=True)  # fmt: skip
+            subprocess.run(
+                [str(root / "python" / "bin" / version), "-m", "venv", "--without-pip", str(root / "venv")],
+                env={**env, "PATH": "/usr/bin:/bin"},
+                check=True,
+            )
             site_packages = venv / "lib" / version / "site-packages"
             (root / "venv" / "lib" / version / "site-packages" / "pflt-project-venv.pth").write_text(
-                f"import site; site.addsitedir({str(site_packages)!r})\n")  # its .pth files (the editable install) too
+                f"import site; site.addsitedir({str(site_packages)!r})\n"
+            )  # its .pth files (the editable install) too
             shebangs = {f"#!{venv / 'bin' / n}".encode() for n in ("python", "python3", version)}
             for script in (venv / "bin").iterdir():  # the console scripts, on the users' interpreter
                 head, _, rest = script.read_bytes().partition(b"\n") if script.is_file() else (b"", b"", b"")

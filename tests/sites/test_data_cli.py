@@ -14,8 +14,14 @@ runner = CliRunner()
 
 
 def _files(measurements="measurements.csv", drugs="drugs.csv"):
-    return ["--drugs", str(ASSETS / drugs), "--targets", str(ASSETS / "targets.csv"),
-            "--measurements", str(ASSETS / measurements)]
+    return [
+        "--drugs",
+        str(ASSETS / drugs),
+        "--targets",
+        str(ASSETS / "targets.csv"),
+        "--measurements",
+        str(ASSETS / measurements),
+    ]
 
 
 def test_validate_prints_a_json_summary():
@@ -61,8 +67,9 @@ def test_source_and_files_together_are_a_usage_error():
 
 
 def test_fetch_without_network_says_where_to_place_files(tmp_path):
-    result = runner.invoke(app, ["fetch", "davis", "--cache-dir", str(tmp_path),
-                                 "--mirror", "file:///nonexistent-pharmafl-mirror/"])
+    result = runner.invoke(
+        app, ["fetch", "davis", "--cache-dir", str(tmp_path), "--mirror", "file:///nonexistent-pharmafl-mirror/"]
+    )
 
     assert result.exit_code == 1
     assert "could not download 6 davis file(s)" in result.stderr

@@ -7,8 +7,7 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from opacus import GradSampleModule
 from scipy import stats
 
@@ -28,8 +27,12 @@ CFG = ModelConfig(max_len=32, embed_dim=16, kernel_size=4, latent_dim=16, dropou
 @pytest.fixture
 def pairs() -> PairTensors:
     rows = [(f"d{i}", f"t{j}", 5.0 + 0.3 * i - 0.2 * j) for i in range(4) for j in range(3) if (i + j) % 4]
-    return PairTensors.build([(f"d{i}", s) for i, s in enumerate(SMILES)],
-                             [(f"t{j}", s) for j, s in enumerate(SEQS)], rows, max_len=CFG.max_len)  # fmt: skip
+    return PairTensors.build(
+        [(f"d{i}", s) for i, s in enumerate(SMILES)],
+        [(f"t{j}", s) for j, s in enumerate(SEQS)],
+        rows,
+        max_len=CFG.max_len,
+    )
 
 
 def test_per_sample_gradients_equal_one_example_at_a_time(pairs):
@@ -69,8 +72,15 @@ def test_dp_step_without_clipping_or_noise_is_the_sum_of_unit_gradients(pairs, u
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     gsm = wrap(model, unit, 1e9)
     stats_ = ClipStats(clip_norm=1e9)
-    opt = dp_optimizer(torch.optim.SGD(model.parameters(), lr=1.0), unit, noise_multiplier=0.0, max_grad_norm=1e9,
-                       expected_batch_size=1, random=SecureRandom(seed=0), stats=stats_)  # fmt: skip
+    opt = dp_optimizer(
+        torch.optim.SGD(model.parameters(), lr=1.0),
+        unit,
+        noise_multiplier=0.0,
+        max_grad_norm=1e9,
+        expected_batch_size=1,
+        random=SecureRandom(seed=0),
+        stats=stats_,
+    )
     index = np.arange(len(pairs))
     _dp_step(gsm, opt, pairs, index, units_of(pairs, unit), unit, chunk)
     gsm._close()
@@ -85,8 +95,15 @@ def test_clipping_bounds_each_unit_and_is_counted(pairs, unit):
     model = DTIModel(**asdict(CFG))
     gsm = wrap(model, unit, 1e-3)
     stats_ = ClipStats(clip_norm=1e-3)
-    opt = dp_optimizer(torch.optim.SGD(model.parameters(), lr=1.0), unit, noise_multiplier=0.0, max_grad_norm=1e-3,
-                       expected_batch_size=1, random=SecureRandom(seed=0), stats=stats_)  # fmt: skip
+    opt = dp_optimizer(
+        torch.optim.SGD(model.parameters(), lr=1.0),
+        unit,
+        noise_multiplier=0.0,
+        max_grad_norm=1e-3,
+        expected_batch_size=1,
+        random=SecureRandom(seed=0),
+        stats=stats_,
+    )
     start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     _dp_step(gsm, opt, pairs, np.arange(len(pairs)), units_of(pairs, unit), unit, 3)
     gsm._close()
@@ -101,8 +118,15 @@ def test_clipping_bounds_each_unit_and_is_counted(pairs, unit):
 def test_empty_poisson_batch_takes_a_noise_only_step(pairs, unit):
     model = DTIModel(**asdict(CFG))
     gsm = wrap(model, unit, 1.0)
-    opt = dp_optimizer(torch.optim.SGD(model.parameters(), lr=1.0), unit, noise_multiplier=1.0, max_grad_norm=1.0,
-                       expected_batch_size=4, random=SecureRandom(seed=0), stats=ClipStats(1.0))  # fmt: skip
+    opt = dp_optimizer(
+        torch.optim.SGD(model.parameters(), lr=1.0),
+        unit,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        expected_batch_size=4,
+        random=SecureRandom(seed=0),
+        stats=ClipStats(1.0),
+    )
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
     _dp_step(gsm, opt, pairs, np.zeros(0, np.int64), units_of(pairs, unit), unit, 8)
     gsm._close()
@@ -124,8 +148,9 @@ def test_secure_random_is_uniform_gaussian_and_not_torchs_rng():
     torch.manual_seed(0)
     b = SecureRandom().dp_noise(1.0, torch.zeros(8))
     assert not torch.equal(a, b)  # keyed from os.urandom: torch's seed does not replay it
-    assert torch.equal(SecureRandom(seed=3).dp_noise(1.0, torch.zeros(8)),
-                       SecureRandom(seed=3).dp_noise(1.0, torch.zeros(8)))  # fmt: skip
+    assert torch.equal(
+        SecureRandom(seed=3).dp_noise(1.0, torch.zeros(8)), SecureRandom(seed=3).dp_noise(1.0, torch.zeros(8))
+    )
     assert SecureRandom(seed=3).seeded and "NOT secure" in SecureRandom(seed=3).source
 
 
@@ -218,8 +243,9 @@ def test_the_budget_is_the_sites_across_runs(tmp_path, monkeypatch):
     from pharmafl.sites.training import TrainConfig
 
     # q = 1, one step a round whatever the site holds: ε after k rounds is known before init
-    cfg = PrivacyConfig(mode="local", noise_multiplier=4.0, delta=1e-3, accountant="rdp", batch_size=64,
-                        noise_source="seeded")  # fmt: skip
+    cfg = PrivacyConfig(
+        mode="local", noise_multiplier=4.0, delta=1e-3, accountant="rdp", batch_size=64, noise_source="seeded"
+    )
     eps = [epsilon_spent([(4.0, 1.0, k)], 1e-3, "rdp") for k in range(4)]
     budget = (eps[2] + eps[3]) / 2
     ds = load_dataset(Path(__file__).parent / "assets")
@@ -230,8 +256,9 @@ def test_the_budget_is_the_sites_across_runs(tmp_path, monkeypatch):
         home = SiteHome.open(tmp_path / "home")
         plan = plan_privacy(cfg, units=store_units(home.store, "pair"), rounds=5, local_epochs=1, where="t")
         site = Site(home.store, CFG, TrainConfig(batch_size=8))
-        return DPSite(site, cfg, PrivacyPlan(**plan.as_dict()), SecureRandom(seed=1), ledger=home.privacy,
-                      run_id=run_id)  # fmt: skip
+        return DPSite(
+            site, cfg, PrivacyPlan(**plan.as_dict()), SecureRandom(seed=1), ledger=home.privacy, run_id=run_id
+        )
 
     first = dp_site("run-a")
     assert first.budget == budget and first.plan.budget is None and first.epsilon_prior == 0
@@ -264,8 +291,9 @@ def test_without_a_ledger_a_dp_site_accounts_its_own_rounds(tmp_path):
     from pharmafl.sites.tables import load_dataset
     from pharmafl.sites.training import TrainConfig
 
-    home = SiteHome.init(tmp_path / "home", "site-01", load_dataset(Path(__file__).parent / "assets"),
-                         passphrase="pw", scrypt_n=2**14)  # fmt: skip
+    home = SiteHome.init(
+        tmp_path / "home", "site-01", load_dataset(Path(__file__).parent / "assets"), passphrase="pw", scrypt_n=2**14
+    )
     cfg = PrivacyConfig(mode="local", epsilon=5.0, accountant="rdp", batch_size=64)
     plan = plan_privacy(cfg, units=store_units(home.store, "pair"), rounds=2, local_epochs=1, where="t")
     site = DPSite(Site(home.store, CFG, TrainConfig(batch_size=8)), cfg, plan, SecureRandom(seed=0))

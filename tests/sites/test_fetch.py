@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from pharmafl.errors import DataError, FetchError
 from pharmafl.sites.fetch import BASE_URL, COMMIT, LAYOUTS, PINS, Pin, fetch, fold_labels, verify
@@ -52,8 +51,11 @@ def write_raw(folder: Path, name: str, drugs: pd.DataFrame, targets: pd.DataFram
 
 def pins_for(folder: Path, name: str) -> dict[str, tuple[Pin, ...]]:
     layout = LAYOUTS[name]
-    return {name: tuple(Pin(f"{layout.folder}/{f}", (folder / f).stat().st_size, file_sha256(folder / f))
-                        for f in layout.files)}
+    return {
+        name: tuple(
+            Pin(f"{layout.folder}/{f}", (folder / f).stat().st_size, file_sha256(folder / f)) for f in layout.files
+        )
+    }
 
 
 @pytest.fixture
@@ -78,6 +80,7 @@ def _debris(folder: Path) -> list[str]:
 
 # --- conversion -------------------------------------------------------------------------------
 
+
 def test_placed_raw_files_convert_to_the_excerpt(excerpt_raw):
     cache = excerpt_raw.parents[1]
 
@@ -90,8 +93,11 @@ def test_placed_raw_files_convert_to_the_excerpt(excerpt_raw):
     assert store == cache / "davis" and ds.name == "davis"
     assert got[key + ["affinity", "unit", "fold"]].equals(want[key + ["affinity", "unit", "fold"]])
     assert np.abs(got["label"] - want["label"]).max() < 1e-6
-    assert ds.targets.sort_values("target_id").reset_index(drop=True).equals(
-        ref.targets.sort_values("target_id").reset_index(drop=True))
+    assert (
+        ds.targets.sort_values("target_id")
+        .reset_index(drop=True)
+        .equals(ref.targets.sort_values("target_id").reset_index(drop=True))
+    )
 
 
 @pytest.mark.parametrize("name", ["davis", "kiba"])
@@ -117,11 +123,14 @@ def test_fold_labels_invert_the_fold_lists(assignment):
     assert fold_labels(train, test, len(assignment), Path("folds.txt")).tolist() == assignment
 
 
-@pytest.mark.parametrize("train,test,words", [
-    ([[0, 1], [1]], [2], "cell 1 is in both train0 and train1"),
-    ([[0, 1]], [3], "fold index 3 is not a measured cell (0..2)"),
-    ([[0, "1"]], [2], "fold index '1' is not a measured cell"),
-])
+@pytest.mark.parametrize(
+    "train,test,words",
+    [
+        ([[0, 1], [1]], [2], "cell 1 is in both train0 and train1"),
+        ([[0, 1]], [3], "fold index 3 is not a measured cell (0..2)"),
+        ([[0, "1"]], [2], "fold index '1' is not a measured cell"),
+    ],
+)
 def test_bad_fold_lists_are_rejected(train, test, words):
     with pytest.raises(DataError, match=re.escape(words)):
         fold_labels(train, test, 3, Path("folds.txt"))
@@ -137,6 +146,7 @@ def test_matrix_of_the_wrong_shape_is_rejected(excerpt_raw):
 
 # --- pins -------------------------------------------------------------------------------------
 
+
 def test_every_file_read_is_pinned():
     for name, layout in LAYOUTS.items():
         pinned = {p.path: p for p in PINS[name]}
@@ -147,8 +157,10 @@ def test_every_file_read_is_pinned():
 
 # Rebuilt from the tidy tables, these upstream files come out byte for byte (fold lists do not:
 # upstream lists are shuffled; the KIBA matrix prints floats differently).
-GENUINE = {"davis": ("ligands_can.txt", "ligands_iso.txt", "proteins.txt", LAYOUTS["davis"].affinity),
-           "kiba": ("ligands_can.txt", "ligands_iso.txt", "proteins.txt")}
+GENUINE = {
+    "davis": ("ligands_can.txt", "ligands_iso.txt", "proteins.txt", LAYOUTS["davis"].affinity),
+    "kiba": ("ligands_can.txt", "ligands_iso.txt", "proteins.txt"),
+}
 
 
 @pytest.mark.parametrize("name", ["davis", "kiba"])
@@ -174,7 +186,7 @@ def test_tampered_raw_file_is_rejected_and_nothing_is_written(excerpt_raw):
     proteins = excerpt_raw / "proteins.txt"
     text = proteins.read_text()
     at = text.index(': "') + 3
-    proteins.write_text(text[:at] + ("A" if text[at] != "A" else "G") + text[at + 1:])  # one residue, same size
+    proteins.write_text(text[:at] + ("A" if text[at] != "A" else "G") + text[at + 1 :])  # one residue, same size
 
     with pytest.raises(FetchError) as caught:
         fetch("davis", cache_dir=excerpt_raw.parents[1], pins=pins, base_url=NOWHERE)
@@ -187,6 +199,7 @@ def test_tampered_raw_file_is_rejected_and_nothing_is_written(excerpt_raw):
 
 
 # --- downloads --------------------------------------------------------------------------------
+
 
 def test_download_from_a_mirror_is_verified_and_converted(tmp_path, excerpt_raw):
     mirror, cache = _mirror(tmp_path, excerpt_raw), tmp_path / "fresh"
@@ -219,7 +232,10 @@ def test_unreachable_source_lists_every_file_to_place(tmp_path):
     message = str(caught.value)
     for f in LAYOUTS["kiba"].files:
         assert f"{tmp_path / 'raw/kiba' / f}  <-  {NOWHERE}data/kiba/{f}" in message
-    assert "could not download 6 kiba file(s)" in message and f"re-run `pharmafl data fetch kiba --cache-dir {tmp_path}`" in message
+    assert (
+        "could not download 6 kiba file(s)" in message
+        and f"re-run `pharmafl data fetch kiba --cache-dir {tmp_path}`" in message
+    )
     assert not (tmp_path / "kiba").exists()
 
 

@@ -30,8 +30,9 @@ def dataset():
 @pytest.fixture
 def home(dataset, tmp_path, monkeypatch) -> SiteHome:
     monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
-    return SiteHome.init(tmp_path / "site-01", "site-01", dataset, passphrase="correct horse", scrypt_n=FAST,
-                         epsilon_budget=4.0)
+    return SiteHome.init(
+        tmp_path / "site-01", "site-01", dataset, passphrase="correct horse", scrypt_n=FAST, epsilon_budget=4.0
+    )
 
 
 def test_init_writes_store_key_and_a_signed_card(home, tmp_path):
@@ -46,8 +47,10 @@ def test_init_writes_store_key_and_a_signed_card(home, tmp_path):
     assert card["fingerprint"] == hashlib.sha256(raw).hexdigest() and raw == home.public_key
     assert card["manifest_sha256"] == file_sha256(path / "store" / "manifest.json") == store.manifest_sha256
     train = store.rows("train")
-    assert card["units"] == {"pair": len(train),
-                             "compound": store.dataset.measurements["drug_id"].iloc[train].nunique()}
+    assert card["units"] == {
+        "pair": len(train),
+        "compound": store.dataset.measurements["drug_id"].iloc[train].nunique(),
+    }
     assert card["counts"]["pairs"] == 12 and sum(card["counts"][s] for s in ("train", "val", "test")) == 12
     site = json.loads((path / "site.json").read_text())
     assert site["format"] == "pharmafl-site-v1" and site["site"] == "site-01" and site["epsilon_budget"] == 4.0
@@ -128,7 +131,8 @@ def test_statements_are_signed_and_logged_before_they_are_returned(home, tmp_pat
     assert stmt["payload_sha256"] == hashlib.sha256(messages.canonical(stmt["payload"]).encode()).hexdigest()
     Ed25519PublicKey.from_public_bytes(home.public_key).verify(
         bytes.fromhex(stmt["signature"]),
-        messages.statement_message("run-1", 3, "site-01", "site_update", stmt["payload_sha256"]))
+        messages.statement_message("run-1", 3, "site-01", "site_update", stmt["payload_sha256"]),
+    )
     log = tmp_path / "site-01" / "runs" / "run-1" / "statements.jsonl"
     assert log.read_text() == messages.canonical(stmt) + "\n"
     with open(log, "a") as f:
@@ -172,14 +176,20 @@ def test_privacy_ledger_keeps_each_runs_history_per_dataset(tmp_path):
     with pytest.raises(ConfigError, match="cannot be carried over"):
         ledger.history_of("m1", "run-a", "prv", 1e-4)
     doc = json.loads((tmp_path / "privacy.json").read_text())
-    assert doc["datasets"]["m1"]["runs"]["run-c"] == {"accountant": "rdp", "delta": 1e-3,
-                                                       "history": [[1.0, 0.1, 10]], "epsilon": 0.3}
+    assert doc["datasets"]["m1"]["runs"]["run-c"] == {
+        "accountant": "rdp",
+        "delta": 1e-3,
+        "history": [[1.0, 0.1, 10]],
+        "epsilon": 0.3,
+    }
 
 
 def test_split_prior_composes_like_runs_and_sums_the_others():
-    runs = {"a": {"accountant": "rdp", "delta": 1e-5, "history": [[1.0, 0.01, 100]]},
-            "b": {"accountant": "prv", "delta": 1e-5, "history": [[1.0, 0.01, 100]]},
-            "c": {"accountant": "rdp", "delta": 1e-5, "history": [[2.0, 0.01, 10]]}}
+    runs = {
+        "a": {"accountant": "rdp", "delta": 1e-5, "history": [[1.0, 0.01, 100]]},
+        "b": {"accountant": "prv", "delta": 1e-5, "history": [[1.0, 0.01, 100]]},
+        "c": {"accountant": "rdp", "delta": 1e-5, "history": [[2.0, 0.01, 10]]},
+    }
     same, other = split_prior(runs, "rdp", 1e-5)
     assert same == [(1.0, 0.01, 100), (2.0, 0.01, 10)]
     assert other == pytest.approx(epsilon_spent([(1.0, 0.01, 100)], 1e-5, "prv"))

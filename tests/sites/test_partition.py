@@ -17,8 +17,11 @@ def davis(shared_data_dir):
     d_pos = {d: i for i, d in enumerate(ds.drugs.drug_id)}
     t_pos = {t: i for i, t in enumerate(ds.targets.target_id)}
     return dict(
-        drug_of_row=m.drug_id.map(d_pos).to_numpy(), target_of_row=m.target_id.map(t_pos).to_numpy(),
-        labels=m.label.to_numpy(float), smiles=list(ds.drugs.smiles), sequences=list(ds.targets.sequence),
+        drug_of_row=m.drug_id.map(d_pos).to_numpy(),
+        target_of_row=m.target_id.map(t_pos).to_numpy(),
+        labels=m.label.to_numpy(float),
+        smiles=list(ds.drugs.smiles),
+        sequences=list(ds.targets.sequence),
     )
 
 

@@ -8,9 +8,9 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
+
 from pharmafl.sites import update as wire
 from pharmafl.sites.secret_sharing import (
     PartyKey,
@@ -65,8 +65,15 @@ def test_a_server_share_is_uniform_whatever_the_update():
 def _envelope(x: np.ndarray, round: int = 1, parties=PARTIES):
     parts = {"delta": {"a": x[:6].reshape(2, 3).astype(np.float32), "b": x[6:].astype(np.float32)}}
     payload = wire.encode(wire.Update("site-01", round, 10, parts))
-    sealed = seal_update(site="site-01", round=round, num_examples=10, parts=parts, update_hash=wire.sha256(payload),
-                         parties=parties, context="run-1")  # fmt: skip
+    sealed = seal_update(
+        site="site-01",
+        round=round,
+        num_examples=10,
+        parts=parts,
+        update_hash=wire.sha256(payload),
+        parties=parties,
+        context="run-1",
+    )
     return parts, payload, sealed.envelope, sealed.opening
 
 
@@ -130,8 +137,13 @@ def test_a_bad_encapsulated_key_is_one_share_error(enc):
     _, _, data, _ = _envelope(x)
     env = parse_envelope(data)
     blob = enc + env.blobs["helper1"][32:]
-    header = {**env.header, "parties": {**env.header["parties"], "helper1": {
-        **env.header["parties"]["helper1"], "sha256": hashlib.sha256(blob).hexdigest()}}}  # fmt: skip
+    header = {
+        **env.header,
+        "parties": {
+            **env.header["parties"],
+            "helper1": {**env.header["parties"]["helper1"], "sha256": hashlib.sha256(blob).hexdigest()},
+        },
+    }
     with pytest.raises(ShareError, match="does not open"):
         open_share(type(env)(header, {"helper1": blob}), PARTIES[1], 50, context="run-1", round=1)
 
@@ -142,14 +154,16 @@ def test_the_commitment_binds_the_update_and_the_shares_and_hides_them():
     header = parse_envelope(data).header
     x_enc = encode_fixed(flatten(parts))
     assert header["commitment"] == open_commitment(opening, wire.sha256(payload), x_enc, site="site-01", round=1)
-    assert header["commitment"] != open_commitment({**opening, "salt": os.urandom(32).hex()}, wire.sha256(payload),
-                                                   x_enc, site="site-01", round=1)  # salted: not guessable
+    assert header["commitment"] != open_commitment(
+        {**opening, "salt": os.urandom(32).hex()}, wire.sha256(payload), x_enc, site="site-01", round=1
+    )  # salted: not guessable
     other = x_enc.copy()
     other[0] += 1  # another update under the same seeds: the server's share would differ
     assert header["commitment"] != open_commitment(opening, wire.sha256(payload), other, site="site-01", round=1)
     seeds = {"helper1": os.urandom(32).hex()}  # the same update, claimed to be shared under other seeds
-    assert header["commitment"] != open_commitment({**opening, "seeds": seeds}, wire.sha256(payload), x_enc,
-                                                   site="site-01", round=1)  # fmt: skip
+    assert header["commitment"] != open_commitment(
+        {**opening, "seeds": seeds}, wire.sha256(payload), x_enc, site="site-01", round=1
+    )
     pieces = {p: d["piece"] for p, d in header["parties"].items()}
     assert header["commitment"] == commitment(bytes.fromhex(opening["salt"]), wire.sha256(payload), pieces)
 
@@ -170,14 +184,17 @@ def test_sealing_needs_the_server_party_and_a_helper():
         _envelope(x, parties=[PARTIES[0]])
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda h: h.pop("round"), "header fields"),
-    (lambda h: h.update(round="1"), "wrong type"),
-    (lambda h: h["parties"]["helper1"].update(recipient="zz" * 32), "malformed"),
-    (lambda h: h["parties"]["helper1"].pop("piece"), "malformed"),
-    (lambda h: h.update(format="pharmafl-secagg/1"), "format"),
-    (lambda h: h.update(layout=[["delta/a", [-1]]]), "wrong type"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda h: h.pop("round"), "header fields"),
+        (lambda h: h.update(round="1"), "wrong type"),
+        (lambda h: h["parties"]["helper1"].update(recipient="zz" * 32), "malformed"),
+        (lambda h: h["parties"]["helper1"].pop("piece"), "malformed"),
+        (lambda h: h.update(format="pharmafl-secagg/1"), "format"),
+        (lambda h: h.update(layout=[["delta/a", [-1]]]), "wrong type"),
+    ],
+)
 def test_a_malformed_header_is_one_share_error(change, match):
     _, _, data, _ = _envelope(np.zeros(10))
     header = json.loads(parse_envelope(data).header_bytes)

@@ -21,7 +21,7 @@ def plan(small_cfg, tmp_path):
 
 
 def test_store_has_local_splits_and_whole_test_share(plan):
-    store = SiteStore.open((plan.site_home("site-01") / "store"))
+    store = SiteStore.open(plan.site_home("site-01") / "store")
     folds = set(store.dataset.measurements["fold"])
     assert folds == {"train", "val", "test"}
     assert len(store.rows("train")) > len(store.rows("val")) > 0
@@ -88,14 +88,14 @@ def test_tampered_store_is_refused(plan):
     path = (plan.site_home("site-01") / "store") / "targets.parquet"
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(DataError, match="sha256"):
-        SiteStore.open((plan.site_home("site-01") / "store"))
+        SiteStore.open(plan.site_home("site-01") / "store")
 
 
 def test_benchmark_store_is_the_union_of_test_shares(plan):
     from pharmafl.sites.tables import read_store
 
     bench = read_store(plan.benchmark_dir).measurements
-    shares = sum(len(SiteStore.open((plan.site_home(s) / "store")).rows("test")) for s in plan.sites)
+    shares = sum(len(SiteStore.open(plan.site_home(s) / "store").rows("test")) for s in plan.sites)
     assert len(bench) == shares and set(bench["fold"]) == {"test"}
 
 

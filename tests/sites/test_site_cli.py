@@ -29,11 +29,29 @@ def _one_error_line(err: str) -> str:
 
 # --- init, card, accept ----------------------------------------------------------------------
 
+
 def test_site_init_prints_the_fingerprint_of_a_card_that_verifies(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(PASSPHRASE_ENV, "site secret")
     home = tmp_path / "home"
-    assert main(["site", "init", "--id", "site-07", "--data", str(ASSETS), "--home", str(home),
-                 "--epsilon-budget", "6", "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "site",
+                "init",
+                "--id",
+                "site-07",
+                "--data",
+                str(ASSETS),
+                "--home",
+                str(home),
+                "--epsilon-budget",
+                "6",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     card = check_card(json.loads((home / "site-card.json").read_text()), "t")
     assert capsys.readouterr().out.strip() == card["fingerprint"] and card["site"] == "site-07"
     assert json.loads((home / "site.json").read_text())["epsilon_budget"] == 6.0
@@ -55,8 +73,11 @@ def test_bad_tables_are_one_clear_error_and_nothing_is_written(tmp_path, capsys,
     monkeypatch.setenv(PASSPHRASE_ENV, "pw")
     tables = tmp_path / "tables"
     tables.mkdir()
-    for src, dst in (("drugs.csv", "drugs.csv"), ("targets.csv", "targets.csv"),
-                     ("measurements_unknown_drug.csv", "measurements.csv")):
+    for src, dst in (
+        ("drugs.csv", "drugs.csv"),
+        ("targets.csv", "targets.csv"),
+        ("measurements_unknown_drug.csv", "measurements.csv"),
+    ):
         shutil.copy(ASSETS / src, tables / dst)
     assert main(["site", "init", "--id", "site-01", "--data", str(tables), "--home", str(tmp_path / "h")]) == 1
     line = _one_error_line(capsys.readouterr().err)
@@ -78,6 +99,7 @@ def test_site_accept_records_the_roster(tmp_path, capsys, monkeypatch):
 
 # --- the site's audit --------------------------------------------------------------------------
 
+
 class Log:
     """The coordinator's ledger of one run, as a list of (actor, type, payload), chained and
     signed on demand (the formats of audit/records.py)."""
@@ -93,23 +115,40 @@ class Log:
         out, prev = [], messages.GENESIS
         for seq, (actor, type_, payload) in enumerate(items or self.items):
             ts = f"2026-12-01T12:00:{seq:02d}.000000Z"
-            h = hashlib.sha256(messages.entry_message(seq, ts, actor, type_, messages.canonical(payload),
-                                                      prev)).hexdigest()  # fmt: skip
-            out.append({"actor": actor, "entry_hash": h, "payload": payload, "prev_hash": prev, "seq": seq,
-                        "signature": self.key.sign(bytes.fromhex(h)).hex(), "ts": ts, "type": type_})
+            h = hashlib.sha256(
+                messages.entry_message(seq, ts, actor, type_, messages.canonical(payload), prev)
+            ).hexdigest()
+            out.append(
+                {
+                    "actor": actor,
+                    "entry_hash": h,
+                    "payload": payload,
+                    "prev_hash": prev,
+                    "seq": seq,
+                    "signature": self.key.sign(bytes.fromhex(h)).hex(),
+                    "ts": ts,
+                    "type": type_,
+                }
+            )
             prev = h
         return out
 
     def request(self, old_size: int) -> dict:
         entries = self.entries()
-        tree = MerkleTree(rfc9162.leaf_hash(bytes.fromhex(e["entry_hash"]) + bytes.fromhex(e["signature"]))
-                          for e in entries)  # fmt: skip
-        cp = {"root_hash": tree.root().hex(), "signer": "server", "tree_size": len(tree),
-              "ts": entries[-1]["ts"]}
-        cp["signature"] = self.key.sign(messages.checkpoint_message(len(tree), cp["root_hash"], cp["ts"],
-                                                                    "server")).hex()  # fmt: skip
-        request = {"origin": messages.origin_of(RUN), "checkpoint": cp, "log_key": raw_public_key(self.key).hex(),
-                   "old_size": old_size, "proof": [h.hex() for h in tree.consistency_proof(old_size)]}
+        tree = MerkleTree(
+            rfc9162.leaf_hash(bytes.fromhex(e["entry_hash"]) + bytes.fromhex(e["signature"])) for e in entries
+        )
+        cp = {"root_hash": tree.root().hex(), "signer": "server", "tree_size": len(tree), "ts": entries[-1]["ts"]}
+        cp["signature"] = self.key.sign(
+            messages.checkpoint_message(len(tree), cp["root_hash"], cp["ts"], "server")
+        ).hex()
+        request = {
+            "origin": messages.origin_of(RUN),
+            "checkpoint": cp,
+            "log_key": raw_public_key(self.key).hex(),
+            "old_size": old_size,
+            "proof": [h.hex() for h in tree.consistency_proof(old_size)],
+        }
         if old_size == 0:
             request["anchor"] = {"entry": entries[0], "proof": [h.hex() for h in tree.inclusion_proof(0)]}
         return request
@@ -136,8 +175,10 @@ def _run(home: SiteHome, tmp_path: Path, embed=lambda stmt: stmt) -> Log:
     log, witness, size = Log(load_consortium(tmp_path / "coord")), home.witness(), 0
     for rnd in (1, 2):
         log.append("round_started", {"round": rnd})
-        for type_, payload in (("site_update", {"update_hash": f"{rnd:064x}", "num_examples": 9}),
-                               ("clip", {"clip_norm": 1.0, "clipped": rnd, "total": 9})):
+        for type_, payload in (
+            ("site_update", {"update_hash": f"{rnd:064x}", "num_examples": 9}),
+            ("clip", {"clip_norm": 1.0, "clipped": rnd, "total": 9}),
+        ):
             stmt = embed(home.sign_statement(RUN, rnd, type_, payload))
             if stmt is not None:
                 log.append(type_, {"statement": stmt, "accepted": True, "problem": None})
@@ -186,8 +227,10 @@ def test_audit_refuses_a_split_view(home, tmp_path, capsys):
     """The ledger shown to the auditor differs from the one the witness cosigned (same size,
     every statement verbatim, a consistent chain), e.g. a rewritten round_started."""
     log = _run(home, tmp_path)
-    other = [(a, t, {"round": 1, "lr": 0.5}) if t == "round_started" and p["round"] == 1 else (a, t, p)
-             for a, t, p in log.items]
+    other = [
+        (a, t, {"round": 1, "lr": 0.5}) if t == "round_started" and p["round"] == 1 else (a, t, p)
+        for a, t, p in log.items
+    ]
     code, line = _audit(home, log.export(tmp_path / "bundle", log.entries(other)), capsys)
     assert code == 1 and "root at size 7 is" in line and "a split view or a rewritten log" in line
 

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from pandas.testing import assert_frame_equal
 
 from pharmafl.errors import DataError, FetchError
@@ -45,6 +44,7 @@ def _tables_equal(a: DTIDataset, b: DTIDataset) -> None:
 
 # --- a valid site -----------------------------------------------------------------------------
 
+
 def test_valid_tables_are_read_with_kd_labels_and_folds():
     ds = read_tables(*_assets(), name="excerpt")
 
@@ -78,10 +78,20 @@ ATTACKS = [
     (_assets(drugs="drugs_duplicate_id.csv"), 2, None, "123631", ["appears 2 times", "rows 2, 4"]),
     (_assets(targets="targets_stop_codon.csv"), 2, "sequence", "EGFR", ["'*' at position 1211", "stop codons"]),
     (_assets(measurements="measurements_zero_kd.csv"), 5, "affinity", "123631 / EGFR", ["0.0 nM_Kd is not positive"]),
-    (_assets(measurements="measurements_unknown_drug.csv"), 7, "drug_id", "2244 / CDK2",
-     ["unknown drug_id '2244'", "drugs.csv"]),
-    (_assets(measurements="measurements_duplicate_pair.csv"), 2, None, "176870 / EGFR",
-     ["appears 2 times", "rows 2, 13"]),
+    (
+        _assets(measurements="measurements_unknown_drug.csv"),
+        7,
+        "drug_id",
+        "2244 / CDK2",
+        ["unknown drug_id '2244'", "drugs.csv"],
+    ),
+    (
+        _assets(measurements="measurements_duplicate_pair.csv"),
+        2,
+        None,
+        "176870 / EGFR",
+        ["appears 2 times", "rows 2, 13"],
+    ),
     (_assets(measurements="measurements_pkd_disagrees.csv"), 2, "pKd", "176870 / EGFR", ["8.173925197 differs"]),
 ]
 
@@ -138,8 +148,15 @@ def test_first_error_says_how_many_more_problems_follow(tmp_path):
     assert caught.value.location.row == 1 and "-1.0 nM_Kd is not positive" in caught.value.problem
 
 
-@pytest.mark.parametrize("value,words", [("abc", "'abc' is not a finite number"), ("", "'' is not a finite number"),
-                                         ("nan", "'nan' is not a finite number"), ("inf", "'inf' is not a finite")])
+@pytest.mark.parametrize(
+    "value,words",
+    [
+        ("abc", "'abc' is not a finite number"),
+        ("", "'' is not a finite number"),
+        ("nan", "'nan' is not a finite number"),
+        ("inf", "'inf' is not a finite"),
+    ],
+)
 def test_non_numeric_affinity_is_rejected(value, words):
     drugs, targets, m = _frames()
     m.loc[4, ["affinity", "pKd"]] = [value, ""]
@@ -183,6 +200,7 @@ def test_clean_quarantine_report_has_the_header_only(tmp_path):
 
 
 # --- units ------------------------------------------------------------------------------------
+
 
 def test_affinity_without_a_unit_is_refused():
     drugs, targets, m = _frames()
@@ -258,13 +276,17 @@ def test_unknown_unit_argument_lists_choices():
 
 # --- molecules and sequences ------------------------------------------------------------------
 
-@pytest.mark.parametrize("smiles,words", [
-    ("C1CC", "unclosed ring"),
-    ("N(C)(C)(C)(C)C", "Explicit valence for atom # 0 N"),
-    ("CC(", "syntax error"),
-    ("CCO foo", "whitespace"),
-    ("", "empty SMILES"),
-])
+
+@pytest.mark.parametrize(
+    "smiles,words",
+    [
+        ("C1CC", "unclosed ring"),
+        ("N(C)(C)(C)(C)C", "Explicit valence for atom # 0 N"),
+        ("CC(", "syntax error"),
+        ("CCO foo", "whitespace"),
+        ("", "empty SMILES"),
+    ],
+)
 def test_smiles_error_gives_rdkits_message(smiles, words):
     assert words in smiles_error(smiles)
 
@@ -278,8 +300,11 @@ def test_any_letters_are_a_sequence(sequence):
     assert sequence_error(sequence) is None
 
 
-@given(st.text(alphabet="ACDEFGHIKLMNPQRSTVWY", max_size=20), st.sampled_from(list("0123456789 *-.\t_")),
-       st.text(alphabet="ACDEFGHIKLMNPQRSTVWY", max_size=20))
+@given(
+    st.text(alphabet="ACDEFGHIKLMNPQRSTVWY", max_size=20),
+    st.sampled_from(list("0123456789 *-.\t_")),
+    st.text(alphabet="ACDEFGHIKLMNPQRSTVWY", max_size=20),
+)
 def test_a_non_letter_anywhere_is_rejected_with_its_position(before, bad, after):
     error = sequence_error(before + bad + after)
 
@@ -297,6 +322,7 @@ def test_lowercase_sequences_are_uppercased():
 
 # --- label math -------------------------------------------------------------------------------
 
+
 @given(st.floats(min_value=-3, max_value=15))
 def test_concentration_label_inverts_pX(p):
     assert affinity_to_label(np.array([10 ** (9 - p)]), "nM_Kd")[0] == pytest.approx(p, abs=1e-9)
@@ -310,8 +336,11 @@ def test_concentration_label_decreases_as_affinity_rises(values):
     assert np.array_equal(affinity_to_label(x, "pKi"), x) and np.array_equal(affinity_to_label(x, "kiba"), x)
 
 
-@given(st.lists(st.floats(min_value=-100, max_value=100), min_size=2, max_size=200),
-       st.floats(min_value=-50, max_value=50), st.floats(min_value=0.1, max_value=10))
+@given(
+    st.lists(st.floats(min_value=-100, max_value=100), min_size=2, max_size=200),
+    st.floats(min_value=-50, max_value=50),
+    st.floats(min_value=0.1, max_value=10),
+)
 def test_outlier_flags_do_not_change_under_shift_and_scale(values, shift, scale):
     x = np.array(values)
     assume(x.std() > 1e-6 and not np.isclose(np.abs(x - x.mean()) / x.std(), 2.0, atol=1e-6).any())
@@ -332,13 +361,21 @@ PAIRS = [(d, t) for d in ("176870", "123631", "5291", "5329102") for t in ("CDK2
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.sampled_from(PAIRS), min_size=1, unique=True),
-       st.lists(st.floats(min_value=1e-3, max_value=1e5), min_size=12, max_size=12),
-       st.lists(st.sampled_from(["train0", "train1", "test", ""]), min_size=12, max_size=12))
+@given(
+    st.lists(st.sampled_from(PAIRS), min_size=1, unique=True),
+    st.lists(st.floats(min_value=1e-3, max_value=1e5), min_size=12, max_size=12),
+    st.lists(st.sampled_from(["train0", "train1", "test", ""]), min_size=12, max_size=12),
+)
 def test_store_round_trip_is_exact(tmp_path, pairs, kd, folds):
     drugs, targets, _ = _frames()
-    m = pd.DataFrame({"drug_id": [p[0] for p in pairs], "target_id": [p[1] for p in pairs],
-                      "affinity": [repr(v) for v in kd[: len(pairs)]], "fold": folds[: len(pairs)]})
+    m = pd.DataFrame(
+        {
+            "drug_id": [p[0] for p in pairs],
+            "target_id": [p[1] for p in pairs],
+            "affinity": [repr(v) for v in kd[: len(pairs)]],
+            "fold": folds[: len(pairs)],
+        }
+    )
     ds = from_frames(drugs, targets, m, name="site-07", unit="nM_Kd")
     out = tmp_path / f"store-{len(pairs)}-{abs(hash(tuple(kd)))}"
 
@@ -403,6 +440,7 @@ def test_store_keeps_the_quarantine_count(tmp_path):
 
 # --- directories and names --------------------------------------------------------------------
 
+
 def test_directory_of_mixed_formats_with_prefixes(tmp_path):
     drugs, targets, m = _frames()
     drugs.to_csv(tmp_path / "acme_drugs.csv.xz", index=False)
@@ -444,6 +482,7 @@ def test_public_name_finds_a_fetched_store(tmp_path):
 
 
 # --- the real DAVIS and KIBA ------------------------------------------------------------------
+
 
 def test_davis_matches_its_tidy_table(shared_data_dir):
     ds = load_dataset("davis", data_dir=shared_data_dir)

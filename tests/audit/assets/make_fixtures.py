@@ -22,7 +22,7 @@ import hashlib
 import json
 import shutil
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -51,10 +51,11 @@ class SeededKeys:
 class LedgerBuilder:
     """Entries, checkpoints and cosignatures in export form, signed as each trust domain would."""
 
-    def __init__(self, label: str = "fixture", sites: tuple[str, ...] = SITES, run_id: str = RUN_ID,
-                 registrar: str = "server"):
+    def __init__(
+        self, label: str = "fixture", sites: tuple[str, ...] = SITES, run_id: str = RUN_ID, registrar: str = "server"
+    ):
         self.keys, self.sites, self.run_id, self.registrar = SeededKeys(label), sites, run_id, registrar
-        self.now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+        self.now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
         self.entries: list[dict] = []
         self.checkpoints: list[dict] = []
         self.cosignatures: list[dict] = []
@@ -66,9 +67,14 @@ class LedgerBuilder:
         return self.now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     def card(self, site: str, i: int = 0) -> dict:
-        fields = {"counts": {"pairs": 3000 + i, "train": 2200 + i}, "created": "2025-01-01T00:00:00.000000Z",
-                  "manifest_sha256": hashlib.sha256(f"manifest/{site}".encode()).hexdigest(),
-                  "public_key": self.keys.public(site), "site": site, "units": {"pair": 2200 + i}}
+        fields = {
+            "counts": {"pairs": 3000 + i, "train": 2200 + i},
+            "created": "2025-01-01T00:00:00.000000Z",
+            "manifest_sha256": hashlib.sha256(f"manifest/{site}".encode()).hexdigest(),
+            "public_key": self.keys.public(site),
+            "site": site,
+            "units": {"pair": 2200 + i},
+        }
         return m.make_card(self.keys.get(site).sign, fields)
 
     def consortium(self) -> dict:
@@ -90,8 +96,14 @@ class LedgerBuilder:
     def key_payload(self, actor: str, key: Ed25519PrivateKey | None = None, **extra) -> dict:
         key = key or self.keys.get(actor)
         pk = key.public_key().public_bytes_raw().hex()
-        return {"actor": actor, "algorithm": "Ed25519", "fingerprint": m.sha256_hex(bytes.fromhex(pk)),
-                "proof": key.sign(m.key_proof_message(actor, pk)).hex(), "public_key": pk, **extra}
+        return {
+            "actor": actor,
+            "algorithm": "Ed25519",
+            "fingerprint": m.sha256_hex(bytes.fromhex(pk)),
+            "proof": key.sign(m.key_proof_message(actor, pk)).hex(),
+            "public_key": pk,
+            **extra,
+        }
 
     def register(self, actor: str) -> dict:
         if self.registrar not in self.registered and actor != self.registrar:
@@ -104,11 +116,25 @@ class LedgerBuilder:
         self.registered.add(user)
         return self.append(user, "actor_key", self.key_payload(user, enrolment=enrolment))
 
-    def statement(self, site: str, type_: str, rnd: int | None, payload: dict, *, run_id: str | None = None,
-                  key: Ed25519PrivateKey | None = None) -> dict:
+    def statement(
+        self,
+        site: str,
+        type_: str,
+        rnd: int | None,
+        payload: dict,
+        *,
+        run_id: str | None = None,
+        key: Ed25519PrivateKey | None = None,
+    ) -> dict:
         """What ``site`` signs at the site."""
-        return m.make_statement((key or self.keys.get(site)).sign, run_id=run_id or self.run_id, round=rnd,
-                                site=site, type=type_, payload=payload)
+        return m.make_statement(
+            (key or self.keys.get(site)).sign,
+            run_id=run_id or self.run_id,
+            round=rnd,
+            site=site,
+            type=type_,
+            payload=payload,
+        )
 
     def site_entry(self, site: str, type_: str, rnd: int | None, payload: dict, **fields) -> dict:
         """The coordinator's entry embedding ``site``'s signed statement verbatim."""
@@ -129,8 +155,12 @@ class LedgerBuilder:
         root = next(c["root_hash"] for c in self.checkpoints if c["tree_size"] == size)
         t = int(self.now.timestamp())
         body = m.checkpoint_body(m.origin_of(self.run_id), size, root)
-        cosig = {"signature": (key or self.keys.get(site)).sign(m.cosignature_message(body, t)).hex(),
-                 "timestamp": t, "tree_size": size, "witness": site}
+        cosig = {
+            "signature": (key or self.keys.get(site)).sign(m.cosignature_message(body, t)).hex(),
+            "timestamp": t,
+            "tree_size": size,
+            "witness": site,
+        }
         self.cosignatures.append(cosig)
         self.cosignatures.sort(key=lambda c: (c["tree_size"], c["witness"]))
         return cosig
@@ -139,15 +169,31 @@ class LedgerBuilder:
 
     def run(self, rounds: int = 2) -> LedgerBuilder:
         """A complete federated run: statements each round, every round's checkpoint cosigned."""
-        self.append("server", "run_started", {
-            "config": {"lr": 0.001, "rounds": rounds}, "consortium": self.consortium(), "run_id": self.run_id,
-            "seed": 7, "sites": list(self.sites)})
+        self.append(
+            "server",
+            "run_started",
+            {
+                "config": {"lr": 0.001, "rounds": rounds},
+                "consortium": self.consortium(),
+                "run_id": self.run_id,
+                "seed": 7,
+                "sites": list(self.sites),
+            },
+        )
         for rnd in range(1, rounds + 1):
             self.append("server", "round_started", {"round": rnd, "sites": list(self.sites)})
             for i, site in enumerate(self.sites):
                 self.round_of(site, rnd, i)
-            self.append("server", "aggregated", {"aggregate_hash": f"a{rnd}" * 32, "participants": list(self.sites),
-                                                 "round": rnd, "strategy": "fedavg"})
+            self.append(
+                "server",
+                "aggregated",
+                {
+                    "aggregate_hash": f"a{rnd}" * 32,
+                    "participants": list(self.sites),
+                    "round": rnd,
+                    "strategy": "fedavg",
+                },
+            )
             self.append("server", "privacy_spent", {"epsilon_total": 0.25 * rnd, "party": "server", "round": rnd})
             self.append("server", "round_ended", {"metrics": {"auc": 0.75 + 0.0625 * rnd}, "round": rnd})
             self.checkpoint()
@@ -159,18 +205,47 @@ class LedgerBuilder:
         return self
 
     def round_of(self, site: str, rnd: int, i: int) -> None:
-        self.site_entry(site, "site_update", rnd, {
-            "metrics": {"loss": 0.5 / rnd}, "num_examples": 1000 + 100 * i, "update_bytes": 4096,
-            "update_hash": hashlib.sha256(f"{site}/{rnd}".encode()).hexdigest()}, accepted=True, problem=None)
-        self.site_entry(site, "clip", rnd, {"clip_norm": 1.0, "clipped": 120 + i, "max_norm": 3.25,
-                                            "mean_norm": 0.875, "total": 1000 + 100 * i})
-        self.site_entry(site, "privacy_spent", rnd, {
-            "accountant": "prv", "budget": 8.0, "delta": 1e-5, "epsilon_prior": 0.0, "epsilon_round": 0.5,
-            "epsilon_total": 0.5 * rnd, "noise_multiplier": 1.1, "noise_source": "site", "privacy_unit": "pair",
-            "sample_rate": 0.01, "steps": 100})
+        self.site_entry(
+            site,
+            "site_update",
+            rnd,
+            {
+                "metrics": {"loss": 0.5 / rnd},
+                "num_examples": 1000 + 100 * i,
+                "update_bytes": 4096,
+                "update_hash": hashlib.sha256(f"{site}/{rnd}".encode()).hexdigest(),
+            },
+            accepted=True,
+            problem=None,
+        )
+        self.site_entry(
+            site,
+            "clip",
+            rnd,
+            {"clip_norm": 1.0, "clipped": 120 + i, "max_norm": 3.25, "mean_norm": 0.875, "total": 1000 + 100 * i},
+        )
+        self.site_entry(
+            site,
+            "privacy_spent",
+            rnd,
+            {
+                "accountant": "prv",
+                "budget": 8.0,
+                "delta": 1e-5,
+                "epsilon_prior": 0.0,
+                "epsilon_round": 0.5,
+                "epsilon_total": 0.5 * rnd,
+                "noise_multiplier": 1.1,
+                "noise_source": "site",
+                "privacy_unit": "pair",
+                "sample_rate": 0.01,
+                "steps": 100,
+            },
+        )
 
 
 # -- entry arithmetic (what anyone holding the files can redo) ----------------------------
+
 
 def leaf(entry: dict) -> bytes:
     return leaf_hash(bytes.fromhex(entry["entry_hash"] + entry["signature"]))
@@ -179,8 +254,9 @@ def leaf(entry: dict) -> bytes:
 def rehash(entry: dict, prev_hash: str) -> None:
     """Recompute an entry's link and hash after editing it (its signature is not redone)."""
     entry["prev_hash"] = prev_hash
-    msg = m.entry_message(entry["seq"], entry["ts"], entry["actor"], entry["type"], m.canonical(entry["payload"]),
-                          prev_hash)
+    msg = m.entry_message(
+        entry["seq"], entry["ts"], entry["actor"], entry["type"], m.canonical(entry["payload"]), prev_hash
+    )
     entry["entry_hash"] = hashlib.sha256(msg).hexdigest()
 
 
@@ -198,22 +274,29 @@ def resign_from(b: LedgerBuilder, start: int) -> None:
         sign(e, b.keys.get(e["actor"]))
     for cp in b.checkpoints:
         if cp["tree_size"] > start and cp["tree_size"] <= len(b.entries):
-            cp["root_hash"] = root_from_leaves(leaf(e) for e in b.entries[:cp["tree_size"]]).hex()
-            cp["signature"] = b.keys.get("server").sign(m.checkpoint_message(
-                cp["tree_size"], cp["root_hash"], cp["ts"], cp["signer"])).hex()
+            cp["root_hash"] = root_from_leaves(leaf(e) for e in b.entries[: cp["tree_size"]]).hex()
+            cp["signature"] = (
+                b.keys.get("server")
+                .sign(m.checkpoint_message(cp["tree_size"], cp["root_hash"], cp["ts"], cp["signer"]))
+                .hex()
+            )
 
 
 def find(entries: list[dict], type_: str, site: str | None = None, rnd: int | None = None) -> int:
     """Index of the first entry of ``type_`` (for ``site``'s statement of round ``rnd``)."""
     for i, e in enumerate(entries):
         st = e["payload"].get("statement") or {}
-        if e["type"] == type_ and (site is None or st.get("site") == site) and (rnd is None or st.get("round") == rnd
-                                                                              or e["payload"].get("round") == rnd):
+        if (
+            e["type"] == type_
+            and (site is None or st.get("site") == site)
+            and (rnd is None or st.get("round") == rnd or e["payload"].get("round") == rnd)
+        ):
             return i
     raise LookupError(f"no {type_} entry of {site} round {rnd}")
 
 
 # -- bundle I/O ---------------------------------------------------------------------------
+
 
 def keys_of(entries: list[dict]) -> dict:
     """keys.json as the registrations in ``entries`` say (first registration of each actor)."""
@@ -234,14 +317,17 @@ def save(bundle: Path, entries: list[dict], cps: list[dict], cosigs: list[dict])
     (bundle / "keys.json").write_text(m.canonical(keys_of(entries)) + "\n")
     files = {p.name: m.file_sha256(p) for p in sorted(bundle.iterdir())}
     root = root_from_leaves(leaf(e) for e in entries).hex()
-    (bundle / "manifest.json").write_text(m.canonical(m.bundle_manifest(len(entries), len(cps), len(cosigs), root,
-                                                                        files)) + "\n")
+    (bundle / "manifest.json").write_text(
+        m.canonical(m.bundle_manifest(len(entries), len(cps), len(cosigs), root, files)) + "\n"
+    )
     return bundle
 
 
 def load(bundle: Path) -> tuple[list[dict], list[dict], list[dict]]:
-    return tuple([json.loads(line) for line in (bundle / name).read_text().splitlines()]
-                 for name in ("entries.jsonl", "checkpoints.jsonl", "cosignatures.jsonl"))
+    return tuple(
+        [json.loads(line) for line in (bundle / name).read_text().splitlines()]
+        for name in ("entries.jsonl", "checkpoints.jsonl", "cosignatures.jsonl")
+    )
 
 
 def write_db(path: Path, entries: list[dict], cps: list[dict], cosigs: list[dict]) -> Path:
@@ -252,18 +338,35 @@ def write_db(path: Path, entries: list[dict], cps: list[dict], cosigs: list[dict
     storage = Storage(resolve_target(path))
     storage.create_schema()
     with storage.write() as conn:
-        Storage.insert_entries(conn, [Entry(e["seq"], e["ts"], e["actor"], e["type"], m.canonical(e["payload"]),
-                                            e["prev_hash"], e["entry_hash"], e["signature"]) for e in entries])
+        Storage.insert_entries(
+            conn,
+            [
+                Entry(
+                    e["seq"],
+                    e["ts"],
+                    e["actor"],
+                    e["type"],
+                    m.canonical(e["payload"]),
+                    e["prev_hash"],
+                    e["entry_hash"],
+                    e["signature"],
+                )
+                for e in entries
+            ],
+        )
         for cp in cps:
-            Storage.insert_checkpoint(conn, Checkpoint(cp["tree_size"], cp["root_hash"], cp["ts"], cp["signer"],
-                                                       cp["signature"]))
-        Storage.insert_cosignatures(conn, [Cosignature(c["tree_size"], c["witness"], c["timestamp"], c["signature"])
-                                           for c in cosigs])
+            Storage.insert_checkpoint(
+                conn, Checkpoint(cp["tree_size"], cp["root_hash"], cp["ts"], cp["signer"], cp["signature"])
+            )
+        Storage.insert_cosignatures(
+            conn, [Cosignature(c["tree_size"], c["witness"], c["timestamp"], c["signature"]) for c in cosigs]
+        )
     storage.dispose()
     return path
 
 
 # -- the attacks --------------------------------------------------------------------------
+
 
 def attacks() -> dict[str, tuple[LedgerBuilder, dict]]:
     """name -> (the tampered ledger, what the verifier must say)."""
@@ -301,8 +404,13 @@ def attacks() -> dict[str, tuple[LedgerBuilder, dict]]:
     b = base()  # a forged statement for site-01, signed by a key the coordinator made
     i = find(b.entries, "privacy_spent", "site-01", 2)
     forged = copy.deepcopy(b.entries[i])
-    forged["payload"]["statement"] = b.statement("site-01", "privacy_spent", 2, {
-        **forged["payload"]["statement"]["payload"], "epsilon_round": 0.0}, key=SeededKeys("attacker").get("site-01"))
+    forged["payload"]["statement"] = b.statement(
+        "site-01",
+        "privacy_spent",
+        2,
+        {**forged["payload"]["statement"]["payload"], "epsilon_round": 0.0},
+        key=SeededKeys("attacker").get("site-01"),
+    )
     b.entries[i] = forged
     resign_from(b, i)
     out["forged_entry_inserted"] = (b, {"seq": i, "reason": "site-01's statement signature"})
@@ -315,15 +423,17 @@ def attacks() -> dict[str, tuple[LedgerBuilder, dict]]:
 
     b = base()  # a statement the site really signed, but for another run
     i = find(b.entries, "site_update", "site-02", 2)
-    b.entries[i]["payload"]["statement"] = b.statement("site-02", "site_update", 2, b.entries[i]["payload"][
-        "statement"]["payload"], run_id="another-run")
+    b.entries[i]["payload"]["statement"] = b.statement(
+        "site-02", "site_update", 2, b.entries[i]["payload"]["statement"]["payload"], run_id="another-run"
+    )
     resign_from(b, i)
     out["statement_other_run"] = (b, {"seq": i, "reason": "of run 'another-run'"})
 
     b = base()  # a statement by a site the run never pinned
     i = find(b.entries, "clip", "site-03", 1)
-    b.entries[i]["payload"]["statement"] = b.statement("site-99", "clip", 1, b.entries[i]["payload"]["statement"][
-        "payload"])
+    b.entries[i]["payload"]["statement"] = b.statement(
+        "site-99", "clip", 1, b.entries[i]["payload"]["statement"]["payload"]
+    )
     resign_from(b, i)
     out["statement_unpinned_site"] = (b, {"seq": i, "reason": "not a site pinned"})
 
@@ -342,8 +452,10 @@ def attacks() -> dict[str, tuple[LedgerBuilder, dict]]:
     b.entries = b.entries[:cut]
     b.checkpoints = [c for c in b.checkpoints if c["tree_size"] <= cut]
     b.cosignatures = [c for c in b.cosignatures if c["tree_size"] <= cut]
-    out["truncated_tail"] = (b, {"seq": cut, "reason": "missing (truncated)", "needs": "--trusted-head",
-                                 "passes_without_anchor": True})
+    out["truncated_tail"] = (
+        b,
+        {"seq": cut, "reason": "missing (truncated)", "needs": "--trusted-head", "passes_without_anchor": True},
+    )
 
     b = base()  # after a cosigned head: cut back and re-extend with forged entries; the sites cannot cosign
     cut = find(b.entries, "round_started", rnd=2)
@@ -392,13 +504,21 @@ def attacks() -> dict[str, tuple[LedgerBuilder, dict]]:
     b = base()  # the coordinator's checkpoint claims another root, properly signed
     cp = b.checkpoints[0]
     cp["root_hash"] = hashlib.sha256(b"another history").hexdigest()
-    cp["signature"] = b.keys.get("server").sign(m.checkpoint_message(cp["tree_size"], cp["root_hash"], cp["ts"],
-                                                                     cp["signer"])).hex()
+    cp["signature"] = (
+        b.keys.get("server").sign(m.checkpoint_message(cp["tree_size"], cp["root_hash"], cp["ts"], cp["signer"])).hex()
+    )
     out["checkpoint_disagrees"] = (b, {"seq": cp["tree_size"] - 1, "reason": "disagrees with the Merkle root"})
 
     b = LedgerBuilder("attacker").run()  # the whole run re-signed with fresh keys, site cards included
-    out["rewritten_fresh_keys"] = (b, {"seq": 0, "reason": "trusted", "needs": "--trusted-keys, --trusted-head "
-                                       "or --roster", "passes_without_anchor": True})
+    out["rewritten_fresh_keys"] = (
+        b,
+        {
+            "seq": 0,
+            "reason": "trusted",
+            "needs": "--trusted-keys, --trusted-head or --roster",
+            "passes_without_anchor": True,
+        },
+    )
     return out
 
 
