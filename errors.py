@@ -11,10 +11,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
+
+# The exit codes of every ``pharmafl`` command (README, ``pharmafl --help``).
+EXIT_OK = 0  # success
+EXIT_FAILED = 1  # verification failed, or the action was refused or failed
+EXIT_USAGE = 2  # usage error or unreadable input: a missing file, a bad value, a bad option
 
 
 class PharmaflError(Exception):
-    """Root of every error pharmafl raises on bad input or a refused action."""
+    """Root of every error pharmafl raises on bad input or a refused action.
+
+    ``exit_code`` is what the CLI exits with: :data:`EXIT_USAGE` for bad or unreadable
+    input (the default), :data:`EXIT_FAILED` for a :class:`RefusedError`.
+    """
+
+    exit_code: ClassVar[int] = EXIT_USAGE
+
+
+class RefusedError(PharmaflError):
+    """The input was readable but the action was refused or failed (a check, a party, a run)."""
+
+    exit_code: ClassVar[int] = EXIT_FAILED
 
 
 class ConfigError(PharmaflError):
