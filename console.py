@@ -26,7 +26,8 @@ def progress(*, quiet: bool = False, transient: bool = True) -> Progress:
         TimeElapsedColumn(),
         console=stderr,
         transient=transient,
-        disable=quiet,
+        disable=quiet or not stderr.is_terminal,
+        redirect_stdout=False,  # else, stderr on a terminal, a result printed under the bar lands on stderr
     )
 
 

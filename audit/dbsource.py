@@ -9,7 +9,8 @@ same answer. ``pharmafl ledger verify RUN|DB|URL|BUNDLE`` goes through :func:`ve
 Usage::
 
     from pharmafl.audit import dbsource
-    print(dbsource.verify_target("runs/r1", trusted_head="head.json", witnesses=2))
+    result = dbsource.verify_target("runs/r1", trusted_head="head.json", witnesses=2)
+    print(result.line())  # OK: N entries, ...; result.as_dict() for JSON
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from pharmafl.audit.verify import Run, VerificationError, verify, verify_path
-from pharmafl.audit.verify_bundle import load_anchors
+from pharmafl.audit.verify import Result, VerificationError, verify, verify_path
+from pharmafl.audit.verify_bundle import counted, load_anchors
 
 __all__ = ["rows", "verify_database", "verify_target"]
 
@@ -36,6 +37,13 @@ def rows(target: str | os.PathLike) -> Iterator[tuple[Iterator[tuple], list[dict
     Raises:
         VerificationError: (unreadable) naming what could not be read and what is accepted.
     """
+    with _snapshot(target) as (entries, checkpoints, cosignatures, _size):
+        yield entries, checkpoints, cosignatures
+
+
+@contextlib.contextmanager
+def _snapshot(target: str | os.PathLike) -> Iterator[tuple[Iterator[tuple], list[dict], list[dict], int]]:
+    """:func:`rows` and the number of entries in the same snapshot (for progress)."""
     text = os.fspath(target)
     try:  # the full install: only this adapter needs a database driver
         from sqlalchemy.exc import SQLAlchemyError
@@ -67,6 +75,7 @@ def rows(target: str | os.PathLike) -> Iterator[tuple[Iterator[tuple], list[dict
                 ),
                 [c.__dict__ for c in Storage.checkpoints(conn)],
                 [c.__dict__ for c in cosignatures],
+                Storage.head(conn)[0],
             )
     except SQLAlchemyError as err:
         raise VerificationError(
@@ -85,12 +94,14 @@ def verify_database(
     roster: str | None = None,
     witnesses: int | None = None,
     jobs: int | None = None,
-) -> Run:
+    on_progress=None,
+) -> Result:
     """:func:`~pharmafl.audit.verify.verify` over a database's rows; anchors already loaded
-    (:func:`~pharmafl.audit.verify_bundle.load_anchors`). Returns the verified :class:`Run`."""
-    with rows(target) as (entries, checkpoints, cosignatures):
+    (:func:`~pharmafl.audit.verify_bundle.load_anchors`). ``on_progress(done, total)`` as entries
+    are read. Returns the verified ledger's :class:`~pharmafl.audit.verify.Result`."""
+    with _snapshot(target) as (entries, checkpoints, cosignatures, size):
         return verify(
-            entries,
+            entries if on_progress is None else counted(entries, on_progress, size),
             checkpoints,
             cosignatures,
             trusted_head=trusted_head,
@@ -99,7 +110,7 @@ def verify_database(
             roster=roster,
             witnesses=witnesses,
             jobs=jobs,
-        )
+        ).result()
 
 
 def verify_target(
@@ -110,8 +121,10 @@ def verify_target(
     roster: str | None = None,
     witnesses: int | None = None,
     jobs: int | None = None,
-) -> str:
-    """Verify a bundle directory or a database; anchors are file paths. Returns the ``OK: ...`` line."""
+    on_progress=None,
+) -> Result:
+    """Verify a bundle directory or a database; anchors are file paths. ``on_progress(done, total)``
+    as entries are read. Returns the :class:`~pharmafl.audit.verify.Result` (``.line()``: ``OK: ...``)."""
     if (Path(target) / "manifest.json").exists():
         return verify_path(
             str(target),
@@ -120,9 +133,14 @@ def verify_target(
             roster=roster,
             witnesses=witnesses,
             jobs=jobs,
+            on_progress=on_progress,
         )
     if witnesses is not None and witnesses < 0:
         raise VerificationError(f"--witnesses {witnesses}: give a count >= 0", unreadable=True)
     return verify_database(
-        target, **load_anchors(trusted_head, trusted_keys, roster), witnesses=witnesses, jobs=jobs
-    ).line()
+        target,
+        **load_anchors(trusted_head, trusted_keys, roster),
+        witnesses=witnesses,
+        jobs=jobs,
+        on_progress=on_progress,
+    )

@@ -36,7 +36,9 @@ another machine. Checks, in order (the first failure is reported):
    it is listed with (a signature copied onto another record fails here: 11.70). Every
    ledger signature on a packaged report is listed.
 
-Prints ``OK: ...`` and exits 0, ``FAIL: why`` and exits 1, ``ERROR: ...`` and exits 2.
+Prints ``OK: ...`` and exits 0, ``FAIL: why`` and exits 1, ``ERROR: ...`` and exits 2; with
+``--json`` the :class:`PackageResult` (or ``{"ok": false, "seq", "reason", "unreadable"}``) as one
+JSON object, same exit codes.
 """
 
 from __future__ import annotations
@@ -48,12 +50,13 @@ import json
 import sys
 import unicodedata
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from pharmafl.audit.verify import VerificationError, canonical, verify_path
+from pharmafl.audit.verify import Result, VerificationError, canonical, verify_path
 
 SIGNATURE_DOMAIN = b"pharmafl-e-signature-v1\x00"
 SIGNED_FIELDS = ("meaning", "printed_name", "record", "record_hash", "role", "signed_at", "signer")
@@ -70,6 +73,36 @@ MIN_KDF_N, TEST_KDF_N = 2**17, 2**14  # compliance/credentials.py: production fl
 TEST_KDF_NOTE = "; NOTE: test-only KDF cost (PasswordPolicy.for_tests): not a production record"
 COPIES = ("report.pdf", "report.html")
 PACKAGE_FILES = ("README.txt", "head.json", "signatures.json")  # besides ledger/ and the listed reports
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    """A verified evidence package: ``line()`` is the ``OK: ...`` line, ``as_dict()`` the same for JSON."""
+
+    run_id: str
+    files: int
+    reports: int
+    signatures: int  # e-signatures on the packaged reports
+    ledger: Result
+    test_kdf: bool = False  # a user's credentials used the test-only KDF cost: not a production record
+
+    def line(self) -> str:
+        return (
+            f"OK: evidence package of run {self.run_id}: {self.files} files, {self.reports} report(s), "
+            f"{self.signatures} e-signature(s); ledger {self.ledger.line()[4:]}"
+            + (TEST_KDF_NOTE if self.test_kdf else "")
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "ok": True,
+            "run_id": self.run_id,
+            "files": self.files,
+            "reports": self.reports,
+            "signatures": self.signatures,
+            "ledger": self.ledger.as_dict(),
+            "test_kdf": self.test_kdf,
+        }
 
 
 def _fail(why: str) -> VerificationError:
@@ -462,13 +495,16 @@ def check_signatures(root: Path, manifest: dict, ledger: Accounts) -> int:
     return len(seen)
 
 
-def verify_package(path: str, *, trusted_head: str | None = None, jobs: int | None = None) -> str:
+def verify_package(
+    path: str, *, trusted_head: str | None = None, jobs: int | None = None, on_progress=None
+) -> PackageResult:
+    """Checks 1-5 above on the package at ``path``; ``on_progress(done, total)`` as ledger entries are read."""
     root = Path(path)
     if not (root / "MANIFEST.json").is_file():
         raise VerificationError(f"{path}: no MANIFEST.json; not a pharmafl evidence package", unreadable=True)
     manifest = check_files(root)
     try:
-        line = verify_path(str(root / "ledger"), trusted_head=trusted_head, jobs=jobs)
+        ledger_result = verify_path(str(root / "ledger"), trusted_head=trusted_head, jobs=jobs, on_progress=on_progress)
     except VerificationError as err:
         raise VerificationError(f"ledger: {err}", err.seq) from None
     bundle = json.loads((root / "ledger" / "manifest.json").read_text())
@@ -479,10 +515,8 @@ def verify_package(path: str, *, trusted_head: str | None = None, jobs: int | No
     for name, record_hash in sorted(manifest["reports"].items()):
         check_report(root, name, record_hash, manifest, ledger)
     n = check_signatures(root, manifest, ledger)
-    return (
-        f"OK: evidence package of run {manifest['run_id']}: {len(manifest['files'])} files, "
-        f"{len(manifest['reports'])} report(s), {n} e-signature(s); ledger {line[4:]}"
-        + (TEST_KDF_NOTE if ledger.test_kdf else "")
+    return PackageResult(
+        manifest["run_id"], len(manifest["files"]), len(manifest["reports"]), n, ledger_result, ledger.test_kdf
     )
 
 
@@ -499,12 +533,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path", help="the evidence package directory")
     parser.add_argument("--trusted-head", help="a checkpoint JSON received out of band (catches truncation)")
     parser.add_argument("--jobs", type=int, help="processes for signature checks (default: all cores)")
+    parser.add_argument("--json", action="store_true", help="print the result (or the failure) as one JSON object")
     args = parser.parse_args(argv)
     try:
-        print(verify_package(args.path, trusted_head=args.trusted_head, jobs=args.jobs))
+        result = verify_package(args.path, trusted_head=args.trusted_head, jobs=args.jobs)
+        print(json.dumps(result.as_dict()) if args.json else result.line())
         return 0
     except VerificationError as err:
-        print(f"{'ERROR' if err.unreadable else 'FAIL'}: {err}")
+        print(json.dumps(err.as_dict()) if args.json else f"{'ERROR' if err.unreadable else 'FAIL'}: {err}")
         return 2 if err.unreadable else 1
 
 

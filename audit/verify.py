@@ -7,7 +7,8 @@ are adapted outside (:mod:`.dbsource`). Each check is a method of :class:`Run` r
 :class:`VerificationError` at the first failure; docs/trust-domains.md says who signs what. Anchors
 received out of band: ``--trusted-head`` (a checkpoint), ``--trusted-keys``, ``--roster`` (consortium.json).
 Prints ``OK: N entries, M checkpoints (W witnessed, quorum K of S sites), head <root>`` (exit 0),
-``FAIL: seq S: why`` (1) or ``ERROR: why`` (2: unreadable).
+``FAIL: seq S: why`` (1) or ``ERROR: why`` (2: unreadable); with ``--json`` the :class:`Result` or the
+failure as one JSON object (``{"ok": false, "seq": S, "reason": ..., "unreadable": ...}``), same exit codes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse  # noqa: E401
 import hashlib
 import json
 import sys
+from dataclasses import asdict, dataclass
 
 from pharmafl.audit import messages as m
 from pharmafl.audit.rfc9162 import fold, push, verify_consistency, verify_inclusion  # noqa: F401 (re-exported)
@@ -31,6 +33,31 @@ class VerificationError(Exception):
         super().__init__(reason if seq is None else f"seq {seq}: {reason}")
         self.seq, self.reason, self.unreadable = seq, reason, unreadable
 
+    def as_dict(self) -> dict:
+        return {"ok": False, "seq": self.seq, "reason": self.reason, "unreadable": self.unreadable}
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a verified ledger establishes: ``line()`` prints it as ``OK: ...``, ``as_dict()`` for JSON."""
+
+    entries: int
+    checkpoints: int
+    witnessed: int  # checkpoints cosigned by at least the quorum (and at least one site)
+    quorum: int
+    sites: int  # pinned by run_started
+    root_hash: str  # RFC 9162 Merkle root of all the entries
+    run_id: str | None = None
+
+    def line(self) -> str:
+        return (
+            f"OK: {self.entries} entries, {self.checkpoints} checkpoints ({self.witnessed} witnessed, quorum "
+            f"{self.quorum} of {self.sites} sites), head {self.root_hash}"
+        )
+
+    def as_dict(self) -> dict:
+        return {"ok": True, **asdict(self)}
+
 
 def _need(ok, reason: str, seq: int | None = None, unreadable: bool = False) -> None:
     if not ok:
@@ -38,8 +65,10 @@ def _need(ok, reason: str, seq: int | None = None, unreadable: bool = False) -> 
 
 
 def _shape(obj, shape: dict, where: str, seq: int | None = None) -> dict:
-    _need(m.fits(obj, shape), f"{where}: expected exactly the fields {', '.join(sorted(shape))}, well formed", seq)
-    return obj
+    return (
+        _need(m.fits(obj, shape), f"{where}: expected exactly the fields {', '.join(sorted(shape))}, well formed", seq)
+        or obj
+    )
 
 
 class Run:
@@ -51,10 +80,9 @@ class Run:
         self.entries, self.checkpoints, self.witnessed, self.quorum, self.jobs, self.seen = 0, 0, 0, 0, jobs, set()
         self.sigs, self.root = Signatures(jobs), ""
 
-    def line(self) -> str:
-        return (
-            f"OK: {self.entries} entries, {self.checkpoints} checkpoints ({self.witnessed} witnessed, quorum "
-            f"{self.quorum} of {len(self.sites)} sites), head {self.root}"
+    def result(self) -> Result:
+        return Result(
+            self.entries, self.checkpoints, self.witnessed, self.quorum, len(self.sites), self.root, self.run_id
         )
 
     def entry(self, i: int, row: tuple, prev: str, last_ts: str) -> dict:
@@ -245,8 +273,7 @@ class Run:
             count.setdefault(size, set()).add(who)
         for seq, why in sigs.failures():
             raise VerificationError(why, seq)
-        n = self.entries
-        covered = n if self.started is None else self.started
+        covered = self.entries if self.started is None else self.started
         for size in roots:  # by size: from the first after run_started to the first covering run_ended
             if self.started is not None and size > self.started and (self.ended is None or covered <= self.ended):
                 _need(
@@ -256,7 +283,7 @@ class Run:
                     size - 1,
                 )
                 covered = size
-        last = n - 1 if self.ended is None else self.ended
+        last = self.entries - 1 if self.ended is None else self.ended
         _need(covered > last, f"entries {covered}..{last} of the run lie under no witnessed checkpoint", covered)
         return sum(len(count.get(size, ())) >= max(self.quorum, 1) for size in roots)
 
@@ -274,7 +301,8 @@ def verify(
     jobs: int | None = None,
 ) -> Run:
     """Check entry rows ``(seq, ts, actor, type, payload text, prev_hash, entry_hash, signature)``, checkpoint
-    and cosignature dicts; ``has_head``: a trusted head was given (so that ``null`` there fails)."""
+    and cosignature dicts; ``has_head``: a trusted head was given (so that ``null`` there fails). The summary
+    of a ledger that verifies is ``run.result()``."""
     run, failures, roots, stack, prev, last_ts = Run(trusted_keys, roster, jobs), [], {}, [], m.GENESIS, ""
     want = {c["tree_size"] for c in [*checkpoints, trusted_head] if type(c) is dict and type(c.get("tree_size")) is int}
     try:
@@ -326,8 +354,8 @@ def verify(
     return run
 
 
-def verify_path(path, **anchors) -> str:
-    """Verify the bundle at ``path`` with :func:`.verify_bundle.verify_bundle`'s anchors and policy; the OK line."""
+def verify_path(path, **anchors) -> Result:
+    """Verify the bundle at ``path`` with :func:`.verify_bundle.verify_bundle`'s anchors and policy."""
     from pharmafl.audit.verify_bundle import verify_bundle  # reading the files; packaging checks
 
     return verify_bundle(path, **anchors)
@@ -336,19 +364,24 @@ def verify_path(path, **anchors) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pharmafl.audit.verify", description=__doc__.split("\n")[0])
     parser.add_argument("path", help="an exported bundle directory (with the full install, also a database)")
-    for flag, what in (
-        ("--trusted-head", "a checkpoint received out of band"),
-        ("--trusted-keys", "a keys.json (or bundle) received out of band"),
-        ("--roster", "the consortium.json the sites agreed to"),
+    for flag, kind in (
+        ("--trusted-head", {"help": "a checkpoint received out of band"}),
+        ("--trusted-keys", {"help": "a keys.json (or bundle) received out of band"}),
+        ("--roster", {"help": "the consortium.json the sites agreed to"}),
+        ("--witnesses", {"type": int, "help": "cosignatures each checkpoint of the run needs (default: most)"}),
+        ("--jobs", {"type": int, "help": "processes for signature checks (default: all cores)"}),
+        ("--json", {"action": "store_true", "help": "print the result (or the failure) as one JSON object"}),
     ):
-        parser.add_argument(flag, help=what)
-    parser.add_argument("--witnesses", type=int, help="cosignatures each checkpoint of the run needs (default: most)")
-    parser.add_argument("--jobs", type=int, help="processes for signature checks (default: all cores)")
+        parser.add_argument(flag, **kind)
     args = vars(parser.parse_args(argv))
+    as_json = args.pop("json")
     try:
-        return print(verify_path(args.pop("path"), **args)) or 0
+        result = verify_path(args.pop("path"), **args)
+        return print(json.dumps(result.as_dict()) if as_json else result.line()) or 0
     except VerificationError as err:
-        return print(f"{'ERROR' if err.unreadable else 'FAIL'}: {err}") or (2 if err.unreadable else 1)
+        return print(json.dumps(err.as_dict()) if as_json else f"{'ERROR' if err.unreadable else 'FAIL'}: {err}") or (
+            2 if err.unreadable else 1
+        )
 
 
 if __name__ == "__main__":  # run the package's copy of this module, whose errors dbsource raises too

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from pharmafl.audit import messages as m
-from pharmafl.audit.verify import Run, VerificationError, _need, canonical, verify
+from pharmafl.audit.verify import Result, Run, VerificationError, _need, canonical, verify
 
 ENTRY_FIELDS = ("actor", "entry_hash", "payload", "prev_hash", "seq", "signature", "ts", "type")
 ENTRY_ORDER = ("seq", "ts", "actor", "type", "payload", "prev_hash", "entry_hash", "signature")  # row tuples
@@ -81,6 +81,25 @@ def check_bundle(path: Path, run: Run, cosignatures: int) -> None:
                 _need(row and line and m.entry_line(*row).encode() + b"\n" == line, "entries.parquet differs", i)
 
 
+def counted(rows, on_progress, total: int | None = None):
+    """``rows`` unchanged, calling ``on_progress(rows so far, total)`` every 4096 rows and after the last."""
+    done = 0
+    for done, row in enumerate(rows, 1):
+        if not done % 4096:
+            on_progress(done, total)
+        yield row
+    on_progress(done, total)
+
+
+def _declared_size(path: Path) -> int | None:
+    """The entry count the manifest declares, for progress only (check_bundle checks the manifest)."""
+    try:
+        size = json.loads((path / "manifest.json").read_bytes())["entries"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return size if type(size) is int else None
+
+
 def load_anchors(trusted_head=None, trusted_keys=None, roster=None) -> dict:
     """The out-of-band anchors as :func:`verify` takes them; an unreadable one raises (unreadable)."""
 
@@ -122,24 +141,28 @@ def load_anchors(trusted_head=None, trusted_keys=None, roster=None) -> dict:
     return out
 
 
-def verify_bundle(path, *, trusted_head=None, trusted_keys=None, roster=None, witnesses=None, jobs=None) -> str:
-    """Verify the bundle at ``path`` (a database: through :mod:`pharmafl.audit.dbsource`); the OK line.
+def verify_bundle(
+    path, *, trusted_head=None, trusted_keys=None, roster=None, witnesses=None, jobs=None, on_progress=None
+) -> Result:
+    """Verify the bundle at ``path`` (a database: through :mod:`pharmafl.audit.dbsource`); its :class:`Result`.
 
-    :func:`pharmafl.audit.verify.verify_path` is the entry point; this is its body."""
+    :func:`pharmafl.audit.verify.verify_path` is the entry point; this is its body. ``on_progress(done,
+    total)``, if given, is called as entries are read (every 4096 and after the last)."""
     _need(witnesses is None or witnesses >= 0, f"--witnesses {witnesses}: give a count >= 0", unreadable=True)
     p, opts = Path(path), {"witnesses": witnesses, "jobs": jobs, **load_anchors(trusted_head, trusted_keys, roster)}
     if not (p / "manifest.json").exists():
         from pharmafl.audit import dbsource  # not a bundle: a database, read outside this module
 
-        return dbsource.verify_database(str(path), **opts).line()
+        return dbsource.verify_database(str(path), on_progress=on_progress, **opts)
     missing, entries = sorted(BUNDLE_FILES - {f.name for f in p.iterdir()}), None
     _need(not missing, f"bundle {path} lacks {', '.join(missing)}: it is incomplete; export it again")
     try:
         entries, cps = read_bundle(p)
         cosigs = list(_jsonl(p / "cosignatures.jsonl", m.COSIGNATURE_SHAPE))
-        run = verify(entries, cps, cosigs, **opts)
+        rows = entries if on_progress is None else counted(entries, on_progress, _declared_size(p))
+        run = verify(rows, cps, cosigs, **opts)
         check_bundle(p, run, len(cosigs))
-        return run.line()
+        return run.result()
     except OSError as err:
         raise VerificationError(f"cannot read the bundle {path}: {err}", unreadable=True) from None
     finally:

@@ -26,7 +26,6 @@ import json
 import platform
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib
@@ -72,7 +71,7 @@ def step_times(plan: RunPlan, steps: int, batch: int = 128) -> dict:
     site = make_site(plan, "site-01").inner  # below the signing wrapper
     site = getattr(site, "inner", site)
     rng = np.random.default_rng(0)
-    models = {k: DTIModel(**asdict(plan.cfg.model)) for k in ("plain", "per-pair", "DP-SGD")}
+    models = {k: DTIModel.from_config(plan.cfg.model) for k in ("plain", "per-pair", "DP-SGD")}
     opts = {k: torch.optim.Adam(m.parameters(), lr=5e-4) for k, m in models.items()}
     gsm = wrap(models["DP-SGD"], "pair", 1.0)
     dp_opt = dp_optimizer(

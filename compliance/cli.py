@@ -4,19 +4,25 @@ Every command that acts for a user asks for that user's password (hidden prompt;
 scripts ``$PHARMAFL_PASSWORD``, and ``$PHARMAFL_NEW_PASSWORD`` for a new one) and records
 the action in the run's ledger, which needs the run's key-store passphrase
 (``$PHARMAFL_KEY_PASSPHRASE``, asked for on a terminal when unset). Refusals print one
-``error:`` line and exit 1, after being recorded.
+``error:`` line and exit 1, after being recorded; a missing run or ledger, or any other
+unreadable input, exits 2. ``users list --json`` and ``evidence verify --json`` print one JSON
+document on stdout; ``report`` and ``evidence`` draw progress on stderr (``--quiet``: none).
+Heavy imports (the database, pandas, the renderers) stay inside the commands.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
+
+from pharmafl.console import emit_json, progress
 
 PASSWORD_ENV, NEW_PASSWORD_ENV = "PHARMAFL_PASSWORD", "PHARMAFL_NEW_PASSWORD"
 
@@ -38,6 +44,19 @@ evidence_app = typer.Typer(
 Run = Annotated[Path, typer.Argument(help="run directory (holds ledger.db or names ledger.url in config.yaml)")]
 Acting = Annotated[str, typer.Option("--user", help="your user id (you are asked for your password)")]
 Target = Annotated[str, typer.Option("--id", help="the user id acted upon")]
+Json = Annotated[bool, typer.Option("--json", help="print the result as one JSON document on stdout")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar on stderr")]
+RoleName = Literal["data_scientist", "qa", "regulator", "admin"]  # compliance.roles.Role
+Meaning = Literal["authored", "reviewed", "approved"]  # compliance.roles.MEANINGS
+
+
+class ReportFormat(str, enum.Enum):
+    """``report --format`` (repeatable: Typer 0.29 takes a list of an Enum, not of a Literal)."""
+
+    PDF = "pdf"
+    HTML = "html"
+    PARQUET = "parquet"
+    ALL = "all"  # compliance.report.FORMATS
 
 
 def _secret(env: str, prompt: str, confirm: bool = False) -> str:
@@ -74,9 +93,13 @@ def init(
     run: Run,
     admin: Annotated[str, typer.Option(help="user id of the first admin")],
     name: Annotated[str, typer.Option(help="the admin's full (printed) name")],
-    min_password_length: int = 12,
-    password_max_age_days: int = 90,
-    max_failed_logins: int = 5,
+    min_password_length: Annotated[int, typer.Option(help="shortest password accepted, in characters")] = 12,
+    password_max_age_days: Annotated[
+        int, typer.Option(help="days after which a password expires and must be changed")
+    ] = 90,
+    max_failed_logins: Annotated[
+        int, typer.Option(help="failed logins in a row that lock an account until an admin unlocks it")
+    ] = 5,
 ) -> None:
     """Create the first admin (only while the run has no users) and the password policy."""
     from pharmafl.compliance.credentials import PasswordPolicy
@@ -95,7 +118,7 @@ def create(
     user: Acting,
     id: Target,
     name: Annotated[str, typer.Option(help="full (printed) name")],
-    role: Annotated[str, typer.Option(help="data_scientist | qa | regulator | admin")],
+    role: Annotated[RoleName, typer.Option(help="the user's role")],
 ) -> None:
     """Create a user with a temporary password; they set their own with `users passwd` before anything else."""
     with _access(run) as ac:
@@ -122,7 +145,7 @@ def passwd(run: Run, user: Acting) -> None:
 
 
 @users_app.command("role")
-def role(run: Run, user: Acting, id: Target, role: Annotated[str, typer.Option(help="the new role")]) -> None:
+def role(run: Run, user: Acting, id: Target, role: Annotated[RoleName, typer.Option(help="the new role")]) -> None:
     """Change a user's role (admin)."""
     with _access(run) as ac:
         changed = ac.set_role(_login(ac, user), id, role)
@@ -154,40 +177,58 @@ def login(run: Run, user: Acting) -> None:
 
 
 @users_app.command("list")
-def list_users(run: Run) -> None:
-    """Users, roles and status (no secrets; no login needed)."""
+def list_users(run: Run, as_json: Json = False) -> None:
+    """Users, roles and status (no secrets; no login needed): one tab-separated line each, or --json."""
     from pharmafl.audit.storage import Storage, refuse_missing, resolve_target
     from pharmafl.compliance.access import ledger_target
     from pharmafl.compliance.users import UserStore
 
     storage = Storage(resolve_target(ledger_target(run)))
-    refuse_missing(storage)
-    for u in UserStore(storage).all():
-        v = u.public_view()
+    try:
+        refuse_missing(storage)  # exit 2: no ledger there
+        users = [u.public_view() for u in UserStore(storage).all()]
+    finally:
+        storage.dispose()
+    if as_json:
+        emit_json({"run": str(run), "users": users})
+        return
+    for v in users:
         typer.echo(
             f"{v['user_id']}\t{v['role']}\t{v['status']}\t{'enrolled' if v['enrolled'] else 'not enrolled'}"
             f"\t{v['full_name']}"
         )
-    storage.dispose()
 
 
 def report_command(
     run: Run,
     user: Acting,
     out: Annotated[Path, typer.Option(help="new (or empty) folder for the report, e.g. RUN/reports/r1")],
-    format: Annotated[str, typer.Option(help="pdf | html | parquet | all (comma-separated list allowed)")] = "all",
+    format: Annotated[list[ReportFormat] | None, typer.Option(help="what to write (repeatable; default: all)")] = None,
     round: Annotated[list[int] | None, typer.Option(help="audit trail: only these rounds")] = None,
     site: Annotated[list[str] | None, typer.Option(help="audit trail: only these sites")] = None,
     event_type: Annotated[list[str] | None, typer.Option(help="audit trail: only these event types")] = None,
+    quiet: Quiet = False,
 ) -> None:
-    """Generate the Part 11-style report of a run (only from a ledger that verifies)."""
+    """Generate the Part 11-style report of a run (only from a ledger that verifies: else exit 1)."""
     from pharmafl.compliance.report import generate_report, load_report, parse_formats
     from pharmafl.compliance.trail import TrailFilter
 
-    formats = parse_formats(format)
+    chosen = [f.value for f in format or [ReportFormat.ALL]]
+    formats = parse_formats("all" if "all" in chosen else ",".join(dict.fromkeys(chosen)))
     keep = TrailFilter(tuple(round or ()), tuple(site or ()), tuple(event_type or ()))
     with _access(run) as ac:
-        path = generate_report(ac, _login(ac, user), run, out, formats=formats, keep=keep)
+        session = _login(ac, user)  # before the bar: the password prompt must not fight it
+        with progress(quiet=quiet) as bar:
+            task = bar.add_task("verifying the ledger, then writing the report", total=None)
+            path = generate_report(
+                ac,
+                session,
+                run,
+                out,
+                formats=formats,
+                keep=keep,
+                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
     typer.echo(
         f"report in {path} (record SHA-256 {load_report(path)[1]}); sign it with "
         f"`pharmafl sign {path} --user QA_ID --meaning approved`"
@@ -206,7 +247,7 @@ def _run_of(record: Path) -> Path:
 def sign_command(
     record: Annotated[Path, typer.Argument(help="a report folder (or its report.json), or RUN/model.safetensors")],
     user: Acting,
-    meaning: Annotated[str, typer.Option(help="authored | reviewed | approved")],
+    meaning: Annotated[Meaning, typer.Option(help="what the signature means (21 CFR 11.50)")],
     run: Annotated[
         Path | None, typer.Option(help="the run (default: the folder above RECORD holding ledger.db)")
     ] = None,
@@ -226,12 +267,16 @@ def evidence_export(
     user: Acting,
     report: Annotated[list[Path], typer.Option(help="a report folder to include (repeatable)")],
     out: Annotated[Path, typer.Option(help="new (or empty) folder for the package")],
+    quiet: Quiet = False,
 ) -> None:
     """Ledger export + reports + signatures + key bundle + checkpoints + SHA-256 manifest."""
     from pharmafl.compliance.evidence import export_evidence
 
     with _access(run) as ac:
-        path = export_evidence(ac, _login(ac, user), report, out)
+        session = _login(ac, user)
+        with progress(quiet=quiet) as bar:
+            bar.add_task("exporting and verifying the evidence package", total=None)
+            path = export_evidence(ac, session, report, out)
     typer.echo(
         f"evidence package in {path}; verify it offline with "
         f"`python -m pharmafl.audit.evidence {path} --trusted-head HEAD.json`"
@@ -242,16 +287,35 @@ def evidence_export(
 def evidence_verify(
     package: Annotated[Path, typer.Argument(help="the evidence package folder")],
     trusted_head: Annotated[Path | None, typer.Option(help="checkpoint received out of band")] = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
-    """The standalone verifier (same as `python -m pharmafl.audit.evidence`); no login needed."""
+    """The standalone verifier (same as `python -m pharmafl.audit.evidence`); no login needed.
+
+    Prints ``OK: ...`` (exit 0) or ``FAIL: why`` (exit 1); ``ERROR: why`` on stderr when the package
+    cannot be read (exit 2). With --json: the result, or ``{"ok": false, "seq", "reason", "unreadable"}``.
+    """
     from pharmafl.audit.evidence import verify_package
     from pharmafl.audit.verify import VerificationError
 
     try:
-        typer.echo(verify_package(str(package), trusted_head=trusted_head and str(trusted_head)))
+        with progress(quiet=quiet) as bar:
+            task = bar.add_task("verifying the package's ledger", total=None)
+            result = verify_package(
+                str(package),
+                trusted_head=trusted_head and str(trusted_head),
+                on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
     except VerificationError as err:
-        typer.echo(f"{'ERROR' if err.unreadable else 'FAIL'}: {err}")
+        if as_json:
+            emit_json(err.as_dict())
+        else:
+            typer.echo(f"{'ERROR' if err.unreadable else 'FAIL'}: {err}", err=err.unreadable)
         raise typer.Exit(2 if err.unreadable else 1) from None
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        typer.echo(result.line())
 
 
 def register(app: typer.Typer) -> None:

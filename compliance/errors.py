@@ -14,16 +14,16 @@ Both are recorded in the ledger before they are raised.
 
 from __future__ import annotations
 
-from pharmafl.errors import PharmaflError
+from pharmafl.errors import PharmaflError, RefusedError
 
 
 class ComplianceError(PharmaflError):
     """A compliance operation was refused or its input is invalid."""
 
 
-class AuthenticationError(ComplianceError):
+class AuthenticationError(ComplianceError, RefusedError):
     """The user could not be authenticated (recorded as ``login_failed`` / ``login_refused``)."""
 
 
-class AuthorityError(ComplianceError):
+class AuthorityError(ComplianceError, RefusedError):
     """The user's role may not take the action (recorded as ``action_refused``)."""

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pharmafl.audit.canonical import canonical_json
 from pharmafl.audit.records import format_ts
@@ -35,11 +35,18 @@ from pharmafl.compliance.render_html import render_html
 from pharmafl.compliance.render_pdf import render_pdf
 from pharmafl.compliance.sections import clean, lineage_section, privacy_section, summary_section
 from pharmafl.compliance.trail import TrailFilter, trail_rows
+from pharmafl.errors import RefusedError
+
+if TYPE_CHECKING:
+    from pharmafl.audit.verify import Result
 
 REPORT_FORMAT = "pharmafl-report-v1"
 FORMATS = ("pdf", "html", "parquet")
 RECORD = "report.json"
-_OK = re.compile(r"OK: (\d+) entries, (\d+) checkpoints\b.*, head ([0-9a-f]{64})")
+
+
+class LedgerDoesNotVerify(ComplianceError, RefusedError):
+    """The run's ledger does not verify, so no report is made (exit 1); the message names the first bad entry."""
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -50,24 +57,27 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return chosen
 
 
-def verified_head(run_dir: Path) -> tuple[int, str, str]:
-    """``(entries, Merkle root, OK line)`` of the run's ledger, or refuse naming the first bad entry."""
+def verified_head(run_dir: Path, on_progress=None) -> Result:
+    """The :class:`~pharmafl.audit.verify.Result` of the run's ledger, or refuse naming the first bad entry
+    (:class:`LedgerDoesNotVerify`, exit 1; an unreadable ledger: :class:`ComplianceError`, exit 2).
+    ``on_progress(done, total)`` as entries are read."""
     from pharmafl.audit.verify import VerificationError, verify_path
 
     target = ledger_target(run_dir)
     try:
-        line = verify_path(
-            target if target.startswith("postgres") else resolve_target(target).removeprefix("sqlite:///")
+        return verify_path(
+            target if target.startswith("postgres") else resolve_target(target).removeprefix("sqlite:///"),
+            on_progress=on_progress,
         )
     except VerificationError as err:
+        if err.unreadable:
+            raise ComplianceError(f"cannot report on {run_dir}: {err.reason}") from None
         where = f"first bad entry: seq {err.seq}" if err.seq is not None else "not an entry"
-        raise ComplianceError(
+        raise LedgerDoesNotVerify(
             f"refusing to report on {run_dir}: its ledger does not verify ({where}): {err.reason}. "
             "Reports are generated only from a ledger that verifies; investigate with "
             f"`pharmafl ledger verify {run_dir}`"
         ) from None
-    n, _, root = _OK.match(line).groups()
-    return int(n), root, line
 
 
 def sha256_file(path: Path) -> str:
@@ -78,8 +88,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def build_record(ac: AccessControl, session: Session, run_dir: Path, keep: TrailFilter) -> dict:
-    n, root, line = verified_head(run_dir)
+def build_record(ac: AccessControl, session: Session, run_dir: Path, keep: TrailFilter, on_progress=None) -> dict:
+    verified = verified_head(run_dir, on_progress)
+    n = verified.entries
     entries = list(ac.ledger.entries(0, n))
     checkpoints = [c for c in ac.ledger.checkpoints() if c.tree_size <= n]
     model = run_dir / "model.safetensors"
@@ -95,9 +106,9 @@ def build_record(ac: AccessControl, session: Session, run_dir: Path, keep: Trail
                 "filter": keep.as_dict(),
             },
             "certificate": {
-                "verification": line,
+                "verification": verified.line(),
                 "tree_size": n,
-                "root_hash": root,
+                "root_hash": verified.root_hash,
                 "checkpoints": [
                     {"tree_size": c.tree_size, "root_hash": c.root_hash, "ts": c.ts, "signer": c.signer}
                     for c in checkpoints
@@ -208,11 +219,13 @@ def generate_report(
     *,
     formats: tuple[str, ...] = FORMATS,
     keep: TrailFilter = TrailFilter(),
+    on_progress=None,
 ) -> Path:
-    """Generate the report of ``run_dir`` into ``out``; returns ``out``."""
+    """Generate the report of ``run_dir`` into ``out``; returns ``out``. ``on_progress(done, total)``
+    as the ledger's entries are verified."""
     run_dir, out = Path(run_dir), Path(out)
     ac.require(session, "generate_report", f"generate a report of run {run_dir.name!r}")
-    record = build_record(ac, session, run_dir, keep)
+    record = build_record(ac, session, run_dir, keep, on_progress)
     ac.accounts()  # and its users replay as the offline verifier's does
     text = canonical_json(record, where="report record") + "\n"
     record_hash = hashlib.sha256(text.encode()).hexdigest()

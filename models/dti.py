@@ -11,71 +11,26 @@ gradients as encoding every pair (tested), at a fraction of the cost. Without in
 model encodes one drug and one target per pair, every tensor with the pair as its first
 dimension: the form Opacus takes per-sample gradients of (with dense drug graphs).
 
-The constructor seeds its own initialisation (``ModelConfig.seed``) without touching the
+The architecture settings are :class:`~pharmafl.models.config.ModelConfig` (re-exported
+here). The constructor seeds its own initialisation (``ModelConfig.seed``) without touching the
 global RNG, so whoever rebuilds the model from its class and arguments (the NVFlare server,
 a site) gets the same initial weights.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from torch import nn
 from torch_geometric.data import Batch
 
-from pharmafl.errors import ConfigError
-from pharmafl.models.drug_encoders import DRUG_ENCODERS, drug_encoder_class
+from pharmafl.models.config import ModelConfig
+from pharmafl.models.drug_encoders import drug_encoder_class
 from pharmafl.models.featurize import NUM_ATOM_FEATURES, DenseGraphs
-from pharmafl.models.sequence import DEFAULT_MAX_LEN, VOCAB_SIZE
+from pharmafl.models.sequence import VOCAB_SIZE
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of a :class:`DTIModel`.
-
-    Args:
-        drug_encoder: registry name, one of ``gin`` (default), ``gcn``, ``gat``.
-        max_len: protein tokens per sequence (longer ones truncated). Default 1000.
-        embed_dim: protein token embedding width. Default 128.
-        n_filters: protein convolution filters. Default 32.
-        kernel_size: protein convolution width. Default 8.
-        latent_dim: width of each encoder's output. Default 128.
-        dropout: dropout rate everywhere. Default 0.2.
-        seed: seed of the weight initialisation. Default 0.
-        label_offset: a constant added to every prediction: a public prior of the label
-            scale (5.0 = pKd of a 10 µM non-binder, DAVIS's floor), so training need not
-            first climb from 0 to the label range. Default 0 (GraphDTA). DP-SGD's clipped,
-            noised steps move the output bias slowly; the DP demo config sets 5.0.
-    """
-
-    drug_encoder: str = "gin"
-    max_len: int = DEFAULT_MAX_LEN
-    embed_dim: int = 128
-    n_filters: int = 32
-    kernel_size: int = 8
-    latent_dim: int = 128
-    dropout: float = 0.2
-    seed: int = 0
-    label_offset: float = 0.0
-
-    def __post_init__(self):
-        if self.drug_encoder not in DRUG_ENCODERS:
-            drug_encoder_class(self.drug_encoder)  # raises with the valid choices
-        for name in ("max_len", "embed_dim", "n_filters", "kernel_size", "latent_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
-        if self.kernel_size > self.embed_dim:
-            raise ConfigError(
-                f"model.kernel_size ({self.kernel_size}) must not exceed model.embed_dim "
-                f"({self.embed_dim}): the protein convolution runs along the embedding"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
-        if not (isinstance(self.label_offset, (int, float)) and math.isfinite(self.label_offset)):
-            raise ConfigError(f"model.label_offset must be a finite number, got {self.label_offset!r}")
+__all__ = ["DTIModel", "ModelConfig", "ProteinCNN", "WindowConv1d"]
 
 
 class WindowConv1d(nn.Conv1d):
@@ -103,7 +58,11 @@ class ProteinCNN(nn.Module):
 
 
 class DTIModel(nn.Module):
-    """Drug encoder + :class:`ProteinCNN` + MLP head regressing the affinity label."""
+    """Drug encoder + :class:`ProteinCNN` + MLP head regressing the affinity label.
+
+    Built from a :class:`~pharmafl.models.config.ModelConfig` with :meth:`from_config`, or
+    from its fields as keywords (how a saved model's ``config_dict`` rebuilds it).
+    """
 
     def __init__(self, **config):
         super().__init__()
@@ -122,6 +81,13 @@ class DTIModel(nn.Module):
                 nn.Dropout(cfg.dropout),
                 nn.Linear(512, 1),
             )
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> DTIModel:
+        """The model of architecture ``cfg`` (weights seeded with ``cfg.seed``)."""
+        if not isinstance(cfg, ModelConfig):
+            raise TypeError(f"DTIModel.from_config takes a ModelConfig, got {type(cfg).__name__}")
+        return cls(**asdict(cfg))
 
     def config_dict(self) -> dict:
         return asdict(self.config)

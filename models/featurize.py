@@ -16,6 +16,9 @@ Two forms of a batch of graphs:
 
 PyG's ``from_smiles`` returns an empty graph for an invalid SMILES; :func:`parse_smiles`
 raises instead, with RDKit's own message.
+
+torch and PyG load when a graph is turned into tensors, not on import: checking SMILES
+(``pharmafl data validate``) needs RDKit alone.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from rdkit import Chem, rdBase
-from torch_geometric.data import Batch, Data
 
 from pharmafl.errors import FeaturizationError
+
+if TYPE_CHECKING:
+    import torch
+    from torch_geometric.data import Batch, Data
 
 FEATURIZER_VERSION = "graphdta-78-v1"
 
@@ -105,6 +111,9 @@ class MolGraph:
         return int(self.x.shape[0])
 
     def to_data(self) -> Data:
+        import torch
+        from torch_geometric.data import Data
+
         return Data(
             x=torch.from_numpy(self.x).float(),
             edge_index=torch.from_numpy(self.edge_index).long(),
@@ -149,11 +158,15 @@ class DenseGraphs:
 
 def sparse_batch(graphs: Sequence[MolGraph | Data]) -> Batch:
     """Collate graphs into one PyG :class:`Batch`."""
+    from torch_geometric.data import Batch
+
     return Batch.from_data_list([g.to_data() if isinstance(g, MolGraph) else g for g in graphs])
 
 
 def dense_batch(graphs: Sequence[MolGraph], max_nodes: int | None = None) -> DenseGraphs:
     """Pad graphs to ``max_nodes`` (default: the largest in the batch)."""
+    import torch
+
     if not graphs:
         raise ValueError("dense_batch needs at least one graph")
     largest = max(g.num_nodes for g in graphs)

@@ -12,12 +12,14 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import StrictFloat, StrictInt
 
 from pharmafl.errors import ConfigError
 from pharmafl.models.dti import DTIModel, ModelConfig
@@ -27,11 +29,13 @@ from pharmafl.sites.site import featurize_dataset
 from pharmafl.sites.splits import Split, split_measurements
 from pharmafl.sites.tables import DTIDataset, load_dataset
 from pharmafl.sites.training import TrainConfig, evaluate, make_optimizer, train_epoch
+from pharmafl.typedconfig import section
 
-LR_SCHEDULES = ("cosine", "constant")
+LRSchedule = Literal["cosine", "constant"]
+LR_SCHEDULES = get_args(LRSchedule)
 
 
-@dataclass(frozen=True)
+@section("")
 class CentralConfig:
     """Settings of :func:`train_central`.
 
@@ -47,23 +51,21 @@ class CentralConfig:
     """
 
     dataset: str = "davis"
-    epochs: int = 100
-    val_fraction: float = 0.1
-    patience: int = 0
-    lr_schedule: str = "cosine"
-    seed: int = 0
+    epochs: StrictInt = 100
+    val_fraction: StrictFloat = 0.1
+    patience: StrictInt = 0
+    lr_schedule: LRSchedule = "cosine"
+    seed: StrictInt = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
-        if not isinstance(self.epochs, int) or self.epochs < 1:
+        if self.epochs < 1:
             raise ConfigError(f"epochs must be a positive integer, got {self.epochs!r}")
         if not 0.0 < self.val_fraction < 0.5:
             raise ConfigError(f"val_fraction must be in (0, 0.5), got {self.val_fraction!r}")
-        if not isinstance(self.patience, int) or self.patience < 0:
+        if self.patience < 0:
             raise ConfigError(f"patience must be a non-negative integer, got {self.patience!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"Could not resolve lr_schedule {self.lr_schedule!r} among choices {list(LR_SCHEDULES)}")
 
 
 def train_central(
@@ -87,7 +89,7 @@ def train_central(
     pairs = featurize_dataset(ds, cfg.model, cache_dir)
     train, val, test = (pairs.subset(split.train), pairs.subset(split.val), pairs.subset(split.test))
 
-    model = DTIModel(**{**asdict(cfg.model), "seed": cfg.seed})
+    model = DTIModel.from_config(replace(cfg.model, seed=cfg.seed))
     optimizer = make_optimizer(model, cfg.train)
     schedule = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs) if cfg.lr_schedule == "cosine" else None

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pharmafl.models.cache import default_cache_dir
-from pharmafl.models.dti import ModelConfig
-from pharmafl.pipeline.central import CentralConfig, train_central
-from pharmafl.sites.training import TrainConfig
+from pharmafl.console import stderr, stdout
 
-console = Console()
+# The choices, as the CLI lists them (the registries behind them import torch; a test keeps them equal:
+# sites/batching.py BATCHINGS, pipeline/central.py LR_SCHEDULES, models/drug_encoders.py DRUG_ENCODERS).
+Batching = Literal["grouped", "random"]
+LrSchedule = Literal["cosine", "constant"]
+DrugEncoder = Literal["gin", "gcn", "gat"]
 
 
 def train_central_command(
@@ -28,15 +28,20 @@ def train_central_command(
     val_fraction: Annotated[float, typer.Option(help="Share of the training folds used to pick the epoch.")] = 0.1,
     batch_size: Annotated[int, typer.Option(help="Pairs per step.")] = 512,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 5e-4,
-    batching: Annotated[str, typer.Option(help="grouped (same-target chunks per batch) or random.")] = "grouped",
-    lr_schedule: Annotated[str, typer.Option(help="cosine (decay to 0 over --epochs) or constant.")] = "cosine",
-    drug_encoder: Annotated[str, typer.Option(help="gin, gcn or gat.")] = "gin",
+    batching: Annotated[Batching, typer.Option(help="grouped (same-target chunks per batch) or random.")] = "grouped",
+    lr_schedule: Annotated[LrSchedule, typer.Option(help="cosine (decay to 0 over --epochs) or constant.")] = "cosine",
+    drug_encoder: Annotated[DrugEncoder, typer.Option(help="The drug graph encoder.")] = "gin",
     seed: Annotated[int, typer.Option(help="Seed of split, batches and weights.")] = 0,
     data_dir: Annotated[
         Path | None, typer.Option(envvar="PHARMAFL_DATA", help="Dataset directory (default ~/.cache/pharmafl).")
     ] = None,
 ) -> None:
     """Train one model on all training folds, pick the epoch on validation, score the test fold."""
+    from pharmafl.models.cache import default_cache_dir
+    from pharmafl.models.dti import ModelConfig
+    from pharmafl.pipeline.central import CentralConfig, train_central
+    from pharmafl.sites.training import TrainConfig
+
     cfg = CentralConfig(
         dataset=dataset,
         epochs=epochs,
@@ -54,7 +59,7 @@ def train_central_command(
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console) as progress:
+    with Progress(*columns, console=stderr) as progress:  # progress on stderr, the result on stdout
         epoch_task = progress.add_task("epochs", total=epochs, status="")
         pair_task = progress.add_task("pairs", total=None, status="")
 
@@ -84,8 +89,8 @@ def train_central_command(
         f"{metrics['test_spearman']:.4f}",
         f"{metrics['seconds']:.0f}",
     )
-    console.print(table)
-    console.print(f"wrote {out / 'metrics.json'}, {out / 'learning_curve.png'}, {out / 'model.safetensors'}")
+    stdout.print(table)
+    stderr.print(f"wrote {out / 'metrics.json'}, {out / 'learning_curve.png'}, {out / 'model.safetensors'}")
 
 
 def register(app: typer.Typer) -> None:

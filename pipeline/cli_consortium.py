@@ -9,14 +9,13 @@ from typing import Annotated
 import typer
 
 from pharmafl.errors import ConfigError
-from pharmafl.pipeline.consortium import init_consortium, load_consortium
 
 app = typer.Typer(help="The consortium's roster of site cards.", no_args_is_help=True)
 
 
 @app.command("init")
 def init_command(
-    site_card: Annotated[list[Path], typer.Option("--site-card", help="a site's site-card.json (repeat per site)")],
+    site_card: Annotated[list[Path], typer.Argument(metavar="SITE_CARD", help="each site's site-card.json")],
     out: Annotated[Path, typer.Option("--out", help="consortium home: consortium.json is written there")],
     party_card: Annotated[
         list[Path] | None,
@@ -43,6 +42,8 @@ def init_command(
     project: Annotated[str, typer.Option("--project", help="with --nvflare-server: the project")] = "pharmafl",
 ) -> None:
     """Check every site and party card (fingerprints, self-signature, unique ids and keys); write consortium.json."""
+    from pharmafl.pipeline.consortium import init_consortium, load_consortium
+
     nvflare = _nvflare_settings(nvflare_server, fl_port, admin_port, admin, project, out)  # refused before writing
     path = init_consortium(site_card, out, party_card or [])
     doc = load_consortium(path)
@@ -58,7 +59,7 @@ def init_command(
 
 @app.command("provision")
 def provision_command(
-    home: Annotated[Path, typer.Argument(help="the consortium home (holding consortium.json)")],
+    home: Annotated[Path, typer.Argument(metavar="HOME", help="the consortium home (holding consortium.json)")],
     nvflare_server: Annotated[str, typer.Option("--nvflare-server", metavar="HOST", help="the server's host name")],
     admin: Annotated[str, typer.Option("--admin", metavar="EMAIL", help="the admin who submits jobs")],
     fl_port: Annotated[int, typer.Option("--fl-port", help="the port the sites connect to")] = 8002,
@@ -66,6 +67,8 @@ def provision_command(
     project: Annotated[str, typer.Option("--project", help="the NVFlare project name")] = "pharmafl",
 ) -> None:
     """NVFlare project.yml and startup kits for an existing consortium (as init --nvflare-server does)."""
+    from pharmafl.pipeline.consortium import load_consortium
+
     nvflare = _nvflare_settings(nvflare_server, fl_port, admin_port, admin, project, home)
     _provision(load_consortium(home), home / "nvflare", **nvflare)
 
@@ -117,8 +120,8 @@ def _provision(doc: dict, where: Path, **settings) -> None:
         )
         typer.echo(f"kit {role} {name}  {kit}")
     typer.echo(
-        "next: hand each kit to its owner; the server's runs `pharmafl consortium nvflare-config --kit "
-        "SERVER_KIT --runs RUNS`, each site's `pharmafl site nvflare-config --home SITE_HOME --kit KIT`; "
+        "next: hand each kit to its owner; the server's runs `pharmafl consortium nvflare-config "
+        "SERVER_KIT --runs RUNS`, each site's `pharmafl site nvflare-config SITE_HOME --kit KIT`; "
         "then each starts KIT/startup/start.sh",
         err=True,
     )
@@ -126,7 +129,7 @@ def _provision(doc: dict, where: Path, **settings) -> None:
 
 @app.command("nvflare-config")
 def nvflare_config_command(
-    kit: Annotated[Path, typer.Option("--kit", help="the server's NVFlare startup kit")],
+    kit: Annotated[Path, typer.Argument(metavar="KIT", help="the server's NVFlare startup kit")],
     runs: Annotated[Path, typer.Option("--runs", help="the folder holding the coordinator's run directories")],
 ) -> None:
     """Name, in the server's startup kit, the folder its runs live in (KIT/local/pharmafl.json)."""

@@ -1,30 +1,35 @@
-"""``pharmafl run CONFIG.yaml``: a federated run with Rich progress and a summary table."""
+"""``pharmafl run CONFIG.yaml``: a federated run with Rich progress and a summary.
+
+Progress, the run's alarms and notices go to stderr; the summary table (or, with ``--json``,
+one JSON document) to stdout. ``--set section.key=value`` changes any key of the config;
+``--sites``, ``--rounds`` and ``--engine`` are shortcuts for the common ones. The run
+directory's ``config.yaml`` records the config after them. Nothing heavy is imported
+before the command runs, so ``pharmafl run --help`` is quick.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
-from pharmafl.models.cache import default_cache_dir
+from pharmafl import console
 from pharmafl.pipeline import events as ev
-from pharmafl.pipeline.config import load_run_config
+from pharmafl.pipeline.config import Engine
 from pharmafl.pipeline.events import Event
-
-console = Console()
 
 
 class ProgressListener:
-    """Shows round and sites-done progress from the run's events."""
+    """Shows round and sites-done progress from the run's events (on ``progress``'s console, stderr)."""
 
     def __init__(self, progress: Progress, rounds: int, sites: int):
         self.progress = progress
-        self.rounds = progress.add_task("rounds", total=rounds, status="")
-        self.sites = progress.add_task("sites", total=sites, status="")
+        self.rounds = progress.add_task("rounds", total=rounds)
+        self.sites = progress.add_task("sites", total=sites)
         self.done: set[str] = set()
 
     def _site_done(self, site: str) -> None:
@@ -36,13 +41,13 @@ class ProgressListener:
         p, t = event.payload, event.type
         if t == ev.ROUND_STARTED:
             self.done.clear()
-            self.progress.reset(self.sites, total=len(p["sites"]), status=f"round {p['round']}")
+            self.progress.reset(self.sites, total=len(p["sites"]), description=f"sites of round {p['round']}")
         elif t == ev.SITE_UPDATE:
             self._site_done(event.actor)
         elif t == ev.ROUND_ENDED:
             g = p["metrics"].get("global", {})
-            status = f"test MSE {g['mse']:.3f} CI {g['ci']:.3f}" if g else ""
-            self.progress.update(self.rounds, advance=1, status=status)
+            status = f"rounds (test MSE {g['mse']:.3f} CI {g['ci']:.3f})" if g else "rounds"
+            self.progress.update(self.rounds, advance=1, description=status)
         elif t == ev.ALARM:
             self.progress.console.print(f"[yellow]alarm[/] round {p['round']}: {p['message']}")
         elif t == ev.SITE_DECLINED:
@@ -61,9 +66,18 @@ class ProgressListener:
 
 def run_command(
     config: Annotated[Path, typer.Argument(help="Run config (YAML), e.g. configs/davis-10sites.yaml.")],
-    engine: Annotated[str | None, typer.Option(help="nvflare or local (default: the config's).")] = None,
-    sites: Annotated[int | None, typer.Option(help="Number of sites (default: the config's).")] = None,
-    rounds: Annotated[int | None, typer.Option(help="Number of rounds (default: the config's).")] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="SECTION.KEY=VALUE",
+            help="Change one key of the config, the value read as YAML (repeatable): --set federation.rounds=3, "
+            "--set data.partition=iid, --set train.lr=1e-3, --set 'federation.strategy_options={mu: 0.01}'.",
+        ),
+    ] = None,
+    engine: Annotated[Engine | None, typer.Option(help="Shortcut for --set federation.engine=...")] = None,
+    sites: Annotated[int | None, typer.Option(help="Shortcut for --set data.sites=N.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="Shortcut for --set federation.rounds=N.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (new or empty; default runs/<name>).")] = None,
     data_dir: Annotated[
         Path | None, typer.Option(envvar="PHARMAFL_DATA", help="Dataset directory (default ~/.cache/pharmafl).")
@@ -85,36 +99,37 @@ def run_command(
     site_homes: Annotated[
         Path | None, typer.Option(help="With --consortium: the folder holding each site's home, named by site id.")
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the final summary as one JSON document on stdout (nothing else).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")] = False,
 ) -> None:
     """Train federated (sites simulated from the dataset, or a consortium's own sites); write metrics, plots, ledger."""
+    from pharmafl.models.cache import default_cache_dir
+    from pharmafl.pipeline.config import load_run_config
     from pharmafl.pipeline.engines import export_federated, run_federated
 
-    if engine is not None and engine not in ("nvflare", "local"):
-        raise typer.BadParameter(
-            f"Could not resolve {engine!r} among choices ['local', 'nvflare']", param_hint="--engine"
-        )
-    cfg = load_run_config(config).with_overrides(engine=engine, sites=sites, rounds=rounds)
+    shortcuts = {"federation.engine": engine, "data.sites": sites, "federation.rounds": rounds}
+    sets = [*(overrides or ()), *(f"{k}={json.dumps(v)}" for k, v in shortcuts.items() if v is not None)]
+    cfg = load_run_config(config, sets)
     out = out or Path("runs") / cfg.name
     if cfg.ledger.enabled:
         _ensure_passphrase()
     if export_job is not None:
         job = export_federated(cfg, out, export_job, data_dir=data_dir, cache_dir=default_cache_dir())
-        console.print(f"exported the NVFlare job to {job}; site stores and plan in {out}")
-        console.print(f"submit it with: nvflare job submit -j {job} --startup-kit <admin startup kit>")
+        if as_json:
+            console.emit_json({"job": str(job), "run_dir": str(out)})
+            return
+        console.stdout.print(f"exported the NVFlare job to {job}; site stores and plan in {out}")
+        console.stdout.print(f"submit it with: nvflare job submit -j {job} --startup-kit <admin startup kit>")
         return
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-    )
-    console.print(
-        f"[bold]{cfg.name}[/]: {cfg.data.sites} sites ({cfg.data.partition} partition of "
-        f"{cfg.data.dataset}), {cfg.federation.rounds} rounds of {cfg.federation.strategy} "
-        f"on the {cfg.federation.engine} engine -> {out}"
-    )
-    with Progress(*columns, console=console) as progress:
+    if not quiet:
+        console.stderr.print(
+            f"[bold]{cfg.name}[/]: {cfg.data.sites} sites ({cfg.data.partition} partition of "
+            f"{cfg.data.dataset}), {cfg.federation.rounds} rounds of {cfg.federation.strategy} "
+            f"on the {cfg.federation.engine} engine -> {out}"
+        )
+    with console.progress(quiet=quiet, transient=False) as progress:
         listener = ProgressListener(progress, cfg.federation.rounds, cfg.data.sites)
         metrics = run_federated(
             cfg,
@@ -125,12 +140,15 @@ def run_command(
             consortium=consortium,
             site_homes=site_homes,
         )
-    _summary(metrics, out)
+    if as_json:
+        console.emit_json(run_summary(cfg, metrics, out))
+    else:
+        _summary(metrics, out)
 
 
 def _ensure_passphrase() -> None:
     """The ledger's key store needs a passphrase: ``$PHARMAFL_KEY_PASSPHRASE``, else asked for
-    on a terminal and handed to the engine's processes through the environment."""
+    on a terminal (on stderr) and handed to the engine's processes through the environment."""
     import os
     import sys
 
@@ -146,8 +164,50 @@ def _ensure_passphrase() -> None:
             "run on a terminal to be asked for it, or set ledger.enabled: false"
         )
     os.environ[PASSPHRASE_ENV] = typer.prompt(
-        "Key-store passphrase for this run's signing keys", hide_input=True, confirmation_prompt=True
+        "Key-store passphrase for this run's signing keys", hide_input=True, confirmation_prompt=True, err=True
     )
+
+
+def run_summary(cfg, metrics: dict, out: Path) -> dict:
+    """What ``pharmafl run --json`` prints: the run directory, rounds, final metrics, the ledger's
+    head, and the secure-aggregation and DP summaries where the run had them."""
+    summary = {
+        "run_dir": str(out),
+        "name": cfg.name,
+        "status": metrics.get("status"),
+        "rounds": metrics.get("rounds"),
+        "engine": metrics.get("engine"),
+        "strategy": metrics.get("strategy"),
+        "metrics": {k: v for k, v in metrics.items() if k.startswith("test_")},
+        "sites": metrics.get("sites", {}),
+        "model_sha256": metrics.get("model_sha256"),
+        "ledger_head": _ledger_head(cfg, out),
+    }
+    if "epsilon_spent" in metrics:
+        summary["privacy"] = {"mode": cfg.privacy.mode, "epsilon_spent": metrics["epsilon_spent"]}
+    secure = _secure_rounds(out)
+    if secure:
+        summary["secure_aggregation"] = {
+            "rounds": len(secure),
+            "parties": secure[0]["secure"]["parties"],
+            "excluded": [
+                {"round": p["round"], "site": site, "reason": why}
+                for p in secure
+                for site, why in sorted(p["secure"]["excluded"].items())
+            ],
+        }
+    return summary
+
+
+def _ledger_head(cfg, out: Path) -> dict | None:
+    """The ledger's latest signed checkpoint (to hand on as ``--trusted-head``), if the run kept one."""
+    if not cfg.ledger.enabled:
+        return None
+    from pharmafl.audit.ledger import Ledger
+
+    with Ledger.open(cfg.ledger.url or out / "ledger.db") as ledger:
+        checkpoints = ledger.checkpoints()
+    return json.loads(checkpoints[-1].to_json_line()) if checkpoints else None
 
 
 def _summary(metrics: dict, out: Path) -> None:
@@ -183,35 +243,38 @@ def _summary(metrics: dict, out: Path) -> None:
             str(m.get("test_pairs", "")),
             *extra(site),
         )
-    console.print(table)
+    console.stdout.print(table)
     _secure_summary(out)
-    console.print(
+    console.stdout.print(
         f"outputs in {out}: metrics.json, rounds.parquet, plots/, tensorboard/, model.safetensors"
         + (", ledger.db" if (out / "ledger.db").exists() else "")
     )
 
 
-def _secure_summary(out: Path) -> None:
-    """Under secure aggregation: who summed, and who was left out of which round and why."""
-    import json
-
+def _secure_rounds(out: Path) -> list[dict]:
+    """The ``aggregated`` events of a securely aggregated run (none otherwise)."""
     log = out / "events.jsonl"
     if not log.is_file():
-        return
-    rounds = [
+        return []
+    return [
         e["payload"]
         for e in map(json.loads, log.read_text().splitlines())
         if e["type"] == "aggregated" and "secure" in e["payload"]
     ]
+
+
+def _secure_summary(out: Path) -> None:
+    """Under secure aggregation: who summed, and who was left out of which round and why."""
+    rounds = _secure_rounds(out)
     if not rounds:
         return
     excluded = [(p["round"], site, why) for p in rounds for site, why in sorted(p["secure"]["excluded"].items())]
-    console.print(
+    console.stdout.print(
         f"secure aggregation: {len(rounds)} round(s) summed by parties {rounds[0]['secure']['parties']}; "
         f"the server saw only the sums; {len(excluded)} update(s) excluded"
     )
     for r, site, why in excluded:
-        console.print(f"  round {r}: {site}: {why}")
+        console.stdout.print(f"  round {r}: {site}: {why}")
 
 
 def register(app: typer.Typer) -> None:

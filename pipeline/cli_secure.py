@@ -1,9 +1,13 @@
-"""``pharmafl prove-update``: a site proves what it sent under secure aggregation.
+"""``pharmafl ledger prove-update``: a site proves what it sent under secure aggregation.
 
 The site shows its kept update and salt (in its own home: ``SITE_HOME/runs/<run_id>/kept/
 round-NNNN.*``); the command recomputes the salted commitment and finds the ledger's
 ``secure_shares`` entry for that site and round — the site's own signed statement — which
-must hold the same commitment. Exit 0 and ``OK: ...``, or 1 and ``FAIL: ...``.
+must hold the same commitment. Exit 0 and ``OK: ...``, or 1 and ``FAIL: ...``; 2 when the run
+or the kept update is missing.
+
+A ledger command, but it reads the site's secure-aggregation files, so it lives here and
+``pipeline/cli.py`` mounts it onto the ``ledger`` sub-app (``audit`` imports nothing of ``pipeline``).
 """
 
 from __future__ import annotations
@@ -13,11 +17,11 @@ from typing import Annotated
 
 import typer
 
-from pharmafl.errors import ConfigError
+from pharmafl.errors import EXIT_FAILED, ConfigError
 
 
 def prove_update(
-    run: Annotated[Path, typer.Argument(help="Run directory (holds ledger.db).")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory (holds ledger.db).")],
     site: Annotated[str, typer.Option(help="Site id, e.g. site-03.")],
     round: Annotated[int, typer.Option("--round", help="Round number.")],
     site_home: Annotated[
@@ -54,19 +58,21 @@ def prove_update(
     ]
     if not recorded:
         typer.echo(f"FAIL: the ledger records no shares from {site} in round {round}")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
     entry, data = recorded[0]
     if data["commitment"] != opened["commitment"]:
         typer.echo(
             f"FAIL: {site} round {round}: the kept update commits to {opened['commitment']}, "
             f"the ledger (seq {entry.seq}) records {data['commitment']}"
         )
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
     typer.echo(
         f"OK: {site} round {round}: update sha256 {opened['update_sha256']} opens commitment "
         f"{opened['commitment']} recorded at ledger seq {entry.seq}, signed by {site}"
     )
 
 
-def register(app: typer.Typer) -> None:
-    app.command("prove-update")(prove_update)
+def register(ledger_app: typer.Typer) -> None:
+    """Add ``prove-update`` to the ``ledger`` sub-app (once)."""
+    if all(c.callback is not prove_update for c in ledger_app.registered_commands):
+        ledger_app.command("prove-update")(prove_update)

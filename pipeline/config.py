@@ -1,22 +1,40 @@
 """The run configuration: one typed, frozen tree read from YAML (see ``configs/``).
 
-Unknown keys and bad values are one :class:`~pharmafl.errors.ConfigError` naming the file,
-the dotted key and the valid choices, raised before anything is written.
+Each section is a frozen pydantic dataclass (:func:`pharmafl.typedconfig.section`, which
+says why dataclasses): unknown keys and bad values are one
+:class:`~pharmafl.errors.ConfigError` naming the file, the dotted key, the bad value, the
+valid choices and a "did you mean", raised before anything is written. Ranges are each
+section's ``__post_init__``; rules across sections are :class:`RunConfig`'s. Reading it
+loads no torch.
+
+``pharmafl run CONFIG --set section.key=value`` changes any key (:func:`load_run_config`).
+The JSON Schema of the tree, ``docs/config.schema.json``, lets an editor check a config as
+it is typed; regenerate it with ``python -m pharmafl.pipeline.config --schema >
+docs/config.schema.json`` (a test checks the committed file is current).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import inspect
+import json
+import math
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import field, is_dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, get_type_hints
+
+from pydantic import StrictBool, StrictFloat, StrictInt, TypeAdapter
 
 from pharmafl.errors import ConfigError
-from pharmafl.models.dti import ModelConfig
+from pharmafl.models.config import ModelConfig
 from pharmafl.pipeline.configio import load_yaml
 from pharmafl.pipeline.secure_agg.config import SecureAggregationConfig
+from pharmafl.pipeline.strategy_options import StrategyName, parse_options
 from pharmafl.sites.privacy import PrivacyConfig
-from pharmafl.sites.store import site_ids
-from pharmafl.sites.training import TrainConfig
+from pharmafl.sites.train_config import TrainConfig
+from pharmafl.typedconfig import section
 
 Partition = Literal["compound", "target-family", "dirichlet", "quantity", "iid"]
 Weighting = Literal["examples", "uniform", "quality"]
@@ -24,7 +42,7 @@ Engine = Literal["nvflare", "local"]
 NVFlareEnv = Literal["sim", "poc", "prod"]
 
 
-@dataclass(frozen=True)
+@section("data")
 class DataConfig:
     """Which data, split among how many sites, how.
 
@@ -41,10 +59,10 @@ class DataConfig:
     """
 
     dataset: str = "davis"
-    sites: int = 10
+    sites: StrictInt = 10
     partition: Partition = "compound"
-    alpha: float = 0.5
-    val_fraction: float = 0.1
+    alpha: StrictFloat = 0.5
+    val_fraction: StrictFloat = 0.1
     benchmark: str = "test-fold"
 
     def __post_init__(self):
@@ -56,7 +74,7 @@ class DataConfig:
             raise ConfigError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
 
 
-@dataclass(frozen=True)
+@section("federation")
 class FederationConfig:
     """Rounds, the strategy and how a round tolerates failures.
 
@@ -67,7 +85,10 @@ class FederationConfig:
         strategy_options: the strategy's own settings (e.g. ``mu`` for FedProx).
         weighting: ``examples`` (default), ``uniform`` or ``quality``.
         min_sites: a round completes if at least this many sites return an update; else the
-            run stops cleanly, keeping everything so far (default: all sites).
+            run stops cleanly, keeping everything so far. An integer is a count of sites
+            (``8``; more than ``data.sites`` is an error); a number with a point in (0, 1] is
+            a fraction of ``data.sites``, rounded up (``0.8``: 8 of 10 sites, 3 of 3), so a
+            config keeps its meaning with ``--sites``. Default: all sites (also ``1.0``).
         engine: ``nvflare`` (default) or ``local`` (in-process).
         nvflare_env: ``sim`` (simulator, default), ``poc`` (separate processes, mutual TLS, on
             this machine) or ``prod``: submit the job to a provisioned, running NVFlare system
@@ -84,16 +105,16 @@ class FederationConfig:
             round; ``reset`` starts a fresh optimizer every round.
     """
 
-    rounds: int = 20
-    local_epochs: int = 1
-    strategy: str = "fedavg"
+    rounds: StrictInt = 20
+    local_epochs: StrictInt = 1
+    strategy: StrategyName = "fedavg"
     strategy_options: dict = field(default_factory=dict)
     weighting: Weighting = "examples"
-    min_sites: int | None = None
+    min_sites: StrictInt | StrictFloat | None = None
     engine: Engine = "nvflare"
     nvflare_env: NVFlareEnv = "sim"
     nvflare_admin_kit: str | None = None
-    site_threads: int = 1
+    site_threads: StrictInt = 1
     local_optimizer: Literal["keep", "reset"] = "keep"
 
     def __post_init__(self):
@@ -103,13 +124,29 @@ class FederationConfig:
             raise ConfigError(f"federation.rounds must be >= 1, got {self.rounds}")
         if self.local_epochs < 1:
             raise ConfigError(f"federation.local_epochs must be >= 1, got {self.local_epochs}")
-        if self.min_sites is not None and self.min_sites < 1:
-            raise ConfigError(f"federation.min_sites must be >= 1, got {self.min_sites}")
+        if isinstance(self.min_sites, int) and self.min_sites < 1:
+            raise ConfigError(
+                f"federation.min_sites must be a count >= 1 or a fraction in (0, 1], got {self.min_sites}"
+            )
+        if isinstance(self.min_sites, float) and not 0 < self.min_sites <= 1:
+            raise ConfigError(
+                f"federation.min_sites {self.min_sites} is neither a fraction in (0, 1] of data.sites nor a "
+                f"count; write a count without a point (e.g. {max(1, round(self.min_sites))})"
+            )
+        parse_options(self.strategy, self.strategy_options)  # the strategy's own settings
         if self.nvflare_env == "prod" and not self.nvflare_admin_kit:
             raise ConfigError(
                 "federation.nvflare_env 'prod' needs federation.nvflare_admin_kit: the admin's NVFlare "
                 "startup kit the job is submitted with (pharmafl consortium init prints where it is)"
             )
+
+    def min_sites_of(self, sites: int) -> int:
+        """``min_sites`` as a count of sites, for a federation of ``sites``."""
+        if self.min_sites is None:
+            return sites
+        if isinstance(self.min_sites, float):
+            return max(1, math.ceil(round(self.min_sites * sites, 9)))  # 0.7 * 10 is 7, not 8
+        return self.min_sites
 
     def admin_kit(self) -> Path:
         """The admin's startup kit of ``nvflare_env: prod``, checked to be one (absolute)."""
@@ -123,13 +160,13 @@ class FederationConfig:
             raise ConfigError(f"federation.nvflare_admin_kit: {exc}") from None
 
 
-@dataclass(frozen=True)
+@section("diagnostics")
 class DiagnosticsConfig:
     """Drift alarm: a site whose update's cosine to the mean update stays below
     ``drift_threshold`` for ``drift_rounds`` consecutive rounds raises an alarm."""
 
-    drift_threshold: float = 0.0
-    drift_rounds: int = 3
+    drift_threshold: StrictFloat = 0.0
+    drift_rounds: StrictInt = 3
 
     def __post_init__(self):
         if not -1.0 <= self.drift_threshold <= 1.0:
@@ -138,22 +175,22 @@ class DiagnosticsConfig:
             raise ConfigError(f"diagnostics.drift_rounds must be >= 1, got {self.drift_rounds}")
 
 
-@dataclass(frozen=True)
+@section("ledger")
 class LedgerConfig:
     """The audit ledger: ``enabled`` (default true); ``url``: a database URL (default:
     SQLite at ``RUN/ledger.db``; ``postgresql+psycopg://...`` for production)."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     url: str | None = None
 
 
-@dataclass(frozen=True)
+@section("")
 class RunConfig:
     """A federated run. ``seed`` drives the partition, local batches and dropout;
     ``model.seed`` the initial weights."""
 
     name: str = "run"
-    seed: int = 0
+    seed: StrictInt = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -164,13 +201,11 @@ class RunConfig:
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
 
     def __post_init__(self):
-        if self.federation.min_sites is not None and self.federation.min_sites > self.data.sites:
+        if self.min_sites > self.data.sites:
             raise ConfigError(
-                f"federation.min_sites ({self.federation.min_sites}) exceeds data.sites ({self.data.sites})"
+                f"federation.min_sites ({self.federation.min_sites}) exceeds data.sites ({self.data.sites}); "
+                f"give fewer, or a fraction of the sites (e.g. min_sites: 0.8)"
             )
-        from pharmafl.pipeline.strategies import build_strategy  # registry imports this module
-
-        build_strategy(self.federation.strategy, self.federation.strategy_options, n_sites=self.data.sites)
         self._check_privacy()
         self._check_secure_aggregation()
 
@@ -178,6 +213,8 @@ class RunConfig:
         p = self.privacy
         if not p.enabled:
             return
+        from pharmafl.sites.store import site_ids  # the site-id convention; loads the data stack
+
         unknown = sorted(set(p.sites) - set(site_ids(self.data.sites)))
         if unknown:
             raise ConfigError(
@@ -223,19 +260,66 @@ class RunConfig:
 
     @property
     def min_sites(self) -> int:
-        return self.federation.min_sites or self.data.sites
-
-    def with_overrides(self, **overrides: Any) -> RunConfig:
-        """Apply CLI overrides: ``sites``, ``rounds``, ``engine`` (None = keep)."""
-        cfg = self
-        if overrides.get("sites") is not None:
-            cfg = replace(cfg, data=replace(cfg.data, sites=overrides["sites"]))  # min_sites checked again
-        if overrides.get("rounds") is not None:
-            cfg = replace(cfg, federation=replace(cfg.federation, rounds=overrides["rounds"]))
-        if overrides.get("engine") is not None:
-            cfg = replace(cfg, federation=replace(cfg.federation, engine=overrides["engine"]))
-        return cfg
+        """``federation.min_sites`` resolved to a count of this run's ``data.sites``."""
+        return self.federation.min_sites_of(self.data.sites)
 
 
-def load_run_config(path: Path) -> RunConfig:
-    return load_yaml(RunConfig, path)
+def load_run_config(path: Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """The run config in ``path`` (YAML), after the ``section.key=value`` ``overrides``."""
+    return load_yaml(RunConfig, path, overrides)
+
+
+# --- JSON Schema -----------------------------------------------------------------------------
+
+
+def _arg_docs(doc: str | None) -> tuple[str, dict[str, str]]:
+    """A Google-style docstring's summary and its ``Args:`` entries (``a, b: text`` gives both)."""
+    summary, args, names, in_args = [], {}, [], False
+    for line in inspect.cleandoc(doc or "").splitlines():
+        if line.strip() == "Args:":
+            in_args = True
+        elif not in_args:
+            summary.append(line)
+        elif line and not line.startswith(" "):
+            break
+        elif m := re.match(r"^ {4}(\w+(?:, \w+)*): (.*)$", line):
+            names = m[1].split(", ")
+            for n in names:
+                args[n] = m[2]
+        elif names and line.strip():
+            for n in names:
+                args[n] += " " + line.strip()
+    return " ".join(" ".join(summary).split()), args
+
+
+def json_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of a run config, with each key's docstring as its description."""
+    schema = TypeAdapter(RunConfig).json_schema()
+    todo, seen = [RunConfig], set()
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        node = schema if cls is RunConfig else schema["$defs"][cls.__name__]
+        node["description"], args = _arg_docs(cls.__doc__)
+        for name, hint in get_type_hints(cls).items():
+            if name in args:
+                node["properties"][name]["description"] = args[name]
+            if is_dataclass(hint):
+                todo.append(hint)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pharmafl.pipeline.config --schema``: print the JSON Schema of a run config."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv != ["--schema"]:
+        sys.stderr.write("usage: python -m pharmafl.pipeline.config --schema > docs/config.schema.json\n")
+        return 2
+    sys.stdout.write(json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,123 +1,102 @@
-"""Typed, frozen configuration from YAML: unknown keys and bad values are one clear error.
+"""Run configs from YAML files, with ``--set section.key=value`` overrides.
 
-:func:`from_dict` builds a (nested) frozen dataclass from a mapping, checking every key
-against the dataclass fields and every value against the field's annotation (``int``,
-``float``, ``str``, ``bool``, ``Literal[...]``, ``X | None``, ``tuple[...]``, nested
-dataclasses). The error names the dotted key, the file, the expected type or the valid
-choices. Value ranges are checked by each dataclass's own ``__post_init__``.
+The sections themselves and their validation: :mod:`pharmafl.typedconfig`. YAML is read
+safely, with YAML 1.2's floats without a dot (``lr: 1e-3`` is a number, as a user means it).
+An override's value is read as a YAML scalar or flow value (``3``, ``iid``, ``1e-3``,
+``{mu: 0.01}``) and set in the file's mapping before validation, so a misspelt key is the
+same error, with the same "did you mean", as in the file.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar
 
 import yaml
 
 from pharmafl.errors import ConfigError
+from pharmafl.typedconfig import from_dict, to_dict
+
+__all__ = ["apply_overrides", "from_dict", "load_yaml", "parse_override", "parse_yaml", "read_yaml", "to_dict"]
 
 T = TypeVar("T")
 
 
-def _where(path: str, source: str | None) -> str:
-    return f"{source}: {path}" if source else path
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, plus YAML 1.2's floats without a dot (``1e-3``)."""
 
 
-def _check(value: Any, hint: Any, path: str, source: str | None) -> Any:
-    origin = get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{_where(path, source)} must be a mapping of {hint.__name__} settings, got {value!r}")
-        return from_dict(hint, value, source=source, prefix=path)
-    if origin is Literal:
-        choices = get_args(hint)
-        if value not in choices:
-            raise ConfigError(f"{_where(path, source)}: Could not resolve {value!r} among choices {list(choices)}")
-        return value
-    if origin in (Union, types.UnionType):
-        args = get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _check(value, arg, path, source)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{_where(path, source)}: {value!r} fits none of {args}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{_where(path, source)} must be a list, got {value!r}")
-        (item,) = get_args(hint)[:1]
-        return tuple(_check(v, item, f"{path}[{i}]", source) for i, v in enumerate(value))
-    if origin in (dict, Mapping) or hint is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{_where(path, source)} must be a mapping, got {value!r}")
-        return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{_where(path, source)} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{_where(path, source)} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{_where(path, source)} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{_where(path, source)} must be a string, got {value!r}")
-        return value
-    if hint is Any:
-        return value
-    raise TypeError(f"unsupported config annotation {hint!r} at {path}")  # programming error
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str | None = None, prefix: str = "") -> T:
-    """Build ``cls`` from ``data``; see the module docstring."""
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{_where(path, source)}: unknown key{hint}; valid keys: {', '.join(sorted(fields))}")
-        kwargs[key] = _check(value, hints[key], path, source)
+def parse_yaml(text: str) -> Any:
+    """``text`` as YAML (safe; ``1e-3`` is a float)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 -- a SafeLoader subclass
+
+
+def read_yaml(path: Path) -> dict:
+    """The top-level mapping of the YAML file ``path``."""
     try:
-        return cls(**kwargs)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
-
-
-def load_yaml(cls: type[T], path: Path) -> T:
-    """Read ``path`` (YAML) into ``cls``."""
-    try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = parse_yaml(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; give a YAML file") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path} must hold a mapping of settings at the top level, got {type(data).__name__}")
-    return from_dict(cls, data, source=str(path))
+    return dict(data)
 
 
-def to_dict(obj: Any) -> Any:
-    """A config dataclass as plain JSON-able data."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, Mapping):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
+def load_yaml(cls: type[T], path: Path, overrides: Sequence[str] = ()) -> T:
+    """Read ``path`` (YAML) into ``cls``, after the ``section.key=value`` ``overrides`` (``--set``)."""
+    data = apply_overrides(read_yaml(path), overrides)
+    source = f"{path} (with --set {' '.join(overrides)})" if overrides else str(path)
+    return from_dict(cls, data, source=source)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` as (``[section, key]``, value read as a YAML scalar or flow value)."""
+    key, sep, value = text.partition("=")
+    keys = key.strip().split(".")
+    if not sep or not all(k.strip() for k in keys):
+        raise ConfigError(
+            f"--set {text!r} is not section.key=value (e.g. --set federation.rounds=3, "
+            "--set federation.strategy_options={mu: 0.01})"
+        )
+    try:
+        parsed = parse_yaml(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: the value is not YAML: {' '.join(str(exc).split())}") from None
+    return [k.strip() for k in keys], parsed
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict:
+    """A copy of ``data`` with each ``section.key=value`` of ``overrides`` set (later ones win).
+    Unknown keys are left to validation, which names them with a "did you mean"."""
+    out = _copy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = out
+        for i, k in enumerate(keys[:-1]):
+            child = node.get(k)
+            if child is None:
+                child = node[k] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {text}: {'.'.join(keys[: i + 1])} is {child!r}, not a section of keys")
+            node = child
+        node[keys[-1]] = value
+    return out
+
+
+def _copy(data: Any) -> Any:
+    return {k: _copy(v) for k, v in data.items()} if isinstance(data, Mapping) else data

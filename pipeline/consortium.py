@@ -67,7 +67,7 @@ def init_consortium(cards: list[Path], out: Path, party_cards: list[Path] = ()) 
     if target.exists():
         raise ConfigError(f"{target}: a consortium is already there; choose a new --out")
     if not cards:
-        raise ConfigError("no site card given: pass --site-card SITE_HOME/site-card.json once per site")
+        raise ConfigError("no site card given: pass each site's SITE_HOME/site-card.json (consortium init CARD...)")
     roster: dict[str, dict] = {}
     for path in cards:
         card = load_card(path)

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from pharmafl.errors import ConfigError, PharmaflError
+from pharmafl.errors import ConfigError, RefusedError
 from pharmafl.pipeline.eventlog import EventFollower
 from pharmafl.pipeline.events import Listener
 from pharmafl.pipeline.nvflare_wire import STOP_METRIC
@@ -60,7 +60,7 @@ class PlanPersistor(_Persistor):
 '''
 
 
-class NVFlareRunError(PharmaflError):
+class NVFlareRunError(RefusedError):
     """The NVFlare job failed; the message names its logs."""
 
 

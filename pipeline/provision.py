@@ -232,5 +232,5 @@ def keep_storage_in_kit(kit: Path) -> Path:
 
 def runs_of_kit(kit: Path) -> Path:
     """The coordinator's folder of run directories, as the server kit's local config names it."""
-    fix = f"pharmafl consortium nvflare-config --kit {kit} --runs RUNS"
+    fix = f"pharmafl consortium nvflare-config {kit} --runs RUNS"
     return Path(read_local_config(kit, "server", fix=fix)["runs"])

@@ -200,6 +200,7 @@ def prepare(cfg: RunConfig, run_dir: Path, *, data_dir: Path | None = None, cach
                 val_fraction=cfg.data.val_fraction,
                 seed=cfg.seed + k,
                 scrypt_n=SIMULATED_SCRYPT_N,
+                max_len=cfg.model.max_len,
             )
         parties = simulated_parties(cfg, staging / "parties")
         consortium = load_consortium(
@@ -412,7 +413,7 @@ def privacy_plans(plan: RunPlan) -> dict | None:
                 where="privacy (client-level)",
             ).as_dict()
         }
-    check_dp_model(DTIModel(**asdict(cfg.model)), "privacy.mode 'local'")
+    check_dp_model(DTIModel.from_config(cfg.model), "privacy.mode 'local'")
     cards = plan.consortium["cards"]
     return {
         site: plan_privacy(
@@ -427,7 +428,7 @@ def privacy_plans(plan: RunPlan) -> dict | None:
 
 
 def initial_state(cfg: RunConfig) -> State:
-    return {k: v.copy() for k, v in model_state(DTIModel(**asdict(cfg.model))).items()}
+    return {k: v.copy() for k, v in model_state(DTIModel.from_config(cfg.model)).items()}
 
 
 def benchmark_evaluator(plan: RunPlan):
@@ -437,7 +438,7 @@ def benchmark_evaluator(plan: RunPlan):
     if not (plan.benchmark_dir / "manifest.json").is_file():
         raise ConfigError(f"{plan.benchmark_dir} holds no benchmark store; the run directory is incomplete")
     pairs = featurize_dataset(read_store(plan.benchmark_dir), plan.cfg.model, plan.cache_dir)
-    model = DTIModel(**asdict(plan.cfg.model))
+    model = DTIModel.from_config(plan.cfg.model)
 
     def score(state: State) -> dict:
         import torch

@@ -6,11 +6,18 @@ Model. 54:735, filtered as in SimBoost) as distributed with DeepDTA (Öztürk et
 size and SHA-256 before it is read; the pickled ``Y`` files are never downloaded nor unpickled
 (the whitespace-separated affinity ``.txt`` matrices hold the same values).
 
-Layout of the cache (``cache_dir``, else ``$PHARMAFL_DATA``, else ``~/.cache/pharmafl``)::
+Downloads go through ``pooch`` (Uieda et al. 2020, JOSS 5:1943): each file is streamed to a
+temporary file beside its destination, checked against its pinned SHA-256 and only then renamed
+into place; a connection error, an HTTP error or a checksum mismatch is tried again ``retries``
+times (pooch waits 1 s, 2 s, ... between tries). ``http(s)://`` URLs use pooch's HTTP downloader,
+``file://`` URLs (a local mirror) are read from disk; either way the bytes are counted (a file
+larger than its pin is cut off at once) and shown on the caller's progress bar.
 
-    <cache>/raw/<name>/ligands_can.txt, ligands_iso.txt, proteins.txt, <affinity matrix>.txt,
-                       folds/train_fold_setting1.txt, folds/test_fold_setting1.txt
-    <cache>/<name>/    drugs.parquet, targets.parquet, measurements.parquet, manifest.json
+Layout of the data folder (``data_dir``, else ``$PHARMAFL_DATA``, else ``~/.cache/pharmafl``)::
+
+    <data>/raw/<name>/ligands_can.txt, ligands_iso.txt, proteins.txt, <affinity matrix>.txt,
+                      folds/train_fold_setting1.txt, folds/test_fold_setting1.txt
+    <data>/<name>/    drugs.parquet, targets.parquet, measurements.parquet, manifest.json
 
 Conversion: ``ligands_*.txt`` and ``proteins.txt`` are JSON objects id -> SMILES / sequence in
 matrix order; the matrix is drugs x targets with ``nan`` where unmeasured; the fold files are
@@ -23,22 +30,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-import urllib.request
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 import pandas as pd
+import pooch
 
 from pharmafl.errors import DataError, FetchError, Location
 from pharmafl.sites.tables import MANIFEST, DTIDataset, default_data_dir, file_sha256, from_frames, save_dataset
 
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
 COMMIT = "a546a8433a6822e958f36171c4356ad6f414d623"
 BASE_URL = f"https://raw.githubusercontent.com/hkmztrk/DeepDTA/{COMMIT}/"
 TIMEOUT_S = 60
+RETRIES = 3  # further tries of a failed download
+SCHEMES = ("https", "http", "file")
+_BLOCK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -119,7 +135,7 @@ PINS: Mapping[str, tuple[Pin, ...]] = {
 }
 
 
-def _mismatch(path: Path, pin: Pin, size: int, sha256: str, name: str, url: str, *, downloaded: bool) -> FetchError:
+def _mismatch(path: Path, pin: Pin, got: str, name: str, url: str, *, downloaded: bool) -> FetchError:
     action = (
         "the download was discarded and not used"
         if downloaded
@@ -127,51 +143,143 @@ def _mismatch(path: Path, pin: Pin, size: int, sha256: str, name: str, url: str,
     )
     return FetchError(
         f"{path}: does not match the pin for {pin.path} at DeepDTA commit {COMMIT}: expected "
-        f"{pin.size} bytes, sha256 {pin.sha256}; got {size} bytes, sha256 {sha256}; {action}"
+        f"{pin.size} bytes, sha256 {pin.sha256}; got {got}; {action}"
     )
+
+
+def matches(path: Path, pin: Pin) -> bool:
+    """Whether ``path`` has the pinned size and SHA-256."""
+    return path.stat().st_size == pin.size and file_sha256(path) == pin.sha256
 
 
 def verify(path: Path, pin: Pin, *, name: str, url: str) -> None:
     """Raise :class:`FetchError` unless ``path`` has the pinned size and SHA-256."""
-    size = path.stat().st_size
-    actual = file_sha256(path)
-    if size != pin.size or actual != pin.sha256:
-        raise _mismatch(path, pin, size, actual, name, url, downloaded=False)
+    if not matches(path, pin):
+        got = f"{path.stat().st_size} bytes, sha256 {file_sha256(path)}"
+        raise _mismatch(path, pin, got, name, url, downloaded=False)
 
 
-def download(url: str, dest: Path, pin: Pin, *, name: str) -> None:
-    """Download ``url`` to a temporary file, verify it against ``pin``, then rename it to ``dest``.
+class _TooLarge(Exception):
+    """The source sent more bytes than the pin allows (not retried: it is another file)."""
 
-    Network failures propagate as :class:`OSError`; a mismatch raises :class:`FetchError`.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+
+class _Sink:
+    """What a download writes into: the temporary file, hashed and counted, cut off past the pinned size."""
+
+    def __init__(self, out, limit: int, advance):
+        self.out, self.limit, self.advance = out, limit, advance
+        self.size, self.digest = 0, hashlib.sha256()
+
+    def write(self, block: bytes) -> int:
+        self.size += len(block)
+        if self.size > self.limit:
+            raise _TooLarge
+        self.digest.update(block)
+        self.advance(len(block))
+        return self.out.write(block)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+class PinnedDownloader:
+    """A pooch downloader for one pinned file; ``got`` is what the last try received (size, sha256)."""
+
+    def __init__(self, pin: Pin, *, progress: Progress | None = None, label: str = "", timeout: float = TIMEOUT_S):
+        self.pin, self.progress, self.label, self.timeout = pin, progress, label or pin.path, timeout
+        self.tries, self.got = 0, None
+        self._task: TaskID | None = None
+
+    def _advance(self, n: int) -> None:
+        if self.progress is not None and self._task is not None:
+            self.progress.advance(self._task, n)
+
+    def __call__(self, url: str, output_file: str, pooch_: object) -> None:
+        self.tries += 1
+        if self.progress is not None:
+            label = self.label if self.tries == 1 else f"{self.label} (try {self.tries})"
+            if self._task is None:
+                self._task = self.progress.add_task(label, total=self.pin.size)
+            else:
+                self.progress.reset(self._task, description=label, total=self.pin.size)
+        with open(output_file, "wb") as out:
+            sink = _Sink(out, self.pin.size, self._advance)
+            try:
+                if urlparse(url).scheme == "file":
+                    with open(url2pathname(urlparse(url).path), "rb") as source:
+                        while block := source.read(_BLOCK):
+                            sink.write(block)
+                else:
+                    pooch.HTTPDownloader(chunk_size=_BLOCK, timeout=self.timeout)(url, sink, pooch_)
+            finally:
+                self.got = (sink.size, sink.digest.hexdigest())
+
+
+@contextmanager
+def _pooch_quiet() -> Iterator[None]:
+    """pooch logs every download at INFO on stderr; the progress bar says it already."""
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     try:
-        digest, size = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-            while block := response.read(1 << 20):
-                size += len(block)
-                digest.update(block)
-                out.write(block)
-                if size > pin.size:
-                    break
-        if size != pin.size or digest.hexdigest() != pin.sha256:
-            raise _mismatch(dest, pin, size, digest.hexdigest(), name, url, downloaded=True)
-        os.replace(tmp, dest)
+        yield
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        logger.setLevel(level)
+
+
+def download(
+    url: str, dest: Path, pin: Pin, *, name: str, retries: int = RETRIES, progress: Progress | None = None
+) -> None:
+    """Download ``url`` to ``dest`` through pooch, verified against ``pin`` before it is renamed into place.
+
+    A connection or HTTP error is tried ``retries`` more times, then propagates as an
+    :class:`OSError` (requests' errors are ``OSError``); a checksum mismatch (after as many tries)
+    or a source larger than the pin raises :class:`FetchError`. No partial file is left behind.
+    """
+    if urlparse(url).scheme not in SCHEMES:
+        raise FetchError(f"cannot download {url}: the mirror URL must start with one of {', '.join(SCHEMES)}://")
+    if not isinstance(retries, int) or retries < 0:
+        raise FetchError(f"retries must be an integer >= 0, got {retries!r}")
+    downloader = PinnedDownloader(pin, progress=progress, label=f"{name} {dest.name}")
+    fetcher = pooch.create(
+        path=dest.parent,
+        base_url=url.rsplit("/", 1)[0] + "/",
+        registry={dest.name: f"sha256:{pin.sha256}"},
+        urls={dest.name: url},
+        retry_if_failed=retries,
+    )
+    try:
+        with _pooch_quiet():
+            fetcher.fetch(dest.name, downloader=downloader)
+    except _TooLarge:
+        raise _mismatch(dest, pin, f"more than {pin.size} bytes", name, url, downloaded=True) from None
+    except ValueError as exc:  # pooch: the hash of what arrived does not match
+        if downloader.got is None:
+            raise FetchError(f"{dest}: pooch refused {url}: {exc}") from exc
+        size, sha256 = downloader.got
+        tries = f" in the last of {downloader.tries} tries" if downloader.tries > 1 else ""
+        raise _mismatch(dest, pin, f"{size} bytes, sha256 {sha256}{tries}", name, url, downloaded=True) from None
 
 
 def ensure_raw(
-    name: str, cache: Path, *, pins: Mapping[str, tuple[Pin, ...]] = PINS, base_url: str = BASE_URL, force: bool = False
+    name: str,
+    cache: Path,
+    *,
+    pins: Mapping[str, tuple[Pin, ...]] = PINS,
+    base_url: str = BASE_URL,
+    force: bool = False,
+    retries: int = RETRIES,
+    progress: Progress | None = None,
 ) -> Path:
     """Make ``<cache>/raw/<name>`` hold every pinned raw file, verified; return that folder.
 
-    Files already there are verified and used (re-downloaded with ``force``). After the first
-    failed download no further downloads are tried; the error lists every file still missing.
+    Files already there are verified and used; one that does not match its pin is an error, or,
+    with ``force``, downloaded again (a file that matches needs no download: it has the bytes a
+    download would give). After the first failed download no further downloads are tried; the
+    error lists every file still missing.
     """
     layout, raw = LAYOUTS[name], cache / "raw" / name
+    base_url = base_url if base_url.endswith("/") else base_url + "/"
     by_path = {p.path: p for p in pins.get(name, ())}
     unpinned = [f"{layout.folder}/{f}" for f in layout.files if f"{layout.folder}/{f}" not in by_path]
     if unpinned:
@@ -184,20 +292,21 @@ def ensure_raw(
         if dest.is_file() and not force:
             verify(dest, pin, name=name, url=url)
             continue
+        if dest.is_file() and matches(dest, pin):
+            continue
         if failure is None:
             try:
-                download(url, dest, pin, name=name)
+                download(url, dest, pin, name=name, retries=retries, progress=progress)
                 continue
             except OSError as exc:
                 failure = exc
-        if not dest.is_file() or force:
-            missing.append((dest, url))
+        missing.append((dest, url))
     if missing:
         listing = "\n".join(f"  {dest}  <-  {url}" for dest, url in missing)
         raise FetchError(
             f"could not download {len(missing)} {name} file(s) ({failure}). Place each file at its path "
             f"(source URL at DeepDTA commit {COMMIT}):\n{listing}\nthen re-run `pharmafl data fetch "
-            f"{name} --cache-dir {cache}`: it verifies each file's size and SHA-256 against the pinned values "
+            f"{name} --data-dir {cache}`: it verifies each file's size and SHA-256 against the pinned values "
             "and uses them."
         )
     return raw
@@ -279,31 +388,39 @@ def convert_deepdta(raw: Path, name: str, *, layout: Layout | None = None) -> DT
 def fetch(
     name: str,
     *,
-    cache_dir: Path | None = None,
+    data_dir: Path | None = None,
     force: bool = False,
     pins: Mapping[str, tuple[Pin, ...]] = PINS,
     base_url: str = BASE_URL,
+    retries: int = RETRIES,
+    progress: Progress | None = None,
 ) -> Path:
-    """Fetch, verify and convert public dataset ``name``; return its store ``<cache>/<name>``.
+    """Fetch, verify and convert public dataset ``name``; return its store ``<data_dir>/<name>``.
 
-    An existing store is returned as is unless ``force``; so is the cache directory itself when
+    An existing store is returned as is unless ``force``; so is the data folder itself when
     it already holds the tidy DeepDTA tables of ``name`` (their pins are checked on loading),
-    so that fetching never writes beside read-only reference tables. ``base_url`` may name a mirror (any
-    URL urllib opens, e.g. ``file:///srv/mirror/``) holding the same paths; ``pins`` defaults
-    to the real upstream pins.
+    so that fetching never writes beside read-only reference tables. ``base_url`` may name a
+    mirror (``https://``, ``http://`` or ``file:///srv/mirror/``) holding the same paths;
+    ``pins`` defaults to the real upstream pins. ``retries``: further tries of a failed
+    download. ``progress`` (a Rich :class:`~rich.progress.Progress`, e.g.
+    :func:`pharmafl.console.progress`) gets one task per download and one for the conversion.
     """
     if name not in LAYOUTS:
         raise FetchError(f"unknown dataset {name!r}; choices: {', '.join(LAYOUTS)}")
-    cache = Path(cache_dir) if cache_dir else default_data_dir()
+    cache = Path(data_dir) if data_dir else default_data_dir()
     store = cache / name
     if (store / MANIFEST).is_file() and not force:
         return store
     if not force and all((cache / f"{name}_deepdta_{t}.csv.gz").is_file() for t in ("drugs", "targets", "pairs")):
         return cache
     try:
-        raw = ensure_raw(name, cache, pins=pins, base_url=base_url, force=force)
-        return save_dataset(convert_deepdta(raw, name), store)
+        raw = ensure_raw(name, cache, pins=pins, base_url=base_url, force=force, retries=retries, progress=progress)
+        task = progress.add_task(f"{name}: converting to a store", total=None) if progress is not None else None
+        out = save_dataset(convert_deepdta(raw, name), store)
+        if progress is not None and task is not None:
+            progress.update(task, total=1, completed=1)
+        return out
     except PermissionError as exc:
         raise FetchError(
-            f"cannot write to the cache {cache}: {exc}; pass --cache-dir (cache_dir=) naming a writable folder"
+            f"cannot write to the data folder {cache}: {exc}; pass --data-dir (data_dir=) naming a writable folder"
         ) from exc

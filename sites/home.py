@@ -44,6 +44,7 @@ from pharmafl.sites.party_card import check_parties
 from pharmafl.sites.privacy import History, split_prior
 from pharmafl.sites.store import LOCAL_SPLITS, SiteStore, check_site_rows, store_units, write_site_store
 from pharmafl.sites.tables import DTIDataset
+from pharmafl.sites.validation import MODEL_WINDOW
 
 SITE_FORMAT = "pharmafl-site-v1"
 CARD_FORMAT = "pharmafl-site-card-v1"
@@ -310,13 +311,15 @@ class SiteHome:
         delta: float | None = None,
         partition: dict | None = None,
         scrypt_n: int = DEFAULT_SCRYPT_N,
+        max_len: int = MODEL_WINDOW,
     ) -> SiteHome:
         """Create the home of ``site`` holding ``dataset`` (validated tables) at ``home``.
 
         Splits the rows into local train/val/test folds (DeepDTA's test fold stays test),
         writes the store, generates the site's key under ``passphrase`` (``simulated``: a
         random one, kept in ``home/passphrase``, mode 0600), and signs the card. Refuses a
-        non-empty ``home``; on any error nothing is left behind.
+        non-empty ``home``; on any error nothing is left behind. ``max_len``: the model window
+        (``model.max_len``) the store's manifest counts cut target sequences against.
         """
         home = Path(home)
         check_id(site, "site id")
@@ -339,7 +342,14 @@ class SiteHome:
         staging = Path(tempfile.mkdtemp(prefix=f".{home.name}.init-", dir=home.parent))  # mode 0700
         try:
             write_site_store(
-                dataset, rows, staging / "store", site=site, val_fraction=val_fraction, seed=seed, partition=partition
+                dataset,
+                rows,
+                staging / "store",
+                site=site,
+                val_fraction=val_fraction,
+                seed=seed,
+                partition=partition,
+                max_len=max_len,
             )
             store = replace(SiteStore.open(staging / "store"), site=site)
             key = KeyStore(staging / "keys", passphrase, scrypt_n=scrypt_n, allowed={site}).get_or_create(site)

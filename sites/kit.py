@@ -10,8 +10,8 @@ anywhere and a job never overwrites::
                    "site_home": "/abs/SITE_HOME", "cache_dir": "/abs/CACHE" | null}
       server kit: {"format": "pharmafl-nvflare-local-v1", "role": "server", "runs": "/abs/RUNS"}
 
-A site writes its own with ``pharmafl site nvflare-config --home SITE_HOME --kit KIT``;
-the coordinator the server's with ``pharmafl consortium nvflare-config --kit KIT --runs
+A site writes its own with ``pharmafl site nvflare-config SITE_HOME --kit KIT``;
+the coordinator the server's with ``pharmafl consortium nvflare-config KIT --runs
 DIR``. Paths are absolute, as resolved on the machine that wrote the file; the kit and the
 home stay where they were when it was written (move one, write the file again).
 """
@@ -110,7 +110,7 @@ def read_local_config(kit: Path, role: str, *, fix: str) -> dict[str, Any]:
 
 def site_of_kit(kit: Path, site: str) -> tuple[Path, Path | None]:
     """The site home (and featurization cache, or None) that ``site``'s kit names."""
-    fix = f"pharmafl site nvflare-config --home SITE_HOME --kit {kit}"
+    fix = f"pharmafl site nvflare-config SITE_HOME --kit {kit}"
     doc = read_local_config(kit, "site", fix=fix)
     if doc["site"] != site:
         raise ConfigError(

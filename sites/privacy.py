@@ -30,8 +30,10 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
+from pydantic import StrictFloat, StrictInt
 
 from pharmafl.errors import ConfigError
+from pharmafl.typedconfig import section
 
 Mode = Literal["off", "local", "client"]
 Unit = Literal["pair", "compound"]
@@ -49,7 +51,7 @@ UNIT_WORDS = {
 _OVERRIDABLE = ("epsilon", "delta", "noise_multiplier", "clip_norm")
 
 
-@dataclass(frozen=True)
+@section("privacy")
 class PrivacyConfig:
     """Differential privacy for a run (see the module docstring).
 
@@ -74,14 +76,14 @@ class PrivacyConfig:
     """
 
     mode: Mode = "off"
-    epsilon: float | None = None
-    delta: float | None = None
-    noise_multiplier: float | None = None
-    clip_norm: float = 1.0
+    epsilon: StrictFloat | None = None
+    delta: StrictFloat | None = None
+    noise_multiplier: StrictFloat | None = None
+    clip_norm: StrictFloat = 1.0
     unit: Unit = "pair"
     accountant: Accountant = "prv"
-    batch_size: int = 128
-    chunk_pairs: int = 64
+    batch_size: StrictInt = 128
+    chunk_pairs: StrictInt = 64
     on_exhausted: Literal["continue", "stop"] = "continue"
     noise_source: Literal["csprng", "seeded"] = "csprng"
     sites: dict = field(default_factory=dict)

@@ -25,7 +25,7 @@ binds the update to its pieces:
     C = H(\\texttt{tag} \\| salt \\| H(update) \\| c_0 \\| \\dots \\| c_h)
 
 so a site that later reveals ``salt``, the update, the seeds and the salts proves both what
-it trained and what the parties summed (:func:`commitment`, ``pharmafl prove-update``).
+it trained and what the parties summed (:func:`commitment`, ``pharmafl ledger prove-update``).
 
 What leaves the site is an *envelope*: the header (canonical JSON: site, round, run context,
 example count, parameter layout, :math:`C`, and per party the ciphertext's SHA-256, its
@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
-from pharmafl.errors import PharmaflError
+from pharmafl.errors import RefusedError
 
 FORMAT = "pharmafl-secagg/2"
 MAGIC = b"PFLSA2\n"
@@ -64,7 +64,7 @@ SALT = 32
 _HEX = re.compile(r"[0-9a-f]+")
 
 
-class ShareError(PharmaflError):
+class ShareError(RefusedError):
     """An envelope or a share is malformed, or cannot be opened by its recipient."""
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import zlib
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +122,7 @@ class Site:
 
     def model_from(self, state: State) -> DTIModel:
         """A fresh model holding ``state``."""
-        model = DTIModel(**asdict(self.model_cfg))
+        model = DTIModel.from_config(self.model_cfg)
         model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
         return model
 

@@ -3,8 +3,8 @@ consortium, name its home in its NVFlare startup kit (``nvflare-config``, sites/
 audit a run's ledger against what it signed and what its witness saw.
 
 Mounted by the main CLI as ``pharmafl site ...``. The passphrase of the site key comes from
-``$PHARMAFL_SITE_PASSPHRASE``. Bad input prints one ``error: ...`` line and exits 1; so does
-an audit that finds a statement missing or altered, or a ledger the witness never saw.
+``$PHARMAFL_SITE_PASSPHRASE``. Bad or missing input prints one ``error: ...`` line and exits 2;
+an audit that finds a statement missing or altered, or a ledger the witness never saw, exits 1.
 
 **Site audit** (``docs/trust-domains.md``, "Site audit"), for each run in ``SITE_HOME/runs``
 that the ledger records (its ``run_started`` entry):
@@ -33,31 +33,40 @@ import typer
 from pharmafl.audit import messages, rfc9162
 from pharmafl.audit.merkle import MerkleTree
 from pharmafl.audit.witness import Witness
-from pharmafl.errors import ConfigError, PharmaflError
-from pharmafl.sites.home import CARD_FILE, PASSPHRASE_ENV, SiteHome, check_card, read_json, read_lines
-from pharmafl.sites.tables import load_dataset
+from pharmafl.errors import ConfigError, RefusedError
+from pharmafl.sites.validation import MODEL_WINDOW
+
+CARD_FILE = "site-card.json"  # sites/home.py's (it imports pandas and torch: only inside the commands)
 
 app = typer.Typer(help="A site's home: its data, key, card, privacy ledger and witness.", no_args_is_help=True)
 
-Home = Annotated[Path, typer.Argument(help="the site home (pharmafl site init --home)")]
+Home = Annotated[Path, typer.Argument(metavar="HOME", help="the site home (pharmafl site init --home)")]
 ENTRY_FIELDS = ("actor", "entry_hash", "payload", "prev_hash", "seq", "signature", "ts", "type")
 
 
-class AuditFailure(PharmaflError):
+class AuditFailure(RefusedError):
     """The ledger does not hold what the site signed, or is not the log its witness saw."""
 
 
 @app.command("init")
 def init_command(
+    data: Annotated[
+        Path, typer.Argument(metavar="TABLES", help="directory of drugs/targets/measurements tables, or a store")
+    ],
     site: Annotated[str, typer.Option("--id", help="the site id, e.g. site-01")],
-    data: Annotated[Path, typer.Option("--data", help="directory of drugs/targets/measurements tables, or a store")],
     home: Annotated[Path, typer.Option("--home", help="the site home to create (new or empty directory)")],
     val_fraction: Annotated[float, typer.Option(help="share of the training rows kept for validation")] = 0.1,
     seed: Annotated[int, typer.Option(help="seed of the local split")] = 0,
     epsilon_budget: Annotated[float | None, typer.Option(help="the site's ε budget across runs")] = None,
     delta: Annotated[float | None, typer.Option(help="the site's δ (default: each run's)")] = None,
+    max_len: Annotated[
+        int, typer.Option(min=1, help="the runs' model.max_len: the manifest counts the target sequences it cuts")
+    ] = MODEL_WINDOW,
 ) -> None:
     """Validate the site's tables, store them, generate the site key, sign the site card."""
+    from pharmafl.sites.home import PASSPHRASE_ENV, SiteHome
+    from pharmafl.sites.tables import load_dataset
+
     passphrase = os.environ.get(PASSPHRASE_ENV, "")
     if not passphrase:
         raise ConfigError(f"set ${PASSPHRASE_ENV} to the passphrase that will protect {site}'s key")
@@ -71,6 +80,7 @@ def init_command(
         seed=seed,
         epsilon_budget=epsilon_budget,
         delta=delta,
+        max_len=max_len,
     )
     typer.echo(created.fingerprint)
     typer.echo(f"wrote {home}: card {home / CARD_FILE}", err=True)
@@ -79,13 +89,20 @@ def init_command(
 @app.command("card")
 def card_command(home: Home) -> None:
     """Print the site card (what the site hands the coordinator)."""
+    from pharmafl.sites.home import check_card, read_json
+
     card = check_card(read_json(home / CARD_FILE, "site card"), str(home / CARD_FILE))
     typer.echo(json.dumps(card, indent=1, sort_keys=True))
 
 
 @app.command("accept")
-def accept_command(home: Home, consortium: Annotated[Path, typer.Argument(help="the coordinator's consortium.json")]):
+def accept_command(
+    home: Home,
+    consortium: Annotated[Path, typer.Argument(metavar="CONSORTIUM", help="the coordinator's consortium.json")],
+):
     """Agree to a consortium: its cards checked, this site's own card in it unchanged."""
+    from pharmafl.sites.home import SiteHome, read_json
+
     site = SiteHome.open(home)
     digest = site.accept_consortium(read_json(consortium, "consortium"))
     typer.echo(f"{site.site} accepted roster {digest}")
@@ -93,7 +110,7 @@ def accept_command(home: Home, consortium: Annotated[Path, typer.Argument(help="
 
 @app.command("nvflare-config")
 def nvflare_config_command(
-    home: Annotated[Path, typer.Option("--home", help="this site's home (pharmafl site init --home)")],
+    home: Home,
     kit: Annotated[Path, typer.Option("--kit", help="this site's NVFlare startup kit (from the coordinator)")],
     cache_dir: Annotated[Path | None, typer.Option(help="folder for the featurization cache (default: none)")] = None,
 ) -> None:
@@ -104,7 +121,10 @@ def nvflare_config_command(
 
 
 @app.command("audit")
-def audit_command(home: Home, ledger: Annotated[Path, typer.Argument(help="an exported bundle, run dir or ledger.db")]):
+def audit_command(
+    home: Home,
+    ledger: Annotated[Path, typer.Argument(metavar="LEDGER", help="an exported bundle, run dir or ledger.db")],
+):
     """Check that each statement the site signed is in the ledger unmodified, under a head its witness cosigned."""
     typer.echo(audit_site(home, read_ledger(ledger)))
 
@@ -183,6 +203,8 @@ def _what(stmt: dict) -> str:
 def audit_site(home: Path, entries: list[dict]) -> str:
     """Audit ``entries`` (a ledger, in order) against ``home``; the one-line summary, or
     :class:`AuditFailure` naming the first problem."""
+    from pharmafl.sites.home import check_card, read_json, read_lines
+
     home = Path(home)
     card = check_card(read_json(home / CARD_FILE, "site card"), str(home / CARD_FILE))
     site = card["site"]

@@ -3,9 +3,9 @@
 ``SITE_HOME/store/`` (:mod:`pharmafl.sites.home`) is a dataset store
 (:func:`~pharmafl.sites.tables.save_dataset`): Parquet tables of the site's drugs, targets
 and measurements, the measurements' ``fold`` column holding the site's local split
-(``train`` / ``val`` / ``test``), and a manifest with row counts, label statistics and the
-SHA-256 of every file. The manifest's own SHA-256 is what the site's card carries and the
-run pins.
+(``train`` / ``val`` / ``test``), and a manifest with row counts, label statistics, the
+targets whose sequence the model's window cuts (``targets_truncated``) and the SHA-256 of
+every file. The manifest's own SHA-256 is what the site's card carries and the run pins.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pandas as pd
 
 from pharmafl.errors import DataError, Location
 from pharmafl.sites.splits import split_measurements
-from pharmafl.sites.tables import MANIFEST, DTIDataset, file_sha256, read_store, save_dataset
+from pharmafl.sites.tables import MANIFEST, MODEL_WINDOW, DTIDataset, file_sha256, read_store, save_dataset
 
 LOCAL_SPLITS = ("train", "val", "test")
 
@@ -85,10 +85,19 @@ def check_site_rows(ds: DTIDataset, rows: np.ndarray, site: str, where: Location
 
 
 def write_site_store(
-    ds: DTIDataset, rows: np.ndarray, out: Path, *, site: str, val_fraction: float, seed: int, partition: dict | None
+    ds: DTIDataset,
+    rows: np.ndarray,
+    out: Path,
+    *,
+    site: str,
+    val_fraction: float,
+    seed: int,
+    partition: dict | None,
+    max_len: int = MODEL_WINDOW,
 ) -> np.ndarray:
-    """Write ``rows`` of ``ds`` as ``site``'s store at ``out`` (local folds, label statistics in the
-    manifest's extras); return each row's local fold."""
+    """Write ``rows`` of ``ds`` as ``site``'s store at ``out`` (local folds, label statistics and the
+    targets longer than the model window ``max_len`` in the manifest's extras); return each row's
+    local fold."""
     folds = local_folds(ds.measurements.iloc[rows].reset_index(drop=True), val_fraction, seed)
     site_ds = subset(ds, rows, f"{ds.name}/{site}", folds)
     labels = site_ds.measurements["label"].to_numpy(dtype=float)
@@ -100,6 +109,7 @@ def write_site_store(
         "label_by_split": {s: _label_stats(labels[folds == s]) for s in LOCAL_SPLITS},
         "drugs": len(site_ds.drugs),
         "targets": len(site_ds.targets),
+        "targets_truncated": site_ds.long_targets(max_len).as_dict(),
     }
     save_dataset(site_ds, out, extra=extra)
     return folds

@@ -29,16 +29,19 @@ from pharmafl.errors import DataError, FetchError, Location
 from pharmafl.sites.validation import (  # noqa: F401  (re-exported: the table API in one place)
     ALIASES,
     CONCENTRATION_UNITS,
+    MODEL_WINDOW,
     OUTLIER_SD,
     PX_UNITS,
     REPORT_COLUMNS,
     SCORE_UNITS,
     TABLES,
     UNITS,
+    LongSequences,
     Problem,
     affinity_to_label,
     find_problems,
     label_outliers,
+    long_sequences,
     sequence_error,
     smiles_error,
     write_report,
@@ -120,6 +123,10 @@ class DTIDataset:
             "targets_sharing_a_sequence": int(self.targets["sequence"].duplicated(keep=False).sum()),
             "drugs_sharing_a_smiles": int(self.drugs["smiles"].duplicated(keep=False).sum()),
         }
+
+    def long_targets(self, window: int = MODEL_WINDOW) -> LongSequences:
+        """Targets whose sequence tokenization cuts to ``window`` residues (``model.max_len``)."""
+        return long_sequences(self.targets["target_id"].tolist(), self.targets["sequence"].tolist(), window)
 
 
 def from_frames(
@@ -321,7 +328,7 @@ def _load_public(name: str, data_dir: Path, quarantine: Path | None) -> DTIDatas
     raise FetchError(
         f"dataset {name!r} not found in {data_dir} (data_dir, else $PHARMAFL_DATA, else ~/.cache/pharmafl): expected "
         f"either the tidy tables {', '.join(str(p) for p in tidy)} or a fetched store {data_dir / name / MANIFEST}. "
-        f"Run `pharmafl data fetch {name} --cache-dir {data_dir}`, or place the tidy tables there"
+        f"Run `pharmafl data fetch {name} --data-dir {data_dir}`, or place the tidy tables there"
     )
 
 

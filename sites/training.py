@@ -2,61 +2,25 @@
 
 What a site runs each round, and what the centralized baseline runs each epoch. The loop
 reads as a recipe: plan batches, collate, forward, loss (+ the strategy's extra term),
-backward, the strategy's gradient hook, optimizer step.
+backward, the strategy's gradient hook, optimizer step. Its settings,
+:class:`~pharmafl.sites.train_config.TrainConfig`, are re-exported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pharmafl.errors import ConfigError
 from pharmafl.models.dti import DTIModel
 from pharmafl.models.metrics import regression_metrics
 from pharmafl.models.pairs import PairTensors
-from pharmafl.sites.batching import BATCHINGS, plan_batches
+from pharmafl.sites.batching import plan_batches
+from pharmafl.sites.train_config import TrainConfig
 
-ENCODINGS = ("unique", "pair")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Local optimisation settings.
-
-    Args:
-        batch_size: pairs per step. Default 512 (GraphDTA).
-        lr: Adam learning rate. Default 5e-4 (GraphDTA).
-        weight_decay: Adam weight decay. Default 0.
-        batching: ``grouped`` (default; chunks of same-target pairs per batch) or ``random``.
-        group_size: pairs of one target per chunk in ``grouped`` batching. Default 32.
-        encode: ``unique`` (default; each distinct entity of a batch encoded once) or
-            ``pair`` (one drug and one target encoding per pair).
-    """
-
-    batch_size: int = 512
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    batching: str = "grouped"
-    group_size: int = 32
-    encode: str = "unique"
-
-    def __post_init__(self):
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"train.batch_size must be a positive integer, got {self.batch_size!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr!r}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not isinstance(self.group_size, int) or self.group_size < 1:
-            raise ConfigError(f"train.group_size must be a positive integer, got {self.group_size!r}")
-        if self.batching not in BATCHINGS:
-            raise ConfigError(f"Could not resolve train.batching {self.batching!r} among choices {list(BATCHINGS)}")
-        if self.encode not in ENCODINGS:
-            raise ConfigError(f"Could not resolve train.encode {self.encode!r} among choices {list(ENCODINGS)}")
+__all__ = ["TrainConfig", "evaluate", "make_optimizer", "predict", "train_epoch"]
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -18,12 +18,12 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
-from pharmafl.errors import PharmaflError
+from pharmafl.errors import RefusedError
 
 FORMAT = "pharmafl-update/1"
 
 
-class UpdateError(PharmaflError):
+class UpdateError(RefusedError):
     """An update's bytes are malformed or do not match what they claim."""
 
 

@@ -14,6 +14,13 @@ pX values and KIBA scores (Tang et al. 2014, as transformed by SimBoost) are use
 normalized tables; :mod:`pharmafl.sites.tables` turns the first problem into one
 :class:`~pharmafl.errors.DataError`, or, with a quarantine path, writes them all with
 :func:`write_report` and drops the rows.
+
+A sequence longer than the model's window (``model.max_len``, default :data:`MODEL_WINDOW`)
+is valid but is cut to the window when tokenized; :func:`long_sequences` says which, so that
+``pharmafl data validate`` reports them and a site's store manifest records how many.
+
+Imports nothing heavy at module level (pandas and RDKit load when a table is checked), so
+that ``pharmafl data --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -24,12 +31,14 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from pharmafl.errors import DataError, FeaturizationError, Location
-from pharmafl.models.featurize import parse_smiles
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CONCENTRATION_UNITS = ("nM_Kd", "nM_Ki", "nM_IC50")
 PX_UNITS = ("pKd", "pKi", "pIC50")
@@ -60,6 +69,10 @@ _REQUIRED = {
     "measurements": ("drug_id", "target_id"),
 }
 REPORT_COLUMNS = ("table", "file", "row", "id", "column", "reason", "fix")
+# The protein window of the default model: ModelConfig().max_len (models/sequence.py's DEFAULT_MAX_LEN;
+# a test keeps the two equal). Not imported from there: that module loads torch.
+MODEL_WINDOW = 1000
+LONG_EXAMPLES = 5  # ids shown by LongSequences.warning
 
 
 @dataclass(frozen=True)
@@ -116,11 +129,54 @@ def sequence_error(sequence: str) -> str | None:
 
 def smiles_error(smiles: str) -> str | None:
     """Why RDKit cannot parse ``smiles`` (RDKit's own message), or None if it parses to atoms."""
+    from pharmafl.models.featurize import parse_smiles  # RDKit: loaded when a SMILES is checked
+
     try:
         parse_smiles(smiles)
     except FeaturizationError as exc:
         return str(exc)
     return None
+
+
+@dataclass(frozen=True)
+class LongSequences:
+    """Target sequences longer than ``window``: their count, the longest length, their ids (longest first)."""
+
+    window: int
+    total: int  # sequences checked
+    ids: tuple[str, ...]
+    longest: int  # length of the longest sequence checked (0 if none)
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    def as_dict(self) -> dict:
+        """What a summary and a site manifest record (``targets_truncated``): the window as ``max_len``,
+        how many sequences are longer, the longest length of all, and the ids of the longer ones."""
+        return {"max_len": self.window, "count": self.count, "longest": self.longest, "ids": list(self.ids)}
+
+    def warning(self, dataset: str) -> str | None:
+        """One line for stderr, or None when no sequence is longer than the window."""
+        if not self.count:
+            return None
+        shown = ", ".join(self.ids[:LONG_EXAMPLES]) + (
+            f" and {self.count - LONG_EXAMPLES} more" if self.count > LONG_EXAMPLES else ""
+        )
+        return (
+            f"{dataset}: {self.count} of {self.total} target sequence(s) are longer than the model window of "
+            f"{self.window} residues (longest {self.longest}) and will be cut to their first {self.window}: "
+            f"{shown} (check another window with --max-len; the run's window is model.max_len)"
+        )
+
+
+def long_sequences(ids: Sequence[str], sequences: Sequence[str], window: int = MODEL_WINDOW) -> LongSequences:
+    """Which of ``sequences`` (named by ``ids``) tokenization would cut to ``window`` residues."""
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise DataError(f"the window must be a positive integer, got {window!r}", fix="pass --max-len N with N >= 1")
+    lengths = [len(s) for s in sequences]
+    over = sorted((-n, str(i)) for i, n in zip(ids, lengths) if n > window)
+    return LongSequences(window, len(lengths), tuple(i for _, i in over), max(lengths, default=0))
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -267,6 +323,8 @@ def _measurement_problems(
     value: str,
     checks: list[str],
 ) -> tuple[list[Problem], np.ndarray]:
+    import pandas as pd
+
     file = files[2]
     probs = _empty_ids(m["drug_id"], "measurements", file, "drug_id")
     probs += _empty_ids(m["target_id"], "measurements", file, "target_id")
@@ -373,6 +431,8 @@ def find_problems(
     drugs: pd.DataFrame, targets: pd.DataFrame, measurements: pd.DataFrame, *, unit: str | None, files: Sequence[str]
 ) -> tuple[list[Problem], pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Every problem of the three tables, in file order, and the tables normalized (text ids, labels)."""
+    import pandas as pd
+
     if unit is not None and unit not in UNITS:
         raise DataError(f"unknown unit {unit!r}", fix=f"use one of {', '.join(UNITS)}")
     d = _canonical(drugs, "drugs", files[0]).reset_index(drop=True)
@@ -428,6 +488,8 @@ def find_problems(
 
 def write_report(problems: Sequence[Problem], path: Path) -> Path:
     """Write ``problems`` to a CSV quarantine report (atomically); an empty report has the header only."""
+    import pandas as pd
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(

@@ -17,16 +17,16 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from pharmafl.errors import ConfigError, PharmaflError
+from pharmafl.errors import ConfigError
 
 app = typer.Typer(
     help="An aggregation party: its keys, its card, the consortia it serves, its service.", no_args_is_help=True
 )
-Home = Annotated[Path, typer.Argument(help="the party home (pharmafl party init --home)")]
+Home = Annotated[Path, typer.Argument(metavar="HOME", help="the party home (pharmafl party init --home)")]
 
 
 @app.command("init")
@@ -34,7 +34,7 @@ def init_command(
     party: Annotated[str, typer.Option("--id", help="the party id, e.g. helper-1")],
     home: Annotated[Path, typer.Option("--home", help="the party home to create (new or empty directory)")],
     role: Annotated[
-        str,
+        Literal["helper", "server"],
         typer.Option(
             help="'helper' (an independent organisation) or 'server' (the coordinator's "
             "own party, which receives the sum)"
@@ -64,7 +64,10 @@ def card_command(home: Home) -> None:
 
 
 @app.command("accept")
-def accept_command(home: Home, consortium: Annotated[Path, typer.Argument(help="the coordinator's consortium.json")]):
+def accept_command(
+    home: Home,
+    consortium: Annotated[Path, typer.Argument(metavar="CONSORTIUM", help="the coordinator's consortium.json")],
+):
     """Agree to a consortium: its site and party cards checked, this party's card in it unchanged."""
     from pharmafl.pipeline.secure_agg.party_home import PartyHome
     from pharmafl.sites.home import read_json
@@ -107,13 +110,12 @@ def serve_command(
         service.shutdown()
 
 
-def main() -> int:
-    try:
-        app(standalone_mode=False)
-    except PharmaflError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pharmafl.pipeline.secure_agg.cli_party``: the exit codes and one-line errors of
+    ``pharmafl party`` (:func:`pharmafl.pipeline.cli.invoke`)."""
+    from pharmafl.pipeline.cli import invoke
+
+    return invoke(app, argv, prog_name="pharmafl party")
 
 
 if __name__ == "__main__":

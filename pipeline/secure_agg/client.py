@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pharmafl.errors import PharmaflError
+from pharmafl.errors import RefusedError
 from pharmafl.pipeline.secure_agg import wire
 from pharmafl.sites.party_card import ranked
 from pharmafl.sites.secret_sharing import Envelope
@@ -34,7 +34,7 @@ CONNECT_TIMEOUT_S = 30.0
 OTHER_PARTY = "another party could not open its share"
 
 
-class SecureAggregationError(PharmaflError):
+class SecureAggregationError(RefusedError):
     """The aggregation parties could not be reached, refused the run, or disagree."""
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import StrictBool, StrictFloat, StrictInt
 
 from pharmafl.errors import ConfigError
+from pharmafl.typedconfig import section
 
 MAX_LIMIT = 1024.0  # (1 + slack) * max_update_norm, in real units
 
@@ -15,7 +16,7 @@ def fits_ring(limit: float, buckets: int) -> bool:
     return buckets * (limit * 2**16) ** 2 < 2**62
 
 
-@dataclass(frozen=True)
+@section("secure_aggregation")
 class SecureAggregationConfig:
     """Secure aggregation (``docs/secure-aggregation.md``): the server learns only the weighted
     sum of the sites' updates, computed on secret shares (CrypTen) by independent aggregation
@@ -43,16 +44,16 @@ class SecureAggregationConfig:
         host: where simulated parties listen (default 127.0.0.1).
     """
 
-    enabled: bool = False
-    helpers: int = 1
+    enabled: StrictBool = False
+    helpers: StrictInt = 1
     endpoints: dict[str, str] | None = None
     dealer: str | None = None
-    max_update_norm: float = 10.0
-    slack: float = 0.16
-    sketches: int = 4
-    buckets: int = 1024
-    max_examples: int = 10_000_000
-    keep_updates: bool = True
+    max_update_norm: StrictFloat = 10.0
+    slack: StrictFloat = 0.16
+    sketches: StrictInt = 4
+    buckets: StrictInt = 1024
+    max_examples: StrictInt = 10_000_000
+    keep_updates: StrictBool = True
     host: str = "127.0.0.1"
 
     def __post_init__(self):

@@ -47,10 +47,10 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from pharmafl.errors import PharmaflError
+from pharmafl.errors import RefusedError
 
 
-class MeshError(PharmaflError):
+class MeshError(RefusedError):
     """A mesh connection was refused or broke, or a peer sent what it must not."""
 
 

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 
 from pharmafl.audit import messages
 from pharmafl.audit.keys import DEFAULT_SCRYPT_N, KeyStore, raw_public_key
-from pharmafl.errors import ConfigError, PharmaflError
+from pharmafl.errors import ConfigError, PharmaflError, RefusedError
 from pharmafl.fileio import fsync_dir, write_bytes_atomic
 from pharmafl.pipeline.secure_agg.mesh import make_tls_identity
 from pharmafl.sites.home import (
@@ -52,7 +52,7 @@ PASSPHRASE_ENV = "PHARMAFL_PARTY_PASSPHRASE"
 STATEMENTS = "statements.jsonl"
 
 
-class PartyRefusal(PharmaflError):
+class PartyRefusal(RefusedError):
     """A request this party will not serve; its message is what the signed refusal says."""
 
 

@@ -20,7 +20,7 @@ import struct
 import tempfile
 from collections.abc import Sequence
 
-from pharmafl.errors import PharmaflError
+from pharmafl.errors import RefusedError
 
 MAX_JSON = 64 << 20
 MAX_BLOB = 1 << 34
@@ -28,7 +28,7 @@ MAX_BLOBS = 1 << 16
 MAX_FRAME = 1 << 35  # all binary parts of one frame together
 
 
-class WireError(PharmaflError):
+class WireError(RefusedError):
     """A frame on a party channel is malformed, too large, or the channel broke."""
 
 

@@ -3,26 +3,23 @@
 A strategy is the server side of an algorithm: what each site is asked to do this round
 (:meth:`Strategy.instructions`) and how the sites' updates become the next global weights
 (:meth:`Strategy.aggregate`). Its settings are a frozen ``Options`` dataclass, filled from
-``federation.strategy_options`` in the run config. A new algorithm is one file overriding
-one or two methods, registered in :mod:`pharmafl.pipeline.strategies`.
+``federation.strategy_options`` in the run config and declared, with the strategy's name, in
+:mod:`pharmafl.pipeline.strategy_options` (which the config checks against without loading
+the algorithms). A new algorithm is one file overriding one or two methods, registered in
+:mod:`pharmafl.pipeline.strategies`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from pharmafl.pipeline.aggregate import State, add, weighted_sum
+from pharmafl.pipeline.strategy_options import NoOptions
 from pharmafl.sites.site import Instructions
 from pharmafl.sites.update import Update
-
-
-@dataclass(frozen=True)
-class NoOptions:
-    """This strategy takes no options."""
 
 
 class Strategy:

@@ -13,34 +13,12 @@ Both start from :math:`m = 0`, :math:`v = \\tau^2`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from pharmafl.errors import ConfigError
 from pharmafl.pipeline.strategies.base import Strategy
+from pharmafl.pipeline.strategy_options import FedOptOptions
 
-
-@dataclass(frozen=True)
-class FedOptOptions:
-    """Server step ``server_lr`` (η, default 0.01), ``beta1`` (0.9), ``beta2`` (0.99), ``tau`` (1e-3).
-
-    The adaptive step moves each weight by about η per round, so η should match the size of
-    a round's local progress (local Adam at lr 5e-4 over tens of steps: ~1e-2).
-    """
-
-    server_lr: float = 1e-2
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
-
-    def __post_init__(self):
-        for name in ("server_lr", "tau"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"federation.strategy_options.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"federation.strategy_options.{name} must be in [0, 1), got {getattr(self, name)}")
+__all__ = ["FedAdam", "FedOptOptions", "FedYogi"]
 
 
 class FedAdam(Strategy):

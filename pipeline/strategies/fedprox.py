@@ -4,22 +4,9 @@ keeps heterogeneous sites from drifting far from the global model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from pharmafl.errors import ConfigError
 from pharmafl.pipeline.strategies.base import Strategy
+from pharmafl.pipeline.strategy_options import FedProxOptions
 from pharmafl.sites.site import Instructions
-
-
-@dataclass(frozen=True)
-class FedProxOptions:
-    """``mu``: weight of the proximal term (default 0.01; 0 is FedAvg)."""
-
-    mu: float = 0.01
-
-    def __post_init__(self):
-        if self.mu < 0:
-            raise ConfigError(f"federation.strategy_options.mu must be >= 0, got {self.mu}")
 
 
 class FedProx(Strategy):

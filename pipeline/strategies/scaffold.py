@@ -12,25 +12,12 @@ with :math:`N` the number of sites in the federation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from pharmafl.errors import ConfigError
 from pharmafl.pipeline.aggregate import add, weighted_sum
 from pharmafl.pipeline.strategies.base import Strategy
+from pharmafl.pipeline.strategy_options import ScaffoldOptions
 from pharmafl.sites.site import Instructions
-
-
-@dataclass(frozen=True)
-class ScaffoldOptions:
-    """``server_lr``: global step size :math:`\\eta_g` (default 1.0)."""
-
-    server_lr: float = 1.0
-
-    def __post_init__(self):
-        if not self.server_lr > 0:
-            raise ConfigError(f"federation.strategy_options.server_lr must be > 0, got {self.server_lr}")
 
 
 class Scaffold(Strategy):

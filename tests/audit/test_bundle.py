@@ -49,7 +49,7 @@ def test_bundle_files_and_manifest(bundle: Path) -> None:
     assert [json.loads(line) for line in (bundle / "cosignatures.jsonl").read_text().splitlines()] == cosigned
     keys = json.loads((bundle / "keys.json").read_text())["keys"]
     assert sorted(keys) == ["server", "user:qa"]  # the sites' keys are pinned by their cards, never registered
-    assert verify_path(str(bundle)).startswith(f"OK: {len(stored)} entries, 3 checkpoints (2 witnessed")
+    assert verify_path(str(bundle)).line().startswith(f"OK: {len(stored)} entries, 3 checkpoints (2 witnessed")
 
 
 def test_export_refuses_a_non_empty_target(bundle: Path) -> None:

@@ -36,7 +36,7 @@ def test_first_entry_registers_registrar_and_actor(ledger: Ledger, keystore: Key
     assert entry == entries[2] and entry.data == {"round": 1, "update_hash": "a" * 64}
     assert entries[0].prev_hash == GENESIS_PREV_HASH
     assert all(b.prev_hash == a.entry_hash for a, b in zip(entries, entries[1:]))
-    assert verify_path(str(ledger.storage.url.removeprefix("sqlite:///"))).startswith("OK: 3 entries")
+    assert verify_path(str(ledger.storage.url.removeprefix("sqlite:///"))).line().startswith("OK: 3 entries")
 
 
 def test_append_many_is_one_batch_and_registers_each_actor_once(ledger: Ledger) -> None:

@@ -43,7 +43,7 @@ def kill_mid_append(target: str, keys: Path, rounds: int = 5) -> None:
         assert writer.returncode == -signal.SIGKILL
         reported = max([reported] + [int(x) for x in rest if x.isdigit()])
         summary = verify_path(target)  # raises on a half entry or broken chain
-        assert summary.startswith("OK: ")
+        assert summary.line().startswith("OK: ")
         with Ledger.open(target) as ledger:
             mine = [e for e in ledger.entries() if e.actor == f"site-{r:02d}" and e.type != "actor_key"]
         assert [e.data["i"] for e in mine] == list(range(len(mine)))  # a prefix of what it sent
@@ -56,7 +56,7 @@ def test_sigkill_mid_append_never_breaks_the_chain(tmp_path: Path) -> None:
     with Ledger.open(target, KeyStore(tmp_path / "keys", PASSPHRASE, scrypt_n=FAST_SCRYPT)) as ledger:
         ledger.record("server", "run_ended", status="stopped")  # the survivor carries on
         ledger.checkpoint()
-    assert verify_path(target).startswith("OK: ")
+    assert verify_path(target).line().startswith("OK: ")
 
 
 def concurrent_writers(target: str, keys: Path, go: Path, writers: int = 4, count: int = 120) -> None:
@@ -67,7 +67,7 @@ def concurrent_writers(target: str, keys: Path, go: Path, writers: int = 4, coun
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
-    assert verify_path(target).startswith(f"OK: {writers * count + writers + 1} entries")
+    assert verify_path(target).line().startswith(f"OK: {writers * count + writers + 1} entries")
     by_writer, order = defaultdict(list), []
     with Ledger.open(target) as ledger:
         for e in ledger.entries():

@@ -199,7 +199,7 @@ def test_every_checkpoint_of_a_run_is_witnessed_by_the_sites(
     assert {(c.tree_size, c.witness) for c in listener.ledger.cosignatures()} == {
         (cp.tree_size, s) for cp in cps for s in SITES
     }
-    summary = verify(
+    run = verify(
         [
             (e.seq, e.ts, e.actor, e.type, e.payload, e.prev_hash, e.entry_hash, e.signature)
             for e in listener.ledger.entries()
@@ -207,7 +207,14 @@ def test_every_checkpoint_of_a_run_is_witnessed_by_the_sites(
         [json.loads(c.to_json_line()) for c in cps],
         [json.loads(c.to_json_line()) for c in listener.ledger.cosignatures()],
     )
-    assert summary.line().startswith(f"OK: {len(listener.ledger)} entries, 3 checkpoints (3 witnessed, quorum 2 of 3")
+    summary = run.result()
+    assert (summary.entries, summary.checkpoints, summary.witnessed, summary.quorum, summary.sites) == (
+        len(listener.ledger),
+        3,
+        3,
+        2,
+        3,
+    )
 
 
 def test_refusals_and_failures_are_recorded_as_witness_refused(

@@ -55,7 +55,9 @@ def test_the_clean_fixture_verifies_with_every_anchor() -> None:
     summary = verify_path(
         str(ASSETS / "ledger_clean"), trusted_head=TRUSTED_HEAD, trusted_keys=TRUSTED_KEYS, roster=ROSTER
     )
-    assert summary.startswith(f"OK: {len(CLEAN)} entries, 4 checkpoints (3 witnessed, quorum 2 of 3 sites), head ")
+    assert summary.line().startswith(
+        f"OK: {len(CLEAN)} entries, 4 checkpoints (3 witnessed, quorum 2 of 3 sites), head "
+    )
 
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
@@ -63,7 +65,7 @@ def test_attack_is_caught_at_the_first_bad_entry(attack: str) -> None:
     expected = ATTACKS[attack]
     bundle = str(ASSETS / f"ledger_{attack}")
     if expected.get("passes_without_anchor"):
-        assert verify_path(bundle).startswith("OK: ")  # the documented limit: invisible from inside
+        assert verify_path(bundle).line().startswith("OK: ")  # the documented limit: invisible from inside
         anchors = [{"trusted_head": TRUSTED_HEAD}]
         if attack == "rewritten_fresh_keys":
             anchors.append({"trusted_keys": TRUSTED_KEYS})

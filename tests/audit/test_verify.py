@@ -52,6 +52,45 @@ def test_fail_line_names_the_first_bad_seq_and_exits_1() -> None:
     assert result.stdout.startswith("FAIL: seq 22: found sequence number 23 where 22 belongs")
 
 
+def test_json_output_is_the_result_and_the_failure_as_objects(ledger_run: Path, built: LedgerBuilder) -> None:
+    ok = run_verifier(str(ledger_run), "--json")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    run_id = next(e["payload"]["run_id"] for e in built.entries if e["type"] == "run_started")
+    assert json.loads(ok.stdout) == {
+        "ok": True,
+        "entries": len(built.entries),
+        "checkpoints": len(built.checkpoints),
+        "witnessed": 3,
+        "quorum": 2,
+        "sites": 3,
+        "root_hash": built.checkpoints[-1]["root_hash"],
+        "run_id": run_id,
+    }
+    bad = run_verifier(str(ASSETS / "ledger_reordered"), "--json")
+    assert bad.returncode == 1 and json.loads(bad.stdout) == {
+        "ok": False,
+        "seq": 22,
+        "reason": "found sequence number 23 where 22 belongs: an entry was deleted, inserted or moved",
+        "unreadable": False,
+    }
+    unreadable = run_verifier(str(ledger_run / "nope"), "--json")
+    doc = json.loads(unreadable.stdout)
+    assert unreadable.returncode == 2 and doc["ok"] is False and doc["unreadable"] is True and doc["seq"] is None
+
+
+def test_the_result_prints_the_ok_line_and_reports_progress(ledger_run: Path, tmp_path: Path) -> None:
+    export(ledger_run, tmp_path / "bundle")
+    for target in (ledger_run, tmp_path / "bundle"):  # a database and a bundle: the same totals
+        seen: list[tuple[int, int | None]] = []
+        result = dbsource.verify_target(target, on_progress=lambda done, total, seen=seen: seen.append((done, total)))
+        assert (
+            seen == [(31, 31)]
+            and result.entries == 31
+            and result.line()
+            == (f"OK: 31 entries, 4 checkpoints (3 witnessed, quorum 2 of 3 sites), head {result.root_hash}")
+        )
+
+
 @pytest.mark.parametrize("path", ["does/not/exist", "."])
 def test_unreadable_input_exits_2_and_says_what_is_accepted(path: str, tmp_path: Path) -> None:
     result = run_verifier(str(tmp_path / path))
@@ -70,7 +109,7 @@ def test_sqlite_file_run_dir_and_bundle_agree(ledger_run: Path, tmp_path: Path) 
     export(ledger_run, tmp_path / "bundle")  # with entries.parquet: cross-checked through pyarrow
     results = {verify_path(str(p)) for p in (ledger_run, ledger_run / "ledger.db", tmp_path / "bundle")}
     results |= {dbsource.verify_target(p) for p in (ledger_run, tmp_path / "bundle")}
-    assert len(results) == 1 and results.pop().startswith("OK: 31 entries, 4 checkpoints (3 witnessed")
+    assert len(results) == 1 and results.pop().line().startswith("OK: 31 entries, 4 checkpoints (3 witnessed")
 
 
 def truncate(db: Path, size: int, *, checkpoints_too: bool) -> None:
@@ -90,9 +129,9 @@ def test_trusted_head_from_a_longer_ledger_catches_truncation(
     first, last = built.checkpoints[0], built.checkpoints[-1]
     head = tmp_path / "head.json"
     head.write_text(json.dumps(last))
-    assert verify_path(str(ledger_run), trusted_head=str(head)).startswith("OK")
+    assert verify_path(str(ledger_run), trusted_head=str(head)).line().startswith("OK")
     truncate(ledger_run / "ledger.db", first["tree_size"], checkpoints_too=True)  # an old copy restored
-    assert verify_path(str(ledger_run)).startswith(f"OK: {first['tree_size']} entries")
+    assert verify_path(str(ledger_run)).line().startswith(f"OK: {first['tree_size']} entries")
     with pytest.raises(VerificationError) as err:
         verify_path(str(ledger_run), trusted_head=str(head))
     assert err.value.seq == first["tree_size"] and "truncated" in err.value.reason
@@ -140,7 +179,7 @@ def test_bad_trusted_keys_file_is_unreadable(ledger_run: Path, tmp_path: Path, c
 
 def test_empty_ledger_verifies_as_empty(tmp_path: Path, keystore: KeyStore) -> None:
     Ledger.open(tmp_path / "l.db", keystore).close()
-    assert verify_path(str(tmp_path / "l.db")) == (
+    assert verify_path(str(tmp_path / "l.db")).line() == (
         f"OK: 0 entries, 0 checkpoints (0 witnessed, quorum 0 of 0 sites), head {EMPTY_ROOT}"
     )
 
@@ -185,3 +224,11 @@ def test_a_bundle_and_its_database_see_the_same_cosignatures(tmp_path: Path, bui
     assert verify_path(str(bundle)) == verify_path(str(db))
     with pytest.raises(VerificationError, match="the witness policy needs 3"):
         verify_path(str(db), witnesses=3)
+
+
+def test_progress_is_reported_every_4096_rows_and_after_the_last() -> None:
+    from pharmafl.audit.verify_bundle import counted
+
+    seen: list[tuple[int, int | None]] = []
+    rows = list(counted(iter(range(10_000)), lambda done, total: seen.append((done, total)), 10_000))
+    assert rows == list(range(10_000)) and seen == [(4096, 10_000), (8192, 10_000), (10_000, 10_000)]

@@ -24,7 +24,7 @@ FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCh
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     b = LedgerBuilder().run()
     path = save(tmp_path_factory.mktemp("fuzz") / "bundle", b.entries, b.checkpoints, b.cosignatures)
-    assert verify_path(str(path), jobs=1).startswith("OK: ")
+    assert verify_path(str(path), jobs=1).line().startswith("OK: ")
     return path
 
 

@@ -24,7 +24,7 @@ def test_init_creates_the_first_admin_signed_by_her_own_key(ledger_run, clock) -
     assert admin.role == Role.ADMIN and admin.sealed_key is not None
     assert [(e.actor, e.data["created_by"], e.data["role"]) for e in created] == [("user:ada", "bootstrap", "admin")]
     assert keys["user:ada"]["public_key"] == admin.public_key
-    assert verify_path(str(ledger_run)).startswith("OK: ")
+    assert verify_path(str(ledger_run)).line().startswith("OK: ")
 
 
 def test_login_is_recorded_and_signed_by_the_user(people) -> None:
@@ -149,7 +149,7 @@ def test_admin_manages_roles_and_every_change_is_recorded(people) -> None:
         people.disable(admin, "ada")
     with pytest.raises(ComplianceError, match="Could not resolve role 'superuser'"):
         people.set_role(admin, "dana", "superuser")
-    assert verify_path(str(people.ledger.storage.url.removeprefix("sqlite:///"))).startswith("OK: ")
+    assert verify_path(str(people.ledger.storage.url.removeprefix("sqlite:///"))).line().startswith("OK: ")
 
 
 def test_user_ids_are_never_reused(people) -> None:
@@ -211,7 +211,7 @@ def test_ledger_verifies_after_every_kind_of_action(people) -> None:
         people.create_user(people.login("rita", password("rita")), "eve", "Eve Other", "qa", "Temporary-Pass-9")
     types = {e.type for e in entries_of(people)}
     assert {"user_created", "password_changed", "user_login", "login_failed", "action_refused"} <= types
-    assert verify_path(people.ledger.storage.url.removeprefix("sqlite:///")).startswith("OK: ")
+    assert verify_path(people.ledger.storage.url.removeprefix("sqlite:///")).line().startswith("OK: ")
     assert {e.actor for e in entries_of(people, "user_login")} <= {f"user:{u}" for u in PEOPLE}
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from pharmafl.audit.canonical import canonical_json
 from pharmafl.audit.evidence import verify_package
-from pharmafl.audit.verify import VerificationError
+from pharmafl.audit.verify import VerificationError, verify_path
 from pharmafl.compliance.access import AccessControl
 from pharmafl.compliance.errors import AuthorityError, ComplianceError
 from pharmafl.compliance.evidence import export_evidence
@@ -89,7 +89,7 @@ def fails(pkg: Path, match: str, **kw) -> None:
 
 
 def test_package_verifies_offline_with_the_trusted_head(built: Built) -> None:
-    line = verify_package(str(built.package), trusted_head=str(built.head))
+    line = verify_package(str(built.package), trusted_head=str(built.head)).line()
     assert line.startswith("OK: evidence package of run run: ") and "2 report(s), 2 e-signature(s)" in line
     names = {p.relative_to(built.package).as_posix() for p in built.package.rglob("*") if p.is_file()}
     assert {
@@ -127,6 +127,29 @@ def test_standalone_module_and_cli_agree(built: Built) -> None:
     from pharmafl.pipeline.cli import main
 
     assert main(["evidence", "verify", str(built.package)]) == 0
+
+
+def test_json_output_of_the_standalone_module_and_the_cli_is_the_same_object(pkg: Path, capsys) -> None:
+    from pharmafl.audit.evidence import main as standalone
+    from pharmafl.pipeline.cli import main
+
+    assert standalone([str(pkg), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert main(["evidence", "verify", str(pkg), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == doc
+    result = verify_package(str(pkg))
+    assert doc == result.as_dict() and doc["ok"] is True and doc["reports"] == 2 and doc["signatures"] == 2
+    assert doc["ledger"]["entries"] == json.loads((pkg / "ledger" / "manifest.json").read_text())["entries"]
+    assert doc["ledger"] == verify_path(str(pkg / "ledger")).as_dict()
+    (pkg / "README.txt").write_text("altered")
+    assert standalone([str(pkg), "--json"]) == 1
+    failed = json.loads(capsys.readouterr().out)
+    assert failed == {
+        "ok": False,
+        "seq": None,
+        "reason": "README.txt: SHA-256 differs from MANIFEST.json: the file was altered",
+        "unreadable": False,
+    }
 
 
 def test_tampered_report_file_is_rejected(pkg: Path) -> None:

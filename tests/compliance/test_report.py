@@ -13,8 +13,9 @@ from pypdf import PdfReader
 from pharmafl.audit.keys import KeyStore
 from pharmafl.audit.ledger import Ledger
 from pharmafl.audit.records import asserted
+from pharmafl.audit.verify import verify_path
 from pharmafl.compliance.errors import AuthorityError, ComplianceError
-from pharmafl.compliance.report import FORMATS, generate_report, load_report, parse_formats
+from pharmafl.compliance.report import FORMATS, LedgerDoesNotVerify, generate_report, load_report, parse_formats
 from pharmafl.compliance.signing import sign
 from pharmafl.compliance.trail import TrailFilter, trail_rows
 
@@ -176,10 +177,28 @@ def test_tampered_ledger_refuses_report(team, tmp_path) -> None:
     )
     db.commit()
     db.close()
-    with pytest.raises(ComplianceError, match=f"does not verify \\(first bad entry: seq {victim.seq}\\)"):
+    with pytest.raises(LedgerDoesNotVerify, match=f"does not verify \\(first bad entry: seq {victim.seq}\\)") as err:
         generate_report(team.ac, team.login("quinn"), team.run, tmp_path / "r1")
+    assert err.value.exit_code == 1  # verification failed: a refusal, not bad input
     assert not (tmp_path / "r1").exists() and not entries_of(team.ac, "report_generated")
     assert not list(tmp_path.glob(".r1*"))
+
+
+def test_the_certificate_is_the_verifiers_result_object(team, tmp_path) -> None:
+    session = team.login("quinn")  # a recorded login: the ledger as the report will find it
+    verified = verify_path(str(team.run / "ledger.db"))
+    seen: list[tuple[int, int | None]] = []
+    out = generate_report(team.ac, session, team.run, tmp_path / "r1", on_progress=lambda *done: seen.append(done))
+    certificate = load_report(out)[0]["certificate"]
+    assert certificate["verification"] == verified.line() and certificate["root_hash"] == verified.root_hash
+    assert certificate["tree_size"] == verified.entries and seen[-1] == (verified.entries, verified.entries)
+
+
+def test_an_unreadable_ledger_is_bad_input_not_a_refusal(team, tmp_path) -> None:
+    (team.run / "ledger.db").write_bytes(b"not a database")
+    with pytest.raises(ComplianceError, match="cannot report on") as err:
+        generate_report(team.ac, team.login("quinn"), team.run, tmp_path / "r1")
+    assert err.value.exit_code == 2 and not isinstance(err.value, LedgerDoesNotVerify)
 
 
 @pytest.mark.parametrize("user", ["rita", "ada"])
@@ -335,7 +354,7 @@ def test_report_of_a_secure_run(secure_run_template, tmp_path, clock) -> None:
     lineage = pd.read_parquet(out / "tables" / "lineage.parquet")
     for digest in [*sums, *(d["commitment"] for _, d in shares)]:
         assert digest in text and digest in html and digest in set(lineage.sha256)
-    assert verify_package(str(package)).startswith("OK: ")
+    assert verify_package(str(package)).line().startswith("OK: ")
 
 
 def test_report_of_a_real_run(real_team, tmp_path) -> None:

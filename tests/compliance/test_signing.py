@@ -79,8 +79,8 @@ def test_sign_needs_the_password_each_time(team, report, monkeypatch, cli_admits
     monkeypatch.setenv("PHARMAFL_PASSWORD", "not-her-password")
     team.ac.close()
     assert main(["sign", str(report), "--user", "quinn", "--meaning", "approved", "--run", str(team.run)]) == 1
-    monkeypatch.delenv("PHARMAFL_PASSWORD")
-    assert main(["sign", str(report), "--user", "quinn", "--meaning", "approved", "--run", str(team.run)]) == 1
+    monkeypatch.delenv("PHARMAFL_PASSWORD")  # no password and no terminal: a usage error, recorded as nothing
+    assert main(["sign", str(report), "--user", "quinn", "--meaning", "approved", "--run", str(team.run)]) == 2
     ac = team.ac.open(team.run, PASSPHRASE, allow_test_kdf=True)
     try:
         assert entries_of(ac, "login_failed")[-1].data["user_id"] == "quinn"

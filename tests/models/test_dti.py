@@ -75,7 +75,10 @@ def test_no_batchnorm_anywhere():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"drug_encoder": "gine"}, r"Could not resolve drug encoder 'gine' among choices \['gat', 'gcn', 'gin'\]"),
+        (
+            {"drug_encoder": "gine"},
+            r"model.drug_encoder: Could not resolve 'gine' among choices \['gin', 'gcn', 'gat'\]",
+        ),
         ({"max_len": 0}, "max_len must be a positive integer"),
         ({"kernel_size": 200}, "kernel_size"),
         ({"dropout": 1.0}, "dropout"),
@@ -84,6 +87,22 @@ def test_no_batchnorm_anywhere():
 def test_bad_model_config(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         DTIModel(**kwargs)
+
+
+def test_from_config_is_the_keyword_construction():
+    from dataclasses import asdict
+
+    from pharmafl.models.config import ModelConfig
+
+    cfg = ModelConfig(drug_encoder="gcn", max_len=24, latent_dim=16, seed=3, label_offset=5.0)
+    a, b = DTIModel.from_config(cfg), DTIModel(**asdict(cfg))
+    assert a.config == cfg and a.config_dict() == asdict(cfg)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    other = DTIModel.from_config(ModelConfig(drug_encoder="gcn", max_len=24, latent_dim=16, seed=4))
+    assert not torch.equal(a.head[0].weight, other.head[0].weight)
+    with pytest.raises(TypeError, match="takes a ModelConfig"):
+        DTIModel.from_config(asdict(cfg))
 
 
 def test_unknown_entity_in_pairs_is_named():

@@ -285,10 +285,9 @@ class Deployment:
                         p,
                         "site",
                         "init",
+                        str(p.home / "tables"),
                         "--id",
                         p.name,
-                        "--data",
-                        str(p.home / "tables"),
                         "--home",
                         str(p.home / "site"),
                     )
@@ -302,13 +301,9 @@ class Deployment:
         """Cards to the coordinator; the roster and NVFlare's kits; roster and kits out; everyone accepts."""
         c = self.coord
         with self.phase("provisioning"):
-            flags = [
-                a
+            flags = [  # the site cards, positional
+                str(self.hand_over(p.home / "site" / "site-card.json", p, c, f"{s}.card.json"))
                 for s, p in self.site_parties.items()
-                for a in (
-                    "--site-card",
-                    str(self.hand_over(p.home / "site" / "site-card.json", p, c, f"{s}.card.json")),
-                )
             ]
             flags += [
                 a
@@ -353,14 +348,13 @@ class Deployment:
                         c,
                         "consortium",
                         "nvflare-config",
-                        "--kit",
                         str(self.kits[SERVER_HOST]),
                         "--runs",
                         str(c.home / "runs"),
                     )
                 elif p.role == "site":
                     self.pharmafl(p, "site", "accept", str(p.home / "site"), roster)
-                    self.pharmafl(p, "site", "nvflare-config", "--home", str(p.home / "site"), "--kit", kit)
+                    self.pharmafl(p, "site", "nvflare-config", str(p.home / "site"), "--kit", kit)
                 else:
                     self.pharmafl(p, "party", "accept", str(p.home / "party"), roster)
 

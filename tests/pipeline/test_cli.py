@@ -57,7 +57,7 @@ def write_config(path, **sections):
         ({"federation": {"strategy": "fedsgd"}}, "Could not resolve 'fedsgd' among choices"),
         ({"federation": {"strategy": "fedprox", "strategy_options": {"mu": -1}}}, "mu must be >= 0"),
         ({"federation": {"rounds": "ten"}}, "federation.rounds must be an integer"),
-        ({"model": {"drug_encoder": "gine"}}, "Could not resolve drug encoder 'gine'"),
+        ({"model": {"drug_encoder": "gine"}}, "model.drug_encoder: Could not resolve 'gine'"),
         ({"federation": {"min_sites": 11}}, "exceeds data.sites"),
         ({"privacy": {"mode": "local", "epsilon": 0}}, "privacy.epsilon must be a finite number > 0, got 0"),
         ({"privacy": {"mode": "local", "epsilon": 1, "delta": 1.5}}, "privacy.delta must be in the open interval"),
@@ -69,7 +69,7 @@ def write_config(path, **sections):
 def test_bad_config_is_one_clear_error_and_writes_nothing(tmp_path, capsys, sections, message):
     cfg = write_config(tmp_path / "bad.yaml", **sections)
     out = tmp_path / "run"
-    assert main(["run", str(cfg), "--out", str(out)]) == 1
+    assert main(["run", str(cfg), "--out", str(out)]) == 2  # unreadable input
     err = capsys.readouterr().err
     assert message in " ".join(err.split()), err
     assert err.count("error:") == 1 and "Traceback" not in err
@@ -130,16 +130,16 @@ def test_secure_run_from_cli_and_a_site_proves_what_it_sent(small_davis, tmp_pat
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--out", str(out)]) == 0
     assert "the server saw only the sums; 0 update(s) excluded" in " ".join(capsys.readouterr().out.split())
-    assert main(["prove-update", str(out), "--site", "site-02", "--round", "1"]) == 0
+    assert main(["ledger", "prove-update", str(out), "--site", "site-02", "--round", "1"]) == 0
     assert capsys.readouterr().out.startswith("OK: site-02 round 1")
     run_id = json.loads((out / "plan.json").read_text())["run_id"]
     kept = out / "sites" / "site-02" / "runs" / run_id / "kept"  # in the site's own home
     doc = json.loads((kept / "round-0001.json").read_text())
     seeds = {p: "11" * 32 for p in doc["seeds"]}  # the update is real, but not what was shared
     (kept / "round-0001.json").write_text(json.dumps({**doc, "seeds": seeds}))  # a forged opening
-    assert main(["prove-update", str(out), "--site", "site-02", "--round", "1"]) == 1
+    assert main(["ledger", "prove-update", str(out), "--site", "site-02", "--round", "1"]) == 1
     assert "FAIL: site-02 round 1" in capsys.readouterr().out
-    assert main(["prove-update", str(out), "--site", "site-02", "--round", "7"]) == 1
+    assert main(["ledger", "prove-update", str(out), "--site", "site-02", "--round", "7"]) == 2  # no such input
     assert "holds no kept update for round 7" in capsys.readouterr().err
 
 
@@ -164,4 +164,4 @@ def test_shipped_configs_load_and_plan(name, tmp_path, shared_data_dir):
 def test_a_failing_command_exits_non_zero_through_main(tmp_path, capsys):
     """Scripts (and regulators) rely on the exit code: typer.Exit(n) inside a command must be n."""
     assert main(["ledger", "verify", str(tmp_path / "nothing-here")]) == 2
-    assert "not a SQLite file" in capsys.readouterr().out
+    assert "not a SQLite file" in capsys.readouterr().err  # an error: on stderr

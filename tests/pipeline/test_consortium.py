@@ -85,12 +85,10 @@ def test_load_consortium_rechecks_everything(homes, tmp_path):
 
 
 def test_consortium_cli(homes, tmp_path, capsys):
-    args = ["consortium", "init", "--out", str(tmp_path / "c")]
-    for h in homes:
-        args += ["--site-card", str(h.path / "site-card.json")]
+    args = ["consortium", "init", "--out", str(tmp_path / "c"), *(str(h.path / "site-card.json") for h in homes)]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert f"site-01  {homes[0].fingerprint}" in out and "roster_sha256 " in out
-    assert main(args) == 1
+    assert main(args) == 2  # a bad --out: a usage error
     err = capsys.readouterr().err
     assert "a consortium is already there" in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2

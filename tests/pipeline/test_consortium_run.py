@@ -54,10 +54,9 @@ def consortium(small_davis: Path, tmp_path: Path, monkeypatch) -> tuple[Path, Pa
         done = cli(
             "site",
             "init",
+            str(tables),
             "--id",
             site,
-            "--data",
-            str(tables),
             "--home",
             str(homes / site),
             "--epsilon-budget",
@@ -69,7 +68,7 @@ def consortium(small_davis: Path, tmp_path: Path, monkeypatch) -> tuple[Path, Pa
     done = cli(
         "consortium",
         "init",
-        *[a for c in cards for a in ("--site-card", str(c))],
+        *map(str, cards),
         "--out",
         str(tmp_path / "coordinator"),
         env=env,

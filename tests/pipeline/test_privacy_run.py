@@ -38,7 +38,7 @@ def test_local_dp_run_ledgers_every_clip_event_and_epsilon(small_cfg, tmp_path, 
     out = tmp_path / "run"
     metrics = run_federated(cfg, out)
     assert metrics["status"] == "completed" and np.isfinite(metrics["test_mse"])
-    assert verify_target(out / "ledger.db").startswith("OK: ")
+    assert verify_target(out / "ledger.db").line().startswith("OK: ")
     raw = list(Ledger.open(out / "ledger.db").entries())
     entries = [SimpleNamespace(type=e.type, actor=asserted(e)[0], data=asserted(e)[1]) for e in raw]
     started = next(e for e in entries if e.type == "run_started").data["privacy"]

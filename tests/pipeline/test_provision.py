@@ -142,9 +142,9 @@ def test_consortium_init_provisions_with_nvflare_server(consortium, tmp_path, ca
     cards = [str(tmp_path / f"{s}.json") for s in SITES]
     for path, site in zip(cards, SITES):
         Path(path).write_text(json.dumps(consortium["cards"][site]))
-    args = ["consortium", "init", *sum((["--site-card", c] for c in cards), []), "--out", str(tmp_path / "plain")]
+    args = ["consortium", "init", *cards, "--out", str(tmp_path / "plain")]
     assert main(args) == 0 and not (tmp_path / "plain" / "nvflare").exists()  # as before without --nvflare-server
-    assert main([*args[:-1], str(tmp_path / "bad"), "--nvflare-server", "localhost"]) == 1
+    assert main([*args[:-1], str(tmp_path / "bad"), "--nvflare-server", "localhost"]) == 2
     assert "needs --admin EMAIL" in capsys.readouterr().err and not (tmp_path / "bad").exists()
     home = tmp_path / "home"
     assert main([*args[:-1], str(home), "--nvflare-server", "localhost", "--admin", "admin@coordinator.org"]) == 0
@@ -189,11 +189,11 @@ def test_site_and_server_resolve_their_paths_from_their_kits(exported, tmp_path)
     home, kit, job_id = exported.plan.site_home("site-01"), kits["site-01"], "5c3f1d2e-job"
     custom = Path(Workspace(str(kit), "site-01").get_app_custom_dir(job_id))
     shutil.copytree(exported.job / "app_site-01" / "custom", custom)
-    with pytest.raises(ConfigError, match="pharmafl site nvflare-config --home SITE_HOME --kit"):
+    with pytest.raises(ConfigError, match="pharmafl site nvflare-config SITE_HOME --kit"):
         plan_at_site(custom, "pharmafl_plan.json", "site-01", job_id)  # the kit names no home yet
     with pytest.raises(ConfigError, match="is the home of 'site-02', but the kit .* belongs to 'site-01'"):
         write_site_config(kit, exported.plan.site_home("site-02"))
-    assert main(["site", "nvflare-config", "--home", str(home), "--kit", str(kit)]) == 0
+    assert main(["site", "nvflare-config", str(home), "--kit", str(kit)]) == 0
     assert json.loads(local_config_path(kit).read_text()) == {
         "cache_dir": None,
         "format": "pharmafl-nvflare-local-v1",
@@ -211,7 +211,7 @@ def test_site_and_server_resolve_their_paths_from_their_kits(exported, tmp_path)
         site_of_kit(kit, "site-02")
 
     server = SimpleNamespace(get_workspace=lambda: Workspace(str(kits["localhost"]), "server"))
-    with pytest.raises(ConfigError, match="pharmafl consortium nvflare-config --kit"):
+    with pytest.raises(ConfigError, match="pharmafl consortium nvflare-config "):
         load_plan("run/plan.json", server)
     write_server_config(kits["localhost"], exported.run.parent)
     assert load_plan("run/plan.json", server).run_dir == exported.run.resolve()

@@ -260,7 +260,7 @@ def test_run_leaves_a_verifiable_ledger(small_cfg, tmp_path, monkeypatch):
     assert entries[-1].data["model_hash"] == metrics["model_sha256"]
     last_agg = [e for e in entries if e.type == "aggregated"][-1].data
     assert last_agg["checkpoint_hash"] == metrics["model_sha256"]  # lineage: ledger -> model file
-    assert result.startswith("OK: ")
+    assert result.line().startswith("OK: ")
 
 
 def test_failed_preparation_leaves_nothing(small_cfg, tmp_path):

@@ -62,7 +62,7 @@ def test_secure_run_records_commitments_bound_checks_and_sums(small_cfg, tmp_pat
     out = tmp_path / "secure"
     metrics = run_federated(cfg, out)
     assert metrics["status"] == "completed"
-    assert verify_target(out / "ledger.db").startswith("OK: ")
+    assert verify_target(out / "ledger.db").line().startswith("OK: ")
     raw = list(Ledger.open(out / "ledger.db").entries())
     entries = [SimpleNamespace(type=e.type, actor=asserted(e)[0], data=asserted(e)[1]) for e in raw]
     started = next(e for e in entries if e.type == "run_started").data["secure_aggregation"]

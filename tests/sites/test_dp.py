@@ -36,14 +36,14 @@ def pairs() -> PairTensors:
 
 
 def test_per_sample_gradients_equal_one_example_at_a_time(pairs):
-    model = DTIModel(**asdict(CFG))
+    model = DTIModel.from_config(CFG)
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
     batch = pairs.collate(np.arange(len(pairs)), unique=False, dense=True)
     ((gsm(*batch.args()) - batch.labels) ** 2).sum().backward()
     per_sample = {n: p.grad_sample.clone() for n, p in model.named_parameters()}
     gsm._close()
     for i in range(len(pairs)):
-        single = DTIModel(**asdict(CFG))
+        single = DTIModel.from_config(CFG)
         one = pairs.collate([i], unique=False, dense=True)
         ((single(*one.args()) - one.labels) ** 2).sum().backward()
         for n, p in single.named_parameters():
@@ -52,7 +52,7 @@ def test_per_sample_gradients_equal_one_example_at_a_time(pairs):
 
 def _plain_unit_mean_gradient(pairs, index, unit):
     """Reference: sum over units of the mean-loss gradient of each unit, by plain autograd."""
-    model = DTIModel(**asdict(CFG))
+    model = DTIModel.from_config(CFG)
     owner = units_of(pairs, unit)[index]
     total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for u in np.unique(owner):
@@ -68,7 +68,7 @@ def _plain_unit_mean_gradient(pairs, index, unit):
 @pytest.mark.parametrize("unit", ["pair", "compound"])
 @pytest.mark.parametrize("chunk", [2, 64])
 def test_dp_step_without_clipping_or_noise_is_the_sum_of_unit_gradients(pairs, unit, chunk):
-    model = DTIModel(**asdict(CFG))
+    model = DTIModel.from_config(CFG)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     gsm = wrap(model, unit, 1e9)
     stats_ = ClipStats(clip_norm=1e9)
@@ -92,7 +92,7 @@ def test_dp_step_without_clipping_or_noise_is_the_sum_of_unit_gradients(pairs, u
 
 @pytest.mark.parametrize("unit", ["pair", "compound"])
 def test_clipping_bounds_each_unit_and_is_counted(pairs, unit):
-    model = DTIModel(**asdict(CFG))
+    model = DTIModel.from_config(CFG)
     gsm = wrap(model, unit, 1e-3)
     stats_ = ClipStats(clip_norm=1e-3)
     opt = dp_optimizer(
@@ -116,7 +116,7 @@ def test_clipping_bounds_each_unit_and_is_counted(pairs, unit):
 
 @pytest.mark.parametrize("unit", ["pair", "compound"])
 def test_empty_poisson_batch_takes_a_noise_only_step(pairs, unit):
-    model = DTIModel(**asdict(CFG))
+    model = DTIModel.from_config(CFG)
     gsm = wrap(model, unit, 1.0)
     opt = dp_optimizer(
         torch.optim.SGD(model.parameters(), lr=1.0),
@@ -226,7 +226,7 @@ def test_models_opacus_cannot_handle_are_refused():
     gat = DTIModel(**{**asdict(CFG), "drug_encoder": "gat"})
     with pytest.raises(ConfigError, match="no per-sample gradients for .*att_src.* of drug encoder .gat."):
         check_dp_model(gat, "site site-01")
-    check_dp_model(DTIModel(**asdict(CFG)), "site site-01")  # GIN: fine
+    check_dp_model(DTIModel.from_config(CFG), "site site-01")  # GIN: fine
 
 
 def test_the_budget_is_the_sites_across_runs(tmp_path, monkeypatch):
@@ -250,7 +250,7 @@ def test_the_budget_is_the_sites_across_runs(tmp_path, monkeypatch):
     budget = (eps[2] + eps[3]) / 2
     ds = load_dataset(Path(__file__).parent / "assets")
     SiteHome.init(tmp_path / "home", "site-01", ds, simulated=True, epsilon_budget=budget, scrypt_n=2**14)
-    state = state_of(DTIModel(**asdict(CFG)))
+    state = state_of(DTIModel.from_config(CFG))
 
     def dp_site(run_id: str) -> DPSite:
         home = SiteHome.open(tmp_path / "home")

@@ -38,10 +38,9 @@ def test_site_init_prints_the_fingerprint_of_a_card_that_verifies(tmp_path, caps
             [
                 "site",
                 "init",
+                str(ASSETS),
                 "--id",
                 "site-07",
-                "--data",
-                str(ASSETS),
                 "--home",
                 str(home),
                 "--epsilon-budget",
@@ -58,13 +57,13 @@ def test_site_init_prints_the_fingerprint_of_a_card_that_verifies(tmp_path, caps
     assert [p.name for p in (home / "keys").iterdir()] == ["site-07.key.json"]
     assert main(["site", "card", str(home)]) == 0
     assert json.loads(capsys.readouterr().out) == card
-    assert main(["site", "init", "--id", "site-07", "--data", str(ASSETS), "--home", str(home)]) == 1
+    assert main(["site", "init", str(ASSETS), "--id", "site-07", "--home", str(home)]) == 2
     assert "not an empty directory" in _one_error_line(capsys.readouterr().err)
 
 
 def test_site_init_needs_the_passphrase(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
-    assert main(["site", "init", "--id", "site-01", "--data", str(ASSETS), "--home", str(tmp_path / "h")]) == 1
+    assert main(["site", "init", str(ASSETS), "--id", "site-01", "--home", str(tmp_path / "h")]) == 2
     assert f"set ${PASSPHRASE_ENV}" in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "h").exists()
 
@@ -79,7 +78,7 @@ def test_bad_tables_are_one_clear_error_and_nothing_is_written(tmp_path, capsys,
         ("measurements_unknown_drug.csv", "measurements.csv"),
     ):
         shutil.copy(ASSETS / src, tables / dst)
-    assert main(["site", "init", "--id", "site-01", "--data", str(tables), "--home", str(tmp_path / "h")]) == 1
+    assert main(["site", "init", str(tables), "--id", "site-01", "--home", str(tmp_path / "h")]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert f"{tables / 'measurements.csv'}, row 7, column 'drug_id'" in line and "2244" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tables"]
@@ -260,7 +259,7 @@ def test_audit_of_a_ledger_of_other_runs(home, tmp_path, capsys):
 
 def test_audit_of_something_that_is_no_ledger(home, tmp_path, capsys):
     code, line = _audit(home, tmp_path / "missing", capsys)
-    assert code == 1 and "no such bundle, run directory or ledger database" in line
+    assert code == 2 and "no such bundle, run directory or ledger database" in line
     (tmp_path / "bundle").mkdir()
     (tmp_path / "bundle" / "entries.jsonl").write_text('{"seq": 0}\n')
     code, line = _audit(home, tmp_path / "bundle", capsys)
