@@ -103,6 +103,7 @@ bench: install
 	$(BIN)/python bench/privacy.py utility
 	$(BIN)/python bench/attacks.py
 	$(BIN)/python bench/secure_agg.py
+	$(BIN)/python bench/cli.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

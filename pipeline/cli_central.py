@@ -35,6 +35,7 @@ def train_central_command(
     data_dir: Annotated[
         Path | None, typer.Option(envvar="PHARMAFL_DATA", help="Dataset directory (default ~/.cache/pharmafl).")
     ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")] = False,
 ) -> None:
     """Train one model on all training folds, pick the epoch on validation, score the test fold."""
     from pharmafl.models.cache import default_cache_dir
@@ -59,7 +60,7 @@ def train_central_command(
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=stderr) as progress:  # progress on stderr, the result on stdout
+    with Progress(*columns, console=stderr, disable=quiet) as progress:  # progress on stderr, the result on stdout
         epoch_task = progress.add_task("epochs", total=epochs, status="")
         pair_task = progress.add_task("pairs", total=None, status="")
 
