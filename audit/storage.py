@@ -346,5 +346,5 @@ def refuse_missing(storage: Storage) -> None:
     if not storage.exists():
         raise LedgerError(
             f"no ledger at {describe(storage.url)}: the ledger_entries table does not exist; "
-            "check the path or URL, or open it with keys=KeyStore(...) to create a new ledger"
+            "check the path or URL (a run directory, its ledger.db, or the run's ledger.url)"
         )

@@ -78,8 +78,9 @@ def _system_passphrase() -> str:
 
 @contextmanager
 def _access(run: Path) -> Iterator:
-    from pharmafl.compliance.access import AccessControl
+    from pharmafl.compliance.access import AccessControl, ledger_target
 
+    ledger_target(run)  # a missing run is exit 2 before any passphrase is asked for
     with AccessControl.open(run, _system_passphrase()) as ac:
         yield ac
 

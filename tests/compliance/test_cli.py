@@ -175,6 +175,19 @@ def test_refusals_are_one_error_line(real_run, as_user, capsys) -> None:
     assert "unknown user id or wrong password" in capsys.readouterr().err
 
 
+def test_a_missing_run_is_named_before_any_passphrase_is_asked_for(tmp_path, monkeypatch, capsys) -> None:
+    for var in ("PHARMAFL_KEY_PASSPHRASE", "PHARMAFL_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    for args in (
+        ["report", str(tmp_path / "nowhere"), "--user", "quinn", "--out", str(tmp_path / "r1")],
+        ["users", "passwd", str(tmp_path / "nowhere"), "--user", "quinn"],
+    ):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert "does not exist" in err and "passphrase" not in err, (args, err)
+    assert not (tmp_path / "r1").exists()
+
+
 def test_a_missing_ledger_exits_2(tmp_path, as_user, capsys) -> None:
     empty = tmp_path / "not-a-run"
     empty.mkdir()
