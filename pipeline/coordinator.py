@@ -84,6 +84,9 @@ class Coordinator:
                 run_id=self.run_id,
                 key=self.site_keys.get(site),
             )
+            problem = problem or _fields_problem("decline", d.details)
+            if problem is None and not isinstance(d.reason, str):
+                problem = f"decline reason {d.reason!r} is not a string"
             if problem is not None:
                 failed[site] = f"decline not accepted: {problem}"
                 del declined[site]
@@ -240,17 +243,39 @@ def _report_problem(res: FitResult) -> str | None:
     return None
 
 
+# The fields the coordinator itself records beside a site's statement (events.emit_statement):
+# a report naming one would overwrite them (a privacy report claiming another round or site).
+RESERVED_KEYS = ("round", "site", "party", "accepted", "problem")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+
+
+def _fields_problem(what: str, values: dict, *, numbers: tuple[str, ...] = ()) -> str | None:
+    """Why a site's report (a mapping the ledger records field by field) is unusable, or None:
+    keys that are not strings or are the coordinator's own, values that are not JSON scalars,
+    ``numbers`` that are missing or not finite numbers."""
+    if not isinstance(values, dict):
+        return f"{what} malformed: a {type(values).__name__}, not a mapping"
+    not_str = [k for k in values if not isinstance(k, str)]
+    reserved = [k for k in values if k in RESERVED_KEYS]
+    bad = [k for k, v in values.items() if not (isinstance(v, str) or v is None or _number(v))]
+    missing = [k for k in numbers if not _number(values.get(k))]
+    if not (not_str or reserved or bad or missing):
+        return None
+    parts = [f"keys that are not strings {not_str!r}"] if not_str else []
+    parts += [f"reserved keys {reserved} (the coordinator records round and site itself)"] if reserved else []
+    parts += [f"non-finite or non-scalar {bad}"] if bad else []
+    parts += [f"missing or not a finite number {missing}"] if missing else []
+    return f"{what} malformed: {'; '.join(parts)}"
+
+
 def _privacy_problem(privacy: dict) -> str | None:
-    bad = [
-        k
-        for k, v in privacy.items()
-        if not (
-            isinstance(v, str)
-            or v is None
-            or (isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v))
-        )
-    ]
-    missing = [k for k in CLIP_KEYS if k not in privacy]
-    if bad or missing:
-        return f"privacy report malformed: non-finite or non-scalar {bad}, missing {missing}"
-    return None
+    """A DP site's report: the clip counts always; ε of the round and in total once it spends."""
+    spends = isinstance(privacy, dict) and "epsilon_total" in privacy
+    numbers = ("clipped", "total") + (("epsilon_round", "epsilon_total") if spends else ())
+    missing = [k for k in CLIP_KEYS if isinstance(privacy, dict) and k not in privacy]
+    if missing:
+        return f"privacy report malformed: missing {missing}"
+    return _fields_problem("privacy report", privacy, numbers=numbers)

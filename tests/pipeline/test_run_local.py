@@ -339,3 +339,52 @@ def test_an_error_mid_run_is_recorded_then_raised(small_cfg, tmp_path):
     end = [e.payload for e in rec.events if e.type == ev.RUN_ENDED]
     assert len(end) == 1 and end[0]["status"].startswith("failed: MemoryError") and end[0]["rounds"] == 1
     assert json.loads((plan.run_dir / "metrics.json").read_text())["status"].startswith("failed")
+
+
+CLIP = {"clip_norm": 1.0, "clipped": 0, "total": 1, "max_norm": 0.5, "mean_norm": 0.5}
+BAD_PRIVACY_REPORTS = {  # what a site sends as its privacy report -> what the failure must name
+    "claims another round and site": (
+        {**CLIP, "epsilon_round": 0.1, "epsilon_total": 1.0, "round": 99, "site": "site-01"},
+        "reserved keys ['round', 'site']",
+    ),
+    "spends with no epsilon_round": ({**CLIP, "epsilon_total": 1.0}, "not a finite number ['epsilon_round']"),
+    "counts clips as text": ({**CLIP, "clipped": "none"}, "not a finite number ['clipped']"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_PRIVACY_REPORTS)
+def test_a_malformed_privacy_report_is_that_sites_failure_not_a_crash(small_cfg, tmp_path, monkeypatch, case):
+    """A privacy report that names ``round`` or ``site`` (it would overwrite what the coordinator
+    records), or lacks what the tracker and the report read, once crashed the run: now it is
+    that site's failure for the round; the others' round completes and the ledger verifies."""
+    from dataclasses import replace
+
+    from pharmafl.audit.dbsource import verify_target
+    from pharmafl.pipeline.config import LedgerConfig
+    from pharmafl.pipeline.engines import run_listeners
+
+    report, expected = BAD_PRIVACY_REPORTS[case]
+    monkeypatch.setenv("PHARMAFL_KEY_PASSPHRASE", "a test passphrase")
+    cfg = replace(with_federation(small_cfg, min_sites=2), ledger=LedgerConfig(enabled=True))
+    plan = prepare(cfg, tmp_path / "run")
+
+    def factory(plan, sid):
+        site = make_site(plan, sid)
+        if sid == "site-02":
+            real = site.inner.fit
+            site.inner.fit = lambda r, state, instructions: replace(real(r, state, instructions), privacy=report)
+        return site
+
+    rec = Recorder()
+    bus = EventBus([*run_listeners(plan), rec])
+    try:
+        metrics = LocalEngine(site_factory=factory).run(plan, bus)
+    finally:
+        bus.close()
+    assert metrics["status"] == "completed" and metrics["rounds"] == 2
+    failed = [e.payload for e in rec.events if e.type == ev.SITE_FAILED]
+    assert [(f["round"], f["site"]) for f in failed] == [(1, "site-02"), (2, "site-02")]
+    assert all(expected in f["error"] for f in failed), failed
+    assert all(e.payload["participants"] == ["site-01", "site-03"] for e in rec.events if e.type == ev.AGGREGATED)
+    assert not [e for e in rec.events if e.type in (ev.CLIP, ev.PRIVACY_SPENT) and e.actor == "site-02"]
+    assert verify_target(plan.run_dir / "ledger.db").entries > 0
