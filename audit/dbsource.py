@@ -95,10 +95,12 @@ def verify_database(
     witnesses: int | None = None,
     jobs: int | None = None,
     on_progress=None,
+    open_tail: bool = False,
 ) -> Result:
     """:func:`~pharmafl.audit.verify.verify` over a database's rows; anchors already loaded
     (:func:`~pharmafl.audit.verify_bundle.load_anchors`). ``on_progress(done, total)`` as entries
-    are read. Returns the verified ledger's :class:`~pharmafl.audit.verify.Result`."""
+    are read; ``open_tail``: an interrupted run about to be resumed (its last entries await the
+    witnesses). Returns the verified ledger's :class:`~pharmafl.audit.verify.Result`."""
     with _snapshot(target) as (entries, checkpoints, cosignatures, size):
         return verify(
             entries if on_progress is None else counted(entries, on_progress, size),
@@ -110,6 +112,7 @@ def verify_database(
             roster=roster,
             witnesses=witnesses,
             jobs=jobs,
+            open_tail=open_tail,
         ).result()
 
 

@@ -12,7 +12,8 @@ is what makes it the site's (docs/trust-domains.md). Any other event is appended
 entry signed by the event's actor, whose key the coordinator's key store must hold: for
 :meth:`LedgerListener.for_run` only the system actors (``server``, ``access-control``) —
 the listener never holds, or creates, a site's key. After every ``round_ended`` and
-``run_ended`` the listener writes a signed Merkle checkpoint (signed tree head).
+``run_ended`` (and ``run_resumed``) the listener writes a signed Merkle checkpoint (signed tree
+head). :meth:`LedgerListener.head` is the latest one (a run's checkpoints name it).
 
 Witnessing: ``run_started`` pins the consortium (``payload["consortium"]["cards"]``); its
 sites are the log's witnesses. :meth:`LedgerListener.witness_requests` builds one request
@@ -45,7 +46,7 @@ from pharmafl.audit.ledger import Ledger
 from pharmafl.audit.messages import origin_of
 from pharmafl.audit.storage import Storage
 
-CHECKPOINT_AFTER = frozenset({"round_ended", "run_ended"})
+CHECKPOINT_AFTER = frozenset({"round_ended", "run_ended", "run_resumed"})
 RUN_STARTED = "run_started"
 WITNESS_REFUSED = "witness_refused"
 SYSTEM_ACTORS = frozenset({"server", "access-control"})
@@ -127,6 +128,11 @@ class LedgerListener:
             self._looked_up = True
         if event.type in CHECKPOINT_AFTER:
             self.ledger.checkpoint(self.checkpoint_signer)
+
+    def head(self) -> dict | None:
+        """The latest signed checkpoint as ``{tree_size, root_hash}`` (None before the first)."""
+        checkpoints = self.ledger.checkpoints()
+        return {"tree_size": checkpoints[-1].tree_size, "root_hash": checkpoints[-1].root_hash} if checkpoints else None
 
     # -- witnessing ----------------------------------------------------------------------
 

@@ -77,6 +77,7 @@ class Run:
     def __init__(self, trusted_keys: dict | None = None, roster: str | None = None, jobs: int | None = None):
         self.trusted_keys, self.roster, self.keys, self.sites, self.parties = trusted_keys, roster, {}, {}, {}
         self.registrar = self.run_id = self.started = self.ended = None
+        self.resumed, self.final = [], False  # seqs of run_resumed entries; the last run_ended says "completed"
         self.entries, self.checkpoints, self.witnessed, self.quorum, self.jobs, self.seen = 0, 0, 0, 0, jobs, set()
         self.sigs, self.root = Signatures(jobs), ""
 
@@ -192,6 +193,16 @@ class Run:
             i,
         )
 
+    def session(self, i: int, type_: str, data: dict) -> None:
+        """One run, several sessions: each ends at most once; a completed run is never resumed."""
+        resumed = type_ == "run_resumed"
+        _need(self.started is not None, f"{type_} before run_started", i)
+        _need(not resumed or data.get("run_id") == self.run_id, "run_resumed names another run than run_started", i)
+        _need(not (resumed and self.final), f"run_resumed after the run completed (seq {self.ended})", i)
+        _need(resumed or self.ended is None, f"a second run_ended in one session (the first at seq {self.ended})", i)
+        self.resumed += [i] if resumed else []
+        self.ended, self.final = (None, False) if resumed else (i, data.get("status") == "completed")
+
     def statement(self, i: int, type_: str, data: dict) -> None:
         """A site's (or aggregation party's) signed statement, embedded verbatim; its signature goes to the workers."""
         st = data.get("statement")
@@ -251,8 +262,9 @@ class Run:
             last,
         )
 
-    def witnesses(self, cps: list[dict], cosigs: list) -> int:
-        """Cosignatures valid, by pinned sites; a quorum on the run's checkpoints, which cover the run."""
+    def witnesses(self, cps: list[dict], cosigs: list, open_tail: bool = False) -> int:
+        """Cosignatures valid, by pinned sites; a quorum on the run's checkpoints, which cover the run
+        (but the last of a session that crashed; ``open_tail``: the ledger of an interrupted run)."""
         roots, count, sigs = {cp["tree_size"]: cp["root_hash"] for cp in cps}, {}, Signatures(self.jobs)
         for j, c in enumerate(cosigs):
             size, who = _shape(c, m.COSIGNATURE_SHAPE, f"cosignature {j}")["tree_size"], c["witness"]
@@ -273,18 +285,24 @@ class Run:
             count.setdefault(size, set()).add(who)
         for seq, why in sigs.failures():
             raise VerificationError(why, seq)
-        covered = self.entries if self.started is None else self.started
-        for size in roots:  # by size: from the first after run_started to the first covering run_ended
+        covered, sizes = self.entries if self.started is None else self.started, [*roots, self.entries + 1]
+        breaks = self.resumed + [self.entries] * open_tail  # where a session ended unwitnessed (a crash)
+        for j, size in enumerate(sizes[:-1]):  # by size: from the first after run_started to the last run_ended
             if self.started is not None and size > self.started and (self.ended is None or covered <= self.ended):
+                quorate = len(count.get(size, ())) >= self.quorum
                 _need(
-                    len(count.get(size, ())) >= self.quorum,
+                    quorate or any(size <= q < sizes[j + 1] for q in breaks),
                     f"checkpoint (tree size {size}) is cosigned by "
                     f"{len(count.get(size, ()))} pinned sites; the witness policy needs {self.quorum}",
                     size - 1,
                 )
-                covered = size
+                covered = size if quorate else covered
         last = self.entries - 1 if self.ended is None else self.ended
-        _need(covered > last, f"entries {covered}..{last} of the run lie under no witnessed checkpoint", covered)
+        _need(
+            open_tail or covered > last,
+            f"entries {covered}..{last} of the run lie under no witnessed checkpoint",
+            covered,
+        )
         return sum(len(count.get(size, ())) >= max(self.quorum, 1) for size in roots)
 
 
@@ -299,10 +317,12 @@ def verify(
     roster: str | None = None,
     witnesses: int | None = None,
     jobs: int | None = None,
+    open_tail: bool = False,
 ) -> Run:
     """Check entry rows ``(seq, ts, actor, type, payload text, prev_hash, entry_hash, signature)``, checkpoint
     and cosignature dicts; ``has_head``: a trusted head was given (so that ``null`` there fails). The summary
-    of a ledger that verifies is ``run.result()``."""
+    of a ledger that verifies is ``run.result()``; ``open_tail``: the run was interrupted, its entries after the
+    last witnessed checkpoint await the witnesses of the session that resumes it."""
     run, failures, roots, stack, prev, last_ts = Run(trusted_keys, roster, jobs), [], {}, [], m.GENESIS, ""
     want = {c["tree_size"] for c in [*checkpoints, trusted_head] if type(c) is dict and type(c.get("tree_size")) is int}
     try:
@@ -315,8 +335,8 @@ def verify(
                 run.run_started(i, data)
             elif type_ in m.STATEMENT_TYPES or type_ in m.PARTY_STATEMENT_TYPES:
                 run.statement(i, type_, data)
-            elif type_ == "run_ended" and run.started is not None and run.ended is None:
-                run.ended = i
+            elif type_ in ("run_ended", "run_resumed"):
+                run.session(i, type_, data)
             _need(actor in run.keys, f"actor {actor!r} has no actor_key entry before this one", i)
             leaf = bytes.fromhex(row[6] + row[7])
             run.sigs.add(
@@ -347,7 +367,7 @@ def verify(
         raise min(failures, key=lambda f: f.seq)
     run.quorum = (len(run.sites) // 2 + 1 if run.sites else 0) if witnesses is None else witnesses
     run.witnessed, run.checkpoints, run.root = (
-        run.witnesses(checkpoints, cosignatures),
+        run.witnesses(checkpoints, cosignatures, open_tail),
         len(checkpoints),
         fold(stack).hex(),
     )

@@ -41,6 +41,51 @@ def _img(path: Path | None, alt: str) -> str:
     return f'<p><img alt="{escape(alt)}" src="data:image/png;base64,{data}"></p>'
 
 
+def _ended(session: dict, last: bool) -> str:
+    if session["ended_status"]:
+        return session["ended_status"]
+    return "no run_ended entry: incomplete" if last else "ended without run_ended (interrupted)"
+
+
+def _sessions(summary: dict) -> str:
+    """The sessions of a resumed run and the sites that timed out; empty for one session without timeouts,
+    so such a report reads as before (``get``: a record made before sessions were reported has neither)."""
+    out = ""
+    sessions = summary.get("sessions") or []
+    if len(sessions) > 1:
+        redone = ", ".join(str(r) for r in summary.get("interrupted_rounds") or []) or "none"
+        out += (
+            f"<h3>Sessions</h3><p>The run was resumed: {len(sessions)} sessions. Rounds interrupted and redone "
+            f"under new numbers: {escape(redone)}.</p>"
+        )
+        header = ["session", "ledger seq", "started (UTC)", "first round", "resumed after round", "from checkpoint"]
+        header += ["previous session ended", "reason", "engine", "git commit", "this session ended"]
+        rows = [
+            [
+                s["session"],
+                s["started_seq"],
+                s.get("ts"),
+                s["first_round"],
+                s["from_round"],
+                s["checkpoint_hash"] or ("initial model" if i else None),
+                s["previous_status"] or ("without run_ended (interrupted)" if i else None),
+                s["reason"],
+                s["engine"],
+                s.get("git_commit"),
+                _ended(s, i == len(sessions) - 1),
+            ]
+            for i, s in enumerate(sessions)
+        ]
+        out += _table(header, rows, (5, 9), ident="sessions")
+    if summary.get("timed_out"):
+        out += "<h3>Sites that timed out</h3>" + _table(
+            ["round", "site", "timeout (s)", "waited (s)"],
+            [[t["round"], t["site"], t["timeout_s"], t["waited_s"]] for t in summary["timed_out"]],
+            ident="timed-out",
+        )
+    return out
+
+
 def render_html(record: dict, record_hash: str, signatures: list[dict], plots: dict[str, Path], path: Path) -> Path:
     meta, summary, privacy, lineage, cert = (
         record[k] for k in ("meta", "summary", "privacy", "lineage", "certificate")
@@ -83,6 +128,7 @@ def render_html(record: dict, record_hash: str, signatures: list[dict], plots: d
         f"engine: {escape(str(summary['engine']))}; seed: {summary['seed']}; git commit: "
         f"<span class=mono>{escape(str(summary['git_commit']))}</span>.</p>"
     )
+    parts.append(_sessions(summary))
     parts.append(_table(["metric", "value"], [[k, v] for k, v in summary["global_metrics"].items()]))
     if summary["site_metrics"]:
         keys = sorted({k for m in summary["site_metrics"].values() for k in m})

@@ -99,6 +99,56 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
+def _short(value, n: int = 12) -> str:
+    return value[:n] + "…" if isinstance(value, str) and len(value) > n else _fmt(value)
+
+
+def _sessions(pdf: _ReportPDF, summary: dict) -> None:
+    """The sessions of a resumed run and the sites that timed out; nothing for one session without
+    timeouts, so such a report reads as before (``get``: older records have neither)."""
+    sessions = summary.get("sessions") or []
+    if len(sessions) > 1:
+        pdf.h2("Sessions")
+        redone = ", ".join(str(r) for r in summary.get("interrupted_rounds") or []) or "none"
+        pdf.para(
+            f"The run was resumed: {len(sessions)} sessions, each opened by a ledger entry (run_started, then "
+            f"run_resumed). Rounds interrupted and redone under new numbers: {redone}."
+        )
+        last = len(sessions) - 1
+        pdf.grid(
+            ["session", "ledger seq", "started (UTC)", "first round", "after round", "from checkpoint"]
+            + ["previous session ended", "reason", "engine", "git commit", "this session ended"],
+            [
+                [
+                    s["session"],
+                    s["started_seq"],
+                    (s.get("ts") or "").replace("T", " ")[:19],
+                    s["first_round"],
+                    _fmt(s["from_round"]),
+                    _short(s["checkpoint_hash"]) if s["checkpoint_hash"] else ("initial model" if i else ""),
+                    s["previous_status"] or ("without run_ended (interrupted)" if i else ""),
+                    _fmt(s["reason"]),
+                    _fmt(s["engine"]),
+                    _short(s.get("git_commit"), 10),
+                    s["ended_status"]
+                    or ("no run_ended entry: incomplete" if i == last else "ended without run_ended (interrupted)"),
+                ]
+                for i, s in enumerate(sessions)
+            ],
+            (10, 10, 22, 10, 11, 20, 24, 26, 11, 14, 24),
+            size=6.0,
+            mono=(5, 9),
+        )
+    if summary.get("timed_out"):
+        pdf.h2("Sites that timed out")
+        pdf.grid(
+            ["round", "site", "timeout (s)", "waited (s)"],
+            [[t["round"], t["site"], _fmt(t["timeout_s"]), _fmt(t["waited_s"])] for t in summary["timed_out"]],
+            (20, 30, 30, 30),
+            size=6.5,
+        )
+
+
 def render_pdf(record: dict, record_hash: str, signatures: list[dict], plots: dict[str, Path], path: Path) -> Path:
     """Write the PDF of ``record`` with ``signatures`` (e_signature payloads) to ``path``."""
     meta, summary, privacy, lineage = record["meta"], record["summary"], record["privacy"], record["lineage"]
@@ -151,6 +201,7 @@ def render_pdf(record: dict, record_hash: str, signatures: list[dict], plots: di
         f"Status: {summary['status']}; rounds: {summary['rounds']}; engine: {summary['engine']}; seed: "
         f"{summary['seed']}; git commit: {summary['git_commit']}; config SHA-256: {summary['config_hash']}."
     )
+    _sessions(pdf, summary)
     if summary["global_metrics"]:
         pdf.h2("Global model on the benchmark test set")
         pdf.grid(["metric", "value"], [[k, _fmt(v)] for k, v in summary["global_metrics"].items()], (60, 60))

@@ -176,10 +176,48 @@ def manifests_of(started: dict) -> dict[str, str]:
     return dict(sorted((started.get("manifests") or {}).items()))
 
 
+def sessions_of(entries: Sequence[Any]) -> list[dict]:
+    """One row per session of the run, in ledger order: ``run_started`` opens session 1, each
+    ``run_resumed`` the next; a session's ``ended_status`` is its ``run_ended`` status, or None
+    when it ended without one (interrupted: a crash or a kill), so a reader sees every stop."""
+    sessions: list[dict] = []
+    for e in entries:
+        if e.type in ("run_started", "run_resumed"):
+            d, resumed = e.data, e.type == "run_resumed"
+            sessions.append(
+                {
+                    "session": d.get("session") if resumed else 1,
+                    "started_seq": e.seq,
+                    "ts": getattr(e, "ts", None),
+                    "first_round": d.get("next_round") if resumed else 1,
+                    "from_round": d.get("from_round") if resumed else None,
+                    "checkpoint_hash": d.get("checkpoint_hash") if resumed else None,
+                    "previous_status": d.get("previous_status") if resumed else None,
+                    "reason": d.get("reason") if resumed else None,
+                    "engine": d.get("engine"),
+                    "git_commit": d.get("git_commit"),
+                    "ended_status": None,
+                }
+            )
+        elif e.type == "run_ended" and sessions and sessions[-1]["ended_status"] is None:
+            sessions[-1]["ended_status"] = e.data.get("status")
+    return sessions
+
+
 def summary_section(entries: Sequence[Any]) -> dict:
-    """Config, versions, global and per-site metrics, validation curves, cosine diagnostics."""
+    """Config, versions, sessions, global and per-site metrics, validation curves, cosine diagnostics.
+
+    A resumed run is one run in several sessions; its status and rounds are those of the last
+    session's ``run_ended``. When the last session has none (it was interrupted) the run is
+    incomplete, whatever an earlier session's ``run_ended`` said.
+    """
     started = _first(entries, "run_started") or {}
+    sessions = sessions_of(entries)
     ended = _last(entries, "run_ended") or {}
+    incomplete = "no run_ended entry: run incomplete"
+    if len(sessions) > 1 and sessions[-1]["ended_status"] is None:
+        ended = {}
+        incomplete = f"no run_ended entry in session {sessions[-1]['session']}: run incomplete"
     curves, cosine_by_round, global_by_round, last_diag = [], [], [], None
     for e in entries:
         if e.type != "round_ended":
@@ -205,8 +243,17 @@ def summary_section(entries: Sequence[Any]) -> dict:
     return clean(
         {
             "run_id": started.get("run_id"),
-            "status": ended.get("status", "no run_ended entry: run incomplete"),
+            "status": ended.get("status", incomplete),
             "rounds": ended.get("rounds"),
+            "sessions": sessions,
+            "interrupted_rounds": sorted(
+                {r for e in entries if e.type == "run_resumed" for r in e.data.get("interrupted_rounds") or []}
+            ),
+            "timed_out": [
+                {k: e.data.get(k) for k in ("round", "site", "timeout_s", "waited_s")}
+                for e in entries
+                if e.type == "site_timed_out"
+            ],
             "engine": started.get("engine"),
             "seed": started.get("seed"),
             "git_commit": started.get("git_commit"),

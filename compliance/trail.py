@@ -40,7 +40,9 @@ WHY = {
     "aggregated": "the server aggregates round {round}",
     "alarm": "a diagnostic alarm",
     "round_ended": "round {round} closes with its metrics",
+    "site_timed_out": "{site} did not answer round {round} within {timeout_s} s",
     "run_ended": "the run ends; final model by hash",
+    "run_resumed": "the coordinator resumes the run (session {session}) from round {from_round}; {interrupted}",
     "user_created": "an admin creates a user account and commits to its one-time enrolment code",
     "user_login": "the user authenticated with user id and password",
     "login_failed": "a failed login",
@@ -102,12 +104,36 @@ def summarize(payload: dict, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# Types whose sentence says more than the operator's text would: the text, if any, follows it.
+DESCRIBED = frozenset({"run_resumed", "site_timed_out"})
+
+
+class _Fields(dict):
+    """A payload to format a sentence with: a missing field reads ``?`` rather than raising."""
+
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+def _interrupted(rounds: Any) -> str:
+    if not isinstance(rounds, list):
+        return "interrupted rounds: ?"
+    if not rounds:
+        return "no round was interrupted"
+    if len(rounds) == 1:
+        return f"round {rounds[0]} was interrupted and is redone"
+    return f"rounds {', '.join(str(r) for r in rounds)} were interrupted and are redone"
+
+
 def why(type_: str, payload: dict) -> str:
-    for key in WHY_FIELDS:
-        if isinstance(payload.get(key), str) and payload[key]:
-            return f"{key}: {payload[key]}"
+    given = next((f"{k}: {payload[k]}" for k in WHY_FIELDS if isinstance(payload.get(k), str) and payload[k]), None)
+    if given and type_ not in DESCRIBED:
+        return given
     template = WHY.get(type_, "{type} recorded by its actor")
-    return template.format(round=payload.get("round", "?"), target=payload.get("actor", "?"), type=type_)
+    fields = _Fields(payload, target=payload.get("actor", "?"), type=type_)
+    fields["interrupted"] = _interrupted(payload.get("interrupted_rounds"))
+    sentence = template.format_map(fields)
+    return f"{sentence}; {given}" if given else sentence
 
 
 def site_of(actor: str, payload: dict) -> str | None:

@@ -39,6 +39,21 @@ def checkpoint_hash(state: State, config: dict) -> str:
     return hashlib.sha256(checkpoint_bytes(state, config)).hexdigest()
 
 
+def server_state_bytes(arrays: State, data: dict) -> bytes:
+    """The server's state between rounds (a strategy's moments or controls, the monitors'
+    counters) as deterministic safetensors bytes: arrays keep their dtype, ``data`` is JSON."""
+    tensors = {k: np.ascontiguousarray(v) for k, v in sorted(arrays.items())}
+    meta = {"format": "pharmafl-server-state/1", "data": data}
+    return save(tensors, metadata={"pharmafl": json.dumps(meta, sort_keys=True)})
+
+
+def read_server_state(blob: bytes) -> tuple[State, dict]:
+    """(arrays, data) of :func:`server_state_bytes`."""
+    (n,) = np.frombuffer(blob[:8], dtype="<u8")
+    meta = json.loads(json.loads(blob[8 : 8 + int(n)])["__metadata__"]["pharmafl"])
+    return dict(load(blob)), meta["data"]
+
+
 def model_state(model: torch.nn.Module) -> State:
     return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
 

@@ -48,6 +48,19 @@ class ProgressListener:
             g = p["metrics"].get("global", {})
             status = f"rounds (test MSE {g['mse']:.3f} CI {g['ci']:.3f})" if g else "rounds"
             self.progress.update(self.rounds, advance=1, description=status)
+        elif t == ev.RUN_RESUMED:
+            self.progress.update(self.rounds, completed=p["steps_done"])
+            if p["interrupted_rounds"]:
+                self.progress.console.print(
+                    f"[yellow]round(s) {p['interrupted_rounds']} were interrupted[/]: redone from "
+                    f"{'round ' + str(p['from_round']) if p['from_round'] else 'the initial model'}'s checkpoint "
+                    f"as round {p['next_round']}"
+                )
+        elif t == ev.SITE_TIMED_OUT:
+            self._site_done(p["site"])
+            self.progress.console.print(
+                f"[yellow]{p['site']} timed out[/] in round {p['round']} (no answer in {p['timeout_s']} s)"
+            )
         elif t == ev.ALARM:
             self.progress.console.print(f"[yellow]alarm[/] round {p['round']}: {p['message']}")
         elif t == ev.SITE_DECLINED:
@@ -146,7 +159,44 @@ def run_command(
         _summary(metrics, out)
 
 
-def _ensure_passphrase() -> None:
+def resume_command(
+    run: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, file_okay=False, help="The run directory of a run that stopped, failed or was interrupted."
+        ),
+    ],
+    reason: Annotated[
+        str, typer.Option(help="Why the run is resumed, in words; recorded in the run_resumed entry.")
+    ] = "resumed by the operator",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the final summary as one JSON document on stdout (nothing else).")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar on stderr.")] = False,
+) -> None:
+    """Continue a run from its last completed round: verify its ledger and checkpoint, record run_resumed, go on."""
+    from pharmafl.pipeline.engines import resume_federated
+    from pharmafl.pipeline.resume import load_plan
+
+    plan = load_plan(run)
+    cfg = plan.cfg
+    if cfg.ledger.enabled:
+        _ensure_passphrase(confirm=False)
+    if not quiet:
+        console.stderr.print(
+            f"[bold]{cfg.name}[/]: resuming {run} ({cfg.federation.rounds} rounds planned, "
+            f"{cfg.federation.engine} engine)"
+        )
+    with console.progress(quiet=quiet, transient=False) as progress:
+        listener = ProgressListener(progress, cfg.federation.rounds, cfg.data.sites)
+        metrics = resume_federated(run, reason=reason, listeners=[listener])
+    if as_json:
+        console.emit_json(run_summary(cfg, metrics, plan.run_dir))
+    else:
+        _summary(metrics, plan.run_dir)
+
+
+def _ensure_passphrase(confirm: bool = True) -> None:
     """The ledger's key store needs a passphrase: ``$PHARMAFL_KEY_PASSPHRASE``, else asked for
     on a terminal (on stderr) and handed to the engine's processes through the environment."""
     import os
@@ -164,7 +214,7 @@ def _ensure_passphrase() -> None:
             "run on a terminal to be asked for it, or set ledger.enabled: false"
         )
     os.environ[PASSPHRASE_ENV] = typer.prompt(
-        "Key-store passphrase for this run's signing keys", hide_input=True, confirmation_prompt=True, err=True
+        "Key-store passphrase for this run's signing keys", hide_input=True, confirmation_prompt=confirm, err=True
     )
 
 
@@ -279,3 +329,4 @@ def _secure_summary(out: Path) -> None:
 
 def register(app: typer.Typer) -> None:
     app.command("run")(run_command)
+    app.command("resume")(resume_command)

@@ -103,6 +103,11 @@ class FederationConfig:
             on the thread count, so both engines use this one value and agree exactly.
         local_optimizer: ``keep`` (default) carries each site's Adam state from round to
             round; ``reset`` starts a fresh optimizer every round.
+        round_timeout_s: seconds a round waits for the sites' answers (default: no limit). A
+            site that has not answered by then is recorded (``site_timed_out``) and the round
+            completes with the others if ``min_sites`` remain, else the run stops and stays
+            resumable (``pharmafl resume``); the site joins again in a later round. NVFlare:
+            the controller's task timeout.
     """
 
     rounds: StrictInt = 20
@@ -116,8 +121,14 @@ class FederationConfig:
     nvflare_admin_kit: str | None = None
     site_threads: StrictInt = 1
     local_optimizer: Literal["keep", "reset"] = "keep"
+    round_timeout_s: StrictInt | StrictFloat | None = None
 
     def __post_init__(self):
+        if self.round_timeout_s is not None and not (0 < self.round_timeout_s < 10**7):
+            raise ConfigError(
+                f"federation.round_timeout_s must be a number of seconds > 0 (or left out: no limit), "
+                f"got {self.round_timeout_s}"
+            )
         if self.site_threads < 1:
             raise ConfigError(f"federation.site_threads must be >= 1, got {self.site_threads}")
         if self.rounds < 1:

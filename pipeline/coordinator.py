@@ -11,15 +11,17 @@ Every step emits its events on the bus; nothing here writes the ledger directly.
 
 from __future__ import annotations
 
+import hashlib
+import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from pharmafl.pipeline import events as ev
 from pharmafl.pipeline.aggregate import State, add, site_weights
-from pharmafl.pipeline.artifacts import checkpoint_hash
+from pharmafl.pipeline.artifacts import checkpoint_hash, read_server_state, server_state_bytes
 from pharmafl.pipeline.diagnostics import DriftMonitor, update_diagnostics
 from pharmafl.pipeline.events import EventBus
 from pharmafl.pipeline.statements import check_statements
@@ -59,10 +61,26 @@ class Coordinator:
     site_keys: Mapping[str, bytes] = field(default_factory=dict)  # pinned in the consortium's cards
     secure: bool = False  # results are secret-share envelopes (their statements say so)
     _statements: dict = field(default_factory=dict, repr=False)  # site -> {type: statement}, this round
+    _steps: dict = field(default_factory=dict, repr=False)  # round -> step, rounds open
 
-    def start_round(self, round: int, state: State, sites: list[str]) -> Instructions:
-        self.bus.emit(ev.ROUND_STARTED, "server", round=round, sites=sorted(sites))
-        return self.strategy.instructions(round, state)
+    def start_round(self, round: int, state: State, sites: list[str], step: int | None = None) -> Instructions:
+        """Open ``round`` (the ``step``-th of the run; the same unless a resumed run redid one)."""
+        step = round if step is None else step
+        self._steps[round] = step
+        self.bus.emit(ev.ROUND_STARTED, "server", round=round, step=step, sites=sorted(sites))
+        return replace(self.strategy.instructions(round, state), step=step)
+
+    def server_state(self) -> bytes:
+        """What the server carries from round to round (strategy, drift monitor), as bytes whose
+        hash ``round_ended`` records and the round's checkpoint holds."""
+        arrays, data = self.strategy.state()
+        return server_state_bytes(arrays, {"strategy": data, "drift_streak": dict(sorted(self.drift.streak.items()))})
+
+    def load_server_state(self, blob: bytes) -> None:
+        """Take up :meth:`server_state` (a resumed run)."""
+        arrays, data = read_server_state(blob)
+        self.strategy.load_state(arrays, data["strategy"])
+        self.drift.streak = dict(data["drift_streak"])
 
     def finish_round(
         self,
@@ -71,9 +89,15 @@ class Coordinator:
         results: Mapping[str, FitResult],
         failures: Mapping[str, str] | None = None,
         declined: Mapping[str, Declined] | None = None,
+        timed_out: Mapping[str, tuple[float, float]] | None = None,
     ) -> RoundOutcome:
+        """Aggregate ``round``; ``timed_out``: site -> (timeout, seconds waited), no answer in time."""
         failed = dict(failures or {})
         declined = dict(declined or {})
+        for site, (timeout, waited) in sorted((timed_out or {}).items()):
+            self.bus.emit(
+                ev.SITE_TIMED_OUT, "server", round=round, site=site, timeout_s=timeout, waited_s=round_s(waited)
+            )
         for site in sorted(declined):
             d = declined[site]
             stmts, problem = check_statements(
@@ -100,7 +124,7 @@ class Coordinator:
         updates, metrics = self._collect(round, state, results, failed)
         for site in sorted(failed):
             self.bus.emit(ev.SITE_FAILED, "server", round=round, site=site, error=failed[site])
-        self._require(round, [u.site for u in updates], failed)
+        self._require(round, [u.site for u in updates], {**failed, **{s: "timed out" for s in timed_out or {}}})
         new_state, participants, weights, diag, extra = self._combine(round, state, updates, metrics, failed)
         applied = add(new_state, state, scale=-1.0)  # the global update actually applied
         self.bus.emit(
@@ -124,7 +148,15 @@ class Coordinator:
         round_metrics = {"sites": metrics}
         if self.evaluate is not None:
             round_metrics["global"] = self.evaluate(new_state)
-        self.bus.emit(ev.ROUND_ENDED, "server", round=round, metrics=round_metrics, diagnostics=diag)
+        self.bus.emit(
+            ev.ROUND_ENDED,
+            "server",
+            round=round,
+            step=self._steps.pop(round, round),
+            metrics=round_metrics,
+            diagnostics=diag,
+            server_state_hash=hashlib.sha256(self.server_state()).hexdigest(),
+        )
         return RoundOutcome(round, new_state, participants, failed, round_metrics, diag)
 
     def _require(self, round: int, usable: list[str], failed: Mapping[str, str]) -> None:
@@ -199,6 +231,10 @@ class Coordinator:
         """Release what the coordinator started (the secure-aggregation parties); idempotent."""
 
 
+def round_s(seconds: float) -> float:
+    return float(f"{seconds:.4g}")
+
+
 def _validate(site: str, round: int, res: FitResult, state: State, required_parts=("delta",)) -> str | None:
     """Why an update is unusable, or None."""
     actual = wire.sha256(res.payload)
@@ -224,20 +260,23 @@ def _validate(site: str, round: int, res: FitResult, state: State, required_part
     problem = _report_problem(res)
     if problem is not None:
         return problem
-    if upd.num_examples != res.num_examples or res.num_examples < 1:
-        return f"example count {res.num_examples} is invalid or disagrees with the payload's {upd.num_examples}"
+    if type(res.num_examples) is not int or not 1 <= res.num_examples <= MAX_EXAMPLES:
+        return f"example count {res.num_examples!r:.40} is not an integer in 1..{MAX_EXAMPLES} (2**53)"
+    if upd.num_examples != res.num_examples:
+        return f"example count {res.num_examples} disagrees with the payload's {upd.num_examples}"
     return None
 
 
 def _report_problem(res: FitResult) -> str | None:
     """Why a result's metrics or privacy report are unusable, or None."""
-    bad = [
-        k
-        for k, v in res.metrics.items()
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v)
-    ]
+    if not isinstance(res.metrics, dict):
+        return f"metrics malformed: a {type(res.metrics).__name__}, not a mapping"
+    not_str = [k for k in res.metrics if not isinstance(k, str)]
+    if not_str:
+        return f"metrics malformed: keys that are not strings {not_str!r:.200}"
+    bad = [k for k, v in res.metrics.items() if not _number(v)]
     if bad:
-        return f"metrics {bad} are not finite numbers: {[res.metrics[k] for k in bad]}"
+        return f"metrics {bad} are not finite numbers: {[res.metrics[k] for k in bad]!r:.200}"
     if res.privacy is not None:
         return _privacy_problem(res.privacy)
     return None
@@ -246,10 +285,17 @@ def _report_problem(res: FitResult) -> str | None:
 # The fields the coordinator itself records beside a site's statement (events.emit_statement):
 # a report naming one would overwrite them (a privacy report claiming another round or site).
 RESERVED_KEYS = ("round", "site", "party", "accepted", "problem")
+MAX_EXAMPLES = 2**53  # a larger count has no exact JSON form; summed weights could overflow to inf
 
 
 def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
+    """A finite int or float (not a bool); an int too large for a double is not."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond the doubles
+        return False
 
 
 def _fields_problem(what: str, values: dict, *, numbers: tuple[str, ...] = ()) -> str | None:
@@ -264,7 +310,7 @@ def _fields_problem(what: str, values: dict, *, numbers: tuple[str, ...] = ()) -
     missing = [k for k in numbers if not _number(values.get(k))]
     if not (not_str or reserved or bad or missing):
         return None
-    parts = [f"keys that are not strings {not_str!r}"] if not_str else []
+    parts = [f"keys that are not strings {not_str!r:.200}"] if not_str else []
     parts += [f"reserved keys {reserved} (the coordinator records round and site itself)"] if reserved else []
     parts += [f"non-finite or non-scalar {bad}"] if bad else []
     parts += [f"missing or not a finite number {missing}"] if missing else []

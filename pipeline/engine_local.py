@@ -4,68 +4,73 @@ For tests, sweeps and 100-site simulations. Sites train one after another in sor
 after every checkpoint each site's witness is asked to cosign it (as the NVFlare engine
 does through its messages);
 a site that raises is reported as failed and the round goes on without it (if at least
-``min_sites`` remain). For the same seed and config it produces the same final model as the
-NVFlare engine.
+``min_sites`` remain). With ``federation.round_timeout_s`` each site's call runs on a worker
+thread waited for that long (sites train one after another here, so each has the whole
+timeout): a site still busy then is recorded as timed out, and is left out of the rounds that
+start before it finishes. For the same seed and
+config it produces the same final model as the NVFlare engine. The round lifecycle itself is
+:class:`~pharmafl.pipeline.rounds.RoundDriver`'s.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
-from pharmafl.pipeline.coordinator import RoundAborted
 from pharmafl.pipeline.events import EventBus
-from pharmafl.pipeline.run import RunPlan, end_run, initial_state, make_site, server_side, start_run
-from pharmafl.sites.site import Declined, FitResult, Instructions, Site
+from pharmafl.pipeline.rounds import RoundDriver, RoundTask
+from pharmafl.pipeline.run import RunPlan, make_site, server_side
+from pharmafl.sites.site import Declined, FitResult, Site
 
 SiteFactory = Callable[[RunPlan, str], Site]
+
+
+class Replies(NamedTuple):
+    """What the sites answered in one round."""
+
+    results: dict[str, FitResult]
+    failures: dict[str, str]
+    declined: dict[str, Declined]
+    timed_out: dict[str, tuple[float, float]]  # site -> (timeout, seconds waited)
 
 
 @dataclass
 class LocalEngine:
     site_factory: SiteFactory = make_site
     transcript_dir: Path | None = None  # secure aggregation: where parties save what they receive (tests)
+    _busy: dict = field(default_factory=dict, repr=False)  # site -> the worker still running its late call
 
-    def run(self, plan: RunPlan, bus: EventBus) -> dict:
-        start = time.perf_counter()
+    def run(self, plan: RunPlan, bus: EventBus, resume=None) -> dict:
+        """One session of ``plan``'s run (``resume``: a :class:`~pharmafl.pipeline.resume.ResumePoint`)."""
         sites = {sid: self.site_factory(plan, sid) for sid in plan.sites}
         coord = server_side(plan, bus, transcript_dir=self.transcript_dir)
-        state = initial_state(plan.cfg)
-        start_run(plan, bus, engine="local")
-        status, done, error = "completed", 0, None
+        driver = RoundDriver(plan, bus, coord, engine="local", resume=resume)
         try:
-            for r in range(1, plan.cfg.federation.rounds + 1):
-                instructions = coord.start_round(r, state, list(sites))
-                results, failures, declined = self._fit_all(sites, r, state, instructions)
-                state = coord.finish_round(r, state, results, failures, declined).state
-                done = r
+            driver.begin()
+            if resume is not None:
+                self._witness(bus, sites)  # the run_resumed checkpoint (and what the crash left uncosigned)
+            while (task := driver.next_round()) is not None:
+                if not driver.complete(*self._fit_all(sites, task)):
+                    break
                 self._witness(bus, sites)
-        except RoundAborted as exc:
-            status = f"stopped: {exc}"
         except Exception as exc:  # recorded and re-raised: the run ends with what it has
-            status, error = f"failed: {type(exc).__name__}: {exc}", exc
+            driver.fail(exc)
         finally:
             coord.close()
         site_metrics = {}
         for sid in sorted(sites):
             try:
-                site_metrics[sid] = sites[sid].evaluate(state)
+                site_metrics[sid] = sites[sid].evaluate(driver.state)
             except Exception as exc:  # a site down at the end is reported, not fatal
                 site_metrics[sid] = {"error": repr(exc)}
-        metrics = end_run(
-            plan,
-            coord,
-            state,
-            status=status,
-            rounds=done,
-            site_metrics=site_metrics,
-            seconds=time.perf_counter() - start,
-        )
+        metrics = driver.end(site_metrics)
         self._witness(bus, sites)  # the run_ended checkpoint
-        if error is not None:
-            raise error
+        if driver.error is not None:
+            raise driver.error
         return metrics
 
     @staticmethod
@@ -82,19 +87,44 @@ class LocalEngine:
                 answers[sid] = f"{type(exc).__name__}: {exc}"
         bus.cosigned(answers)
 
-    @staticmethod
-    def _fit_all(sites: dict[str, Site], r: int, state, instructions: Instructions):
-        results: dict[str, FitResult] = {}
-        failures: dict[str, str] = {}
-        declined: dict[str, Declined] = {}
+    def _fit_all(self, sites: dict[str, Site], task: RoundTask) -> Replies:
+        replies = Replies({}, {}, {}, {})
         for sid in sorted(sites):
-            try:
-                out = sites[sid].fit(r, state, instructions)
-            except Exception as exc:  # a failing site drops out of this round
-                failures[sid] = f"{type(exc).__name__}: {exc}"
+            worker = self._busy.get(sid)
+            if worker is not None and worker.is_alive():
+                replies.failures[sid] = "still busy with the round it did not finish in time"
                 continue
-            if isinstance(out, Declined):
-                declined[sid] = out
-            else:
-                results[sid] = out
-        return results, failures, declined
+            self._busy.pop(sid, None)
+            begun = time.monotonic()
+            try:
+                out = self._call(sid, sites[sid], task)
+            except TimeoutError:
+                replies.timed_out[sid] = (task.timeout_s, time.monotonic() - begun)
+                continue
+            except Exception as exc:  # a failing site drops out of this round
+                replies.failures[sid] = f"{type(exc).__name__}: {exc}"
+                continue
+            (replies.declined if isinstance(out, Declined) else replies.results)[sid] = out
+        return replies
+
+    def _call(self, sid: str, site: Site, task: RoundTask):
+        """``site.fit`` for ``task``; with a timeout, on a worker thread waited for that long."""
+        if task.timeout_s is None:
+            return site.fit(task.round, task.state, task.instructions)
+        box: dict = {}
+
+        def work():
+            try:
+                box["out"] = site.fit(task.round, task.state, task.instructions)
+            except BaseException as exc:  # noqa: BLE001 - handed to the round below
+                box["error"] = exc
+
+        worker = threading.Thread(target=work, name=f"pharmafl-{sid}-round-{task.round}", daemon=True)
+        worker.start()
+        worker.join(task.timeout_s)
+        if worker.is_alive():
+            self._busy[sid] = worker
+            raise TimeoutError(sid)
+        if "error" in box:
+            raise box["error"]
+        return box["out"]

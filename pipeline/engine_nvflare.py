@@ -48,10 +48,15 @@ copies this shim into the job's custom/ folder.
 """
 
 from pharmafl.pipeline.nvflare_server import PharmaflAggregator as _Aggregator
+from pharmafl.pipeline.nvflare_server import PharmaflFedAvg as _FedAvg
 from pharmafl.pipeline.nvflare_server import PlanPersistor as _Persistor
 
 
 class PharmaflAggregator(_Aggregator):
+    pass
+
+
+class PharmaflFedAvg(_FedAvg):
     pass
 
 
@@ -132,11 +137,13 @@ def site_view(plan: RunPlan) -> RunPlan:
     return replace(plan, cfg=cfg, site_homes=None, cache_dir=None)
 
 
-def build_recipe(plan: RunPlan, *, portable: bool = False):
+def build_recipe(plan: RunPlan, *, portable: bool = False, resume=None):
     """The job, with the plan written to ``RUN/plan.json`` and the client script beside it.
 
     ``portable``: the job for a provisioned system (module docstring), else the simulator's
-    and POC's, which name the plan by its absolute path on this machine.
+    and POC's, which name the plan by its absolute path on this machine. ``resume``: the
+    :class:`~pharmafl.pipeline.resume.ResumePoint` the job continues from (the server checks
+    it again against the ledger); its controller starts at the next round number.
     """
     from nvflare.client.config import ExchangeFormat, TransferType
     from nvflare.fuel.utils.constants import FrameworkType
@@ -153,7 +160,8 @@ def build_recipe(plan: RunPlan, *, portable: bool = False):
     job_dir = plan.run_dir / "nvflare"
     job_dir.mkdir(parents=True, exist_ok=True)
     plan_path = (plan.run_dir / "plan.json").resolve()
-    plan_path.write_text(plan.to_json())
+    if not plan_path.is_file() or plan_path.read_text() != plan.to_json():
+        plan_path.write_text(plan.to_json())
     shutil.copyfile(nvflare_client.__file__, job_dir / "client.py")
     components = _load_shim(job_dir)
     if portable:
@@ -162,20 +170,39 @@ def build_recipe(plan: RunPlan, *, portable: bool = False):
     else:
         server_plan, train_args = str(plan_path), f"--plan {plan_path}"
 
+    fed = plan.cfg.federation
+    remaining = fed.rounds - (0 if resume is None else resume.steps_done)
+    first = 0 if resume is None else resume.next_round - 1  # NVFlare counts from 0, pharmafl from 1
+
     class Recipe(FedAvgRecipe):
         def _get_controller_kwargs(self):
             # a site whose result errors is left out of the round (the coordinator decides
             # whether enough remain); stop when the aggregator says so
-            return {"ignore_result_error": True, "task_check_period": 0.1}
+            return {"ignore_result_error": True, "task_check_period": 0.1, "start_round": first}
+
+        def _create_controller(self, persistor_id, model_params, model_aggregator):
+            return components.PharmaflFedAvg(
+                num_clients=self.min_clients,
+                num_rounds=self.num_rounds,
+                persistor_id=persistor_id,
+                model=model_params,
+                aggregator=model_aggregator,
+                stop_cond=self.stop_cond,
+                task_name="train",
+                round_timeout_s=fed.round_timeout_s,
+                **self._get_controller_kwargs(),
+            )
 
     with _cwd(job_dir):  # FedAvgRecipe resolves a relative train_script against the cwd (also later)
         recipe = Recipe(
             name=JOB_NAME,
             min_clients=len(plan.sites),
-            num_rounds=plan.cfg.federation.rounds + 2,  # + the final evaluation, + cosigning run_ended
+            num_rounds=remaining + 2,  # + the final evaluation, + cosigning run_ended
             train_script="client.py",
             train_args=train_args,
-            aggregator=components.PharmaflAggregator(plan_path=server_plan),
+            aggregator=components.PharmaflAggregator(
+                plan_path=server_plan, resume_reason=None if resume is None else resume.reason
+            ),
             model_persistor=components.PlanPersistor(plan_path=server_plan),
             framework=FrameworkType.NUMPY,
             server_expected_format=ExchangeFormat.NUMPY,
@@ -202,18 +229,23 @@ def export_job(plan: RunPlan, job_dir: Path) -> Path:
 
 
 class NVFlareEngine:
-    def run(self, plan: RunPlan, listeners: Sequence[Listener] = ()) -> dict:
+    def run(self, plan: RunPlan, listeners: Sequence[Listener] = (), *, resume=None) -> dict:
+        """One session of the run as an NVFlare job (``resume``: a verified
+        :class:`~pharmafl.pipeline.resume.ResumePoint` to continue from)."""
         prod = plan.cfg.federation.nvflare_env == "prod"
         if prod:
             plan.cfg.federation.admin_kit()  # a bad admin kit is refused before the job is built
-        recipe = build_recipe(plan, portable=prod)
+        recipe = build_recipe(plan, portable=prod, resume=resume)
         env = self._env(plan)
+        metrics_path = plan.run_dir / "metrics.json"
+        before = metrics_path.stat().st_mtime_ns if metrics_path.is_file() else None
 
         def deliver(event):
             for listener in listeners:
                 listener.on_event(event)
 
-        follower = EventFollower(plan.run_dir / "events.jsonl", deliver)
+        trace = plan.run_dir / "events.jsonl"
+        follower = EventFollower(trace, deliver, start=trace.stat().st_size if trace.is_file() else 0)
         follower.start()
         error = None
         try:
@@ -226,7 +258,8 @@ class NVFlareEngine:
             follower.stop()
             for listener in listeners:
                 listener.close()
-        metrics_path = plan.run_dir / "metrics.json"
+        if metrics_path.is_file() and before is not None and metrics_path.stat().st_mtime_ns == before:
+            metrics_path = plan.run_dir / ".no-new-metrics"  # an earlier session's figures: this one wrote none
         if not metrics_path.is_file() and prod:
             raise NVFlareRunError(
                 f"the NVFlare job ended without results in {plan.run_dir} ({error!r}); the server "

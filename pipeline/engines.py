@@ -13,17 +13,19 @@ from pharmafl.pipeline.run import RunPlan, prepare
 from pharmafl.pipeline.tracking import RunTracker
 
 
-def run_listeners(plan: RunPlan) -> list[Listener]:
+def run_listeners(plan: RunPlan, *, resumed: bool = False) -> list[Listener]:
     """The listeners every run has, whatever the engine: event trace, outputs, the ledger.
 
     Built in the process that runs the coordinator (NVFlare: the server process). The ledger
     comes first: if an entry cannot be recorded the run stops before anything else sees the
-    event. Its key-store passphrase comes from ``$PHARMAFL_KEY_PASSPHRASE``.
+    event. Its key-store passphrase comes from ``$PHARMAFL_KEY_PASSPHRASE``. ``resumed``: the
+    ledger and the event trace are appended to, and the outputs cover the earlier sessions too.
     """
     listeners: list[Listener] = []
     if plan.cfg.ledger.enabled:
         listeners.append(ledger_listener(plan))
-    return [*listeners, JsonlEventLog(plan.run_dir / "events.jsonl"), RunTracker(plan.run_dir)]
+    tracker = RunTracker.resumed(plan.run_dir) if resumed else RunTracker(plan.run_dir)
+    return [*listeners, JsonlEventLog(plan.run_dir / "events.jsonl"), tracker]
 
 
 def ledger_listener(plan: RunPlan) -> Listener:
@@ -72,6 +74,32 @@ def run_federated(
     from pharmafl.pipeline.engine_nvflare import NVFlareEngine
 
     return NVFlareEngine().run(plan, listeners)
+
+
+def resume_federated(run_dir: Path, *, reason: str, listeners: Sequence[Listener] = ()) -> dict:
+    """Continue the run in ``run_dir`` from its last completed round (:mod:`pharmafl.pipeline.resume`),
+    on the engine it was started on."""
+    from pharmafl.pipeline.resume import load_plan, resume_point
+
+    plan = load_plan(Path(run_dir).resolve())
+    if plan.cfg.ledger.enabled:
+        from pharmafl.audit import passphrase_from_env
+
+        passphrase_from_env()  # refuse before anything is written
+    if plan.cfg.federation.engine == "nvflare":
+        from pharmafl.pipeline.engine_nvflare import NVFlareEngine
+
+        point = resume_point(plan, reason)  # refused here, before a job starts; the server checks again
+        return NVFlareEngine().run(plan, listeners, resume=point)
+    from pharmafl.pipeline.engine_local import LocalEngine
+
+    point = resume_point(plan, reason)
+    bus = EventBus([*run_listeners(plan, resumed=True), *listeners])
+    try:
+        LocalEngine().run(plan, bus, resume=point)
+    finally:
+        bus.close()
+    return json.loads((plan.run_dir / "metrics.json").read_text())
 
 
 def export_federated(

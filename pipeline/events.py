@@ -18,7 +18,15 @@ run_started          server     run_id, config (dict), config_hash, git_commit, 
                                 name->version), seed, sites (list of site ids),
                                 manifests (site id -> manifest sha256), privacy (None, or the
                                 settings, what ε protects in words, and every party's plan)
-round_started        server     round, sites (list of site ids selected)
+run_resumed          server     run_id, session (2, 3, ...), from_round (last completed round,
+                                0: none), steps_done, next_round, interrupted_rounds (begun,
+                                never completed: redone under new numbers), checkpoint_hash
+                                (None: the initial model), server_state_hash, previous_status
+                                (None: the session ended without run_ended), reason, engine,
+                                git_commit, versions
+round_started        server     round, step (the logical round, 1..federation.rounds: round
+                                numbers are never reused, so after a resume they differ),
+                                sites (list of site ids selected)
 site_update          site-XX    round, update_hash (sha256 of the serialized update exactly as
                                 sent), num_examples, update_bytes, metrics, accepted (bool),
                                 problem (why it was rejected, or None)
@@ -35,15 +43,20 @@ secure_shares        site-XX    round, commitment (salted sha256 of the plaintex
 bound_check          server     round, site, passed (bool), max_update_norm, slack, sketches,
                                 buckets, sketch_seed (secure aggregation: the MPC norm check)
 site_failed          server     round, site, error
+site_timed_out       server     round, site, timeout_s, waited_s (no answer within
+                                federation.round_timeout_s; the round goes on without it)
 aggregated           server     round, participants (list), weights (site id -> float),
                                 aggregate_hash, checkpoint_hash, strategy (secure aggregation:
                                 also secure {parties, sum_hash, excluded (site -> why),
                                 seconds})
 alarm                server     round, kind, site (or None), message
-round_ended          server     round, metrics ({"sites": {...}, "global": {...}}), diagnostics
-                                (update norms, cosine matrix, cosine to the mean)
+round_ended          server     round, step, metrics ({"sites": {...}, "global": {...}}),
+                                diagnostics (update norms, cosine matrix, cosine to the mean),
+                                server_state_hash (the strategy's and monitors' state after the
+                                round, as the round's checkpoint holds it)
 run_ended            server     status ("completed", "stopped: <why>" or "failed: <error>"),
-                                rounds, model_hash, metrics (dict)
+                                rounds (completed, over all sessions), model_hash, metrics
+                                (dict); once per session: a stopped or failed run resumes
 ===================  =========  ==============================================================
 
 Whatever a site asserts (``site_update``, ``clip``, ``privacy_spent`` of a site,
@@ -54,7 +67,7 @@ statement's ``site``) — reaches the bus as its signer's own signed statement
 is the statement's round and payload plus the coordinator's annotations, and the event
 keeps the statement verbatim for the ledger, which embeds it in the coordinator's entry.
 
-The ledger writes a signed Merkle checkpoint after every ``round_ended`` and
+The ledger writes a signed Merkle checkpoint after every ``round_ended``, ``run_resumed`` and
 ``run_ended``; an engine then asks the bus for the witness requests of that checkpoint
 (:meth:`EventBus.witness_requests`), delivers each to its site's witness and hands the
 answers back (:meth:`EventBus.cosigned`).
@@ -67,6 +80,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 RUN_STARTED = "run_started"
+RUN_RESUMED = "run_resumed"
 ROUND_STARTED = "round_started"
 SITE_UPDATE = "site_update"
 CLIP = "clip"
@@ -75,6 +89,7 @@ SITE_DECLINED = "site_declined"
 SECURE_SHARES = "secure_shares"
 BOUND_CHECK = "bound_check"
 SITE_FAILED = "site_failed"
+SITE_TIMED_OUT = "site_timed_out"
 AGGREGATED = "aggregated"
 ALARM = "alarm"
 ROUND_ENDED = "round_ended"
@@ -85,6 +100,7 @@ PARTY_REFUSED = "party_refused"
 
 EVENT_TYPES = (
     RUN_STARTED,
+    RUN_RESUMED,
     ROUND_STARTED,
     SITE_UPDATE,
     CLIP,
@@ -93,6 +109,7 @@ EVENT_TYPES = (
     SECURE_SHARES,
     BOUND_CHECK,
     SITE_FAILED,
+    SITE_TIMED_OUT,
     AGGREGATED,
     ALARM,
     ROUND_ENDED,
@@ -130,6 +147,13 @@ class Witnessed(Protocol):
     def witness_requests(self) -> dict[str, dict]: ...
 
     def cosigned(self, responses: Mapping[str, Any]) -> dict[str, str]: ...
+
+
+@runtime_checkable
+class Headed(Protocol):
+    """A listener that keeps signed checkpoints (the ledger): its latest one, ``{tree_size, root_hash}``."""
+
+    def head(self) -> dict | None: ...
 
 
 class EventBus:
@@ -175,6 +199,13 @@ class EventBus:
             if isinstance(listener, Witnessed):
                 refused.update(listener.cosigned(responses))
         return refused
+
+    def ledger_head(self) -> dict | None:
+        """The latest signed checkpoint of the run's ledger (None: no ledger, or none written yet)."""
+        for listener in self._listeners:
+            if isinstance(listener, Headed):
+                return listener.head()
+        return None
 
     def close(self) -> None:
         """Close every listener; the first error is raised after all were tried."""

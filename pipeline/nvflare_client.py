@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     from pharmafl.pipeline.nvflare_wire import (
         WITNESS_KEY,
         WITNESS_ONLY,
-        decode_instructions,
+        decode_task,
         model_from_declined,
         model_from_error,
         model_from_final_metrics,
@@ -69,7 +69,6 @@ def main(argv: list[str] | None = None) -> None:
         witness_reply,
     )
     from pharmafl.pipeline.run import RunPlan, make_site
-    from pharmafl.pipeline.strategies import build_strategy
     from pharmafl.sites.site import Declined
 
     parser = argparse.ArgumentParser()
@@ -94,14 +93,12 @@ def main(argv: list[str] | None = None) -> None:
         if meta.get(WITNESS_ONLY):
             flare.send(with_witness(model_witness_only(), answer))
             continue
-        r = received.current_round + 1
         state = {k: np.asarray(v, dtype=np.float32) for k, v in received.params.items()}
-        if r > 1 or "pharmafl_instructions" in meta:
-            instructions = decode_instructions(meta)  # KeyError: a broken server
-        else:  # round 1: the initial model carries no instructions; derive them as the server does
-            fed = plan.cfg.federation
-            strategy = build_strategy(fed.strategy, fed.strategy_options, n_sites=len(plan.sites))
-            instructions = strategy.instructions(r, state)
+        try:
+            r, instructions = decode_task(meta)
+        except ValueError as exc:  # a server that is not pharmafl's, or broken: nothing to train on
+            flare.send(with_witness(model_from_error(0, f"unusable task: {exc}"), answer))
+            continue
         if instructions is None:
             flare.send(with_witness(model_from_final_metrics(site.evaluate(state)), answer))
             continue

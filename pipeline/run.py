@@ -552,6 +552,7 @@ def make_site(plan: RunPlan, site: str) -> SignedSite:
         cache_dir=plan.cache_dir,
         threads=cfg.federation.site_threads,
         keep_optimizer_state=cfg.federation.local_optimizer == "keep",
+        carried_dir=home.run_dir(plan.run_id) / "carried",
     )
     if cfg.privacy.mode == "local":
         inner = DPSite(

@@ -36,6 +36,20 @@ class RunTracker:
         self._writers = {}
         self._tensorboard = tensorboard
 
+    @classmethod
+    def resumed(cls, run_dir: Path, tensorboard: bool = True) -> RunTracker:
+        """A tracker for a resumed run: the earlier sessions' events (``events.jsonl``) replayed,
+        so ``rounds.parquet``, the plots and ``metrics.json`` cover the whole run; TensorBoard
+        already holds their scalars and gets only the new ones."""
+        from pharmafl.pipeline.eventlog import read_events
+
+        tracker = cls(run_dir, tensorboard=False)
+        for event in read_events(Path(run_dir) / "events.jsonl"):
+            if event.type != ev.RUN_ENDED:  # an earlier session's end: the figures are the final session's
+                tracker.on_event(event)
+        tracker._tensorboard = tensorboard
+        return tracker
+
     def _writer(self, name: str):
         if not self._tensorboard:
             return None

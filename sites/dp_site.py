@@ -119,6 +119,7 @@ class DPSite:
             self.history = ledger.history_of(self.manifest, run_id, plan.accountant, plan.delta)
         self.epsilon_prior = self._epsilon([])
         self._optimizer_state: dict | None = None
+        self._after: int | None = None  # the step whose optimizer state is in memory
 
     def _epsilon(self, history: History) -> float:
         """Cumulative ε on this data after earlier runs and ``history`` of this run."""
@@ -152,8 +153,14 @@ class DPSite:
                 },
             )
         metrics = {f"global_{k}": v for k, v in self.inner.evaluate(state).items()}
+        step = instructions.step or round
+        carried = self.inner.carried  # the optimizer state, in the site's home (sites/carried.py)
+        if self._after is None or self._after >= step:
+            self._optimizer_state = (carried.before(step) or {}).get("optimizer")
         with torch_threads(self.inner.threads):
-            delta, stats = self._train(round, state, instructions)
+            delta, stats = self._train(step, state, instructions)
+        carried.save(step, {"optimizer": self._optimizer_state})
+        self._after = step
         self.history = compose(self.history, plan.round_step)
         if self.ledger is not None:
             self.ledger.record(
@@ -184,9 +191,9 @@ class DPSite:
         metrics["train_pairs"] = n
         return FitResult(self.id, round, payload, wire.sha256(payload), n, metrics, privacy)
 
-    def _train(self, round: int, state: State, instructions: Instructions) -> tuple[State, ClipStats]:
+    def _train(self, step: int, state: State, instructions: Instructions) -> tuple[State, ClipStats]:
         inner, plan = self.inner, self.plan
-        torch.manual_seed(int(round_seed(inner.seed, self.id, round).generate_state(1)[0]))  # dropout
+        torch.manual_seed(int(round_seed(inner.seed, self.id, step).generate_state(1)[0]))  # dropout
         model = inner.model_from(state)
         gsm = wrap(model, plan.unit, plan.clip_norm)
         base = make_optimizer(model, inner.train_cfg)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from pharmafl.models.dti import DTIModel, ModelConfig
 from pharmafl.models.pairs import PairTensors
 from pharmafl.sites import update as wire
+from pharmafl.sites.carried import CarriedState, arrays, tensors
 from pharmafl.sites.store import SiteStore
 from pharmafl.sites.tables import DTIDataset
 from pharmafl.sites.training import TrainConfig, evaluate, make_optimizer, train_epoch
@@ -46,6 +47,7 @@ class Instructions:
     proximal_mu: float = 0.0
     scaffold_control: State | None = None  # server control variate c
     accepted: tuple[str, ...] | None = None  # sites whose last update the server aggregated
+    step: int = 0  # the run's logical round (seeds, carried state); 0: the round number itself
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,11 @@ class Site:
         cache_dir: Path | None = None,
         threads: int = 1,
         keep_optimizer_state: bool = True,
+        carried_dir: Path | None = None,
     ):
         self.id = store.site
+        self.carried = CarriedState(carried_dir)  # persisted after every round (sites/carried.py)
+        self._after: int | None = None  # the step whose carried state is in memory
         self.threads = threads
         self.keep_optimizer_state = keep_optimizer_state
         self._optimizer_state: dict | None = None  # Adam's moments, carried from round to round
@@ -146,13 +151,31 @@ class Site:
         Runs on ``threads`` intra-op threads: float sums depend on the thread count, so every
         engine trains a site with the same count for the same result.
         """
+        step = instructions.step or round
+        if self._after is None or self._after >= step:  # a fresh object, or a step redone
+            self._take_up(self.carried.before(step))
         with torch_threads(self.threads):
-            return self._fit(round, state, instructions)
+            out = self._fit(round, step, state, instructions)
+        self.carried.save(step, self._carried())
+        self._after = step
+        return out
 
-    def _fit(self, round: int, state: State, instructions: Instructions) -> FitResult:
+    def _carried(self) -> dict:
+        return {
+            "optimizer": self._optimizer_state,
+            "control": tensors(self._control),
+            "pending": tensors(self._pending),
+        }
+
+    def _take_up(self, values: dict | None) -> None:
+        values = values or {}
+        self._optimizer_state = values.get("optimizer")
+        self._control, self._pending = arrays(values.get("control")), arrays(values.get("pending"))
+
+    def _fit(self, round: int, step: int, state: State, instructions: Instructions) -> FitResult:
         model = self.model_from(state)
         metrics = {f"global_{k}": v for k, v in self._evaluate(state).items()}
-        seq = round_seed(self.seed, self.id, round)
+        seq = round_seed(self.seed, self.id, step)
         torch.manual_seed(int(seq.generate_state(1)[0]))
         rng = np.random.default_rng(seq)
         optimizer = make_optimizer(model, self.train_cfg)

@@ -55,21 +55,27 @@ def encode(update: Update) -> bytes:
 
 
 def decode(data: bytes) -> Update:
-    """Parse update bytes; any malformation is one :class:`UpdateError`."""
+    """Parse update bytes; any malformation is one :class:`UpdateError` (never another exception:
+    the bytes are whatever a site sent)."""
     try:
         tensors = load(data)
         meta = _metadata(data)
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise UpdateError(
-                f"update format {meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT!r}"
-            )
-        site, round_, examples = str(meta["site"]), int(meta["round"]), int(meta["num_examples"])
-    except UpdateError:
-        raise
-    except (SafetensorError, ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
+    except (SafetensorError, ValueError, KeyError, TypeError, AttributeError, RecursionError, struct.error) as exc:
         raise UpdateError(f"update bytes are not a valid {FORMAT} payload: {type(exc).__name__}: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UpdateError(
+            f"update format {meta.get('format') if isinstance(meta, dict) else meta!r:.80}, expected {FORMAT!r}"
+        )
+    site, round_, examples = meta.get("site"), meta.get("round"), meta.get("num_examples")
+    if type(site) is not str or type(round_) is not int or type(examples) is not int:
+        raise UpdateError(
+            f"update metadata site {site!r:.80} / round {round_!r:.40} / num_examples {examples!r:.40}: "
+            f"expected a string and two integers"
+        )
     parts: dict[str, dict[str, np.ndarray]] = {}
     for key, arr in tensors.items():
+        if arr.dtype != np.float32:
+            raise UpdateError(f"update array {key!r:.80} is {arr.dtype}, expected float32")
         part, _, name = key.partition("/")
         parts.setdefault(part, {})[name] = arr
     if "delta" not in parts:
@@ -80,4 +86,4 @@ def decode(data: bytes) -> Update:
 def _metadata(data: bytes) -> dict[str, str]:
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + n])
-    return json.loads(header.get("__metadata__", {}).get("pharmafl", "{}"))
+    return json.loads((header.get("__metadata__") or {}).get("pharmafl", "{}"))

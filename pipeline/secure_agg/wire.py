@@ -14,6 +14,7 @@ one :class:`WireError`. No pickle crosses a trust boundary.
 from __future__ import annotations
 
 import json
+import math
 import socket
 import ssl
 import struct
@@ -43,7 +44,14 @@ def _exact(sock, n: int) -> bytes:
 
 
 def send(sock, doc: dict, blobs: Sequence[bytes] = ()) -> None:
-    head = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    """One frame of ``doc`` (a JSON object) and ``blobs``; a document JSON cannot carry is one
+    :class:`WireError` before anything is sent."""
+    if type(doc) is not dict:
+        raise WireError(f"a frame's document must be a JSON object, got {type(doc).__name__}")
+    try:
+        head = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    except (ValueError, TypeError, RecursionError) as exc:  # NaN, infinities, non-JSON values or keys
+        raise WireError(f"the frame's document is not JSON: {type(exc).__name__}: {exc}") from None
     parts = [struct.pack("<I", len(head)), head, struct.pack("<I", len(blobs))]
     for b in blobs:
         parts += [struct.pack("<Q", len(b)), bytes(b)]
@@ -56,7 +64,12 @@ def recv(sock) -> tuple[dict, list[bytes]]:
         if n > MAX_JSON:
             raise WireError(f"frame announces {n} bytes of JSON, more than {MAX_JSON}")
         try:
-            doc = json.loads(_exact(sock, n).decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique)
+            doc = json.loads(
+                _exact(sock, n).decode("utf-8"),
+                parse_constant=_no_constant,
+                parse_float=_finite,
+                object_pairs_hook=_unique,
+            )
         except (ValueError, RecursionError) as exc:
             raise WireError(f"frame JSON is malformed: {exc}") from None
         if type(doc) is not dict:
@@ -81,6 +94,15 @@ def recv(sock) -> tuple[dict, list[bytes]]:
 
 def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; one too large for a double (``1e999``) is refused, not read as
+    infinity (which :func:`send` could never have written)."""
+    x = float(text)
+    if not math.isfinite(x):
+        raise ValueError(f"number {text[:40]} is not finite as a double")
+    return x
 
 
 def _unique(pairs):

@@ -52,6 +52,14 @@ class Strategy:
         aggregation reveals). Equal to :meth:`aggregate` for strategies linear in the updates."""
         return self.aggregate(state, [mean], np.ones(1))
 
+    def state(self) -> tuple[State, dict]:
+        """What the strategy carries from round to round, as (arrays, JSON data): saved with every
+        round's checkpoint, so that a resumed run goes on exactly as an uninterrupted one."""
+        return {}, {}
+
+    def load_state(self, arrays: State, data: dict) -> None:
+        """Take up what :meth:`state` returned (a resumed run)."""
+
     def privacy_spent(self, round: int) -> dict | None:
         """The server-side privacy accounting of ``round``, if the strategy adds noise."""
         return None

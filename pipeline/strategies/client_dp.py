@@ -84,5 +84,15 @@ class ClientDP(Strategy):
         mean = Update("server", round, num_examples, {"delta": noisy})
         return self.inner.aggregate(state, [mean], np.ones(1))
 
+    def state(self):
+        """The wrapped strategy's state and the accountant's history (the noise stream starts anew:
+        fresh OS randomness is what a resumed run should draw)."""
+        arrays, data = self.inner.state()
+        return {f"inner/{k}": v for k, v in arrays.items()}, {"inner": data, "history": [list(h) for h in self.history]}
+
+    def load_state(self, arrays, data):
+        self.inner.load_state({k[len("inner/") :]: v for k, v in arrays.items()}, data.get("inner", {}))
+        self.history = [tuple(h) for h in data.get("history", [])]
+
     def privacy_spent(self, round: int) -> dict | None:
         return self._spent.pop(round, None)

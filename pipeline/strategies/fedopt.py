@@ -29,6 +29,16 @@ class FedAdam(Strategy):
         super().__init__(options, n_sites=n_sites)
         self.m = self.v = None
 
+    def state(self):
+        if self.m is None:
+            return {}, {}
+        return {**{f"m/{k}": v for k, v in self.m.items()}, **{f"v/{k}": v for k, v in self.v.items()}}, {}
+
+    def load_state(self, arrays, data):
+        if arrays:
+            self.m = {k[2:]: np.asarray(v, np.float64) for k, v in arrays.items() if k.startswith("m/")}
+            self.v = {k[2:]: np.asarray(v, np.float64) for k, v in arrays.items() if k.startswith("v/")}
+
     def second_moment(self, v: np.ndarray, d2: np.ndarray) -> np.ndarray:
         b2 = self.options.beta2
         return b2 * v + (1 - b2) * d2

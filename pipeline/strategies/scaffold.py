@@ -30,6 +30,15 @@ class Scaffold(Strategy):
         self.control = None
         self.accepted: tuple[str, ...] = ()
 
+    def state(self):
+        arrays = {f"control/{k}": v for k, v in (self.control or {}).items()}
+        return arrays, {"accepted": list(self.accepted), "started": self.control is not None}
+
+    def load_state(self, arrays, data):
+        if data.get("started"):
+            self.control = {k[len("control/") :]: np.asarray(v, np.float32) for k, v in arrays.items()}
+        self.accepted = tuple(data.get("accepted", ()))
+
     def instructions(self, round, state):
         if self.control is None:
             self.control = {k: np.zeros_like(v, dtype=np.float32) for k, v in state.items()}

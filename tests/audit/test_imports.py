@@ -36,9 +36,10 @@ def test_the_verifier_imports_only_itself_stdlib_and_cryptography(name: str) -> 
 
 
 def test_the_checks_fit_in_one_sitting() -> None:
-    # Statements, not lines: ruff format decides the lines (120 columns; 357 in Dec 2026).
+    # Statements, not lines: ruff format decides the lines (120 columns). 190 until resumed runs (sessions, a crashed
+    # session's unwitnessed last checkpoint) took 12 more in Dec 2026.
     tree = ast.parse(Path(verify_module.__file__).read_text())
-    assert sum(isinstance(node, ast.stmt) for node in ast.walk(tree)) <= 190
+    assert sum(isinstance(node, ast.stmt) for node in ast.walk(tree)) <= 205
 
 
 def test_importing_the_verifier_loads_nothing_heavy() -> None:

@@ -114,11 +114,10 @@ def test_only_updates_and_metrics_leave_a_site(small_cfg, tmp_path, privacy):
     seen: list[FitResult] = []
 
     class Spy(LocalEngine):
-        @staticmethod
-        def _fit_all(sites, r, state, instructions):
-            results, failures, declined = LocalEngine._fit_all(sites, r, state, instructions)
-            seen.extend(results.values())
-            return results, failures, declined
+        def _fit_all(self, sites, task):
+            replies = super()._fit_all(sites, task)
+            seen.extend(replies.results.values())
+            return replies
 
     Spy().run(plan, EventBus([]))
     ds_ids = set()
@@ -328,11 +327,10 @@ def test_an_error_mid_run_is_recorded_then_raised(small_cfg, tmp_path):
     class Broken(LocalEngine):
         round = 0
 
-        @staticmethod
-        def _fit_all(sites, r, state, instructions):
-            if r == 2:
+        def _fit_all(self, sites, task):
+            if task.round == 2:
                 raise MemoryError("out of memory in round 2")
-            return LocalEngine._fit_all(sites, r, state, instructions)
+            return super()._fit_all(sites, task)
 
     with pytest.raises(MemoryError):
         Broken().run(plan, EventBus([rec, RunTracker(plan.run_dir)]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -66,9 +67,10 @@ def test_scaffold_control_is_adopted_only_once_the_server_accepted_it(plan):
     assert site._control is None  # rejected last round: c_i stays 0
     plain = fresh().fit(2, state, Instructions(scaffold_control=zero, accepted=()))
     assert rejected.update_hash == plain.update_hash
-    site._pending = pending
+    # step 2 again: the site starts it from what it carried after step 1 (its home's snapshot)
     adopted = site.fit(2, state, Instructions(scaffold_control=zero, accepted=("site-03",)))
-    assert site._control is pending and adopted.update_hash != plain.update_hash
+    assert all(np.array_equal(site._control[k], pending[k]) for k in pending)
+    assert adopted.update_hash != plain.update_hash
 
 
 def test_scaffold_correction_adds_c_minus_c_i_to_every_gradient():
@@ -123,6 +125,9 @@ def test_optimizer_state_is_carried_between_rounds_unless_reset(plan):
     keep.fit(1, state, Instructions())
     assert keep._optimizer_state is not None and keep._optimizer_state["state"]
     carried = keep.fit(2, state, Instructions())
+    # a new site object (a restarted process: a resumed run) takes up what its home kept after step 1
+    assert make_site(plan, "site-02").fit(2, state, Instructions()).update_hash == carried.update_hash
+    shutil.rmtree(plan.site_home("site-02") / "runs" / plan.run_id / "carried")  # nothing kept: a fresh start
     fresh = make_site(plan, "site-02").fit(2, state, Instructions())
     assert carried.update_hash != fresh.update_hash  # Adam's moments from round 1 shape round 2
     reset = make_site(plan, "site-02").inner

@@ -1,0 +1,147 @@
+"""kill -9 of the coordinator at points of a round, then ``resume``: nothing lost, the same model.
+
+Each crash is a real SIGKILL of a real run (``crashing_run.py`` kills its own process when
+the code reaches the chosen point); the resumed run must end with a ledger that verifies, every
+entry written before the crash still in it unchanged, and, for this seeded in-process run, the
+uninterrupted run's final model bit for bit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pharmafl.audit import dbsource
+from pharmafl.audit.ledger import Ledger
+from pharmafl.pipeline.config import LedgerConfig
+from pharmafl.pipeline.configio import to_dict
+from pharmafl.pipeline.engines import resume_federated, run_federated
+from pharmafl.pipeline.resume import NotResumable
+
+from .conftest import events, with_federation
+
+SCRIPT = Path(__file__).with_name("crashing_run.py")
+PICK = random.Random(20261202)  # the points are drawn, and the same on every run of the suite
+# (point, N): the N-th call of the point's function, somewhere in rounds 2-3 of 3 (3 sites)
+CRASHES = [
+    ("train", PICK.randint(4, 8)),  # a site starts training
+    ("aggregate", PICK.randint(2, 3)),  # the strategy starts aggregating
+    ("append", PICK.randint(12, 24)),  # ledger rows inserted, not committed
+    ("checkpoint", 3),  # round 2's checkpoint files written, its folder not yet renamed into place
+]
+
+
+@pytest.fixture
+def cfg(small_cfg, monkeypatch):
+    monkeypatch.setenv("PHARMAFL_KEY_PASSPHRASE", "a test passphrase")
+    return replace(with_federation(small_cfg, rounds=3), ledger=LedgerConfig(enabled=True))
+
+
+@pytest.fixture
+def uninterrupted(cfg, tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    run_federated(cfg, out)
+    return hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+
+
+def crash(cfg, out: Path, point: str, n: int) -> subprocess.CompletedProcess:
+    config = out.parent / f"{out.name}.json"
+    config.write_text(json.dumps(to_dict(cfg)))
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), str(config), str(out), point, str(n)],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=600,
+    )
+
+
+def ledger_rows(run: Path) -> list[tuple[int, str]]:
+    ledger = Ledger.open(run)
+    try:
+        return [(e.seq, e.entry_hash) for e in ledger.entries()]
+    finally:
+        ledger.close()
+
+
+@pytest.mark.parametrize(("point", "n"), CRASHES, ids=[p for p, _ in CRASHES])
+def test_kill_9_then_resume_loses_nothing_and_ends_with_the_same_model(cfg, tmp_path, uninterrupted, point, n):
+    out = tmp_path / "run"
+    proc = crash(cfg, out, point, n)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not (out / "model.safetensors").exists()  # it died mid-run
+    before = ledger_rows(out)
+    saved = max([0, *(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("round-*"))])
+    metrics = resume_federated(out, reason="test: after kill -9")
+    assert metrics["status"] == "completed" and metrics["rounds"] == 3
+    after = ledger_rows(out)
+    assert after[: len(before)] == before  # no entry lost or rewritten
+    result = dbsource.verify_target(out)  # the whole run, witnesses and all
+    assert result.entries == len(after)
+    assert hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest() == uninterrupted
+    (resumed,) = [e["payload"] for e in events(out, "run_resumed")]
+    assert resumed["session"] == 2 and resumed["from_round"] == saved  # the last checkpoint written whole
+    begun = [e["payload"]["round"] for e in events(out, "round_started")]
+    assert len(begun) == len(set(begun)), "a round number was reused"
+    assert resumed["interrupted_rounds"] == [r for r in begun if saved < r < resumed["next_round"]]
+    assert resumed["interrupted_rounds"], "the crash came mid-run: some round was interrupted"
+    steps = {e["payload"]["round"]: e["payload"]["step"] for e in events(out, "round_started")}
+    assert [steps[r] for r in begun if r >= resumed["next_round"]] == list(range(resumed["steps_done"] + 1, 4))
+    assert not list((out / "checkpoints").glob(".round-*"))  # the crash's half-written checkpoint is gone
+
+
+def test_a_checkpoint_altered_on_disk_is_refused(cfg, tmp_path):
+    out = tmp_path / "run"
+    assert crash(cfg, out, "train", 8).returncode == -signal.SIGKILL  # round 3: rounds 1-2 checkpointed
+    cp = out / "checkpoints" / "round-000002"
+    model = cp / "model.safetensors"
+    altered = model.read_bytes().replace(b"pharmafl-model/1", b"pharmafl-model/X")
+    model.write_bytes(altered)
+    doc = json.loads((cp / "checkpoint.json").read_text())
+    doc["model_sha256"] = hashlib.sha256(altered).hexdigest()  # a careful forger fixes the checkpoint's own hash
+    (cp / "checkpoint.json").write_text(json.dumps(doc))
+    with pytest.raises(NotResumable, match="not what the ledger recorded for round 2"):
+        resume_federated(out, reason="test")
+    assert len(events(out, "run_resumed")) == 0  # refused before anything was written
+
+
+def test_a_completed_run_is_not_resumed(cfg, tmp_path):
+    out = tmp_path / "run"
+    run_federated(cfg, out)
+    with pytest.raises(NotResumable, match="the run completed"):
+        resume_federated(out, reason="test")
+
+
+def test_a_stopped_run_resumes_to_the_planned_rounds(cfg, tmp_path, monkeypatch):
+    """Too few sites in round 2: the run stops cleanly (run_ended "stopped"), then resumes."""
+    from pharmafl.sites.site import Site
+
+    out = tmp_path / "run"
+    real = Site.fit
+
+    def flaky(self, round, state, instructions):
+        if round == 2:
+            raise ConnectionError(f"{self.id} is unreachable")
+        return real(self, round, state, instructions)
+
+    monkeypatch.setattr(Site, "fit", flaky)
+    first = run_federated(cfg, out)
+    assert first["status"].startswith("stopped:") and first["rounds"] == 1
+    monkeypatch.setattr(Site, "fit", real)
+    metrics = resume_federated(out, reason="the sites are back")
+    assert metrics["status"] == "completed" and metrics["rounds"] == 3
+    assert [e["payload"]["status"].split(":")[0] for e in events(out, "run_ended")] == ["stopped", "completed"]
+    (resumed,) = [e["payload"] for e in events(out, "run_resumed")]
+    assert resumed["previous_status"].startswith("stopped:") and resumed["reason"] == "the sites are back"
+    assert resumed["interrupted_rounds"] == [2] and resumed["next_round"] == 3
+    assert dbsource.verify_target(out).entries > 0
+    assert json.loads((out / "status.json").read_text())["status"] == "completed"
