@@ -141,7 +141,7 @@ class LedgerListener:
         cosigned (0, with the ``run_started`` anchor, on its first request); empty when
         the run pins no consortium."""
         run = self._current_run()
-        if run is None:
+        if run is None or not self.ledger.checkpoints():  # nothing to cosign yet (the run's first message)
             return {}
         last = self._last_cosigned(run)
         return {

@@ -58,6 +58,9 @@ PARTY_CARD_FORMAT = "pharmafl-party-card-v1"
 PARTY_CARD_DOMAIN = PARTY_CARD_FORMAT.encode() + b"\x00"
 PARTY_STATEMENT_DOMAIN = b"pharmafl-party-statement-v1\x00"
 PARTY_STATEMENT_TYPES = frozenset({"party_registered", "party_round", "party_refused"})
+# statements a signer may make more than once with one (type, round), each with another payload: a
+# party refuses as often as it is asked, registers again in each session of a resumed run
+REPEATABLE = frozenset({"party_refused", "party_registered"})
 COSIGNATURE_HEADER = b"cosignature/v1\n"
 CONSORTIUM_FORMAT = "pharmafl-consortium-v1"
 BUNDLE_FORMAT = "pharmafl-ledger-bundle-v2"

@@ -217,7 +217,7 @@ class Run:
             i,
         )
         _need(st["payload_sha256"] == m.sha256_hex(canonical(st["payload"])), "payload_sha256 wrong: altered", i)
-        seen = (site, type_, rnd, st["payload_sha256"] if type_ == "party_refused" else "")  # refusals may repeat
+        seen = (site, type_, rnd, st["payload_sha256"] if type_ in m.REPEATABLE else "")  # e.g. refusals
         _need(seen not in self.seen, f"{site}'s {type_} statement of round {rnd} again: replayed", i)
         self.seen.add(seen)
         self.sigs.add(

@@ -211,7 +211,10 @@ class Coordinator:
         return stmts, None if problem is None else f"statement not accepted: {problem}"
 
     def _check(self, site: str, round: int, res: FitResult, state: State) -> str | None:
-        return _validate(site, round, res, state, self.strategy.required_parts)
+        problem = _validate(site, round, res, state, self.strategy.required_parts)
+        if problem is None and self.weighting == "quality":
+            problem = _quality_problem(res.metrics)
+        return problem
 
     def _open(self, site: str, round: int, res: FitResult):
         return wire.decode(res.payload)
@@ -315,6 +318,19 @@ def _fields_problem(what: str, values: dict, *, numbers: tuple[str, ...] = ()) -
     parts += [f"non-finite or non-scalar {bad}"] if bad else []
     parts += [f"missing or not a finite number {missing}"] if missing else []
     return f"{what} malformed: {'; '.join(parts)}"
+
+
+def _quality_problem(metrics: dict) -> str | None:
+    """Why a site cannot be weighted by quality, :math:`w_i \\propto n_i / \\ell_i`, or None: its
+    validation loss :math:`\\ell_i` (``global_val_mse``) must be there, finite and positive. A
+    missing one ended the round; one of 0 or below was clamped to 1e-8, a near-total weight."""
+    loss = metrics.get("global_val_mse") if isinstance(metrics, dict) else None
+    if not _number(loss) or loss <= 0:
+        return (
+            f"federation.weighting 'quality' needs the site's metrics.global_val_mse, a finite positive "
+            f"number; got {loss!r:.40}"
+        )
+    return None
 
 
 def _privacy_problem(privacy: dict) -> str | None:

@@ -48,7 +48,11 @@ class LocalEngine:
         """One session of ``plan``'s run (``resume``: a :class:`~pharmafl.pipeline.resume.ResumePoint`)."""
         sites = {sid: self.site_factory(plan, sid) for sid in plan.sites}
         coord = server_side(plan, bus, transcript_dir=self.transcript_dir)
-        driver = RoundDriver(plan, bus, coord, engine="local", resume=resume)
+        try:
+            driver = RoundDriver(plan, bus, coord, engine="local", resume=resume)
+        except BaseException:
+            coord.close()
+            raise
         try:
             driver.begin()
             if resume is not None:

@@ -228,6 +228,23 @@ def export_job(plan: RunPlan, job_dir: Path) -> Path:
     return Path(job_dir) / JOB_NAME
 
 
+def stop_children(grace_s: float = 10.0) -> list[int]:
+    """Terminate every process this one started (NVFlare's simulator and its workers), then kill
+    what is left after ``grace_s``; returns their pids. The run stays resumable: its coordinator
+    dies with them, and ``pharmafl resume`` continues from the last completed round."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    return [c.pid for c in children]
+
+
 class NVFlareEngine:
     def run(self, plan: RunPlan, listeners: Sequence[Listener] = (), *, resume=None) -> dict:
         """One session of the run as an NVFlare job (``resume``: a verified
@@ -254,6 +271,9 @@ class NVFlareEngine:
                 run.get_result()
         except (RuntimeError, SystemExit) as exc:
             error = exc
+        except KeyboardInterrupt:  # Ctrl-C: the simulator runs in sessions of its own and would go on
+            stop_children()
+            raise
         finally:
             follower.stop()
             for listener in listeners:

@@ -24,6 +24,7 @@ Without a ledger (``ledger.enabled: false``) the checkpoint's own hashes are all
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,14 @@ def load_plan(run_dir: Path) -> RunPlan:
 
 def resume_point(plan: RunPlan, reason: str = "resumed by the operator") -> ResumePoint:
     """Verify the run's record and find its last good checkpoint (module docstring)."""
+    from pharmafl.pipeline.rounds import RunBusy, RunLock
+
+    holder = RunLock.holder(plan.run_dir)
+    if holder is not None and holder != os.getpid():
+        raise RunBusy(
+            f"{plan.run_dir} is still being run by process {holder}; wait for it to end, or stop it "
+            f"(kill {holder}) and resume then"
+        )
     history = _from_ledger(plan) if plan.cfg.ledger.enabled else _from_trace(plan)
     if history.last_status == "completed":
         raise NotResumable(f"{plan.run_dir}: the run completed; there is nothing to resume")

@@ -25,9 +25,12 @@ them, each recorded as ``site_timed_out``.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from pharmafl.console import stderr
 from pharmafl.errors import RefusedError
@@ -47,6 +50,58 @@ class RunInterrupted(RefusedError):
     """The run stopped and its end could not be recorded (the ledger or the disk failed); it resumes."""
 
 
+class RunBusy(RefusedError):
+    """Another process is running this run (it holds ``RUN/.lock``)."""
+
+
+class RunLock:
+    """``RUN/.lock``, held (``flock``) by the process that drives the run's rounds while it does.
+
+    The kernel drops the lock when that process dies, however it dies; so a live holder means
+    the run is still going (an NVFlare simulator outlives the ``pharmafl run`` that started it if
+    that is killed), and ``resume`` refuses to start a second coordinator on the same ledger.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunBusy(
+                f"{self.path.parent} is being run by process {holder} (it holds {self.path}); wait for it to "
+                f"end, or stop it (kill {holder}) and then resume"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    @staticmethod
+    def holder(run_dir: Path) -> int | None:
+        """The pid of the process running ``run_dir`` now, or None."""
+        lock = RunLock(run_dir)
+        if not lock.path.exists():
+            return None
+        try:
+            lock.acquire()
+        except RunBusy:
+            text = lock.path.read_text().strip()
+            return int(text) if text.isdigit() else -1
+        lock.release()
+        return None
+
+
 @dataclass(frozen=True)
 class RoundTask:
     """What an engine delivers to every site for one round."""
@@ -64,6 +119,7 @@ class RoundDriver:
 
     def __init__(self, plan: RunPlan, bus: EventBus, coord: Coordinator, *, engine: str, resume=None):
         self.plan, self.bus, self.coord, self.engine, self.resume = plan, bus, coord, engine, resume
+        self.lock = RunLock(plan.run_dir).acquire()  # released at end(), or when this process dies
         self.store = CheckpointStore(plan.run_dir)
         self.planned = plan.cfg.federation.rounds
         self.timeout_s = plan.cfg.federation.round_timeout_s
@@ -176,11 +232,13 @@ class RoundDriver:
         except Exception as exc:
             status = f"{self.status}; then run_ended could not be recorded: {type(exc).__name__}: {exc}"
             self._status(status)
+            self.lock.release()
             raise RunInterrupted(
                 f"the run stopped after {self.rounds_done} completed round(s) ({status}); nothing recorded "
                 f"is lost: fix the cause (free disk space) and continue with: pharmafl resume {self.plan.run_dir}"
             ) from exc
         self._status(metrics["status"])
+        self.lock.release()
         return metrics
 
     def _status(self, status: str) -> None:

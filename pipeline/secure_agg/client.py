@@ -15,6 +15,8 @@ deployment runs.
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pharmafl.audit.messages import STATEMENT_FIELDS, STATEMENT_SHAPE, fits, is_hex
 from pharmafl.errors import RefusedError
 from pharmafl.pipeline.secure_agg import wire
 from pharmafl.sites.party_card import ranked
@@ -32,6 +35,7 @@ from pharmafl.sites.secret_sharing import Envelope
 
 CONNECT_TIMEOUT_S = 30.0
 OTHER_PARTY = "another party could not open its share"
+MAX_WEIGHT = 2**53  # a site's weight, its example count at most (the coordinator's MAX_EXAMPLES)
 
 
 class SecureAggregationError(RefusedError):
@@ -77,13 +81,12 @@ class AggregationService:
                 self.socks[name] = wire.connect(host, int(port), parties[name]["tls_cert"], timeout)
                 self.socks[name].settimeout(None)
             replies = self._all({"op": "register", "terms": terms})
-            self.statements = [r["statement"] for r in replies.values()]
+            self.statements = [_statement("register", p, replies[p], "party_registered", None) for p in self.names]
             n = len(self.names)
-            addresses = {str(i): [replies[p]["host"], replies[p]["ports"]["party"]] for i, p in enumerate(self.names)}
-            dealer = replies.get(terms["dealer"], {}).get("ports", {}).get("dealer")
-            if dealer is None:
+            addresses = {str(i): _address(p, replies[p], "party") for i, p in enumerate(self.names)}
+            if "dealer" not in replies.get(terms["dealer"], {}).get("ports", {}):
                 raise SecureAggregationError(f"the dealer party {terms['dealer']} did not start a dealer")
-            addresses[str(n)] = [replies[terms["dealer"]]["host"], dealer]
+            addresses[str(n)] = _address(terms["dealer"], replies[terms["dealer"]], "dealer")
             self._all({"op": "start", "addresses": addresses})
         except (wire.WireError, OSError) as exc:
             self.close()
@@ -124,40 +127,7 @@ class AggregationService:
             replies = self._all({"op": "round"}, frame, strict=False)
         except (wire.WireError, OSError) as exc:
             raise SecureAggregationError(f"round {round}: a party channel broke: {exc}") from None
-        statements = [replies[p]["statement"] for p in self.names if replies[p].get("statement")]
-        refusals = {p: r.get("error") for p, r in replies.items() if not r.get("ok")}
-        if refusals:
-            why = "; ".join(f"{p}: {e}" for p, e in refusals.items())
-            return RoundResult(False, [], {}, {}, None, {}, None, {}, statements, aborted=f"refused by {why}")
-        views = [replies[p]["statement"]["payload"] for p in self.names]
-        first = views[0]
-        for name, other in zip(self.names[1:], views[1:]):  # the parties must agree on everything public
-            keys = ("passed", "sketch_seed", "revealed", "weights", "aborted")
-            if any(other[k] != first[k] for k in keys):
-                raise SecureAggregationError(f"round {round}: parties disagree ({self.names[0]} vs {name})")
-        excluded = {}
-        for view in views:  # the party that could not open a share says why; the others only that it could not
-            for site, why in view["excluded"].items():
-                if site not in excluded or excluded[site] == OTHER_PARTY:
-                    excluded[site] = why
-        total = None
-        if first["revealed"]:
-            server = replies[self.names[0]]
-            total = np.frombuffer(wire.blob(server["_blobs"], server.get("sum")), dtype="<f8")
-        usable = [s for s in sites if s in first["passed"]]
-        seconds = {k: max(replies[p]["seconds"][k] for p in self.names) for k in replies[self.names[0]]["seconds"]}
-        return RoundResult(
-            first["revealed"],
-            usable,
-            excluded,
-            first["passed"],
-            total,
-            first["weights"],
-            first["sketch_seed"],
-            seconds,
-            statements,
-            aborted=first["aborted"],
-        )
+        return round_result(round, self.names, sites, replies, _length(self.terms["layout"]))
 
     def close(self) -> None:
         for sock in self.socks.values():
@@ -168,6 +138,143 @@ class AggregationService:
                 pass
             sock.close()
         self.socks = {}
+
+
+# What the coordinator reads of a party's signed party_round statement (its payload):
+# field -> (is the value usable, what it must be).
+ROUND_VIEW = {
+    "aborted": (lambda v: v is None or type(v) is str, "null or the reason (text)"),
+    "excluded": (lambda v: _by_site(v, str), "{site: reason}"),
+    "passed": (lambda v: _by_site(v, bool), "{site: true or false}"),
+    "revealed": (lambda v: type(v) is bool, "true or false"),
+    "sketch_seed": (lambda v: v is None or type(v) is str, "null or hex text"),
+    "sum_sha256": (lambda v: v is None or is_hex(v, 64), "null or 64 hex digits"),
+    "weights": (
+        lambda v: _by_site(v, int) and all(1 <= w <= MAX_WEIGHT for w in v.values()),
+        f"{{site: an integer in 1..{MAX_WEIGHT}}}",
+    ),
+}
+
+
+def round_result(
+    round: int, names: list[str], sites: list[str], replies: Mapping[str, dict], length: int
+) -> RoundResult:
+    """The round as the parties' replies (party -> reply; ``names`` in rank order, the server's
+    party first) report it, for a sum of ``length`` values. A reply that is malformed, or parties
+    that disagree on what they sign, raise :class:`SecureAggregationError` naming the party and
+    the field: a party's word is never indexed unchecked."""
+    refusals = {p: replies[p].get("error") for p in names if not replies[p].get("ok")}
+    statements = [
+        _statement(f"round {round}", p, replies[p], "party_refused" if p in refusals else "party_round", round)
+        for p in names
+        if p not in refusals or replies[p].get("statement") is not None  # a refusal may come unsigned
+    ]
+    if refusals:
+        why = "; ".join(f"{p}: {e!s:.500}" for p, e in refusals.items())
+        return RoundResult(False, [], {}, {}, None, {}, None, {}, statements, aborted=f"refused by {why}")
+    views = [_view(round, p, stmt["payload"]) for p, stmt in zip(names, statements)]
+    first = views[0]
+    for name, other in zip(names[1:], views[1:]):  # the parties must agree on everything public
+        for k in ("passed", "sketch_seed", "revealed", "weights", "aborted"):
+            if other[k] != first[k]:
+                raise SecureAggregationError(f"round {round}: parties disagree on {k} ({names[0]} vs {name})")
+    excluded = {}
+    for view in views:  # the party that could not open a share says why; the others only that it could not
+        for site, why in view["excluded"].items():
+            if site not in excluded or excluded[site] == OTHER_PARTY:
+                excluded[site] = why
+    total = _sum(round, names[0], replies[names[0]], first, length) if first["revealed"] else None
+    usable = [s for s in sites if s in first["passed"]]
+    seconds: dict[str, float] = {}
+    for p in names:
+        took = replies[p].get("seconds")
+        if type(took) is not dict or not all(
+            type(k) is str and type(v) in (int, float) and 0 <= v < 1e9 for k, v in took.items()
+        ):
+            raise _malformed(f"round {round}", p, "seconds", "{step: seconds}, each a number from 0 to 1e9")
+        for k, v in took.items():
+            seconds[k] = max(seconds.get(k, v), v)
+    return RoundResult(
+        first["revealed"],
+        usable,
+        excluded,
+        first["passed"],
+        total,
+        first["weights"],
+        first["sketch_seed"],
+        seconds,
+        statements,
+        aborted=first["aborted"],
+    )
+
+
+def _malformed(what: str, party: str, field: str, expected: str) -> SecureAggregationError:
+    return SecureAggregationError(f"{what}: party {party} sent a malformed reply: {field} must be {expected}")
+
+
+def _statement(what: str, party: str, reply: dict, type_: str, round: int | None) -> dict:
+    """``party``'s statement in ``reply``: shaped as a statement and labelled as its own ``type_``
+    one (its signature is the coordinator's to check, against the party's card)."""
+    stmt = reply.get("statement")
+    if not fits(stmt, STATEMENT_SHAPE):
+        raise _malformed(what, party, "statement", f"a statement with the fields {', '.join(STATEMENT_FIELDS)}")
+    if (stmt["site"], stmt["type"], stmt["round"]) != (party, type_, round):
+        raise _malformed(
+            what,
+            party,
+            "statement",
+            f"its own {type_} statement of round {round}, not {stmt['site']!r:.60}'s {stmt['type']!r:.40} "
+            f"of round {stmt['round']}",
+        )
+    return stmt
+
+
+def _view(round: int, party: str, payload: dict) -> dict:
+    """The public outcome ``party`` signed for ``round``, every field of the type the coordinator reads."""
+    for k, (ok, expected) in ROUND_VIEW.items():
+        if k not in payload or not ok(payload[k]):
+            raise _malformed(f"round {round}", party, f"statement.payload.{k}", expected)
+    if not set(payload["passed"]) <= set(payload["weights"]):
+        raise _malformed(f"round {round}", party, "statement.payload.weights", "a weight for every site in passed")
+    return payload
+
+
+def _sum(round: int, party: str, reply: dict, view: dict, length: int) -> np.ndarray:
+    """The revealed sum from the server's party: ``length`` finite doubles hashing to the
+    ``sum_sha256`` it signed."""
+    try:
+        data = wire.blob(reply["_blobs"], reply.get("sum"))
+    except wire.WireError as exc:
+        raise _malformed(f"round {round}", party, "sum", f"the index of the sum's binary part ({exc})") from None
+    if len(data) != 8 * length:
+        raise _malformed(
+            f"round {round}", party, "sum", f"{length} doubles ({8 * length} bytes), not {len(data)} bytes"
+        )
+    if hashlib.sha256(data).hexdigest() != view["sum_sha256"]:
+        raise _malformed(f"round {round}", party, "sum", "the bytes whose hash its statement signs (sum_sha256)")
+    total = np.frombuffer(data, dtype="<f8")
+    if not np.all(np.isfinite(total)):
+        raise _malformed(f"round {round}", party, "sum", "finite numbers (it holds NaN or infinity)")
+    return total
+
+
+def _by_site(v, kind: type) -> bool:
+    """``v`` is {site id: a value of exactly type ``kind``}."""
+    return type(v) is dict and all(type(k) is str and type(x) is kind for k, x in v.items())
+
+
+def _address(party: str, reply: dict, port: str) -> list:
+    """[host, port] of ``party``'s ``port`` (its MPC worker or the dealer) from its registration."""
+    host, ports = reply.get("host"), reply.get("ports")
+    p = ports.get(port) if type(ports) is dict else None
+    if type(host) is not str or not 0 < len(host) < 256 or type(p) is not int or not 0 < p < 65536:
+        raise _malformed("register", party, f"host and ports.{port}", "a host name and a port in 1..65535")
+    return [host, p]
+
+
+def _length(layout) -> int:
+    """Values in an update of ``layout`` ([[name, shape], ...], the run's terms)."""
+    return sum(math.prod(shape) for _, shape in layout)
 
 
 class LocalParties:
@@ -202,7 +309,9 @@ class LocalParties:
                 log = open(Path(home) / "serve.log", "ab")  # noqa: SIM115 - the process owns it
                 self.procs.append(
                     (
-                        subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()),
+                        subprocess.Popen(
+                            cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), preexec_fn=_die_with_parent
+                        ),
                         ready,
                         name,
                         log,
@@ -232,3 +341,16 @@ class LocalParties:
             ready.unlink(missing_ok=True)
             log.close()
         self.procs = []
+
+
+def _die_with_parent() -> None:
+    """In a simulated party's process, before it runs: end it (SIGTERM) when the coordinator that
+    started it dies, even by SIGKILL, so a killed run leaves no party services behind (Linux)."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the services end at their idle timeout instead
+        pass

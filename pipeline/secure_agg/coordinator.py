@@ -65,11 +65,11 @@ class SecureCoordinator(Coordinator):
                 raise SecureAggregationError(f"an aggregation party sent a statement that does not verify: {why}")
             self.bus.emit_statement(stmt)
 
-    def start_round(self, round: int, state: State, sites: list[str]):
-        if not self._registered:  # the parties' registrations, right after run_started
+    def start_round(self, round: int, state: State, sites: list[str], step: int | None = None):
+        if not self._registered:  # the parties' registrations, right after run_started (or run_resumed)
             self._party_statements(self.service.statements)
             self._registered = True
-        return super().start_round(round, state, sites)
+        return super().start_round(round, state, sites, step=step)
 
     def _check(self, site: str, round: int, res: FitResult, state: State) -> str | None:
         """Why an envelope is unusable, or None (its shares are checked by the parties)."""

@@ -7,7 +7,8 @@ sends, in order:
 ``register``  the run's terms (:func:`.checks.check_terms`, against a consortium the party
               accepted): fixed at the first registration, refused if they ever change. The
               service starts the run's MPC worker (and, at the dealer's party, the dealer)
-              and answers with their mesh ports and a signed ``party_registered`` statement.
+              and answers with their mesh ports and a signed ``party_registered`` statement
+              (numbered: a resumed run registers again, and each session's is its own).
 ``start``     every rank's mesh address: the workers join the TLS mesh (peers pinned from
               the consortium's party cards, never from this request).
 ``round``     per site the signed ``secure_shares`` statement, the envelope header and this
@@ -123,6 +124,7 @@ class Session:
         ports = {"party": self._spawn(rank, n, certs, self.home.party)}
         if terms["dealer"] == self.home.party:
             ports["dealer"] = self._spawn(n, n, certs, f"{self.home.party}-dealer")
+        earlier = sum(st.get("type") == "party_registered" for st in self.home.statements(terms["run_id"]))
         stmt = self.home.sign_statement(
             terms["run_id"],
             None,
@@ -131,6 +133,7 @@ class Session:
                 "terms_sha256": hashlib.sha256(canonical(terms).encode()).hexdigest(),
                 "rank": rank,
                 "dealer": terms["dealer"] == self.home.party,
+                "registration": earlier + 1,  # a resumed run registers again: each its own statement
             },
         )
         return {"ok": True, "statement": stmt, "rank": rank, "host": self.service.host, "ports": ports}, []
@@ -216,6 +219,8 @@ class Session:
                 self.home.begin_round(terms["run_id"], r)
         except PartyRefusal as exc:
             refused = str(exc)
+        except Exception as exc:  # noqa: BLE001 - its disk failing: refused, but still at the agreement
+            refused = f"internal error: {type(exc).__name__}: {exc}"
         length = layout_length(terms["layout"])
         shares, weights, headers, excluded = {}, {}, {}, {}
         t0 = time.perf_counter()
@@ -237,6 +242,8 @@ class Session:
                 )
             except (ShareError, wire.WireError, TypeError, AttributeError) as exc:
                 excluded[site] = f"{self.home.party}: {exc}"
+            except Exception as exc:  # noqa: BLE001 - one site's envelope must not keep this party from the agreement
+                excluded[site] = f"{self.home.party}: internal error: {type(exc).__name__}: {exc}"
         checks = time.perf_counter() - t0  # signatures, labels, caps, HPKE opening, piece commitments
         task = {
             "round": r,

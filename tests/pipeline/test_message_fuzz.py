@@ -4,25 +4,34 @@ wire format's one error type), never another exception that ends the coordinator
 
 Covered: the NVFlare result a site sends (:func:`result_from_model`, :func:`witness_answer`), the
 update bytes (:func:`sites.update.decode`), the secure envelope (:func:`parse_envelope`,
-:func:`open_share`, HPKE :func:`unseal`), the party channel's frames (:mod:`secure_agg.wire`) and
-the coordinator's checks of a site's metrics and privacy report.
+:func:`open_share`, HPKE :func:`unseal`), the party channel's frames (:mod:`secure_agg.wire`),
+the coordinator's checks of a site's metrics and privacy report, a site's signed statements
+(:func:`check_statements`), the validation loss quality weighting divides by, the parties'
+replies to the coordinator (:mod:`secure_agg.client`) and a party's round when opening one
+envelope fails unexpectedly (:class:`secure_agg.service.Session`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import socket
 import struct
 import threading
+import types
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
 
-from pharmafl.pipeline import coordinator as coord
+from pharmafl.audit import messages
+from pharmafl.pipeline import coordinator as coord, events as ev
+from pharmafl.pipeline.events import EventBus
 from pharmafl.pipeline.nvflare_wire import (
     UPDATE_KEY,
     WITNESS_KEY,
@@ -31,8 +40,17 @@ from pharmafl.pipeline.nvflare_wire import (
     result_from_model,
     witness_answer,
 )
-from pharmafl.pipeline.secure_agg import wire as party_wire
+from pharmafl.pipeline.secure_agg import (
+    client as party_client,
+    party_home,
+    service as party_service,
+    wire as party_wire,
+)
+from pharmafl.pipeline.secure_agg.client import OTHER_PARTY, AggregationService, SecureAggregationError
+from pharmafl.pipeline.statements import check_statements, statement_problem
+from pharmafl.pipeline.strategies.base import Strategy
 from pharmafl.sites import secret_sharing as ss, update as upd
+from pharmafl.sites.signed_site import statement_payloads
 from pharmafl.sites.site import Declined, FitResult
 
 FUZZ = settings(max_examples=150, deadline=None)
@@ -574,3 +592,508 @@ def test_a_valid_update_is_accepted():
     payload = _valid_update(12)
     res = FitResult("site-01", 1, payload, upd.sha256(payload), 12, {"train_loss": 0.5})
     assert coord._validate("site-01", 1, res, {"w": np.zeros(2, np.float32)}) is None
+
+
+# --- a site's signed statements: statement_problem, check_statements ------------------------------
+
+_SITE_KEY = Ed25519PrivateKey.generate()
+_SITE_PUB = _SITE_KEY.public_key().public_bytes_raw()
+_SIGNED = {"update_hash": "ab" * 32, "num_examples": 10, "update_bytes": 6, "metrics": {"train_loss": 0.5}}
+_STMT = messages.make_statement(
+    _SITE_KEY.sign, run_id="run-1", round=3, site="site-01", type="site_update", payload=_SIGNED
+)
+
+
+def _statement_problem(stmt, payload=_SIGNED):
+    return statement_problem(
+        stmt, site="site-01", round=3, run_id="run-1", type_="site_update", payload=payload, key=_SITE_PUB
+    )
+
+
+def _check_statements(stmts):
+    return check_statements(stmts, [("site_update", _SIGNED)], site="site-01", round=3, run_id="run-1", key=_SITE_PUB)
+
+
+statement_likes = st.one_of(
+    st.fixed_dictionaries({}, optional={k: st.one_of(st.just(v), odd_values) for k, v in _STMT.items()}),
+    st.fixed_dictionaries({k: st.just(v) for k, v in _STMT.items()}).flatmap(  # the signed one, with fields added
+        lambda s: st.dictionaries(st.one_of(st.text(max_size=6), st.integers(), st.none()), odd_values, max_size=2).map(
+            lambda extra: {**s, **extra}
+        )
+    ),
+    st.dictionaries(st.one_of(st.text(max_size=8), st.integers(), st.none(), st.tuples(st.integers())), odd_values),
+    odd_values,
+)
+
+
+def test_the_signed_statement_is_accepted():
+    assert _statement_problem(_STMT) is None
+    assert _check_statements([_STMT]) == ({"site_update": _STMT}, None)
+
+
+@given(statement_likes, st.one_of(st.just(_SIGNED), odd_values))
+@settings(max_examples=300, deadline=None)
+def test_any_statement_is_accepted_or_refused_never_raised(stmt, payload):
+    """Whatever a site (or a party: the coordinator passes it the payload it sent) puts there."""
+    problem = _statement_problem(stmt, payload)
+    assert problem is None or isinstance(problem, str)
+    if problem is None:
+        assert messages.fits(stmt, messages.STATEMENT_SHAPE)
+
+
+@given(st.sampled_from(sorted(_STMT)), st.one_of(odd_values, hex64, st.sampled_from([3, 3.0, True, None, "site-01"])))
+@FUZZ
+def test_a_statement_with_one_field_replaced_is_refused_unless_it_says_the_same(field, value):
+    problem = _statement_problem({**_STMT, field: value})
+    if field == "payload":
+        try:
+            same = type(value) is dict and messages.canonical(value) == messages.canonical(_SIGNED)
+        except ValueError:
+            same = False
+    else:
+        same = type(value) is type(_STMT[field]) and value == _STMT[field]
+    assert (problem is None) is same, problem
+
+
+@given(st.one_of(st.lists(statement_likes, max_size=3), odd_values))
+@settings(max_examples=300, deadline=None)
+def test_any_statements_of_a_result_are_checked_never_raised(stmts):
+    by_type, problem = _check_statements(stmts)
+    assert (by_type, problem) == ({"site_update": _STMT}, None) or (by_type == {} and isinstance(problem, str))
+
+
+@pytest.mark.parametrize(
+    "stmts, needle",
+    [
+        ([{**_STMT, "type": ["site_update"]}], "without a text type"),  # `t in by_type`: unhashable, TypeError
+        ([{**_STMT, "type": {"a": 1}}], "without a text type"),
+        (5, "not a list"),  # iterating an int: TypeError
+        ("site_update", "not a list"),  # iterated as its characters
+        ({"type": "site_update"}, "not a list"),  # iterated as its keys
+        ([{**_STMT, 1: "x"}], "malformed"),  # sorted() of str and int keys: TypeError
+        ([{**_STMT, "round": 3.0}], "malformed"),  # equal to 3: the statement was accepted
+        ([{**_STMT, "run_id": ["run-1"]}], "malformed"),
+        ([{**_STMT, "payload_sha256": np.array([1, 2])}], "malformed"),  # `!=` gave an array: ValueError
+        ([{**_STMT, "payload": [["update_hash", "ab" * 32]]}], "malformed"),
+        ([{**_STMT, "signature": 7}], "malformed"),
+        ([_STMT, dict(_STMT)], "two site_update statements"),
+    ],
+    ids=[
+        "type-list",
+        "type-dict",
+        "int",
+        "str",
+        "dict",
+        "int-key",
+        "round-float",
+        "run-id-list",
+        "hash-array",
+        "payload-pairs",
+        "signature-int",
+        "twice",
+    ],
+)
+def test_a_statement_field_of_the_wrong_type_is_a_problem_not_an_exception(stmts, needle):
+    by_type, problem = _check_statements(stmts)
+    assert by_type == {} and needle in problem, problem
+
+
+def test_a_round_that_compares_equal_is_not_the_round():
+    """``True == 1``: a statement of round True passed for round 1."""
+    stmt = messages.make_statement(_SITE_KEY.sign, run_id="run-1", round=1, site="site-01", type="clip", payload={})
+    problem = statement_problem(
+        {**stmt, "round": True}, site="site-01", round=1, run_id="run-1", type_="clip", payload={}, key=_SITE_PUB
+    )
+    assert problem is not None and "round" in problem, problem
+
+
+@pytest.mark.parametrize("payload", [[1], "ab", 7, [["a", 1]]], ids=["list", "str", "int", "pairs"])
+def test_a_payload_argument_that_is_no_mapping_is_a_problem(payload):
+    """The coordinator checks a party's statement against the payload the party sent with it."""
+    problem = _statement_problem(_STMT, payload)
+    assert isinstance(problem, str), problem
+
+
+# --- quality weighting: each site's validation loss, checked before it weighs ---------------------
+
+_QUALITY_SITES = ("site-01", "site-02", "site-03")
+_QUALITY_KEYS = {s: Ed25519PrivateKey.generate() for s in _QUALITY_SITES}
+
+
+class _Events:
+    def __init__(self):
+        self.events = []
+
+    def on_event(self, event):
+        self.events.append(event)
+
+    def close(self):
+        pass
+
+
+def _signed_result(site: str, metrics: dict, n: int = 10) -> FitResult:
+    """A result of round 1 as a signed site sends it: its statements signed by its key."""
+    payload = upd.encode(upd.Update(site, 1, n, {"delta": {"w": np.full(2, 0.1, np.float32)}}))
+    res = FitResult(site, 1, payload, upd.sha256(payload), n, metrics)
+    stmts = tuple(
+        messages.make_statement(_QUALITY_KEYS[site].sign, run_id="run-q", round=1, site=site, type=t, payload=p)
+        for t, p in statement_payloads(res, False)
+    )
+    return dataclasses.replace(res, statements=stmts)
+
+
+def _quality_round(results: dict) -> tuple[coord.RoundOutcome, list]:
+    events = _Events()
+    c = coord.Coordinator(
+        Strategy(n_sites=3),
+        EventBus([events]),
+        weighting="quality",
+        run_id="run-q",
+        site_keys={s: k.public_key().public_bytes_raw() for s, k in _QUALITY_KEYS.items()},
+    )
+    state = {"w": np.zeros(2, np.float32)}
+    c.start_round(1, state, sorted(results))
+    return c.finish_round(1, state, results), events.events
+
+
+def test_quality_weighting_weighs_by_examples_over_validation_loss():
+    out, events = _quality_round(
+        {
+            "site-01": _signed_result("site-01", {"global_val_mse": 0.25}),
+            "site-02": _signed_result("site-02", {"global_val_mse": 0.5}, n=20),
+            "site-03": _signed_result("site-03", {"global_val_mse": 1.0}),
+        }
+    )
+    assert out.participants == list(_QUALITY_SITES) and not out.failed
+    weights = next(e.payload["weights"] for e in events if e.type == ev.AGGREGATED)
+    assert weights == pytest.approx({"site-01": 40 / 90, "site-02": 40 / 90, "site-03": 10 / 90})
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [{"train_loss": 0.5}, {"global_val_mse": 0.0}, {"global_val_mse": -0.3}, {"global_val_mse": -5}],
+    ids=["missing", "zero", "negative", "negative-int"],  # KeyError ended the round; <= 0 weighed 1e8 times
+)
+def test_quality_weighting_refuses_a_site_without_a_positive_validation_loss(metrics):
+    results = {s: _signed_result(s, {"global_val_mse": 0.5}) for s in _QUALITY_SITES}
+    results["site-02"] = _signed_result("site-02", metrics)
+    out, events = _quality_round(results)
+    assert out.participants == ["site-01", "site-03"], out.failed
+    failed = [(e.payload["site"], e.payload["error"]) for e in events if e.type == ev.SITE_FAILED]
+    assert [s for s, _ in failed] == ["site-02"] and "global_val_mse" in failed[0][1], failed
+    aggregated = next(e.payload for e in events if e.type == ev.AGGREGATED)
+    assert aggregated["weights"] == {"site-01": 0.5, "site-03": 0.5}
+
+
+# --- the parties' replies to the coordinator: secure_agg.client ------------------------------------
+
+_PARTY_NAMES = ["server-party", "helper-1"]
+_PARTY_KEYS = {p: Ed25519PrivateKey.generate() for p in _PARTY_NAMES}
+_TOTAL = np.array([1.0, -2.0, 0.5])
+_LAYOUT = [["delta/w", [3]]]
+
+
+def _party_round(party: str, **payload) -> dict:
+    view = {
+        "sites": ["site-01", "site-02", "site-03"],
+        "excluded": {"site-03": OTHER_PARTY},
+        "passed": {"site-01": True, "site-02": True},
+        "weights": {"site-01": 10, "site-02": 20},
+        "sketch_seed": "cd" * 32,
+        "revealed": True,
+        "aborted": None,
+        "min_sites": 2,
+        "sum_sha256": hashlib.sha256(_TOTAL.tobytes()).hexdigest() if party == _PARTY_NAMES[0] else None,
+        **payload,
+    }
+    return messages.make_statement(
+        _PARTY_KEYS[party].sign, run_id="run-s", round=4, site=party, type="party_round", payload=view
+    )
+
+
+def _round_replies() -> dict:
+    """Each party's reply to round 4, as :meth:`AggregationService._all` returns it."""
+    server, helper = _PARTY_NAMES
+    return {
+        server: {
+            "ok": True,
+            "statement": _party_round(server),
+            "seconds": {"open": 0.2, "bound_check": 1.5, "checks": 0.1},
+            "sum": 0,
+            "_blobs": [_TOTAL.tobytes()],
+        },
+        helper: {
+            "ok": True,
+            "statement": _party_round(helper, excluded={"site-03": "helper-1: the share does not open"}),
+            "seconds": {"open": 0.3, "bound_check": 1.4, "checks": 0.1},
+            "sum": None,
+            "_blobs": [],
+        },
+    }
+
+
+def _service(replies: dict, terms: dict | None = None) -> AggregationService:
+    """The coordinator's client of the parties, their replies stubbed (no party is started)."""
+    svc = object.__new__(AggregationService)
+    svc.names, svc.terms, svc.socks, svc.statements = list(_PARTY_NAMES), terms or {"layout": _LAYOUT}, {}, []
+    svc._all = lambda doc, blobs_for=None, strict=True: replies
+    return svc
+
+
+def _run_round(replies: dict):
+    return _service(replies).run_round(4, {s: (None, None) for s in ("site-01", "site-02", "site-03")})
+
+
+def test_the_parties_agreeing_replies_are_the_round():
+    res = _run_round(_round_replies())
+    assert res.revealed and res.usable == ["site-01", "site-02"] and res.weights == {"site-01": 10, "site-02": 20}
+    assert res.excluded == {"site-03": "helper-1: the share does not open"} and res.aborted is None
+    assert np.array_equal(res.total, _TOTAL) and res.seconds == {"open": 0.3, "bound_check": 1.5, "checks": 0.1}
+    assert [s["site"] for s in res.statements] == _PARTY_NAMES
+
+
+def _resigned(party: str, **payload):
+    return lambda r: r[party].__setitem__("statement", _party_round(party, **payload))
+
+
+_SERVER, _HELPER = _PARTY_NAMES
+MALFORMED_REPLIES = {  # what one party got wrong -> (the change, what the error must name); was:
+    "no statement": (lambda r: r[_HELPER].pop("statement"), "helper-1.*statement"),  # KeyError
+    "statement text": (lambda r: r[_HELPER].__setitem__("statement", "signed"), "helper-1.*statement"),  # TypeError
+    "payload a list": (
+        lambda r: r[_HELPER]["statement"].__setitem__("payload", [1]),
+        "helper-1.*statement",
+    ),  # TypeError
+    "no excluded": (lambda r: r[_HELPER]["statement"]["payload"].pop("excluded"), "helper-1.*excluded"),  # KeyError
+    "excluded a list": (_resigned(_HELPER, excluded=["site-03"]), "helper-1.*excluded"),  # AttributeError
+    "passed as text": (_resigned(_SERVER, passed={"site-01": "yes"}), "server-party.*passed"),
+    "weight as text": (_resigned(_HELPER, weights={"site-01": "10", "site-02": 20}), "helper-1.*weights"),
+    "weight zero": (_resigned(_HELPER, weights={"site-01": 0, "site-02": 20}), "helper-1.*weights"),
+    "weight missing": (  # both agree, so it passed; then a KeyError in the coordinator
+        lambda r: [_resigned(p, weights={"site-01": 10})(r) for p in _PARTY_NAMES],
+        "server-party.*weights",
+    ),
+    "another party's statement": (  # a replay of the server's party's: passed as the helper's
+        lambda r: r[_HELPER].__setitem__("statement", r[_SERVER]["statement"]),
+        "helper-1.*statement.*server-party",
+    ),
+    "another round's statement": (
+        lambda r: r[_HELPER]["statement"].__setitem__("round", 3),
+        "helper-1.*statement.*round 4",
+    ),
+    "no seconds": (lambda r: r[_HELPER].pop("seconds"), "helper-1.*seconds"),  # KeyError
+    "seconds as text": (lambda r: r[_HELPER]["seconds"].__setitem__("open", "fast"), "helper-1.*seconds"),  # TypeError
+    "seconds a list": (lambda r: r[_SERVER].__setitem__("seconds", [0.1]), "server-party.*seconds"),  # TypeError
+    "sum out of range": (lambda r: r[_SERVER].__setitem__("sum", 3), "server-party.*sum"),  # WireError
+    "sum of odd length": (lambda r: r[_SERVER].__setitem__("_blobs", [b"12345"]), "server-party.*sum"),  # ValueError
+    "sum too short": (  # was accepted; the coordinator's unflatten then raised ShareError
+        lambda r: r[_SERVER].__setitem__("_blobs", [_TOTAL[:2].tobytes()]),
+        "server-party.*sum.*3 doubles",
+    ),
+    "sum not signed": (  # was accepted: nothing compared the sum with the hash the party signed
+        lambda r: r[_SERVER].__setitem__("_blobs", [(_TOTAL * 2).tobytes()]),
+        "server-party.*sum_sha256",
+    ),
+    "sum NaN": (
+        lambda r: (
+            r[_SERVER].__setitem__("_blobs", [np.full(3, np.nan).tobytes()]),
+            _resigned(_SERVER, sum_sha256=hashlib.sha256(np.full(3, np.nan).tobytes()).hexdigest())(r),
+        ),
+        "server-party.*sum.*finite",
+    ),
+    "refusal, statement malformed": (  # taken; the coordinator's `site in party_keys` raised TypeError
+        lambda r: r[_HELPER].update(ok=False, error="no", statement={"site": ["helper-1"]}),
+        "helper-1.*statement",
+    ),
+    "disagree on passed": (_resigned(_HELPER, passed={"site-01": True, "site-02": False}), "disagree on passed"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_REPLIES)
+def test_a_malformed_party_reply_is_a_secure_aggregation_error_naming_party_and_field(case):
+    change, needle = MALFORMED_REPLIES[case]
+    replies = _round_replies()
+    change(replies)
+    with pytest.raises(SecureAggregationError, match=needle):
+        _run_round(replies)
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_a_refusal_is_an_aborted_round(signed):
+    """A party that refuses answers with its signed party_refused statement, or unsigned (a run
+    it does not know)."""
+    refused = messages.make_statement(
+        _PARTY_KEYS[_HELPER].sign, run_id="run-s", round=4, site=_HELPER, type="party_refused", payload={}
+    )
+    replies = _round_replies()
+    replies[_HELPER] = {"ok": False, "error": "round 4 was begun before", "statement": refused if signed else None}
+    res = _run_round(replies)
+    assert res.aborted == "refused by helper-1: round 4 was begun before" and not res.revealed
+    assert res.statements == [replies[_SERVER]["statement"], *([refused] if signed else [])]
+
+
+@given(st.sampled_from(_PARTY_NAMES), st.sampled_from(["statement", "payload", "seconds", "sum", "reply"]), odd_values)
+@settings(max_examples=200, deadline=None)
+def test_any_party_reply_is_a_round_or_a_secure_aggregation_error(party, where, value):
+    replies = _round_replies()
+    if where == "payload":
+        replies[party]["statement"]["payload"] = value
+    elif where == "reply":
+        replies[party] = {"ok": True, "_blobs": [], **(value if isinstance(value, dict) else {"x": value})}
+    else:
+        replies[party][where] = value
+    try:
+        res = _run_round(replies)
+    except SecureAggregationError as exc:
+        assert party in str(exc) or "disagree" in str(exc), exc
+        return
+    assert res.total is None or (res.total.shape == (3,) and np.all(np.isfinite(res.total)))
+
+
+def _registration(party: str, **change) -> dict:
+    stmt = messages.make_statement(
+        _PARTY_KEYS[party].sign,
+        run_id="run-s",
+        round=None,
+        site=party,
+        type="party_registered",
+        payload={"terms_sha256": "ee" * 32, "rank": _PARTY_NAMES.index(party), "dealer": party == _HELPER},
+    )
+    ports = {"party": 40001 + _PARTY_NAMES.index(party), **({"dealer": 40009} if party == _HELPER else {})}
+    return {"ok": True, "statement": stmt, "rank": 0, "host": "127.0.0.1", "ports": ports, "_blobs": [], **change}
+
+
+class _Sock:
+    closed = False
+
+    def settimeout(self, _):
+        pass
+
+    def sendall(self, _):
+        raise OSError("not connected")
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"statement": None}, "helper-1.*statement"),  # taken; the first round refused it, naming no field
+        ({"ports": 40001}, "helper-1.*ports.party"),  # TypeError
+        ({"ports": {"dealer": 40009}}, "helper-1.*ports.party"),  # KeyError
+        ({"ports": {"party": "40001", "dealer": 40009}}, "helper-1.*ports.party"),
+        ({"ports": {"party": 40001, "dealer": 70000}}, "helper-1.*ports.dealer"),
+        ({"host": ["127.0.0.1"]}, "helper-1.*host"),
+        ({"ports": {"party": 40002}}, "did not start a dealer"),
+    ],
+    ids=["no-statement", "ports-int", "no-party-port", "port-text", "port-range", "host-list", "no-dealer"],
+)
+def test_a_malformed_registration_is_a_secure_aggregation_error_and_closes_the_channels(monkeypatch, change, needle):
+    socks = []
+    monkeypatch.setattr(party_client.wire, "connect", lambda *a: socks.append(_Sock()) or socks[-1])
+    replies = {_SERVER: _registration(_SERVER), _HELPER: _registration(_HELPER, **change)}
+    monkeypatch.setattr(
+        AggregationService, "_all", lambda self, doc, *a, **k: replies if doc["op"] == "register" else {}
+    )
+    parties = {_SERVER: {"tls_cert": "", "role": "server"}, _HELPER: {"tls_cert": "", "role": "helper"}}
+    with pytest.raises(SecureAggregationError, match=needle):
+        AggregationService(parties, {p: ("127.0.0.1", 1) for p in _PARTY_NAMES}, {"dealer": _HELPER, "layout": _LAYOUT})
+    assert len(socks) == 2 and all(s.closed for s in socks)
+
+
+# --- an aggregation party's round: secure_agg.service.Session.round --------------------------------
+
+
+class _PartyHome:
+    party, hpke = "helper-1", None
+
+    def __init__(self, begin=None):
+        self.begin, self.signed = begin, []
+
+    def begin_round(self, run_id, round):
+        if self.begin is not None:
+            raise self.begin
+
+    def registered(self, run_id):
+        return True
+
+    def sign_statement(self, run_id, round, type, payload):
+        self.signed.append((type, payload))
+        return {"type": type, "round": round, "payload": payload}
+
+
+class _Worker:
+    """This party's MPC worker, as its pipe: records the task, answers as the parties' agreement
+    step does when it begins (no site opened by every party)."""
+
+    def __init__(self):
+        self.tasks = []
+
+    def send(self, task):
+        self.tasks.append(task)
+
+    def poll(self, timeout):
+        return True
+
+    def recv(self):
+        task = self.tasks[-1]
+        aborted = None if task["accepted"] else "parties of rank [1] refused round 2"
+        seconds = {"open": 0.0, "bound_check": 0.0, "sum": 0.0}
+        return {"round": 2, "aborted": aborted, "usable": [], "passed": {}, "revealed": False, "sum": None} | {
+            "sketch_seed": None,
+            "seconds": seconds,
+        }
+
+
+def _session(home) -> tuple[party_service.Session, _Worker]:
+    worker = _Worker()
+    session = party_service.Session(types.SimpleNamespace(home=home), sock=None)
+    session.terms = {
+        "run_id": "run-s",
+        "layout": _LAYOUT,
+        "min_sites": 1,
+        "max_update_norm": 1.0,
+        "slack": 0.1,
+        "sketches": 1,
+        "buckets": 4,
+    }
+    session.consortium, session.workers, session.started = {"cards": {}}, [(None, worker)], True
+    return session, worker
+
+
+_ROUND_DOC = {
+    "op": "round",
+    "round": 2,
+    "sites": {
+        "site-01": {"statement": {}, "header": 0, "blob": 1},
+        "site-02": {"statement": {}, "header": 2, "blob": 3},
+    },
+}
+
+
+@pytest.mark.parametrize("error", [KeyError("parties"), ValueError("bad seed"), OverflowError("too big")])
+def test_any_error_opening_one_envelope_is_that_sites_exclusion_and_the_party_still_joins(monkeypatch, error):
+    """An exception other than the four caught skipped the agreement step: the other parties
+    waited there ROUND_TIMEOUT_S (1800 s) for this one."""
+
+    def open_site(site, item, **kw):
+        if site == "site-02":
+            raise error
+        return np.zeros(3, np.int64), 10
+
+    monkeypatch.setattr(party_service, "open_site", open_site)
+    session, worker = _session(_PartyHome())
+    reply, _ = session.round(_ROUND_DOC, [b"h1", b"b1", b"h2", b"b2"])
+    assert [t["round"] for t in worker.tasks] == [2] and worker.tasks[0]["accepted"]
+    assert sorted(worker.tasks[0]["shares"]) == ["site-01"]
+    excluded = reply["statement"]["payload"]["excluded"]
+    assert excluded["site-02"] == f"helper-1: internal error: {type(error).__name__}: {error}"
+
+
+def test_a_failure_to_record_the_round_is_a_refusal_that_still_joins(monkeypatch):
+    """The disk failing in begin_round (an OSError) skipped the agreement step as well."""
+    session, worker = _session(_PartyHome(begin=OSError(28, "No space left on device")))
+    with pytest.raises(party_home.PartyRefusal, match="No space left"):
+        session.round(_ROUND_DOC, [b"h1", b"b1", b"h2", b"b2"])
+    assert [t["accepted"] for t in worker.tasks] == [False]

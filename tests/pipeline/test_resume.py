@@ -50,7 +50,17 @@ def cfg(small_cfg, monkeypatch):
 def uninterrupted(cfg, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("uninterrupted") / "run"
     run_federated(cfg, out)
+    _MODELS[hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()] = out / "model.safetensors"
     return hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+
+
+_MODELS: dict[str, Path] = {}
+
+
+def uninterrupted_state(sha: str) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(_MODELS[sha])
 
 
 def crash(cfg, out: Path, point: str, n: int) -> subprocess.CompletedProcess:
@@ -145,3 +155,151 @@ def test_a_stopped_run_resumes_to_the_planned_rounds(cfg, tmp_path, monkeypatch)
     assert resumed["interrupted_rounds"] == [2] and resumed["next_round"] == 3
     assert dbsource.verify_target(out).entries > 0
     assert json.loads((out / "status.json").read_text())["status"] == "completed"
+
+
+def test_a_site_that_does_not_answer_in_time_is_recorded_and_joins_again_later(cfg, tmp_path):
+    """In-process: site-02 hangs in round 2; the round completes without it, round 3 has it back."""
+    import threading
+
+    from pharmafl.pipeline.engine_local import LocalEngine
+    from pharmafl.pipeline.engines import run_listeners
+    from pharmafl.pipeline.events import EventBus
+    from pharmafl.pipeline.run import make_site, prepare
+
+    cfg = with_federation(cfg, round_timeout_s=10, min_sites=2)
+    plan = prepare(cfg, tmp_path / "run")
+    release = threading.Event()
+
+    class Hanging:
+        def __init__(self, site):
+            self.site, self.id = site, site.id
+
+        def fit(self, round, state, instructions):
+            if self.id == "site-02" and round == 2:
+                release.wait(120)  # hung (a stuck file system, a lost connection) until the test lets go
+            return self.site.fit(round, state, instructions)
+
+        def __getattr__(self, name):
+            return getattr(self.site, name)
+
+    class LetGo:
+        def on_event(self, event):
+            if event.type == "round_ended" and event.payload["round"] == 2:
+                release.set()
+
+        def close(self):
+            pass
+
+    bus = EventBus([*run_listeners(plan), LetGo()])
+    try:
+        metrics = LocalEngine(site_factory=lambda p, s: Hanging(make_site(p, s))).run(plan, bus)
+    finally:
+        bus.close()
+    assert metrics["status"] == "completed" and metrics["rounds"] == 3
+    (late,) = [e["payload"] for e in events(plan.run_dir, "site_timed_out")]
+    assert late["round"] == 2 and late["site"] == "site-02" and late["timeout_s"] == 10 and late["waited_s"] >= 10
+    participants = {e["payload"]["round"]: e["payload"]["participants"] for e in events(plan.run_dir, "aggregated")}
+    assert participants[2] == ["site-01", "site-03"]
+    assert participants[3] == ["site-01", "site-02", "site-03"]  # back once it finished the late call
+    assert dbsource.verify_target(plan.run_dir).entries > 0
+
+
+def _nvflare_children(pid: int) -> dict:
+    import psutil
+
+    out = {}
+    for child in psutil.Process(pid).children(recursive=True):
+        cmd = " ".join(child.cmdline())
+        for site in ("site-01", "site-02", "site-03"):
+            if "simulator_worker" in cmd and f"/{site} " in cmd + " ":
+                out[site] = child
+    return out
+
+
+def _start(cfg, out: Path) -> subprocess.Popen:
+    config = out.parent / f"{out.name}.json"
+    config.write_text(json.dumps(to_dict(cfg)))
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(config), str(out), "none", "0"],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _wait_for(out: Path, proc, found, what: str, limit_s: float = 300):
+    import time
+
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s:
+        trace = out / "events.jsonl"
+        seen = [json.loads(x) for x in trace.read_text().splitlines() if x.endswith("}")] if trace.is_file() else []
+        if any(found(e) for e in seen):
+            return time.monotonic()
+        assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before {what}"
+        time.sleep(0.05)
+    raise AssertionError(f"no {what} within {limit_s} s")
+
+
+@pytest.mark.slow
+def test_nvflare_kill_9_of_the_coordinator_then_resume(cfg, tmp_path, uninterrupted):
+    """The simulator's server process (it holds RUN/.lock) killed mid-round 2; the job resumes on NVFlare."""
+    import psutil
+
+    cfg = with_federation(cfg, engine="nvflare")
+    out = tmp_path / "run"
+    proc = _start(cfg, out)
+    try:
+        _wait_for(out, proc, lambda e: e["type"] == "site_update" and e["payload"]["round"] == 2, "round 2")
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        coordinator = int((out / ".lock").read_text())
+        os.kill(coordinator, signal.SIGKILL)
+    finally:  # then the rest of the job, as an operator restarting the machine would
+        for child in psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else ():
+            child.kill()
+        proc.kill()
+        proc.wait()
+    assert coordinator in [c.pid for c in tree]
+    metrics = resume_federated(out, reason="test: the server was killed")
+    assert metrics["status"] == "completed" and metrics["rounds"] == 3
+    assert dbsource.verify_target(out).entries > 0
+    from safetensors.numpy import load
+
+    mine, theirs = load((out / "model.safetensors").read_bytes()), uninterrupted_state(uninterrupted)
+    assert max(float(abs(mine[k] - theirs[k]).max()) for k in theirs) <= 1e-6
+    (resumed,) = [e["payload"] for e in events(out, "run_resumed")]
+    assert resumed["engine"] == "nvflare" and resumed["interrupted_rounds"] == [2]
+
+
+@pytest.mark.slow
+def test_nvflare_a_stopped_and_a_killed_site_time_out_and_the_run_finishes(cfg, tmp_path):
+    """SIGSTOP one site's process and SIGKILL another's as round 2 starts: the round completes after
+    round_timeout_s with the third site, both recorded; the stopped one, continued, takes part in the
+    next exchange (the final evaluation) and the run finishes."""
+    cfg = with_federation(cfg, engine="nvflare", rounds=2, round_timeout_s=20, min_sites=1)  # > start-up + a round
+    out = tmp_path / "run"
+    proc = _start(cfg, out)
+    try:
+        _wait_for(out, proc, lambda e: e["type"] == "round_started" and e["payload"]["round"] == 2, "round 2")
+        workers = _nvflare_children(proc.pid)
+        assert set(workers) == {"site-01", "site-02", "site-03"}
+        workers["site-02"].send_signal(signal.SIGSTOP)
+        workers["site-03"].kill()
+        ended = _wait_for(
+            out, proc, lambda e: e["type"] == "round_ended" and e["payload"]["round"] == 2, "the end of round 2"
+        )
+        workers["site-02"].send_signal(signal.SIGCONT)
+        assert proc.wait(timeout=400) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    del ended  # how long it took is a benchmark's business (bench/faults.py), not a test's
+    late = [(e["payload"]["round"], e["payload"]["site"]) for e in events(out, "site_timed_out")]
+    assert sorted(late) == [(2, "site-02"), (2, "site-03")]
+    (end,) = [e["payload"] for e in events(out, "run_ended")]
+    assert end["status"] == "completed" and end["rounds"] == 2
+    participants = {e["payload"]["round"]: e["payload"]["participants"] for e in events(out, "aggregated")}
+    assert participants == {1: ["site-01", "site-02", "site-03"], 2: ["site-01"]}
+    final = end["metrics"]["sites"]
+    assert "val_ci" in final["site-02"]  # continued, it answered the next exchange (the final evaluation)
+    assert "error" in final["site-03"]
