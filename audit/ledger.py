@@ -457,7 +457,9 @@ class Ledger:
             Storage.insert_cosignatures(conn, fresh)
         return refused
 
-    def witness_request(self, old_size: int, *, origin: str, log_signer: str, anchor_seq: int | None) -> dict[str, Any]:
+    def witness_request(
+        self, old_size: int, *, origin: str, log_signer: str, anchor_seq: int | None, alternatives: Iterable[int] = ()
+    ) -> dict[str, Any]:
         """What a witness needs to cosign the latest checkpoint (docs/trust-domains.md).
 
         ``{"origin", "checkpoint", "log_key", "old_size", "proof"}``: the checkpoint as
@@ -465,7 +467,10 @@ class Ledger:
         it), and the RFC 9162 consistency proof from ``old_size`` (hex; empty for 0 or the
         same size). With ``anchor_seq`` also ``"anchor": {"entry", "proof"}``: that entry in
         export form and its inclusion proof in the checkpoint's tree (a witness's first
-        request for an origin carries the ``run_started`` entry).
+        request for an origin carries the ``run_started`` entry). ``alternatives``: later sizes
+        the witness may have cosigned without the log holding its answer (it was lost: the
+        coordinator crashed, or the disk was full); each gets its proof in ``"alternatives"``,
+        and the witness extends from the one it is at.
         """
         with self.storage.read() as conn:
             checkpoints = Storage.checkpoints(conn)
@@ -511,6 +516,12 @@ class Ledger:
                 "entry": json.loads(anchor.to_json_line()),
                 "proof": [h.hex() for h in self._merkle.inclusion_proof(anchor_seq, cp.tree_size)],
             }
+        others = sorted({n for n in alternatives if isinstance(n, int) and old_size < n < cp.tree_size})
+        if others:
+            request["alternatives"] = [
+                {"old_size": n, "proof": [h.hex() for h in self._merkle.consistency_proof(n, cp.tree_size)]}
+                for n in others
+            ]
         return request
 
     def registered_keys(self) -> dict[str, dict[str, Any]]:

@@ -144,12 +144,14 @@ class LedgerListener:
         if run is None or not self.ledger.checkpoints():  # nothing to cosign yet (the run's first message)
             return {}
         last = self._last_cosigned(run)
+        sizes = [cp.tree_size for cp in self.ledger.checkpoints() if cp.tree_size > run.anchor_seq]
         return {
             site: self.ledger.witness_request(
                 last.get(site, 0),
                 origin=run.origin,
                 log_signer=self.checkpoint_signer,
                 anchor_seq=None if site in last else run.anchor_seq,
+                alternatives=[n for n in sizes if n > last.get(site, 0)][-8:],  # its answer may have been lost
             )
             for site in sorted(run.witness_keys)
         }

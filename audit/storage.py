@@ -39,12 +39,14 @@ A PostgreSQL URL may select a schema through libpq options, e.g.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from sqlalchemy import BigInteger, Column, String, Text, create_engine, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, SQLModel
 
 from pharmafl.audit.errors import LedgerError
@@ -227,18 +229,27 @@ class Storage:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
-        """A transaction holding the write lock; commits on success, rolls back on error."""
-        with self.engine.connect() as conn:
-            if self.dialect == "sqlite":
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            elif self._schema_ready:
-                conn.exec_driver_sql(f"LOCK TABLE {ENTRIES} IN SHARE ROW EXCLUSIVE MODE")
-            try:
-                yield conn
-            except BaseException:
-                conn.rollback()
-                raise
-            conn.commit()
+        """A transaction holding the write lock; commits on success, rolls back on error. A full
+        disk is a :class:`LedgerError` saying so (retrying the transaction cannot help)."""
+        try:
+            with self.engine.connect() as conn:
+                if self.dialect == "sqlite":
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                elif self._schema_ready:
+                    conn.exec_driver_sql(f"LOCK TABLE {ENTRIES} IN SHARE ROW EXCLUSIVE MODE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
+        except OperationalError as err:
+            if disk_full(err):
+                raise LedgerError(
+                    f"the disk holding {describe(self.url)} is full ({getattr(err, 'orig', err)}); nothing of "
+                    "this write was recorded: free space, then continue the run with pharmafl resume"
+                ) from err
+            raise
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -348,3 +359,13 @@ def refuse_missing(storage: Storage) -> None:
             f"no ledger at {describe(storage.url)}: the ledger_entries table does not exist; "
             "check the path or URL (a run directory, its ledger.db, or the run's ledger.url)"
         )
+
+
+def disk_full(err: Exception) -> bool:
+    """SQLite's SQLITE_FULL or PostgreSQL's disk_full (SQLSTATE 53100), or ENOSPC underneath."""
+    orig = getattr(err, "orig", err)
+    return (
+        "database or disk is full" in str(orig)
+        or getattr(orig, "sqlstate", None) == "53100"
+        or getattr(orig, "errno", None) == errno.ENOSPC
+    )

@@ -114,6 +114,9 @@ class Witness:
         _check_log_signature(cp, log_key)
         with self._locked(origin):
             state = self._load(origin)
+            if state is not None and state["tree_size"] != old_size:  # the log lost our last answer
+                alt = _alternatives(request, size).get(state["tree_size"])
+                old_size, proof = (state["tree_size"], alt) if alt is not None else (old_size, proof)
             if state is None:
                 if old_size != 0:
                     raise WitnessError(
@@ -320,8 +323,23 @@ def _check_log_signature(cp: dict, log_key: bytes) -> None:
 # -- the request format, checked field by field --------------------------------------------
 
 
+def _alternatives(request: Mapping, size: int) -> dict[int, list[bytes]]:
+    """A request's ``alternatives``: old size -> consistency proof to ``size`` (checked as the main one is)."""
+    alts = request.get("alternatives", [])
+    if not isinstance(alts, list) or len(alts) > 64:
+        raise WitnessError("alternatives must be a list of at most 64 {old_size, proof}")
+    out = {}
+    for j, alt in enumerate(alts):
+        _fields(alt, {"old_size", "proof"}, set(), f"alternatives[{j}]")
+        n = _size(alt["old_size"], f"alternatives[{j}].old_size")
+        if n > size:
+            raise WitnessError(f"alternatives[{j}].old_size {n} is larger than the checkpoint's tree size {size}")
+        out[n] = _hashes(alt["proof"], MAX_CONSISTENCY, f"alternatives[{j}].proof")
+    return out
+
+
 def _parse(request: Any) -> tuple[str, dict, bytes, int, list[bytes], dict | None]:
-    _fields(request, _REQUEST, {"anchor"}, "request")
+    _fields(request, _REQUEST, {"anchor", "alternatives"}, "request")
     origin = request["origin"]
     if not isinstance(origin, str) or not 0 < len(origin) <= 512 or not origin.isprintable():
         raise WitnessError(f"origin must be a printable string of 1-512 characters, got {origin!r:.80}")

@@ -310,7 +310,11 @@ class LocalParties:
                 self.procs.append(
                     (
                         subprocess.Popen(
-                            cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), preexec_fn=_die_with_parent
+                            cmd,
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            env=os.environ.copy(),
+                            preexec_fn=_die_with_parent,
                         ),
                         ready,
                         name,

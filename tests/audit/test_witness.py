@@ -170,6 +170,25 @@ def test_consistent_extensions_and_the_same_head_again_are_cosigned(coordinator:
     assert again["timestamp"] > second["timestamp"] > first["timestamp"]
 
 
+def test_a_lost_answer_is_recovered_from_the_requests_alternatives(coordinator: Ledger, site01: Witness) -> None:
+    """The witness cosigned size 5 but the log never stored the answer (it crashed, its disk was
+    full): the log asks from 0 again, offering a proof from each later checkpoint it holds."""
+    lost = site01.add_checkpoint(request(coordinator))["tree_size"]
+    size = extend(coordinator, "round 2")
+    plain = request(coordinator)  # from 0 with the anchor, as if nothing was cosigned
+    with pytest.raises(WitnessError, match=f"not the size site-01 last cosigned .*: {lost}"):
+        site01.add_checkpoint(plain)
+    offered = coordinator.witness_request(0, origin=ORIGIN, log_signer="server", anchor_seq=1, alternatives=[2, lost])
+    assert [a["old_size"] for a in offered["alternatives"]] == [2, lost]
+    assert site01.add_checkpoint(offered)["tree_size"] == size
+    extend(coordinator, "round 3")  # an alternative's proof is checked like the main one
+    forged = coordinator.witness_request(0, origin=ORIGIN, log_signer="server", anchor_seq=1, alternatives=[size])
+    forged["alternatives"][0]["proof"] = ["00" * 32 for _ in forged["alternatives"][0]["proof"]]
+    with pytest.raises(WitnessError, match=f"consistency proof from {size} to .* does not verify"):
+        site01.add_checkpoint(forged)
+    assert site01.head(ORIGIN)["tree_size"] == size
+
+
 def _roster(ledger: Ledger) -> str:
     return next(e for e in ledger.entries() if e.type == "run_started").data["consortium"]["roster_sha256"]
 

@@ -303,3 +303,62 @@ def test_nvflare_a_stopped_and_a_killed_site_time_out_and_the_run_finishes(cfg, 
     final = end["metrics"]["sites"]
     assert "val_ci" in final["site-02"]  # continued, it answered the next exchange (the final evaluation)
     assert "error" in final["site-03"]
+
+
+@pytest.fixture
+def small_volume(tmp_path):
+    """A 4 MiB tmpfs mounted for the test (needs root, as CI has: the skip names why otherwise)."""
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(volume)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.decode().strip()}): the disk-full test needs root")
+    try:
+        yield volume
+    finally:
+        subprocess.run(["umount", "-l", str(volume)], check=False)
+
+
+def test_a_ledger_whose_disk_fills_up_stops_the_run_cleanly_and_resumes_once_space_is_back(cfg, tmp_path, small_volume):
+    from pharmafl.pipeline.rounds import RunInterrupted
+
+    cfg = replace(cfg, ledger=LedgerConfig(enabled=True, url=f"sqlite:///{small_volume / 'ledger.db'}"))
+    filler = small_volume / "filler"
+
+    class FillTheDisk:  # after round 1 something else takes all the space left on the ledger's volume
+        def on_event(self, event):
+            if event.type == "round_ended" and event.payload["round"] == 1:
+                with open(filler, "wb") as fh:
+                    try:
+                        while True:
+                            fh.write(b"\0" * 65536)
+                            fh.flush()
+                    except OSError:
+                        pass
+
+        def close(self):
+            pass
+
+    out = tmp_path / "run"
+    with pytest.raises(RunInterrupted, match="pharmafl resume") as stopped:
+        run_federated(cfg, out, listeners=[FillTheDisk()])
+    assert "is full" in str(stopped.value.__cause__) or "full" in str(stopped.value)
+    status = json.loads((out / "status.json").read_text())  # what the operator reads: the ledger could not take it
+    assert status["status"].startswith("failed: LedgerError") and "run_ended could not be recorded" in status["status"]
+    assert status["rounds_done"] == 1
+    ledger = Ledger.open(cfg.ledger.url)
+    try:
+        kept = [(e.seq, e.entry_hash, e.type) for e in ledger.entries()]
+    finally:
+        ledger.close()
+    assert [t for *_, t in kept].count("round_ended") == 1 and "run_ended" not in [t for *_, t in kept]
+    filler.unlink()  # space is back
+    metrics = resume_federated(out, reason="disk space freed")
+    assert metrics["status"] == "completed" and metrics["rounds"] == 3
+    ledger = Ledger.open(cfg.ledger.url)
+    try:
+        after = [(e.seq, e.entry_hash, e.type) for e in ledger.entries()]
+    finally:
+        ledger.close()
+    assert after[: len(kept)] == kept
+    assert dbsource.verify_target(cfg.ledger.url).entries == len(after)
