@@ -13,13 +13,14 @@ ifneq ($(SHARED_DATA),)
 export PHARMAFL_DATA ?= $(abspath $(SHARED_DATA))
 endif
 
-.PHONY: help install lint format test demo demo-dp demo-secure demo-sign bench clean
+.PHONY: help install lint format test demo demo-resume demo-dp demo-secure demo-sign bench clean
 
 help:
 	@echo "make demo    run the 10-site federated DAVIS demo (installs first)"
 	@echo "make demo-dp the same under DP-SGD at every site (epsilon = 8 per site)"
 	@echo "make demo-secure DP-SGD plus secure aggregation (the server sees only sums)"
 	@echo "make demo-sign   after make demo: users, QA signs the report, regulator verifies the package"
+	@echo "make demo-resume continue a demo that was stopped midway (Ctrl-C, crash) from its last round"
 	@echo "make test    run the test suite (installs first)"
 	@echo "make lint    ruff format --check and ruff check (make format rewrites)"
 	@echo "make bench   run the benchmarks in bench/"
@@ -56,6 +57,14 @@ demo: export PHARMAFL_KEY_PASSPHRASE ?= pharmafl-demo-passphrase-not-for-real-ru
 demo: install
 	$(BIN)/pharmafl run configs/davis-10sites.yaml --out $(DEMO_OUT)
 	$(BIN)/pharmafl ledger verify $(DEMO_OUT)
+
+# A demo stopped midway (Ctrl-C, a crash, a reboot) continues from its last completed round:
+# `make demo-resume` takes the latest runs/davis-10sites-<date-time> (or DEMO_RUN=...).
+demo-resume: export PHARMAFL_KEY_PASSPHRASE ?= pharmafl-demo-passphrase-not-for-real-runs
+demo-resume: install
+	@test -n "$(DEMO_RUN)" || { echo "no runs/davis-10sites-<date-time> run: run make demo first"; exit 1; }
+	$(BIN)/pharmafl resume $(DEMO_RUN)
+	$(BIN)/pharmafl ledger verify $(DEMO_RUN)
 
 DEMO_DP_OUT ?= runs/davis-10sites-dp-$(shell date +%Y%m%d-%H%M%S)
 

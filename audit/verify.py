@@ -196,7 +196,7 @@ class Run:
     def session(self, i: int, type_: str, data: dict) -> None:
         """One run, several sessions: each ends at most once; a completed run is never resumed."""
         resumed = type_ == "run_resumed"
-        _need(self.started is not None, f"{type_} before run_started", i)
+        _need(self.started is not None, "run_resumed before run_started", i)
         _need(not resumed or data.get("run_id") == self.run_id, "run_resumed names another run than run_started", i)
         _need(not (resumed and self.final), f"run_resumed after the run completed (seq {self.ended})", i)
         _need(resumed or self.ended is None, f"a second run_ended in one session (the first at seq {self.ended})", i)
@@ -335,7 +335,7 @@ def verify(
                 run.run_started(i, data)
             elif type_ in m.STATEMENT_TYPES or type_ in m.PARTY_STATEMENT_TYPES:
                 run.statement(i, type_, data)
-            elif type_ in ("run_ended", "run_resumed"):
+            elif type_ == "run_resumed" or type_ == "run_ended" and run.started is not None:
                 run.session(i, type_, data)
             _need(actor in run.keys, f"actor {actor!r} has no actor_key entry before this one", i)
             leaf = bytes.fromhex(row[6] + row[7])

@@ -6,8 +6,8 @@ does through its messages);
 a site that raises is reported as failed and the round goes on without it (if at least
 ``min_sites`` remain). With ``federation.round_timeout_s`` each site's call runs on a worker
 thread waited for that long (sites train one after another here, so each has the whole
-timeout): a site still busy then is recorded as timed out, and is left out of the rounds that
-start before it finishes. For the same seed and
+timeout): a site still busy then is recorded as timed out; in the next round it is first given
+the timeout to finish that late call (its result is dropped), then trains as usual. For the same seed and
 config it produces the same final model as the NVFlare engine. The round lifecycle itself is
 :class:`~pharmafl.pipeline.rounds.RoundDriver`'s.
 """
@@ -94,12 +94,14 @@ class LocalEngine:
     def _fit_all(self, sites: dict[str, Site], task: RoundTask) -> Replies:
         replies = Replies({}, {}, {}, {})
         for sid in sorted(sites):
-            worker = self._busy.get(sid)
-            if worker is not None and worker.is_alive():
-                replies.failures[sid] = "still busy with the round it did not finish in time"
-                continue
-            self._busy.pop(sid, None)
             begun = time.monotonic()
+            worker = self._busy.pop(sid, None)
+            if worker is not None:  # still on a late call: this round's timeout is its time to finish it
+                worker.join(task.timeout_s)
+                if worker.is_alive():
+                    self._busy[sid] = worker
+                    replies.timed_out[sid] = (task.timeout_s, time.monotonic() - begun)
+                    continue
             try:
                 out = self._call(sid, sites[sid], task)
             except TimeoutError:

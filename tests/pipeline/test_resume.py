@@ -155,6 +155,15 @@ def test_a_stopped_run_resumes_to_the_planned_rounds(cfg, tmp_path, monkeypatch)
     assert resumed["interrupted_rounds"] == [2] and resumed["next_round"] == 3
     assert dbsource.verify_target(out).entries > 0
     assert json.loads((out / "status.json").read_text())["status"] == "completed"
+    from pharmafl.compliance.sections import summary_section
+
+    ledger = Ledger.open(out)
+    try:
+        summary = summary_section(list(ledger.entries()))  # what QA's report says of the run
+    finally:
+        ledger.close()
+    assert [s["ended_status"].split(":")[0] for s in summary["sessions"]] == ["stopped", "completed"]
+    assert summary["interrupted_rounds"] == [2] and summary["status"] == "completed" and summary["rounds"] == 3
 
 
 def test_a_site_that_does_not_answer_in_time_is_recorded_and_joins_again_later(cfg, tmp_path):
@@ -362,3 +371,49 @@ def test_a_ledger_whose_disk_fills_up_stops_the_run_cleanly_and_resumes_once_spa
         ledger.close()
     assert after[: len(kept)] == kept
     assert dbsource.verify_target(cfg.ledger.url).entries == len(after)
+
+
+def test_the_resume_command_continues_a_killed_run_and_refuses_with_one_line(cfg, tmp_path, capsys):
+    from pharmafl.pipeline.cli import main
+
+    out = tmp_path / "run"
+    assert crash(cfg, out, "train", 5).returncode == -signal.SIGKILL
+    assert main(["resume", str(out), "--reason", "the machine rebooted", "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "completed" and summary["rounds"] == 3
+    assert events(out, "run_resumed")[0]["payload"]["reason"] == "the machine rebooted"
+    assert main(["resume", str(out), "--quiet"]) == 1  # completed: refused, one line, nothing written
+    err = capsys.readouterr().err
+    assert "the run completed; there is nothing to resume" in err and "Traceback" not in err
+    assert len(events(out, "run_resumed")) == 1
+    assert main(["resume", str(tmp_path), "--quiet"]) == 2  # not a run directory
+    err = capsys.readouterr().err
+    assert "is not a run directory (no plan.json)" in err and "Traceback" not in err
+
+
+def test_resume_refuses_a_run_that_is_still_running(cfg, tmp_path):
+    from pharmafl.pipeline.rounds import RunBusy, RunLock
+
+    out = tmp_path / "run"
+    assert crash(cfg, out, "train", 5).returncode == -signal.SIGKILL
+    holder = subprocess.Popen(  # another process holding the run's lock, as a live coordinator does
+        [
+            sys.executable,
+            "-c",
+            "import fcntl,sys,time; f=open(sys.argv[1],'w'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "f.write('424242'); f.flush(); print('held', flush=True); time.sleep(60)",
+            str(out / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert RunLock.holder(out) == 424242
+        with pytest.raises(RunBusy, match="still being run by process 424242"):
+            resume_federated(out, reason="test")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert len(events(out, "run_resumed")) == 0
+    assert resume_federated(out, reason="test")["status"] == "completed"  # the lock died with its holder
