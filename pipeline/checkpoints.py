@@ -135,10 +135,6 @@ class CheckpointStore:
         found = sorted((int(m.group(1)), p) for p in self.root.iterdir() if (m := _NAME.fullmatch(p.name)))
         return [self._open(p) for _, p in found]
 
-    def latest(self) -> Checkpoint | None:
-        found = self.all()
-        return found[-1] if found else None
-
     def discard_partial(self) -> list[Path]:
         """Remove what a crash left of a checkpoint being written; returns what was removed."""
         gone = [p for p in self.root.glob(".round-*.partial-*")] if self.root.is_dir() else []

@@ -202,12 +202,12 @@ class PharmaflAggregator(ModelAggregator):
             return self._finish({})
         return self._model(encode_task(self.task))
 
-    def _model(self, meta: dict, stop: float = 0.0) -> FLModel:
+    def _model(self, meta: dict) -> FLModel:
         self._sent = time.monotonic()
         return FLModel(
             params_type=ParamsType.FULL,
             params=self.driver.state,
-            metrics={STOP_METRIC: stop},
+            metrics={STOP_METRIC: 0.0},
             meta=self._witnessed(meta),
         )
 
