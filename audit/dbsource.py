@@ -24,7 +24,7 @@ from pathlib import Path
 from pharmafl.audit.verify import Result, VerificationError, verify, verify_path
 from pharmafl.audit.verify_bundle import counted, load_anchors
 
-__all__ = ["rows", "verify_database", "verify_target"]
+__all__ = ["rows", "snapshot", "verify_database", "verify_target"]
 
 
 @contextlib.contextmanager
@@ -37,13 +37,14 @@ def rows(target: str | os.PathLike) -> Iterator[tuple[Iterator[tuple], list[dict
     Raises:
         VerificationError: (unreadable) naming what could not be read and what is accepted.
     """
-    with _snapshot(target) as (entries, checkpoints, cosignatures, _size):
+    with snapshot(target) as (entries, checkpoints, cosignatures, _size):
         yield entries, checkpoints, cosignatures
 
 
 @contextlib.contextmanager
-def _snapshot(target: str | os.PathLike) -> Iterator[tuple[Iterator[tuple], list[dict], list[dict], int]]:
-    """:func:`rows` and the number of entries in the same snapshot (for progress)."""
+def snapshot(target: str | os.PathLike) -> Iterator[tuple[Iterator[tuple], list[dict], list[dict], int]]:
+    """:func:`rows` and the number of entries in the same snapshot (for progress, and for readers such
+    as the explorer that verify and index the rows in one pass)."""
     text = os.fspath(target)
     try:  # the full install: only this adapter needs a database driver
         from sqlalchemy.exc import SQLAlchemyError
@@ -101,7 +102,7 @@ def verify_database(
     (:func:`~pharmafl.audit.verify_bundle.load_anchors`). ``on_progress(done, total)`` as entries
     are read; ``open_tail``: an interrupted run about to be resumed (its last entries await the
     witnesses). Returns the verified ledger's :class:`~pharmafl.audit.verify.Result`."""
-    with _snapshot(target) as (entries, checkpoints, cosignatures, size):
+    with snapshot(target) as (entries, checkpoints, cosignatures, size):
         return verify(
             entries if on_progress is None else counted(entries, on_progress, size),
             checkpoints,

@@ -30,6 +30,8 @@ another machine. Checks, in order (the first failure is reported):
    ``report_generated`` entry of the manifest's run recorded; every other file is one the
    ledger recorded for that record (``report_generated`` / ``report_rendered``); each PDF/HTML
    copy is a rendering that shows every e-signature the ledger holds on the record (21 CFR 11.50).
+   The explorer's static pages (``explorer/``, if present) are exactly the files, with the SHA-256,
+   that one ``explorer_rendered`` entry recorded, by an account allowed to export.
 5. Each e-signature in ``signatures.json`` is exactly the ``e_signature`` entry at its seq,
    by its signer; its Ed25519 signature over ``b"pharmafl-e-signature-v1\0" || JCS(fields)``
    verifies under the signer's enrolled key; its ``record_hash`` is the hash of the report
@@ -73,6 +75,7 @@ MIN_KDF_N, TEST_KDF_N = 2**17, 2**14  # compliance/credentials.py: production fl
 TEST_KDF_NOTE = "; NOTE: test-only KDF cost (PasswordPolicy.for_tests): not a production record"
 COPIES = ("report.pdf", "report.html")
 PACKAGE_FILES = ("README.txt", "head.json", "signatures.json")  # besides ledger/ and the listed reports
+EXPLORER = "explorer/"  # the explorer's static pages, vouched for by an explorer_rendered entry
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,7 @@ def check_files(root: Path) -> dict:
 
 def check_coverage(root: Path, manifest: dict) -> None:
     """Every file is one a later check covers; ``head.json`` is one of the ledger's checkpoints."""
-    prefixes = tuple(name + "/" for name in manifest["reports"])
+    prefixes = (*(name + "/" for name in manifest["reports"]), EXPLORER)
     loose = sorted(f for f in manifest["files"] if f not in PACKAGE_FILES and not f.startswith(("ledger/", *prefixes)))
     if loose:
         raise _fail(
@@ -205,6 +208,7 @@ class Accounts:
         self.renderings: dict[str, list[dict]] = {}  # record hash -> [{files, signatures}]
         self.generated: dict[str, dict] = {}
         self.signatures: dict[int, tuple[str, dict]] = {}  # seq -> (actor, payload)
+        self.explorer: list[dict] = []  # each explorer_rendered entry's {page: SHA-256}
         previous: tuple = (None, None, None, {})  # (seq, actor, type, payload) of the entry before
         for seq, _ts, actor, type_, payload, *_ in entries:
             data = json.loads(payload)
@@ -413,6 +417,11 @@ class Accounts:
     def _on_evidence_exported(self, seq: int, actor: str, d: dict, _previous: tuple) -> None:
         self._may(seq, actor, MAY_EXPORT, "evidence_exported")
 
+    def _on_explorer_rendered(self, seq: int, actor: str, d: dict, _previous: tuple) -> None:
+        self._may(seq, actor, MAY_EXPORT, "explorer_rendered")
+        if isinstance(d.get("files"), dict):
+            self.explorer.append(d["files"])
+
 
 _HANDLERS = {name[4:]: f for name, f in vars(Accounts).items() if name.startswith("_on_")}
 
@@ -458,6 +467,18 @@ def check_report(root: Path, name: str, record_hash: str, manifest: dict, ledger
                 f"{path}: this copy does not show {len(missing)} of the record's e-signatures; "
                 "every human-readable copy must show them (21 CFR 11.50): export the re-rendered report"
             )
+
+
+def check_explorer(manifest: dict, ledger: Accounts) -> None:
+    """The package's ``explorer/`` pages are one recorded rendering, file for file (none: nothing to check)."""
+    pages = {f[len(EXPLORER) :]: h for f, h in manifest["files"].items() if f.startswith(EXPLORER)}
+    if pages and pages not in ledger.explorer:
+        recorded = ledger.explorer[-1] if ledger.explorer else {}
+        odd = sorted(set(pages.items()) ^ set(recorded.items()))[:3]
+        raise _fail(
+            f"explorer/: these pages are not the rendering the ledger recorded (explorer_rendered); altered, "
+            f"added or removed pages, e.g. {[EXPLORER + name for name, _ in odd]}"
+        )
 
 
 def check_signatures(root: Path, manifest: dict, ledger: Accounts) -> int:
@@ -514,6 +535,7 @@ def verify_package(
     ledger = replay_bundle(root / "ledger")
     for name, record_hash in sorted(manifest["reports"].items()):
         check_report(root, name, record_hash, manifest, ledger)
+    check_explorer(manifest, ledger)
     n = check_signatures(root, manifest, ledger)
     return PackageResult(
         manifest["run_id"], len(manifest["files"]), len(manifest["reports"]), n, ledger_result, ledger.test_kdf

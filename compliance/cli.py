@@ -320,8 +320,11 @@ def evidence_verify(
 
 
 def register(app: typer.Typer) -> None:
-    """Mount on the main CLI: ``report``, ``sign``, ``users ...``, ``evidence ...``."""
+    """Mount on the main CLI: ``report``, ``sign``, ``explore``, ``users ...``, ``evidence ...``."""
+    from pharmafl.compliance.explorer.cli import explore_command
+
     app.command("report")(report_command)
+    app.command("explore")(explore_command)
     app.command("sign")(sign_command)
     app.add_typer(users_app, name="users")
     app.add_typer(evidence_app, name="evidence")

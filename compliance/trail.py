@@ -58,6 +58,7 @@ WHY = {
     "report_generated": "a compliance report is generated",
     "report_rendered": "a report's human-readable copies are re-rendered with their signatures",
     "evidence_exported": "an evidence package is exported",
+    "explorer_rendered": "the explorer's static pages of an evidence package are rendered (their SHA-256 recorded)",
 }
 
 
@@ -143,22 +144,34 @@ def site_of(actor: str, payload: dict) -> str | None:
     return site if isinstance(site, str) else None
 
 
+def locate(actor: str, who: str, data: dict) -> tuple[str | None, int | None, str | None]:
+    """``(signed_by, round, site)`` of an entry written by ``actor`` asserting ``data`` for ``who``
+    (:func:`~pharmafl.audit.records.asserted`): the site whose statement it embeds (else None), its
+    round (an int, else None) and the site it concerns. The trail and the explorer's index filter on these."""
+    signed_by = who if who != actor else None
+    rnd = data.get("round")
+    return (
+        signed_by,
+        rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else None,
+        signed_by or site_of(actor, data),
+    )
+
+
 def trail_rows(entries: Iterable[Any], keep: TrailFilter = TrailFilter()) -> list[dict]:
     """One row per entry: seq, ts (when), actor (who wrote it), signed_by (the site whose
     statement it embeds, else None), type and what, why, round, site, entry_hash."""
     rows = []
     for e in entries:
         who, data = asserted(e)
-        signed_by = who if who != e.actor else None
-        rnd = data.get("round")
+        signed_by, rnd, site = locate(e.actor, who, data)
         row = {
             "seq": e.seq,
             "ts": e.ts,
             "actor": e.actor,
             "signed_by": signed_by,
             "type": e.type,
-            "round": rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else None,
-            "site": signed_by or site_of(e.actor, data),
+            "round": rnd,
+            "site": site,
             "what": summarize(data),
             "why": why(e.type, data),
             "entry_hash": e.entry_hash,

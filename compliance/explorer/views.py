@@ -1,0 +1,460 @@
+"""What each explorer page shows, as plain JSON data (the HTML pages and the ``/api`` endpoints
+render the same dicts; the static export writes them to files).
+
+Built once at start-up from a verified :class:`~.source.Opened` ledger (:class:`Explorer`): the
+report's own section functions (:mod:`pharmafl.compliance.sections`) over the entries they read,
+the report's plots, the registered and pinned keys, and the users replayed as the offline
+verifier replays them. Per request only bounded work is done: a trail page, one entry with its
+proof, a range of rounds.
+
+An entry page does not repeat what the banner says: it checks that one entry again from the
+data it shows - its hash from its fields, its signature under its writer's registered key, the
+site's statement under the site's pinned key, and its RFC 9162 inclusion proof against a signed
+checkpoint whose signature and witness cosignatures are checked too - so each line on the page
+is a check made on what the page holds. The page's script repeats the Merkle part in the browser.
+
+Nothing here reads the users table: password hashes and sealed keys never reach a page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from pharmafl.audit import messages as m
+from pharmafl.audit.evidence import Accounts
+from pharmafl.audit.records import Entry, asserted
+from pharmafl.audit.rfc9162 import verify_inclusion
+from pharmafl.audit.verify import VerificationError
+from pharmafl.compliance.explorer.index import Query
+from pharmafl.compliance.explorer.source import Opened
+from pharmafl.compliance.part11 import alcoa_rows, part11_rows, signer_rows
+from pharmafl.compliance.sections import clean, lineage_section, privacy_section, summary_section
+from pharmafl.compliance.signatures import manifestation
+from pharmafl.compliance.trail import trail_rows
+
+SUMMARY_TYPES = ("run_started", "run_resumed", "run_ended", "round_ended", "site_timed_out", "alarm", "site_failed")
+PRIVACY_TYPES = ("run_started", "privacy_spent", "site_declined")
+LINEAGE_TYPES = ("site_update", "secure_shares", "aggregated")
+ALARM_TYPES = ("alarm", "anomaly", "site_failed", "site_timed_out", "witness_refused", "party_refused")
+ACCOUNT_TYPES = (
+    "actor_key",
+    "user_created",
+    "user_role_changed",
+    "user_disabled",
+    "user_locked",
+    "user_unlocked",
+    "policy_changed",
+    "report_generated",
+    "report_rendered",
+    "e_signature",
+    "evidence_exported",
+)
+ROUNDS_PER_PAGE = 5
+
+
+def _sig_ok(public_key: bytes, signature_hex: str, message: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(bytes.fromhex(signature_hex), message)
+        return True
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+
+
+def _data(e: Entry) -> dict:
+    try:
+        data = e.data
+        return data if isinstance(data, dict) else {}
+    except ValueError:
+        return {}
+
+
+class Explorer:
+    """Every page's data for one opened ledger."""
+
+    def __init__(self, opened: Opened):
+        self.opened, self.index, self.verdict = opened, opened.index, opened.verdict
+        started = self.index.entries(["run_started"])
+        self.started = _data(started[0]) if started else {}
+        self.run_id = self.started.get("run_id")
+        self.summary = summary_section(self.index.entries(SUMMARY_TYPES))
+        self.privacy = privacy_section(self.index.entries(PRIVACY_TYPES))
+        self.keys = self._registered_keys()
+        cons = self.started.get("consortium") or {}
+        self.pinned = {
+            name: card.get("public_key")
+            for cards in (cons.get("cards") or {}, cons.get("parties") or {})
+            for name, card in cards.items()
+            if isinstance(card, dict)
+        }
+        self.checkpoints = self.index.checkpoints()
+        self.cosigned = self.index.cosigned_sizes()
+        sites = len(cons.get("cards") or {})
+        details = self.verdict.details.get("ledger", self.verdict.details)
+        self.quorum = details.get("quorum", sites // 2 + 1 if sites else 0)
+        self.accounts, self.accounts_error = self._accounts()
+        self.plots = self._plots(opened.workdir / "plots")
+
+    # -- start-up ------------------------------------------------------------------------------
+
+    def _registered_keys(self) -> dict[str, tuple[str, int]]:
+        keys = {}
+        for e in self.index.entries(["actor_key"]):
+            d = _data(e)
+            if isinstance(d.get("actor"), str) and isinstance(d.get("public_key"), str):
+                keys.setdefault(d["actor"], (d["public_key"], e.seq))
+        return keys
+
+    def _accounts(self) -> tuple[Accounts | None, str | None]:
+        rows = ((e.seq, e.ts, e.actor, e.type, e.payload) for e in self.index.user_entries(ACCOUNT_TYPES))
+        try:
+            return Accounts(rows), None
+        except VerificationError as err:
+            return None, str(err)
+        except (ValueError, KeyError, TypeError) as err:
+            return None, f"the users cannot be replayed: {type(err).__name__}: {err}"
+
+    def _plots(self, folder: Path) -> dict[str, Path]:
+        from pharmafl.compliance.plots import draw_plots
+
+        return draw_plots({"summary": self.summary, "privacy": self.privacy}, folder)
+
+    # -- pages ---------------------------------------------------------------------------------
+
+    def banner(self) -> dict:
+        return asdict(self.verdict) | {"kind": self.opened.kind, "path": self.opened.path}
+
+    def overview(self) -> dict:
+        facets = self.index.facets()
+        ended = self.index.entries(["run_ended"])
+        return clean(
+            {
+                "verification": self.banner(),
+                "run_id": self.run_id,
+                "summary": self.summary,
+                "entries": self.index.size,
+                "checkpoints": len(self.checkpoints),
+                "witnessed": sum(1 for c in self.checkpoints if self.cosigned.get(c["tree_size"], 0) >= self.quorum),
+                "quorum": self.quorum,
+                "types": dict(facets["type"]),
+                "rounds": facets["rounds"],
+                "sites": self.summary.get("sites") or [],
+                "card_rows": [
+                    [
+                        name,
+                        card.get("fingerprint"),
+                        card.get("manifest_sha256"),
+                        (card.get("counts") or {}).get("pairs"),
+                        card.get("created"),
+                    ]
+                    for name, card in sorted(((self.started.get("consortium") or {}).get("cards") or {}).items())
+                    if isinstance(card, dict)
+                ],
+                **_gains((_data(ended[-1]).get("metrics") or {}).get("gains") if ended else None),
+                "model": self.model_check(),
+            }
+        )
+
+    def model_check(self) -> dict:
+        ended = self.index.entries(["run_ended"])
+        model_hash = _data(ended[-1]).get("model_hash") if ended else None
+        out = {"model_hash": model_hash, "file": None, "matches": None}
+        run_dir = self.opened.run_dir
+        if run_dir is not None and (run_dir / "model.safetensors").is_file():
+            digest = hashlib.sha256((run_dir / "model.safetensors").read_bytes()).hexdigest()
+            out.update(file="model.safetensors", file_sha256=digest, matches=digest == model_hash)
+        return out
+
+    def trail(self, query: Query, *, after: int | None = None, before: int | None = None, limit: int = 50) -> dict:
+        page = self.index.page(query, after=after, before=before, limit=limit)
+        rows = []
+        for e in page.entries:
+            try:
+                rows += trail_rows([e])
+            except (ValueError, KeyError, TypeError, AttributeError):  # a tampered payload: show the raw row
+                rows.append(
+                    {
+                        "seq": e.seq,
+                        "ts": e.ts,
+                        "actor": e.actor,
+                        "signed_by": None,
+                        "type": e.type,
+                        "round": None,
+                        "site": None,
+                        "what": e.payload[:200],
+                        "why": "unreadable payload",
+                        "entry_hash": e.entry_hash,
+                    }
+                )
+        for r in rows:
+            r["verified"] = self.verdict.ok or r["seq"] < self.verdict.verified
+        return clean(
+            {
+                "query": query.as_params(),
+                "rows": rows,
+                "older": page.older,
+                "newer": page.newer,
+                "total": page.total,
+                "limit": limit,
+                "size": self.index.size,
+                "facets": {k: [v for v, _ in vs] for k, vs in self.index.facets().items() if k != "rounds"},
+            }
+        )
+
+    def entry(self, seq: int) -> dict | None:
+        e = self.index.entry(seq)
+        if e is None:
+            return None
+        data = _data(e)
+        key = self.keys.get(e.actor)
+        checks = {
+            "entry_hash": hashlib.sha256(
+                m.entry_message(e.seq, e.ts, e.actor, e.type, e.payload, e.prev_hash)
+            ).hexdigest()
+            == e.entry_hash,
+            "chain": self._prev_ok(e),
+            "signature": key is not None
+            and _sig_ok(bytes.fromhex(key[0]), e.signature, bytes.fromhex(e.entry_hash))
+            and key[1] <= e.seq,
+        }
+        statement = self._statement(data)
+        if statement is not None:
+            checks["statement"] = statement["verified"]
+        proof = self._proof(e)
+        if proof is not None:
+            checks["inclusion"] = proof["verified"]
+        try:
+            row = trail_rows([e])[0]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            row = {"what": e.payload[:200], "why": "unreadable payload", "signed_by": None, "round": None, "site": None}
+        return clean(
+            {
+                "seq": e.seq,
+                "ts": e.ts,
+                "actor": e.actor,
+                "type": e.type,
+                "row": row,
+                "canonical": e.to_json_line() if data else None,
+                "payload": data,
+                "payload_text": e.payload,
+                "entry_hash": e.entry_hash,
+                "prev_hash": e.prev_hash,
+                "signature": e.signature,
+                "signer": {
+                    "actor": e.actor,
+                    "public_key": key[0] if key else None,
+                    "fingerprint": m.sha256_hex(bytes.fromhex(key[0])) if key else None,
+                    "registered_at": key[1] if key else None,
+                },
+                "statement": statement,
+                "proof": proof,
+                "checks": checks,
+                "ok": all(checks.values()),
+                "in_verified_prefix": self.verdict.ok or e.seq < self.verdict.verified,
+                "previous": e.seq - 1 if e.seq > 0 else None,
+                "next": e.seq + 1 if e.seq + 1 < self.index.size else None,
+            }
+        )
+
+    def _prev_ok(self, e: Entry) -> bool:
+        if e.seq == 0:
+            return e.prev_hash == m.GENESIS
+        before = self.index.entry(e.seq - 1)
+        return before is not None and before.entry_hash == e.prev_hash
+
+    def _statement(self, data: dict) -> dict | None:
+        st = data.get("statement")
+        if not isinstance(st, dict):
+            return None
+        site, key = st.get("site"), self.pinned.get(st.get("site"))
+        try:
+            digest_ok = st.get("payload_sha256") == m.sha256_hex(m.canonical(st.get("payload")))
+            message = m.statement_message(self.run_id, st["round"], site, st["type"], st["payload_sha256"])
+            verified = digest_ok and key is not None and _sig_ok(bytes.fromhex(key), st["signature"], message)
+        except (KeyError, TypeError, ValueError):
+            verified = False
+        return {
+            "site": site,
+            "statement": st,
+            "pinned_key": key,
+            "fingerprint": m.sha256_hex(bytes.fromhex(key)) if isinstance(key, str) and m.is_hex(key, 64) else None,
+            "verified": verified,
+        }
+
+    def _proof(self, e: Entry) -> dict | None:
+        """The inclusion proof of ``e`` against the first cosigned checkpoint covering it (else the first
+        signed one), with the checkpoint's own signature and its cosignatures checked."""
+        covering = [c for c in self.checkpoints if c["tree_size"] > e.seq and c["tree_size"] <= self.index.size]
+        if not covering:
+            return None
+        cp = next((c for c in covering if self.cosigned.get(c["tree_size"], 0) >= max(self.quorum, 1)), covering[0])
+        size = cp["tree_size"]
+        leaf = self.index.tree.levels[0][e.seq]
+        path = self.index.tree.inclusion_proof(e.seq, size)
+        try:
+            root = bytes.fromhex(cp["root_hash"])
+        except ValueError:
+            root = b""
+        signer = self.keys.get(cp["signer"])
+        cp_ok = signer is not None and _sig_ok(
+            bytes.fromhex(signer[0]),
+            cp["signature"],
+            m.checkpoint_message(size, cp["root_hash"], cp["ts"], cp["signer"]),
+        )
+        body = m.checkpoint_body(m.origin_of(self.run_id), size, cp["root_hash"]) if self.run_id else b""
+        cosigs = [
+            {
+                **c,
+                "verified": c["witness"] in self.pinned
+                and _sig_ok(
+                    bytes.fromhex(self.pinned[c["witness"]]),
+                    c["signature"],
+                    m.cosignature_message(body, c["timestamp"]),
+                ),
+            }
+            for c in self.index.cosignatures(size)
+        ]
+        included = verify_inclusion(e.seq, size, leaf, path, root)
+        return {
+            "leaf_input": e.entry_hash + e.signature,
+            "leaf_hash": leaf.hex(),
+            "index": e.seq,
+            "tree_size": size,
+            "path": [h.hex() for h in path],
+            "checkpoint": cp,
+            "checkpoint_signature": cp_ok,
+            "cosignatures": cosigs,
+            "cosignature_rows": [
+                [c["witness"], c["timestamp"], "yes" if c["verified"] else "NO", c["signature"]] for c in cosigs
+            ],
+            "quorum": self.quorum,
+            "cosigned": sum(c["verified"] for c in cosigs),
+            "included": included,
+            "verified": included and cp_ok and sum(c["verified"] for c in cosigs) >= self.quorum,
+        }
+
+    def privacy_page(self) -> dict:
+        return {"verification": self.banner(), "privacy": self.privacy}
+
+    def lineage(self, first: int | None = None) -> dict:
+        lo, hi = self.index.facets()["rounds"]
+        lo, hi = lo or 0, hi or 0
+        first = lo if first is None else max(lo, min(first, hi))
+        last = min(hi, first + ROUNDS_PER_PAGE - 1)
+        ended = self.index.entries(["run_ended"])
+        entries = self.index.entries(LINEAGE_TYPES, (first, last))
+        model = self.model_check()
+        section = lineage_section([*self.index.entries(["run_started"]), *entries, *ended], model.get("file_sha256"))
+        seqs: dict[tuple, int] = {}
+        for e in entries:
+            who, d = asserted(e)
+            seqs[(e.type, d.get("round"), who)] = e.seq
+        for r in section["rounds"]:
+            agg = seqs.get(("aggregated", r["round"], "server"))
+            r["aggregated_seq"] = agg
+            cp = next((c for c in self.checkpoints if agg is not None and c["tree_size"] > agg), None)
+            r["checkpoint"] = None if cp is None else {**cp, "cosigned": self.cosigned.get(cp["tree_size"], 0)}
+            for site, u in r["updates"].items():
+                u["seq"] = seqs.get(("site_update", r["round"], site), seqs.get(("secure_shares", r["round"], site)))
+        return clean(
+            {
+                "verification": self.banner(),
+                "lineage": section,
+                "first": first,
+                "last": last,
+                "rounds": [lo, hi],
+                "previous": max(lo, first - ROUNDS_PER_PAGE) if first > lo else None,
+                "next": last + 1 if last < hi else None,
+                "run_ended_seq": ended[-1].seq if ended else None,
+                "model": model,
+            }
+        )
+
+    def signatures(self) -> dict:
+        generated = {}
+        for e in self.index.entries(["report_generated"]):
+            generated.setdefault(_data(e).get("record_hash"), e.seq)
+        rows = []
+        for e in self.index.entries(["e_signature"]):
+            d = _data(e)
+            key = (self.accounts.keys if self.accounts else {}).get(e.actor)
+            valid = key is not None and _signature_valid(d, key)
+            try:
+                shown = manifestation(d)
+            except (KeyError, TypeError):
+                shown = "malformed signature manifestation"
+            rows.append(
+                {
+                    "seq": e.seq,
+                    "manifestation": shown,
+                    "signer": e.actor,
+                    "printed_name": d.get("printed_name"),
+                    "signed_at": d.get("signed_at"),
+                    "meaning": d.get("meaning"),
+                    "role": d.get("role"),
+                    "record": d.get("record"),
+                    "record_hash": d.get("record_hash"),
+                    "record_seq": generated.get(d.get("record_hash")),
+                    "signature": d.get("signature"),
+                    "key_fingerprint": m.sha256_hex(bytes.fromhex(key)) if key else None,
+                    "verified": valid and self.accounts_error is None,
+                }
+            )
+        return clean(
+            {
+                "verification": self.banner(),
+                "signatures": rows,
+                "accounts_error": self.accounts_error,
+                "part11": {"part11": part11_rows(), "signers": signer_rows(), "alcoa": alcoa_rows()},
+            }
+        )
+
+    def alarms(self) -> dict:
+        rows = []
+        for e in self.index.entries(ALARM_TYPES):
+            try:
+                rows += trail_rows([e])
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+        by_round = self.summary.get("cosine_to_mean_by_round") or []
+        sites = sorted({k for r in by_round for k in r if k != "round"})
+        return clean(
+            {
+                "verification": self.banner(),
+                "alarms": rows,
+                "cosine_to_mean_by_round": by_round,
+                "cosine_header": ["round", *sites],
+                "cosine_rows": [[r["round"], *[r.get(s) for s in sites]] for r in by_round],
+                "cosine_last_round": self.summary.get("cosine_last_round"),
+                "plots": sorted(n for n in self.plots if n.startswith(("cosine", "site_validation", "global_test"))),
+            }
+        )
+
+
+def _gains(gains) -> dict:
+    """A run's per-site gains (``run_ended.metrics.gains``: site -> {figure: value}) as a table."""
+    if not isinstance(gains, dict) or not gains or not all(isinstance(g, dict) for g in gains.values()):
+        return {"gain_header": [], "gain_rows": []}
+    keys = sorted({k for g in gains.values() for k in g})
+    return {
+        "gain_header": ["site", *keys],
+        "gain_rows": [[s, *[g.get(k) for k in keys]] for s, g in sorted(gains.items())],
+    }
+
+
+def _signature_valid(payload: dict, public_key_hex: str) -> bool:
+    from pharmafl.compliance.signatures import signature_valid
+
+    try:
+        return signature_valid(payload, public_key_hex)
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def as_json(data: dict) -> str:
+    return json.dumps(data, sort_keys=True, ensure_ascii=False, allow_nan=False)
