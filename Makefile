@@ -13,13 +13,14 @@ ifneq ($(SHARED_DATA),)
 export PHARMAFL_DATA ?= $(abspath $(SHARED_DATA))
 endif
 
-.PHONY: help install lint format test demo demo-resume demo-dp demo-secure demo-sign bench clean
+.PHONY: help install lint format test demo demo-resume demo-dp demo-secure demo-sign explore bench clean
 
 help:
 	@echo "make demo    run the 10-site federated DAVIS demo (installs first)"
 	@echo "make demo-dp the same under DP-SGD at every site (epsilon = 8 per site)"
 	@echo "make demo-secure DP-SGD plus secure aggregation (the server sees only sums)"
 	@echo "make demo-sign   after make demo: users, QA signs the report, regulator verifies the package"
+	@echo "make explore after make demo: the read-only web explorer of the run (for QA and regulators)"
 	@echo "make demo-resume continue a demo that was stopped midway (Ctrl-C, crash) from its last round"
 	@echo "make test    run the test suite (installs first)"
 	@echo "make lint    ruff format --check and ruff check (make format rewrites)"
@@ -94,6 +95,12 @@ demo-sign: install
 	PHARMAFL_PASSWORD=throwaway-Demo-R2 \
 	  $(PF) evidence export $(DEMO_RUN) --user rita --report $(DEMO_RUN)/reports/r1 --out $(DEMO_RUN)-evidence
 	$(BIN)/python -m pharmafl.audit.evidence $(DEMO_RUN)-evidence --trusted-head $(DEMO_RUN)-head.json
+	@echo "browse it: make explore (serves $(DEMO_RUN)), or open $(DEMO_RUN)-evidence/explorer/index.html"
+
+# the read-only web explorer of the latest demo run (prints the URL to open; Ctrl-C stops it)
+explore: install
+	@test -n "$(DEMO_RUN)" || { echo "no runs/davis-10sites-<date-time> run: run make demo first"; exit 1; }
+	$(BIN)/pharmafl explore $(DEMO_RUN)
 
 DEMO_SECURE_OUT ?= runs/davis-10sites-secure-$(shell date +%Y%m%d-%H%M%S)
 

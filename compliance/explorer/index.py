@@ -37,6 +37,7 @@ _INDEXES = """
 CREATE INDEX entries_type ON entries (type, seq);
 CREATE INDEX entries_round ON entries (round, seq);
 CREATE INDEX entries_site ON entries (site, seq);
+CREATE INDEX entries_site_type ON entries (site, type, seq);
 CREATE INDEX entries_actor ON entries (actor, seq);
 CREATE INDEX cosignatures_size ON cosignatures (tree_size);
 """
@@ -102,6 +103,7 @@ class LedgerIndex:
         self._lock = threading.Lock()
         self.tree = MerkleTree()
         self.size = 0
+        self._facets: dict[str, list] | None = None
 
     @classmethod
     def create(cls, folder: Path) -> LedgerIndex:
@@ -167,16 +169,19 @@ class LedgerIndex:
 
     def entries(self, types: Iterable[str] = (), rounds: tuple[int, int] | None = None) -> list[Entry]:
         """Entries of ``types`` (all types when empty), optionally with ``rounds[0] <= round <= rounds[1]``."""
-        clauses, args = [], []
+        clauses, args, hint = [], [], ""
         types = list(types)
-        if types:
+        if types:  # by the type index, then in order (else SQLite may walk every row in seq order)
             clauses.append(f"type IN ({','.join('?' * len(types))})")
             args += types
-        if rounds is not None:
+            hint = " INDEXED BY entries_type"
+        if rounds is not None:  # a few rounds: by the round index
             clauses.append("round BETWEEN ? AND ?")
             args += list(rounds)
+            hint = " INDEXED BY entries_round"
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
-        return [Entry(*r) for r in self._rows(f"SELECT {_COLUMNS} FROM entries{where} ORDER BY seq", args)]
+        rows = sorted(self._rows(f"SELECT {_COLUMNS} FROM entries{hint}{where}", args))
+        return [Entry(*r) for r in rows]
 
     def user_entries(self, types: Iterable[str]) -> list[Entry]:
         """Entries of ``types`` or by a user (``user:*``), in order: what the account replay reads."""
@@ -220,7 +225,13 @@ class LedgerIndex:
         return self._rows(f"SELECT COUNT(*) FROM entries{where}", args)[0][0]
 
     def facets(self) -> dict[str, list]:
-        """The values a filter can take: types, actors and sites with their counts, the round range."""
+        """The values a filter can take: types, actors and sites with their counts, the round range
+        (computed once: the copy never changes after :meth:`finish`)."""
+        if self._facets is None:
+            self._facets = self._count_facets()
+        return self._facets
+
+    def _count_facets(self) -> dict[str, list]:
         out = {
             column: self._rows(
                 f"SELECT {column}, COUNT(*) FROM entries WHERE {column} IS NOT NULL GROUP BY {column} ORDER BY {column}"

@@ -52,7 +52,7 @@ class Renderer:
         return self._page("entry.html", f"Entry {data['seq']}", "trail", data=data)
 
     def privacy(self) -> str:
-        return self._page("privacy.html", "Privacy", "privacy", data=self.explorer.privacy_page())
+        return self._page("privacy.html", "Privacy", "privacy", data=self.explorer.privacy_page(full=False))
 
     def lineage(self, data: dict) -> str:
         return self._page("lineage.html", "Lineage", "lineage", data=data)

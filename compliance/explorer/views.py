@@ -56,6 +56,12 @@ ACCOUNT_TYPES = (
     "evidence_exported",
 )
 ROUNDS_PER_PAGE = 5
+SHOWN_ROUNDS = 40  # rounds listed per site in the privacy page's table
+
+
+def _thin(points: list) -> list:
+    step = -(-len(points) // SHOWN_ROUNDS)
+    return points[::step] + ([points[-1]] if (len(points) - 1) % step else [])
 
 
 def _sig_ok(public_key: bytes, signature_hex: str, message: bytes) -> bool:
@@ -98,6 +104,7 @@ class Explorer:
         details = self.verdict.details.get("ledger", self.verdict.details)
         self.quorum = details.get("quorum", sites // 2 + 1 if sites else 0)
         self.accounts, self.accounts_error = self._accounts()
+        self.model = self._model_check()
         self.plots = self._plots(opened.workdir / "plots")
 
     # -- start-up ------------------------------------------------------------------------------
@@ -156,11 +163,11 @@ class Explorer:
                     if isinstance(card, dict)
                 ],
                 **_gains((_data(ended[-1]).get("metrics") or {}).get("gains") if ended else None),
-                "model": self.model_check(),
+                "model": self.model,
             }
         )
 
-    def model_check(self) -> dict:
+    def _model_check(self) -> dict:
         ended = self.index.entries(["run_ended"])
         model_hash = _data(ended[-1]).get("model_hash") if ended else None
         out = {"model_hash": model_hash, "file": None, "matches": None}
@@ -338,8 +345,17 @@ class Explorer:
             "verified": included and cp_ok and sum(c["verified"] for c in cosigs) >= self.quorum,
         }
 
-    def privacy_page(self) -> dict:
-        return {"verification": self.banner(), "privacy": self.privacy}
+    def privacy_page(self, *, full: bool = True) -> dict:
+        """The privacy section; unless ``full``, each site's ε-by-round list thinned to at most
+        :data:`SHOWN_ROUNDS` rounds (evenly spaced, the last one kept) for the page's table: the plot
+        and ``/api/privacy`` have every round."""
+        privacy = self.privacy
+        if not full and any(len(s["epsilon_by_round"]) > SHOWN_ROUNDS for s in privacy["sites"]):
+            privacy = {
+                **privacy,
+                "sites": [{**s, "epsilon_by_round": _thin(s["epsilon_by_round"])} for s in privacy["sites"]],
+            }
+        return {"verification": self.banner(), "privacy": privacy, "thinned": privacy is not self.privacy}
 
     def lineage(self, first: int | None = None) -> dict:
         lo, hi = self.index.facets()["rounds"]
@@ -348,7 +364,7 @@ class Explorer:
         last = min(hi, first + ROUNDS_PER_PAGE - 1)
         ended = self.index.entries(["run_ended"])
         entries = self.index.entries(LINEAGE_TYPES, (first, last))
-        model = self.model_check()
+        model = self.model
         section = lineage_section([*self.index.entries(["run_started"]), *entries, *ended], model.get("file_sha256"))
         seqs: dict[tuple, int] = {}
         for e in entries:

@@ -122,3 +122,19 @@ def test_sigkill_mid_append_never_breaks_the_chain(pg_url: str, tmp_path: Path) 
 
 def test_concurrent_writers_cannot_fork_the_chain(pg_url: str, tmp_path: Path) -> None:
     concurrent_writers(pg_url, tmp_path / "keys", tmp_path / "go", count=80)
+
+
+def test_the_explorer_opens_a_postgresql_ledger(recorded: str) -> None:
+    from pharmafl.compliance.explorer.source import open_ledger
+    from pharmafl.compliance.explorer.views import Explorer
+
+    opened = open_ledger(recorded)
+    try:
+        assert opened.kind == "PostgreSQL ledger" and opened.verdict.ok
+        assert opened.verdict.line == verify_path(recorded).line()
+        explorer = Explorer(opened)
+        assert explorer.overview()["entries"] == ENTRIES
+        statement = explorer.index.entries(["site_update"])[0]
+        assert explorer.entry(statement.seq)["ok"] is True
+    finally:
+        opened.close()

@@ -192,6 +192,8 @@ def test_a_tampered_ledger_shows_the_red_banner_naming_the_altered_entry(signed_
         assert c.get(f"/api/entry/{victim - 1}").json()["ok"] is True
         rows = c.get("/api/trail?limit=500").json()["rows"]
         assert [r["seq"] for r in rows if not r["verified"]] == list(range(victim, explorer.index.size))
+        page = c.get("/trail?limit=500").text
+        assert page.count("<tr class=unverified>") == explorer.index.size - victim
     finally:
         opened.close()
 
@@ -263,5 +265,26 @@ def test_the_explorer_opens_an_evidence_package(package: Path) -> None:
         explorer = Explorer(opened)
         assert [s["meaning"] for s in explorer.signatures()["signatures"]] == ["authored", "approved"]
         assert explorer.overview()["entries"] == opened.index.size
+    finally:
+        opened.close()
+
+
+def test_a_real_trained_run_shows_its_plots_lineage_and_model_check(real_run: Path) -> None:
+    opened = open_ledger(real_run)
+    try:
+        explorer = Explorer(opened)
+        c = TestClient(create_app(explorer, token=TOKEN, hosts={"testserver"}, cookie="c"))
+        assert c.get(f"/?token={TOKEN}").status_code == 200
+        for name in ("privacy_epsilon", "site_validation_ci", "cosine_heatmap", "global_test_ci"):
+            r = c.get(f"/plots/{name}.png")
+            assert r.status_code == 200 and r.content.startswith(b"\x89PNG"), name
+        assert explorer.overview()["model"]["matches"] is True  # model.safetensors is the recorded model
+        lineage = c.get("/api/lineage").json()
+        assert [r["round"] for r in lineage["lineage"]["rounds"]] == [1, 2] and lineage["next"] is None
+        assert all(u["seq"] is not None for r in lineage["lineage"]["rounds"] for u in r["updates"].values())
+        html = c.get("/lineage").text
+        assert "Final model" in html and "model.safetensors has this SHA-256" in html
+        assert 'src="/plots/cosine_heatmap.png"' in c.get("/alarms").text
+        assert c.get("/plots/nope.png").status_code == 404
     finally:
         opened.close()
