@@ -7,11 +7,7 @@ the report's plots, the registered and pinned keys, and the users replayed as th
 verifier replays them. Per request only bounded work is done: a trail page, one entry with its
 proof, a range of rounds.
 
-An entry page does not repeat what the banner says: it checks that one entry again from the
-data it shows - its hash from its fields, its signature under its writer's registered key, the
-site's statement under the site's pinned key, and its RFC 9162 inclusion proof against a signed
-checkpoint whose signature and witness cosignatures are checked too - so each line on the page
-is a check made on what the page holds. The page's script repeats the Merkle part in the browser.
+An entry page's checks, made on the data it shows, are :mod:`.checks`.
 
 Nothing here reads the users table: password hashes and sealed keys never reach a page.
 """
@@ -23,14 +19,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from pharmafl.audit import messages as m
 from pharmafl.audit.evidence import Accounts
 from pharmafl.audit.records import Entry, asserted
-from pharmafl.audit.rfc9162 import verify_inclusion
 from pharmafl.audit.verify import VerificationError
+from pharmafl.compliance.explorer.checks import EntryChecks
 from pharmafl.compliance.explorer.index import Query
 from pharmafl.compliance.explorer.source import Opened
 from pharmafl.compliance.part11 import alcoa_rows, part11_rows, signer_rows
@@ -62,14 +55,6 @@ SHOWN_ROUNDS = 40  # rounds listed per site in the privacy page's table
 def _thin(points: list) -> list:
     step = -(-len(points) // SHOWN_ROUNDS)
     return points[::step] + ([points[-1]] if (len(points) - 1) % step else [])
-
-
-def _sig_ok(public_key: bytes, signature_hex: str, message: bytes) -> bool:
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(bytes.fromhex(signature_hex), message)
-        return True
-    except (InvalidSignature, ValueError, TypeError):
-        return False
 
 
 def _data(e: Entry) -> dict:
@@ -104,6 +89,7 @@ class Explorer:
         details = self.verdict.details.get("ledger", self.verdict.details)
         self.quorum = details.get("quorum", sites // 2 + 1 if sites else 0)
         self.accounts, self.accounts_error = self._accounts()
+        self.checks = EntryChecks(self)
         self.model = self._model_check()
         self.plots = self._plots(opened.workdir / "plots")
 
@@ -214,136 +200,9 @@ class Explorer:
         )
 
     def entry(self, seq: int) -> dict | None:
-        e = self.index.entry(seq)
-        if e is None:
-            return None
-        data = _data(e)
-        key = self.keys.get(e.actor)
-        checks = {
-            "entry_hash": hashlib.sha256(
-                m.entry_message(e.seq, e.ts, e.actor, e.type, e.payload, e.prev_hash)
-            ).hexdigest()
-            == e.entry_hash,
-            "chain": self._prev_ok(e),
-            "signature": key is not None
-            and _sig_ok(bytes.fromhex(key[0]), e.signature, bytes.fromhex(e.entry_hash))
-            and key[1] <= e.seq,
-        }
-        statement = self._statement(data)
-        if statement is not None:
-            checks["statement"] = statement["verified"]
-        proof = self._proof(e)
-        if proof is not None:
-            checks["inclusion"] = proof["verified"]
-        try:
-            row = trail_rows([e])[0]
-        except (ValueError, KeyError, TypeError, AttributeError):
-            row = {"what": e.payload[:200], "why": "unreadable payload", "signed_by": None, "round": None, "site": None}
-        return clean(
-            {
-                "seq": e.seq,
-                "ts": e.ts,
-                "actor": e.actor,
-                "type": e.type,
-                "row": row,
-                "canonical": e.to_json_line() if data else None,
-                "payload": data,
-                "payload_text": e.payload,
-                "entry_hash": e.entry_hash,
-                "prev_hash": e.prev_hash,
-                "signature": e.signature,
-                "signer": {
-                    "actor": e.actor,
-                    "public_key": key[0] if key else None,
-                    "fingerprint": m.sha256_hex(bytes.fromhex(key[0])) if key else None,
-                    "registered_at": key[1] if key else None,
-                },
-                "statement": statement,
-                "proof": proof,
-                "checks": checks,
-                "ok": all(checks.values()),
-                "in_verified_prefix": self.verdict.ok or e.seq < self.verdict.verified,
-                "previous": e.seq - 1 if e.seq > 0 else None,
-                "next": e.seq + 1 if e.seq + 1 < self.index.size else None,
-            }
-        )
-
-    def _prev_ok(self, e: Entry) -> bool:
-        if e.seq == 0:
-            return e.prev_hash == m.GENESIS
-        before = self.index.entry(e.seq - 1)
-        return before is not None and before.entry_hash == e.prev_hash
-
-    def _statement(self, data: dict) -> dict | None:
-        st = data.get("statement")
-        if not isinstance(st, dict):
-            return None
-        site, key = st.get("site"), self.pinned.get(st.get("site"))
-        try:
-            digest_ok = st.get("payload_sha256") == m.sha256_hex(m.canonical(st.get("payload")))
-            message = m.statement_message(self.run_id, st["round"], site, st["type"], st["payload_sha256"])
-            verified = digest_ok and key is not None and _sig_ok(bytes.fromhex(key), st["signature"], message)
-        except (KeyError, TypeError, ValueError):
-            verified = False
-        return {
-            "site": site,
-            "statement": st,
-            "pinned_key": key,
-            "fingerprint": m.sha256_hex(bytes.fromhex(key)) if isinstance(key, str) and m.is_hex(key, 64) else None,
-            "verified": verified,
-        }
-
-    def _proof(self, e: Entry) -> dict | None:
-        """The inclusion proof of ``e`` against the first cosigned checkpoint covering it (else the first
-        signed one), with the checkpoint's own signature and its cosignatures checked."""
-        covering = [c for c in self.checkpoints if c["tree_size"] > e.seq and c["tree_size"] <= self.index.size]
-        if not covering:
-            return None
-        cp = next((c for c in covering if self.cosigned.get(c["tree_size"], 0) >= max(self.quorum, 1)), covering[0])
-        size = cp["tree_size"]
-        leaf = self.index.tree.levels[0][e.seq]
-        path = self.index.tree.inclusion_proof(e.seq, size)
-        try:
-            root = bytes.fromhex(cp["root_hash"])
-        except ValueError:
-            root = b""
-        signer = self.keys.get(cp["signer"])
-        cp_ok = signer is not None and _sig_ok(
-            bytes.fromhex(signer[0]),
-            cp["signature"],
-            m.checkpoint_message(size, cp["root_hash"], cp["ts"], cp["signer"]),
-        )
-        body = m.checkpoint_body(m.origin_of(self.run_id), size, cp["root_hash"]) if self.run_id else b""
-        cosigs = [
-            {
-                **c,
-                "verified": c["witness"] in self.pinned
-                and _sig_ok(
-                    bytes.fromhex(self.pinned[c["witness"]]),
-                    c["signature"],
-                    m.cosignature_message(body, c["timestamp"]),
-                ),
-            }
-            for c in self.index.cosignatures(size)
-        ]
-        included = verify_inclusion(e.seq, size, leaf, path, root)
-        return {
-            "leaf_input": e.entry_hash + e.signature,
-            "leaf_hash": leaf.hex(),
-            "index": e.seq,
-            "tree_size": size,
-            "path": [h.hex() for h in path],
-            "checkpoint": cp,
-            "checkpoint_signature": cp_ok,
-            "cosignatures": cosigs,
-            "cosignature_rows": [
-                [c["witness"], c["timestamp"], "yes" if c["verified"] else "NO", c["signature"]] for c in cosigs
-            ],
-            "quorum": self.quorum,
-            "cosigned": sum(c["verified"] for c in cosigs),
-            "included": included,
-            "verified": included and cp_ok and sum(c["verified"] for c in cosigs) >= self.quorum,
-        }
+        """The entry page's data: the entry, its signer, its statement, its proof and the checks
+        (:class:`~.checks.EntryChecks`); None when there is no such entry."""
+        return self.checks.entry(seq)
 
     def privacy_page(self, *, full: bool = True) -> dict:
         """The privacy section; unless ``full``, each site's ε-by-round list thinned to at most
