@@ -76,7 +76,8 @@ demo-dp: install
 
 # After `make demo`: the README's Compliance walkthrough, non-interactively, with throwaway
 # passwords (never reuse them). Users are created once per run.
-DEMO_RUN ?= $(lastword $(sort $(wildcard runs/davis-10sites-2*)))
+# the latest demo run directory (one holding ledger.db: not demo-sign's -head.json or -evidence beside it)
+DEMO_RUN ?= $(lastword $(sort $(patsubst %/ledger.db,%,$(wildcard runs/davis-10sites-2*/ledger.db))))
 PF := $(BIN)/pharmafl
 
 demo-sign: export PHARMAFL_KEY_PASSPHRASE ?= pharmafl-demo-passphrase-not-for-real-runs
