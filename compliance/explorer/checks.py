@@ -33,7 +33,8 @@ def sig_ok(public_key: bytes, signature_hex: str, message: bytes) -> bool:
         return False
 
 
-def _data(e: Entry) -> dict:
+def payload_of(e: Entry) -> dict:
+    """``e``'s payload as a dict; ``{}`` for one that does not parse (a tampered entry, still shown)."""
     try:
         data = e.data
         return data if isinstance(data, dict) else {}
@@ -53,7 +54,7 @@ class EntryChecks:
         e = self.index.entry(seq)
         if e is None:
             return None
-        data = _data(e)
+        data = payload_of(e)
         key = self.keys.get(e.actor)
         checks = {
             "entry_hash": hashlib.sha256(

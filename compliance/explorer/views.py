@@ -21,9 +21,9 @@ from pathlib import Path
 
 from pharmafl.audit import messages as m
 from pharmafl.audit.evidence import Accounts
-from pharmafl.audit.records import Entry, asserted
+from pharmafl.audit.records import asserted
 from pharmafl.audit.verify import VerificationError
-from pharmafl.compliance.explorer.checks import EntryChecks
+from pharmafl.compliance.explorer.checks import EntryChecks, payload_of
 from pharmafl.compliance.explorer.index import Query
 from pharmafl.compliance.explorer.source import Opened
 from pharmafl.compliance.part11 import alcoa_rows, part11_rows, signer_rows
@@ -57,21 +57,13 @@ def _thin(points: list) -> list:
     return points[::step] + ([points[-1]] if (len(points) - 1) % step else [])
 
 
-def _data(e: Entry) -> dict:
-    try:
-        data = e.data
-        return data if isinstance(data, dict) else {}
-    except ValueError:
-        return {}
-
-
 class Explorer:
     """Every page's data for one opened ledger."""
 
     def __init__(self, opened: Opened):
         self.opened, self.index, self.verdict = opened, opened.index, opened.verdict
         started = self.index.entries(["run_started"])
-        self.started = _data(started[0]) if started else {}
+        self.started = payload_of(started[0]) if started else {}
         self.run_id = self.started.get("run_id")
         self.summary = summary_section(self.index.entries(SUMMARY_TYPES))
         self.privacy = privacy_section(self.index.entries(PRIVACY_TYPES))
@@ -98,7 +90,7 @@ class Explorer:
     def _registered_keys(self) -> dict[str, tuple[str, int]]:
         keys = {}
         for e in self.index.entries(["actor_key"]):
-            d = _data(e)
+            d = payload_of(e)
             if isinstance(d.get("actor"), str) and isinstance(d.get("public_key"), str):
                 keys.setdefault(d["actor"], (d["public_key"], e.seq))
         return keys
@@ -148,14 +140,14 @@ class Explorer:
                     for name, card in sorted(((self.started.get("consortium") or {}).get("cards") or {}).items())
                     if isinstance(card, dict)
                 ],
-                **_gains((_data(ended[-1]).get("metrics") or {}).get("gains") if ended else None),
+                **_gains((payload_of(ended[-1]).get("metrics") or {}).get("gains") if ended else None),
                 "model": self.model,
             }
         )
 
     def _model_check(self) -> dict:
         ended = self.index.entries(["run_ended"])
-        model_hash = _data(ended[-1]).get("model_hash") if ended else None
+        model_hash = payload_of(ended[-1]).get("model_hash") if ended else None
         out = {"model_hash": model_hash, "file": None, "matches": None}
         run_dir = self.opened.run_dir
         if run_dir is not None and (run_dir / "model.safetensors").is_file():
@@ -253,10 +245,10 @@ class Explorer:
     def signatures(self) -> dict:
         generated = {}
         for e in self.index.entries(["report_generated"]):
-            generated.setdefault(_data(e).get("record_hash"), e.seq)
+            generated.setdefault(payload_of(e).get("record_hash"), e.seq)
         rows = []
         for e in self.index.entries(["e_signature"]):
-            d = _data(e)
+            d = payload_of(e)
             key = (self.accounts.keys if self.accounts else {}).get(e.actor)
             valid = key is not None and _signature_valid(d, key)
             try:

@@ -170,16 +170,22 @@ def test_signatures_page_shows_each_manifestation_its_record_and_that_it_verifie
     assert "21 CFR Part 11 matrix" in html
 
 
-def test_a_tampered_ledger_shows_the_red_banner_naming_the_altered_entry(signed_run: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(signed_run, run)
-    with sqlite3.connect(run / "ledger.db") as db:
+def tampered_copy(run: Path, to: Path) -> tuple[Path, int]:
+    """A copy of ``run`` whose third privacy_spent entry claims a budget of 80 (the database owner
+    drops the append-only trigger; only verification catches it); returns the copy and that seq."""
+    shutil.copytree(run, to)
+    with sqlite3.connect(to / "ledger.db") as db:
         victim = db.execute("SELECT seq FROM ledger_entries WHERE type = 'privacy_spent' ORDER BY seq").fetchall()[2][0]
         db.execute("DROP TRIGGER ledger_entries_no_update")
         db.execute(
             "UPDATE ledger_entries SET payload = replace(payload, '\"budget\":8', '\"budget\":80') WHERE seq = ?",
             (victim,),
         )
+    return to, victim
+
+
+def test_a_tampered_ledger_shows_the_red_banner_naming_the_altered_entry(signed_run: Path, tmp_path: Path) -> None:
+    run, victim = tampered_copy(signed_run, tmp_path / "run")
     opened = open_ledger(run)
     try:
         explorer = Explorer(opened)

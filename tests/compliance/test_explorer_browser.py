@@ -11,15 +11,13 @@ by dana and approved by quinn. Skipped without Debian's chromium unless ``PHARMA
 
 from __future__ import annotations
 
-import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from .explorer_server import CHROMIUM_FLAGS, VIEWPORT, explore, require_chromium, save_screenshot, with_token
-from .test_explorer import package, signed_run  # noqa: F401  (module-scoped fixtures: the same data)
+from .test_explorer import package, signed_run, tampered_copy  # noqa: F401  (module-scoped fixtures: the same data)
 
 EVENT, SITE = 4, 6  # columns of the trail table (seq, when, who, signed by, event, round, site, what, why)
 
@@ -174,15 +172,7 @@ def test_a_tampered_ledger_shows_the_red_banner_naming_the_entry(
     signed_run: Path,
     tmp_path: Path,  # noqa: F811
 ) -> None:
-    run = tmp_path / "run"
-    shutil.copytree(signed_run, run)
-    with sqlite3.connect(run / "ledger.db") as db:
-        victim = db.execute("SELECT seq FROM ledger_entries WHERE type = 'privacy_spent' ORDER BY seq").fetchall()[2][0]
-        db.execute("DROP TRIGGER ledger_entries_no_update")
-        db.execute(
-            "UPDATE ledger_entries SET payload = replace(payload, '\"budget\":8', '\"budget\":80') WHERE seq = ?",
-            (victim,),
-        )
+    run, victim = tampered_copy(signed_run, tmp_path / "run")
     with explore(run) as url:
         page.goto(url)
         banner = page.locator(".banner.bad")
